@@ -1,0 +1,238 @@
+"""SQLAlchemy 2.0 models: the database is the source of truth for every lead, step and send."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    DateTime,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    String,
+    Text,
+    TypeDecorator,
+    UniqueConstraint,
+)
+from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.engine import Dialect
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+from engine.clock import as_utc
+
+JSONType = JSON().with_variant(JSONB(), "postgresql")
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """Timestamps that always come back timezone-aware UTC, on SQLite as on PostgreSQL."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        """Store UTC; SQLite keeps it naive, PostgreSQL as timestamptz."""
+        if value is None:
+            return None
+        value = as_utc(value)
+        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
+
+    def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        """Give back an aware UTC datetime whatever the backend returned."""
+        return None if value is None else as_utc(value)
+
+
+class Base(DeclarativeBase):
+    """Declarative base of every nurture table."""
+
+    type_annotation_map = {datetime: UTCDateTime, dict[str, Any]: JSONType}
+
+
+class Lead(Base):
+    """A person: identity, attributes, consent, stage and the two halves of the score."""
+
+    __tablename__ = "leads"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    email: Mapped[str | None] = mapped_column(String(320), unique=True)
+    external_id: Mapped[str | None] = mapped_column(String(200), unique=True)
+    phone: Mapped[str | None] = mapped_column(String(20), unique=True)
+    first_name: Mapped[str | None] = mapped_column(String(200))
+    last_name: Mapped[str | None] = mapped_column(String(200))
+    company: Mapped[str | None] = mapped_column(String(200))
+    title: Mapped[str | None] = mapped_column(String(200))
+    timezone: Mapped[str | None] = mapped_column(String(64))
+    fields: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    email_consent: Mapped[bool] = mapped_column(default=True)
+    sms_consent: Mapped[bool] = mapped_column(default=False)
+    stage: Mapped[str] = mapped_column(String(20), default="subscriber")
+    fit: Mapped[float] = mapped_column(Float, default=0)
+    engagement: Mapped[float] = mapped_column(Float, default=0)
+    fit_rules: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    owner: Mapped[str | None] = mapped_column(String(200))
+    sql_crossings: Mapped[int] = mapped_column(Integer, default=0)
+    created_at: Mapped[datetime]
+    updated_at: Mapped[datetime]
+    last_activity_at: Mapped[datetime | None]
+    decay_due_at: Mapped[datetime | None] = mapped_column(index=True)
+    inactive_due_at: Mapped[datetime | None] = mapped_column(index=True)
+    mql_at: Mapped[datetime | None]
+    sql_at: Mapped[datetime | None]
+
+    @property
+    def score(self) -> float:
+        """Total score: fit plus engagement."""
+        return self.fit + self.engagement
+
+
+class Event(Base):
+    """Something a lead did or that happened to it; the idempotency key makes repeats count once."""
+
+    __tablename__ = "events"
+    __table_args__ = (Index("ix_events_lead_type_time", "lead_id", "type", "occurred_at"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    lead_id: Mapped[int] = mapped_column(ForeignKey("leads.id", ondelete="CASCADE"))
+    type: Mapped[str] = mapped_column(String(64))
+    properties: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    occurred_at: Mapped[datetime]
+    received_at: Mapped[datetime]
+    idempotency_key: Mapped[str | None] = mapped_column(String(200), unique=True)
+    source: Mapped[str] = mapped_column(String(32), default="api")
+
+
+class ScoreEntry(Base):
+    """One change of a lead's score with its rule and reason: the answer to 'why is this an MQL'."""
+
+    __tablename__ = "score_ledger"
+    __table_args__ = (Index("ix_ledger_lead_rule_time", "lead_id", "rule", "occurred_at"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    lead_id: Mapped[int] = mapped_column(ForeignKey("leads.id", ondelete="CASCADE"))
+    event_id: Mapped[int | None] = mapped_column(ForeignKey("events.id", ondelete="SET NULL"))
+    kind: Mapped[str] = mapped_column(String(16))  # fit | engagement | decay | reset
+    rule: Mapped[str] = mapped_column(String(100))
+    points: Mapped[float] = mapped_column(Float)
+    reason: Mapped[str] = mapped_column(Text)
+    occurred_at: Mapped[datetime]
+    recorded_at: Mapped[datetime]
+
+
+class StageChange(Base):
+    """A lifecycle stage transition, kept for the funnel and time-to-SQL."""
+
+    __tablename__ = "stage_changes"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    lead_id: Mapped[int] = mapped_column(ForeignKey("leads.id", ondelete="CASCADE"), index=True)
+    from_stage: Mapped[str] = mapped_column(String(20))
+    to_stage: Mapped[str] = mapped_column(String(20))
+    reason: Mapped[str] = mapped_column(Text)
+    changed_at: Mapped[datetime]
+
+
+class Enrolment(Base):
+    """A lead's run through one sequence: where it stands and when it is next due."""
+
+    __tablename__ = "enrolments"
+    __table_args__ = (
+        Index("ix_enrolments_due", "next_run_at"),
+        Index("ix_enrolments_lead_sequence", "lead_id", "sequence"),
+    )
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    lead_id: Mapped[int] = mapped_column(ForeignKey("leads.id", ondelete="CASCADE"))
+    sequence: Mapped[str] = mapped_column(String(100))
+    sequence_version: Mapped[str] = mapped_column(String(64))
+    status: Mapped[str] = mapped_column(String(16), default="active")  # active | exited
+    milestone: Mapped[str] = mapped_column(String(100))
+    position: Mapped[int] = mapped_column(Integer, default=0)
+    pass_no: Mapped[int] = mapped_column(Integer, default=1)
+    exhausted: Mapped[bool] = mapped_column(default=False)
+    next_run_at: Mapped[datetime | None]
+    lease_until: Mapped[datetime | None]
+    enrolled_at: Mapped[datetime]
+    milestone_entered_at: Mapped[datetime]
+    exited_at: Mapped[datetime | None]
+    exit_reason: Mapped[str | None] = mapped_column(Text)
+    trigger: Mapped[str] = mapped_column(String(64))
+
+
+class MilestoneVisit(Base):
+    """One entry of an enrolment into a milestone, kept for the funnel and the timeline."""
+
+    __tablename__ = "milestone_visits"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    enrolment_id: Mapped[int] = mapped_column(
+        ForeignKey("enrolments.id", ondelete="CASCADE"), index=True
+    )
+    milestone: Mapped[str] = mapped_column(String(100))
+    reason: Mapped[str] = mapped_column(Text)
+    entered_at: Mapped[datetime]
+
+
+class Delivery(Base):
+    """One planned send of one step to one lead; unique per (enrolment, step, pass)."""
+
+    __tablename__ = "deliveries"
+    __table_args__ = (
+        UniqueConstraint("enrolment_id", "step", "pass_no", name="uq_delivery_step_pass"),
+        Index("ix_deliveries_due", "status", "due_at"),
+    )
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    enrolment_id: Mapped[int] = mapped_column(ForeignKey("enrolments.id", ondelete="CASCADE"))
+    lead_id: Mapped[int] = mapped_column(ForeignKey("leads.id", ondelete="CASCADE"), index=True)
+    sequence: Mapped[str] = mapped_column(String(100))
+    milestone: Mapped[str] = mapped_column(String(100))
+    step: Mapped[str] = mapped_column(String(120))  # "<milestone>/<position>"
+    pass_no: Mapped[int] = mapped_column(Integer)
+    channel: Mapped[str] = mapped_column(String(8))
+    template: Mapped[str] = mapped_column(String(100))
+    # planned -> sending -> sent | failed | skipped | unknown
+    status: Mapped[str] = mapped_column(String(12), default="planned")
+    planned_at: Mapped[datetime]
+    due_at: Mapped[datetime]
+    lease_until: Mapped[datetime | None]
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    sent_at: Mapped[datetime | None]
+    provider: Mapped[str | None] = mapped_column(String(32))
+    provider_message_id: Mapped[str | None] = mapped_column(String(200), index=True)
+    subject: Mapped[str | None] = mapped_column(Text)
+    detail: Mapped[str | None] = mapped_column(Text)
+
+
+class Handoff(Base):
+    """The one record of a lead crossing the SQL threshold, with the reasons sales needs."""
+
+    __tablename__ = "handoffs"
+    __table_args__ = (UniqueConstraint("lead_id", "crossing", name="uq_handoff_crossing"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    lead_id: Mapped[int] = mapped_column(ForeignKey("leads.id", ondelete="CASCADE"))
+    crossing: Mapped[int] = mapped_column(Integer)
+    created_at: Mapped[datetime]
+    score: Mapped[dict[str, Any]]
+    reasons: Mapped[dict[str, Any]]
+    owner: Mapped[str | None] = mapped_column(String(200))
+    status: Mapped[str] = mapped_column(String(12), default="pending")  # pending | delivered
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    next_attempt_at: Mapped[datetime | None] = mapped_column(index=True)
+    delivered_at: Mapped[datetime | None]
+    owner_notified_at: Mapped[datetime | None]
+
+
+class Suppression(Base):
+    """An address that must not be messaged on a channel (unsubscribe, bounce, STOP)."""
+
+    __tablename__ = "suppressions"
+    __table_args__ = (UniqueConstraint("channel", "address", name="uq_suppression"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    channel: Mapped[str] = mapped_column(String(8))
+    address: Mapped[str] = mapped_column(String(320))
+    reason: Mapped[str] = mapped_column(Text)
+    created_at: Mapped[datetime]

@@ -1,0 +1,40 @@
+"""One settings object from the environment, with defaults that run locally with no services."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Where the database, broker, workflows and templates are; secrets stay in the environment."""
+
+    database_url: str
+    redis_url: str | None
+    workflows_dir: Path
+    templates_dir: Path
+    public_url: str
+    secret_key: str
+    notify_from: str = "nurture@localhost"
+    company_name: str = "Acme Analytics"
+    postal_address: str = "Acme Analytics, 1 Example Street, Springfield"
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
+        """Read NURTURE_* variables; unset ones fall back to a local SQLite setup."""
+        env = os.environ if environ is None else environ
+        return cls(
+            database_url=env.get("NURTURE_DATABASE_URL") or "sqlite:///nurture.db",
+            redis_url=env.get("NURTURE_REDIS_URL") or None,
+            workflows_dir=Path(env.get("NURTURE_WORKFLOWS") or "workflows"),
+            templates_dir=Path(env.get("NURTURE_TEMPLATES") or "templates"),
+            public_url=(env.get("NURTURE_PUBLIC_URL") or "http://localhost:8000").rstrip("/"),
+            secret_key=env.get("NURTURE_SECRET_KEY") or "dev-only-secret-change-me",
+            notify_from=env.get("NURTURE_NOTIFY_FROM") or "nurture@localhost",
+            company_name=env.get("NURTURE_COMPANY_NAME") or "Acme Analytics",
+            postal_address=env.get("NURTURE_POSTAL_ADDRESS")
+            or "Acme Analytics, 1 Example Street, Springfield",
+        )

@@ -1,0 +1,333 @@
+"""The validated, immutable form of workflow YAML: what the engine runs, whatever the file said."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from datetime import time, timedelta
+from typing import Any, Protocol
+
+
+class Facts(Protocol):
+    """What a condition may ask about a lead; the engine answers it from the database."""
+
+    score: float
+    fit: float
+    engagement: float
+    stage: str
+
+    def attribute(self, name: str) -> Any:
+        """A lead field (email, company, title, ...) or custom field; None when absent."""
+
+    def has_event(self, types: tuple[str, ...], within: timedelta | None) -> bool:
+        """True when one of `types` occurred within the window (None: the context's default)."""
+
+
+class Condition(Protocol):
+    """A parsed condition string; evaluating it never runs user code."""
+
+    text: str
+
+    def evaluate(self, facts: Facts) -> bool:
+        """True when the condition holds for these facts."""
+
+    def event_types(self) -> frozenset[str]:
+        """Event types the condition looks at, to know when it may change."""
+
+
+# ---- scoring.yml ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Match:
+    """One test of a value: equals, one_of, contains, matches, at_least, at_most, present."""
+
+    op: str
+    value: Any = None
+
+    def test(self, actual: Any) -> bool:
+        """True when `actual` passes; a missing value passes nothing but `present: false`."""
+        if self.op == "present":
+            return (actual not in (None, "")) == bool(self.value)
+        if actual is None:
+            return False
+        if self.op == "equals":
+            return _norm(actual) == _norm(self.value)
+        if self.op == "one_of":
+            wanted = _norm(actual)
+            return any(wanted == _norm(v) for v in self.value)
+        if self.op == "contains":
+            return str(self.value).lower() in str(actual).lower()
+        if self.op == "matches":
+            return re.search(self.value, str(actual)) is not None
+        number = _number(actual)
+        if number is None:
+            return False
+        if self.op == "at_least":
+            return number >= float(self.value)
+        if self.op == "at_most":
+            return number <= float(self.value)
+        raise ValueError(f"unknown match operator {self.op!r}")
+
+
+def _norm(value: Any) -> Any:
+    return value.strip().lower() if isinstance(value, str) else value
+
+
+def _number(value: Any) -> float | None:
+    if isinstance(value, bool):
+        return None
+    try:
+        return float(value)
+    except (TypeError, ValueError, OverflowError):
+        return None
+
+
+@dataclass(frozen=True)
+class Limit:
+    """At most `count` scored events of a rule within `per` (None: ever)."""
+
+    count: int
+    per: timedelta | None
+
+
+@dataclass(frozen=True)
+class EngagementRule:
+    """Points for an event type whose properties pass every `where` test, within a limit."""
+
+    id: str
+    event: str
+    points: int
+    reason: str
+    where: tuple[tuple[str, Match], ...] = ()
+    limit: Limit | None = None
+
+    def applies_to(self, event_type: str, properties: dict[str, Any]) -> bool:
+        """True when this rule scores an event of that type with those properties."""
+        return event_type == self.event and all(m.test(properties.get(k)) for k, m in self.where)
+
+
+@dataclass(frozen=True)
+class FitRule:
+    """Points while a lead attribute passes a test; recomputed whenever attributes change."""
+
+    id: str
+    attribute: str
+    match: Match
+    points: int
+    reason: str
+
+
+@dataclass(frozen=True)
+class Decay:
+    """Engagement lost with inactivity: after `after` idle, `points` (or `percent`) per `every`."""
+
+    after: timedelta
+    every: timedelta
+    points: int | None = None
+    percent: float | None = None
+
+
+@dataclass(frozen=True)
+class Scoring:
+    """Thresholds and rules from workflows/scoring.yml."""
+
+    mql: Condition
+    sql: Condition
+    engagement: tuple[EngagementRule, ...]
+    fit: tuple[FitRule, ...]
+    decay: Decay | None
+    inactive_after: timedelta | None
+    lead_events: tuple[str, ...]
+    file: str = "scoring.yml"
+
+
+# ---- sequences ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Trigger:
+    """What enrols a lead: an event (`values`: types), a stage, slipped_back, inactive, recycled."""
+
+    kind: str
+    values: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Enrol:
+    """When a sequence takes a lead in, and whether it may take the same lead again."""
+
+    on: tuple[Trigger, ...]
+    when: Condition | None = None
+    unless: Condition | None = None
+    again: bool = False
+    again_after: timedelta | None = None
+
+
+@dataclass(frozen=True)
+class Send:
+    """Plan one email or SMS from a template."""
+
+    channel: str
+    template: str
+
+
+@dataclass(frozen=True)
+class Wait:
+    """Pause the drip; the due time lives in the database, not in a sleep."""
+
+    duration: timedelta
+
+
+@dataclass(frozen=True)
+class Branch:
+    """Evaluate a condition on the lead now and run one of two step lists."""
+
+    condition: Condition
+    then: tuple[Step, ...]
+    otherwise: tuple[Step, ...]
+
+
+@dataclass(frozen=True)
+class Goto:
+    """Move to another milestone of the sequence, or `exit`."""
+
+    target: str
+
+
+Step = Send | Wait | Branch | Goto
+
+
+@dataclass(frozen=True)
+class Jump:
+    """Compiled only: continue at `target` (the end of a branch's `then` list)."""
+
+    target: int
+
+
+@dataclass(frozen=True)
+class Test:
+    """Compiled only: evaluate `condition`; fall through when true, else continue at `otherwise`."""
+
+    condition: Condition
+    otherwise: int
+
+
+Instruction = Send | Wait | Goto | Test | Jump
+
+
+def compile_steps(steps: tuple[Step, ...], start: int = 0) -> list[Instruction]:
+    """Flatten nested branches into a program addressed by index, so a step's position is an int."""
+    program: list[Instruction] = []
+    for step in steps:
+        if isinstance(step, Branch):
+            then = compile_steps(step.then, start + len(program) + 1)
+            test_at = len(program)
+            program.append(Test(step.condition, otherwise=-1))
+            program.extend(then)
+            jump_at = len(program)
+            program.append(Jump(target=-1))
+            otherwise_start = start + len(program)
+            program.extend(compile_steps(step.otherwise, otherwise_start))
+            program[test_at] = Test(step.condition, otherwise=otherwise_start)
+            program[jump_at] = Jump(target=start + len(program))
+        else:
+            program.append(step)
+    return program
+
+
+@dataclass(frozen=True)
+class WhenDone:
+    """What an exhausted milestone does: wait for a trigger, or after `after` go to `goto`."""
+
+    after: timedelta | None = None
+    goto: str | None = None  # a milestone id or "exit"; None with after None: wait for a trigger
+
+
+@dataclass(frozen=True)
+class Milestone:
+    """A stage of a sequence with its steps and the score trigger that moves leads into it."""
+
+    id: str
+    steps: tuple[Step, ...]
+    enter_when: Condition | None = None
+    when_done: WhenDone = field(default_factory=WhenDone)
+
+    @property
+    def program(self) -> list[Instruction]:
+        """The steps flattened for execution; positions in it are stable for one version."""
+        return compile_steps(self.steps)
+
+
+@dataclass(frozen=True)
+class Window:
+    """Days of the week (0 = Monday) and local hours during which a sequence may send."""
+
+    days: frozenset[int]
+    start: time
+    end: time
+
+
+@dataclass(frozen=True)
+class SendSettings:
+    """Sender identity, send window and SMS limits of a sequence."""
+
+    from_email: str
+    from_name: str = ""
+    reply_to: str | None = None
+    sms_from: str | None = None
+    window: Window | None = None
+    sms_max_segments: int = 3
+
+
+@dataclass(frozen=True)
+class Sequence:
+    """One nurture sequence from workflows/NAME.yml, identified by name and content hash."""
+
+    name: str
+    file: str
+    version: str
+    enrol: Enrol
+    milestones: tuple[Milestone, ...]
+    exit_when: tuple[Condition, ...]
+    send: SendSettings
+    description: str = ""
+
+    def milestone(self, milestone_id: str) -> Milestone:
+        """The milestone with this id; KeyError when a stored id no longer exists."""
+        for milestone in self.milestones:
+            if milestone.id == milestone_id:
+                return milestone
+        raise KeyError(milestone_id)
+
+    def index(self, milestone_id: str) -> int:
+        """Position of a milestone, so triggers can only move leads forward."""
+        return [m.id for m in self.milestones].index(milestone_id)
+
+
+@dataclass(frozen=True)
+class OwnerRule:
+    """Assign leads matching `condition` to `owner`."""
+
+    condition: Condition
+    owner: str
+
+
+@dataclass(frozen=True)
+class Assignment:
+    """Who receives a handoff: the first matching rule, else the next owner in rotation."""
+
+    owners: tuple[str, ...] = ()
+    rules: tuple[OwnerRule, ...] = ()
+    notify_owner: bool = False
+
+
+@dataclass(frozen=True)
+class Workflows:
+    """Everything loaded from the workflows folder, validated together."""
+
+    scoring: Scoring
+    sequences: dict[str, Sequence]
+    version: str
+    # Every template a step names, located: (template, channel, file, line, field).
+    template_uses: tuple[tuple[str, str, str, int, str], ...] = ()
