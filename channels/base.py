@@ -1,0 +1,249 @@
+"""The channel adapter surface: messages in, normalised send results and delivery events out.
+
+Every adapter takes an `EmailMessage` or `SmsMessage`, returns a `SendResult` or raises a
+`ChannelError` whose kind tells the engine what to do; provider feedback (webhooks) comes back
+as `DeliveryEvent`s. Email headers and the MIME message are built here once, for every adapter.
+"""
+
+from __future__ import annotations
+
+import email.errors
+import email.policy
+import re
+from abc import ABC, abstractmethod
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from email.headerregistry import Address
+from email.message import EmailMessage as MimeMessage
+from email.utils import format_datetime, parseaddr
+from typing import Any, ClassVar
+
+from engine.errors import ChannelError, ConfigurationError
+
+EMAIL = "email"
+SMS = "sms"
+
+# SendResult.status: "accepted" = a provider or relay took it and delivers asynchronously;
+# "queued" = the provider queued it (Twilio); "sent" = the adapter's job is done (outbox, console).
+ACCEPTED, QUEUED, SENT = "accepted", "queued", "sent"
+
+# What provider feedback normalises to. Provider states that change nothing for a lead
+# (SendGrid processed/deferred, Twilio queued/sent) produce no event at all.
+EVENT_KINDS = frozenset(
+    {
+        "delivered",
+        "opened",
+        "clicked",
+        "bounced",
+        "complained",
+        "unsubscribed",
+        "failed",
+        "replied",
+        "opted_out",
+        "opted_in",
+        "help",
+    }
+)
+
+# Headers that come from message fields or the transport, never from `EmailMessage.headers`
+# (SendGrid refuses most of them too).
+RESERVED_HEADERS = frozenset(
+    {
+        "from",
+        "to",
+        "cc",
+        "bcc",
+        "subject",
+        "reply-to",
+        "date",
+        "message-id",
+        "content-type",
+        "content-transfer-encoding",
+        "mime-version",
+        "received",
+        "dkim-signature",
+        "x-sg-id",
+        "x-sg-eid",
+        "list-unsubscribe",
+        "list-unsubscribe-post",
+        "x-nurture-delivery-id",
+    }
+)
+DELIVERY_ID_HEADER = "X-Nurture-Delivery-Id"
+# 7bit: non-ASCII bodies go quoted-printable/base64, so relays without 8BITMIME take them too.
+MIME_POLICY = email.policy.SMTP.clone(cte_type="7bit")
+_HEADER_NAME = re.compile(r"[!-9;-~]+")  # RFC 5322 field name: printable ASCII except ":"
+_SAFE_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,127}")
+
+
+@dataclass(frozen=True)
+class EmailMessage:
+    """One rendered email for one lead, with the delivery id that maps feedback back to it."""
+
+    delivery_id: str
+    to_email: str
+    to_name: str
+    from_email: str
+    from_name: str
+    subject: str
+    html: str
+    text: str
+    reply_to: str | None = None
+    unsubscribe_url: str | None = None
+    unsubscribe_mailto: str | None = None
+    headers: Mapping[str, str] = field(default_factory=dict)
+    categories: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class SmsMessage:
+    """One rendered SMS for one lead; `status_callback` is where the provider reports delivery."""
+
+    delivery_id: str
+    to_phone: str
+    from_phone: str
+    body: str
+    status_callback: str | None = None
+
+
+@dataclass(frozen=True)
+class SendResult:
+    """What the provider said when it took a message: its id for the message, and how far it got."""
+
+    provider: str
+    provider_message_id: str | None
+    status: str
+
+
+@dataclass(frozen=True)
+class DeliveryEvent:
+    """Provider feedback in one shape, whichever provider sent it; dedupe on provider_event_id."""
+
+    kind: str
+    channel: str
+    provider: str
+    provider_event_id: str
+    occurred_at: datetime
+    delivery_id: str | None
+    provider_message_id: str | None
+    recipient: str
+    url: str | None = None
+    reason: str | None = None
+    body: str | None = None
+    detail: Mapping[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.kind not in EVENT_KINDS:
+            raise ValueError(f"unknown delivery event kind {self.kind!r}")
+        if self.occurred_at.tzinfo is None:
+            raise ValueError("occurred_at must be timezone-aware")
+
+
+class Channel(ABC):
+    """One way to send: a provider adapter for one channel ("email" or "sms")."""
+
+    name: ClassVar[str]
+    channel: str
+
+    @abstractmethod
+    def send(self, message: Any) -> SendResult:
+        """Hand one message to the provider; raises ChannelError saying what to do on failure."""
+
+    def close(self) -> None:  # noqa: B027 - a hook: most adapters hold nothing open
+        """Release what the adapter holds open; the default holds nothing."""
+
+    def wrong_message(self, message: object) -> TypeError:
+        """The error for a message of the other channel: a wiring mistake, not a send failure."""
+        return TypeError(f"the {self.channel} {self.name} cannot send {type(message).__name__}")
+
+
+def sdk_missing(package: str) -> ConfigurationError:
+    """The error for an adapter whose provider SDK is not installed, naming the extra."""
+    return ConfigurationError(
+        f"the {package} package is not installed: pip install 'nurture[providers]'"
+    )
+
+
+def require_env(environ: Mapping[str, str], name: str) -> str:
+    """A variable that must be set, or a ConfigurationError naming it."""
+    value = environ.get(name, "").strip()
+    if not value:
+        raise ConfigurationError(f"{name} is not set")
+    return value
+
+
+def env_flag(environ: Mapping[str, str], name: str) -> bool:
+    """A yes/no variable: 1, true, yes, on (any case) mean yes; unset means no."""
+    return environ.get(name, "").strip().lower() in {"1", "true", "yes", "on"}
+
+
+def check_delivery_id(delivery_id: str) -> str:
+    """Delivery ids become file names and Message-IDs, so only plain characters are accepted."""
+    if not _SAFE_ID.fullmatch(delivery_id):
+        raise ChannelError(f"unusable delivery id {delivery_id!r}", ChannelError.PERMANENT)
+    return delivery_id
+
+
+def _no_line_breaks(what: str, value: str) -> str:
+    """Header injection guard: a CR or LF in a header value would start a new header."""
+    if "\r" in value or "\n" in value:
+        raise ChannelError(f"line break in {what}: {value!r}", ChannelError.PERMANENT)
+    return value
+
+
+def email_headers(message: EmailMessage) -> dict[str, str]:
+    """The extra headers every adapter sends: one-click unsubscribe, delivery id, custom ones.
+
+    RFC 8058 one-click (`List-Unsubscribe-Post`) needs an HTTPS URI; an http:// link (local
+    development) still gets `List-Unsubscribe`, but no one-click promise it cannot keep.
+    """
+    _no_line_breaks("subject", message.subject)
+    for what in ("to_email", "to_name", "from_email", "from_name", "reply_to"):
+        _no_line_breaks(what, getattr(message, what) or "")
+    headers: dict[str, str] = {}
+    for name, value in message.headers.items():
+        if not _HEADER_NAME.fullmatch(name) or name.lower() in RESERVED_HEADERS:
+            raise ChannelError(f"header {name!r} may not be set", ChannelError.PERMANENT)
+        headers[name] = _no_line_breaks(f"header {name}", value)
+    targets = []
+    if message.unsubscribe_url:
+        targets.append(f"<{_no_line_breaks('unsubscribe_url', message.unsubscribe_url)}>")
+    if message.unsubscribe_mailto:
+        mailto = _no_line_breaks("unsubscribe_mailto", message.unsubscribe_mailto)
+        targets.append(f"<{mailto if mailto.startswith('mailto:') else 'mailto:' + mailto}>")
+    if targets:
+        headers["List-Unsubscribe"] = ", ".join(targets)
+    if message.unsubscribe_url and message.unsubscribe_url.lower().startswith("https://"):
+        headers["List-Unsubscribe-Post"] = "List-Unsubscribe=One-Click"
+    headers[DELIVERY_ID_HEADER] = _no_line_breaks("delivery_id", message.delivery_id)
+    return headers
+
+
+def _address(name: str, addr: str) -> Address:
+    """A header address; an address the email package cannot split is the caller's mistake."""
+    try:
+        return Address(display_name=name, addr_spec=addr)
+    except (ValueError, IndexError, email.errors.HeaderParseError) as err:
+        raise ChannelError(f"invalid email address {addr!r}", ChannelError.PERMANENT) from err
+
+
+def build_mime(message: EmailMessage, sent_at: datetime) -> MimeMessage:
+    """The RFC 5322 message (multipart/alternative text + html) the outbox writes and SMTP sends."""
+    extra = email_headers(message)
+    delivery_id = check_delivery_id(message.delivery_id)
+    mime = MimeMessage(policy=MIME_POLICY)
+    sender = _address(message.from_name, message.from_email)
+    mime["From"] = sender
+    mime["To"] = _address(message.to_name, message.to_email)
+    if message.reply_to:
+        reply_name, reply_addr = parseaddr(message.reply_to)
+        mime["Reply-To"] = _address(reply_name, reply_addr or message.reply_to)
+    mime["Subject"] = message.subject
+    mime["Date"] = format_datetime(sent_at)
+    mime["Message-ID"] = f"<{delivery_id}@{sender.domain or 'nurture.invalid'}>"
+    for name, value in extra.items():
+        mime[name] = value
+    mime.set_content(message.text)
+    mime.add_alternative(message.html, subtype="html")
+    return mime

@@ -1,0 +1,114 @@
+"""Email through any SMTP relay with smtplib: the same MIME message the outbox writes."""
+
+from __future__ import annotations
+
+import smtplib
+import ssl
+from collections.abc import Mapping
+
+from channels.base import (
+    ACCEPTED,
+    EMAIL,
+    Channel,
+    EmailMessage,
+    SendResult,
+    build_mime,
+    env_flag,
+    require_env,
+)
+from engine.clock import Clock, SystemClock
+from engine.errors import ChannelError, ConfigurationError
+
+
+class SmtpChannel(Channel):
+    """One connection per message, so worker threads never share an SMTP session."""
+
+    name = "smtp"
+    channel = EMAIL
+
+    def __init__(
+        self,
+        host: str,
+        port: int = 25,
+        *,
+        user: str | None = None,
+        password: str | None = None,
+        starttls: bool = False,
+        timeout: float = 30.0,
+        ssl_context: ssl.SSLContext | None = None,
+        clock: Clock | None = None,
+    ) -> None:
+        self.host = host
+        self.port = port
+        self.user = user
+        self._password = password or ""
+        self.starttls = starttls
+        self.timeout = timeout
+        self._ssl_context = ssl_context or ssl.create_default_context()
+        self._clock = clock or SystemClock()
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str], clock: Clock | None = None) -> SmtpChannel:
+        """NURTURE_SMTP_HOST/_PORT/_USER/_PASSWORD/_STARTTLS; port 587 with STARTTLS, else 25."""
+        host = require_env(environ, "NURTURE_SMTP_HOST")
+        starttls = env_flag(environ, "NURTURE_SMTP_STARTTLS")
+        port_text = environ.get("NURTURE_SMTP_PORT") or ("587" if starttls else "25")
+        if not port_text.isdigit():
+            raise ConfigurationError(f"NURTURE_SMTP_PORT is not a port number: {port_text!r}")
+        user = environ.get("NURTURE_SMTP_USER") or None
+        password = require_env(environ, "NURTURE_SMTP_PASSWORD") if user else None
+        return cls(
+            host, int(port_text), user=user, password=password, starttls=starttls, clock=clock
+        )
+
+    def send(self, message: EmailMessage) -> SendResult:
+        """Relay the message; errors after the relay accepted it (on QUIT) are not failures."""
+        mime = build_mime(message, self._clock.now())
+        try:
+            smtp = smtplib.SMTP(self.host, self.port, timeout=self.timeout)
+            try:
+                if self.starttls:
+                    smtp.starttls(context=self._ssl_context)
+                if self.user:
+                    smtp.login(self.user, self._password)
+                smtp.send_message(mime, message.from_email, [message.to_email])
+            finally:
+                _quit(smtp)
+        except (smtplib.SMTPException, OSError) as err:
+            raise _channel_error(err) from err
+        return SendResult(self.name, mime["Message-ID"], ACCEPTED)
+
+
+def _quit(smtp: smtplib.SMTP) -> None:
+    """Say goodbye politely, or just hang up when the server is already gone."""
+    try:
+        smtp.quit()
+    except (smtplib.SMTPException, OSError):
+        smtp.close()
+
+
+def _channel_error(err: smtplib.SMTPException | OSError) -> ChannelError:
+    """What an SMTP failure means: 4xx and lost connections pass, 5xx stay, ours to fix."""
+    if isinstance(err, smtplib.SMTPRecipientsRefused):
+        code, reply = next(iter(err.recipients.values()))
+        kind = ChannelError.TRANSIENT if 400 <= code < 500 else ChannelError.PERMANENT
+        return ChannelError(f"smtp: recipient refused: {code} {_text(reply)}", kind, status=code)
+    if isinstance(err, smtplib.SMTPResponseException):
+        code = err.smtp_code
+        if 400 <= code < 500:
+            kind = ChannelError.TRANSIENT
+        elif isinstance(err, smtplib.SMTPAuthenticationError | smtplib.SMTPSenderRefused):
+            kind = ChannelError.CONFIGURATION
+        else:
+            kind = ChannelError.PERMANENT
+        reason = f"{type(err).__name__}: {code} {_text(err.smtp_error)}"
+        return ChannelError(f"smtp: {reason}", kind, status=code)
+    if isinstance(err, smtplib.SMTPServerDisconnected):
+        return ChannelError(f"smtp: {err}", ChannelError.TRANSIENT)
+    if isinstance(err, smtplib.SMTPException | ssl.SSLCertVerificationError):
+        return ChannelError(f"smtp: {err}", ChannelError.CONFIGURATION)
+    return ChannelError(f"smtp: {type(err).__name__}: {err}", ChannelError.TRANSIENT)
+
+
+def _text(reply: bytes | str) -> str:
+    return reply.decode("utf-8", "replace") if isinstance(reply, bytes) else reply
