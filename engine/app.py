@@ -1,0 +1,79 @@
+"""One process's wiring: settings, database, validated workflows, renderer, channels, policy."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import Engine
+from sqlalchemy.orm import Session, sessionmaker
+
+from engine.clock import Clock, SystemClock
+from engine.db import make_engine, make_sessionmaker
+from engine.pacing import LocalPacer, Pacer, RedisPacer
+from engine.policy import Policy
+from engine.rendering import Renderer
+from engine.runtime import Runtime
+from engine.settings import Settings
+from engine.validation import load
+
+
+@dataclass
+class App:
+    """Everything an API process, scheduler or worker needs, built once at start-up."""
+
+    settings: Settings
+    engine: Engine
+    sessions: sessionmaker[Session]
+    rt: Runtime
+    renderer: Renderer
+    policy: Policy
+    channels: Mapping[str, Any]
+    crm_url: str | None
+    crm_secret: str
+    pacer: Pacer | None
+
+    @classmethod
+    def create(
+        cls,
+        settings: Settings | None = None,
+        *,
+        clock: Clock | None = None,
+        environ: Mapping[str, str] | None = None,
+        channels: Mapping[str, Any] | None = None,
+        engine: Engine | None = None,
+        paced: bool = True,
+    ) -> App:
+        """Validate workflows and templates (all problems at once), connect what is configured."""
+        env = dict(os.environ if environ is None else environ)
+        settings = settings or Settings.from_env(env)
+        clock = clock or SystemClock()
+        workflows, renderer, policy = load(settings)
+        if channels is None:
+            from channels import build_channels
+
+            channels = build_channels(env, clock=clock)
+        engine = engine or make_engine(settings.database_url)
+        return cls(
+            settings=settings,
+            engine=engine,
+            sessions=make_sessionmaker(engine),
+            rt=Runtime(workflows, clock, policy.assignment),
+            renderer=renderer,
+            policy=policy,
+            channels=channels,
+            crm_url=env.get("NURTURE_CRM_WEBHOOK_URL") or None,
+            crm_secret=env.get("NURTURE_CRM_WEBHOOK_SECRET") or settings.secret_key,
+            pacer=_pacer(settings) if paced else None,
+        )
+
+
+def _pacer(settings: Settings) -> Pacer:
+    """Send slots shared through Redis across processes, or kept in this process."""
+    if settings.redis_url:
+        import redis
+
+        return RedisPacer(redis.Redis.from_url(settings.redis_url))
+    return LocalPacer()

@@ -1,0 +1,126 @@
+"""The scheduler: claim what is due in batches under a lease; the database stays the truth."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import datetime, timedelta
+
+from sqlalchemy import or_, select, update
+from sqlalchemy.orm import Session, sessionmaker
+
+from engine.db import is_postgres
+from engine.journey import advance, lock_enrolment
+from engine.models import Delivery, Enrolment, Lead
+from engine.runtime import Runtime
+from engine.tracking import refresh
+
+# How long a claimed row belongs to the worker it was handed to before it is due again.
+DEFAULT_LEASE = timedelta(minutes=5)
+
+
+def claim_due_enrolments(
+    session: Session, now: datetime, limit: int, lease: timedelta = DEFAULT_LEASE
+) -> list[int]:
+    """Claim up to `limit` due enrolments: rows locked with SKIP LOCKED, leased, ids returned.
+
+    Several schedulers can run this at once on PostgreSQL; each row goes to one of them.
+    A message lost after the claim (broker flushed, worker killed) makes the row due again
+    once the lease runs out.
+    """
+    query = (
+        select(Enrolment.id)
+        .where(
+            Enrolment.next_run_at <= now,
+            Enrolment.status == "active",
+            or_(Enrolment.lease_until.is_(None), Enrolment.lease_until <= now),
+        )
+        .order_by(Enrolment.next_run_at)
+        .limit(limit)
+    )
+    if is_postgres(session):
+        query = query.with_for_update(skip_locked=True)
+    ids = list(session.scalars(query))
+    if ids:
+        session.execute(
+            update(Enrolment).where(Enrolment.id.in_(ids)).values(lease_until=now + lease)
+        )
+    return ids
+
+
+def claim_due_deliveries(
+    session: Session, now: datetime, limit: int, lease: timedelta = DEFAULT_LEASE
+) -> list[str]:
+    """Claim planned deliveries that are due, like enrolments: SKIP LOCKED, leased, by index."""
+    query = (
+        select(Delivery.id)
+        .where(
+            Delivery.status == "planned",
+            Delivery.due_at <= now,
+            or_(Delivery.lease_until.is_(None), Delivery.lease_until <= now),
+        )
+        .order_by(Delivery.due_at)
+        .limit(limit)
+    )
+    if is_postgres(session):
+        query = query.with_for_update(skip_locked=True)
+    ids = list(session.scalars(query))
+    if ids:
+        session.execute(
+            update(Delivery).where(Delivery.id.in_(ids)).values(lease_until=now + lease)
+        )
+    return ids
+
+
+def claim_due_leads(
+    session: Session, now: datetime, limit: int, lease: timedelta = DEFAULT_LEASE
+) -> list[int]:
+    """Claim leads whose decay or inactivity fell due, like enrolments, by index only."""
+    ids: list[int] = []
+    for column in (Lead.decay_due_at, Lead.inactive_due_at):
+        query = select(Lead.id).where(column <= now).order_by(column).limit(limit - len(ids))
+        if is_postgres(session):
+            query = query.with_for_update(skip_locked=True)
+        ids.extend(i for i in session.scalars(query) if i not in ids)
+        if len(ids) >= limit:
+            break
+    return ids
+
+
+def advance_enrolment(session: Session, rt: Runtime, enrolment_id: int) -> list[str]:
+    """Advance one claimed enrolment under its row lock; returns the ids of the sends it planned."""
+    enrolment = lock_enrolment(session, enrolment_id)
+    if enrolment is None:
+        return []
+    return [delivery.id for delivery in advance(session, rt, enrolment)]
+
+
+def run_due(
+    sessions: sessionmaker[Session],
+    rt: Runtime,
+    *,
+    batch: int = 500,
+    on_lead: Callable[[int], None] | None = None,
+) -> int:
+    """Process everything due now in this process: decay and inactivity, then enrolment steps.
+
+    Used by the embedded runner, the simulator and tests; production splits the same work
+    between the scheduler (claims) and workers (advance) over the broker.
+    """
+    handled = 0
+    while True:
+        now = rt.clock.now()
+        with sessions.begin() as session:
+            lead_ids = claim_due_leads(session, now, batch)
+        for lead_id in lead_ids:
+            with sessions.begin() as session:
+                refresh(session, rt, lead_id)
+            if on_lead is not None:
+                on_lead(lead_id)
+        with sessions.begin() as session:
+            enrolment_ids = claim_due_enrolments(session, now, batch)
+        for enrolment_id in enrolment_ids:
+            with sessions.begin() as session:
+                advance_enrolment(session, rt, enrolment_id)
+        handled += len(lead_ids) + len(enrolment_ids)
+        if not lead_ids and not enrolment_ids:
+            return handled

@@ -1,0 +1,305 @@
+"""Provider feedback: clicks and opens score once, bounces, complaints and STOP suppress."""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime, timedelta
+from typing import Any
+
+import pytest
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session, sessionmaker
+
+from channels.base import EMAIL, SMS, DeliveryEvent
+from channels.webhooks import parse_sendgrid_events, sms_keyword_kind
+from engine.clock import FrozenClock
+from engine.feedback import FeedbackResult, record_delivery_event
+from engine.models import Delivery, Event, Lead, ScoreEntry, Suppression
+from engine.runtime import Runtime
+from engine.scheduler import run_due
+from engine.tracking import track
+
+ANA = {"email": "ana@northwind.test", "phone": "+15005550001", "sms_consent": True}
+
+
+def _enrol(sessions: sessionmaker[Session], rt: Runtime) -> None:
+    """Ana fills in the form (10 points) and the drip plans the welcome email at once."""
+    with sessions.begin() as s:
+        track(s, rt, ANA, "form_submitted")
+    run_due(sessions, rt)
+
+
+def _enrol_to_the_sms_step(
+    sessions: sessionmaker[Session], rt: Runtime, clock: FrozenClock
+) -> None:
+    """Five days into the drip: welcome, case_study and the quick_question SMS are planned."""
+    _enrol(sessions, rt)
+    for days in (2, 3):
+        clock.advance(timedelta(days=days))
+        run_due(sessions, rt)
+
+
+def _delivery(session: Session, template: str) -> Delivery:
+    return session.scalars(select(Delivery).where(Delivery.template == template)).one()
+
+
+def _mark_sent(sessions: sessionmaker[Session], template: str, message_id: str) -> str:
+    """Pretend the provider accepted the send, as `record_success` would have recorded it."""
+    with sessions.begin() as s:
+        delivery = _delivery(s, template)
+        delivery.status, delivery.provider_message_id = "sent", message_id
+        delivery.provider = "sendgrid"
+        return delivery.id
+
+
+def _event(kind: str, at: datetime, **fields: Any) -> DeliveryEvent:
+    values: dict[str, Any] = {
+        "channel": EMAIL,
+        "provider": "sendgrid",
+        "provider_event_id": "evt-1",
+        "delivery_id": None,
+        "provider_message_id": None,
+        "recipient": ANA["email"],
+    }
+    return DeliveryEvent(kind=kind, occurred_at=at, **(values | fields))
+
+
+def _inbound(body: str, at: datetime, sid: str) -> DeliveryEvent:
+    """An inbound SMS from Ana's phone as Twilio formats it, its kind decided by the parser."""
+    return DeliveryEvent(
+        kind=sms_keyword_kind(body),
+        channel=SMS,
+        provider="twilio",
+        provider_event_id=sid,
+        occurred_at=at,
+        delivery_id=None,
+        provider_message_id=None,
+        recipient="+1 (500) 555-0001",
+        body=body,
+    )
+
+
+def _record(sessions: sessionmaker[Session], rt: Runtime, event: DeliveryEvent) -> FeedbackResult:
+    with sessions.begin() as s:
+        return record_delivery_event(s, rt, event)
+
+
+def _lead(session: Session) -> Lead:
+    return session.scalars(select(Lead)).one()
+
+
+def _events(session: Session, event_type: str) -> list[Event]:
+    return list(session.scalars(select(Event).where(Event.type == event_type)))
+
+
+def _suppressions(session: Session) -> list[tuple[str, str]]:
+    return [(r.channel, r.address) for r in session.scalars(select(Suppression))]
+
+
+def _statuses(session: Session) -> dict[str, tuple[str, str | None]]:
+    return {d.template: (d.status, d.detail) for d in session.scalars(select(Delivery))}
+
+
+def test_a_click_maps_by_delivery_id_and_scores_once_when_the_provider_sends_it_twice(
+    sessions: sessionmaker[Session], rt: Runtime, clock: FrozenClock
+) -> None:
+    _enrol(sessions, rt)
+    delivery_id = _mark_sent(sessions, "welcome", "msg-1")
+    click = _event("clicked", clock.now(), delivery_id=delivery_id, url="https://acme.test/a")
+    first = _record(sessions, rt, click)
+    again = _record(sessions, rt, click)
+    assert (first.action, first.delivery_id, first.duplicate) == ("scored", delivery_id, False)
+    assert first.track is not None and first.track.points == 6
+    assert (again.action, again.duplicate) == ("ignored", True)
+    with sessions.begin() as s:
+        assert _lead(s).engagement == 16
+        assert s.scalar(select(func.count()).where(ScoreEntry.rule == "click")) == 1
+        (event,) = _events(s, "email_clicked")
+        assert event.properties == {
+            "provider": "sendgrid",
+            "delivery_id": delivery_id,
+            "sequence": "drip",
+            "template": "welcome",
+            "url": "https://acme.test/a",
+        }
+
+
+def test_an_open_maps_by_the_provider_message_id(
+    sessions: sessionmaker[Session], rt: Runtime, clock: FrozenClock
+) -> None:
+    _enrol(sessions, rt)
+    delivery_id = _mark_sent(sessions, "welcome", "msg-1")
+    result = _record(sessions, rt, _event("opened", clock.now(), provider_message_id="msg-1"))
+    assert (result.action, result.delivery_id) == ("scored", delivery_id)
+    with sessions.begin() as s:
+        (event,) = _events(s, "email_opened")
+        assert event.properties["template"] == "welcome"
+        assert event.source == "sendgrid"
+
+
+def test_a_sendgrid_message_id_with_its_filter_suffix_maps_to_the_delivery(
+    sessions: sessionmaker[Session], rt: Runtime, clock: FrozenClock
+) -> None:
+    _enrol(sessions, rt)
+    delivery_id = _mark_sent(sessions, "welcome", "msg-1")
+    body = json.dumps(
+        [
+            {
+                "email": ANA["email"],
+                "timestamp": int(clock.now().timestamp()),
+                "event": "open",
+                "sg_event_id": "evt-9",
+                "sg_message_id": "msg-1.filter0001.123.0",
+            }
+        ]
+    ).encode()
+    (event,) = parse_sendgrid_events(body, signature=None, timestamp=None, public_key=None)
+    assert _record(sessions, rt, event).delivery_id == delivery_id
+
+
+@pytest.mark.parametrize(
+    ("kind", "event_type"), [("bounced", "bounced"), ("complained", "spam_reported")]
+)
+def test_a_bounce_or_spam_report_suppresses_the_address_and_skips_the_planned_email(
+    sessions: sessionmaker[Session], rt: Runtime, clock: FrozenClock, kind: str, event_type: str
+) -> None:
+    _enrol(sessions, rt)
+    delivery_id = _mark_sent(sessions, "welcome", "msg-1")
+    clock.advance(timedelta(days=2))
+    run_due(sessions, rt)  # case_study planned
+    result = _record(sessions, rt, _event(kind, clock.now(), delivery_id=delivery_id, reason="550"))
+    assert result.action == "suppressed"
+    with sessions.begin() as s:
+        assert not _lead(s).email_consent
+        assert _suppressions(s) == [("email", "ana@northwind.test")]
+        assert len(_events(s, event_type)) == 1
+        assert _statuses(s) == {
+            "welcome": ("sent", None),
+            "case_study": ("skipped", f"suppressed: {kind}"),
+        }
+
+
+def test_a_blocked_bounce_is_a_failed_send_and_suppresses_nothing(
+    sessions: sessionmaker[Session], rt: Runtime, clock: FrozenClock
+) -> None:
+    _enrol(sessions, rt)
+    delivery_id = _mark_sent(sessions, "welcome", "msg-1")
+    blocked = _event(
+        "bounced",
+        clock.now(),
+        delivery_id=delivery_id,
+        reason="IP listed",
+        detail={"type": "blocked"},
+    )
+    assert _record(sessions, rt, blocked).action == "failed"
+    with sessions.begin() as s:
+        assert _lead(s).email_consent and not _suppressions(s)
+        assert len(_events(s, "email_failed")) == 1
+        assert _statuses(s)["welcome"] == ("sent", "bounced after sending: IP listed")
+
+
+def test_an_sms_the_carrier_dropped_stays_sent_with_the_reason(
+    sessions: sessionmaker[Session], rt: Runtime, clock: FrozenClock
+) -> None:
+    _enrol_to_the_sms_step(sessions, rt, clock)
+    _mark_sent(sessions, "quick_question", "SM123")
+    failed = _event(
+        "failed",
+        clock.now(),
+        channel=SMS,
+        provider="twilio",
+        provider_event_id="SM123:undelivered",
+        provider_message_id="SM123",
+        recipient=ANA["phone"],
+        reason="30003: unreachable",
+    )
+    assert _record(sessions, rt, failed).action == "failed"
+    with sessions.begin() as s:
+        assert _statuses(s)["quick_question"] == (
+            "sent",
+            "failed after sending: 30003: unreachable",
+        )
+        assert _events(s, "sms_failed")[0].properties["reason"] == "30003: unreachable"
+
+
+def test_stop_withdraws_sms_consent_suppresses_the_phone_and_skips_planned_sms(
+    sessions: sessionmaker[Session], rt: Runtime, clock: FrozenClock
+) -> None:
+    _enrol_to_the_sms_step(sessions, rt, clock)
+    result = _record(sessions, rt, _inbound("STOP", clock.now(), "SM-stop"))
+    assert (result.action, result.delivery_id) == ("opted_out", None)
+    with sessions.begin() as s:
+        lead = _lead(s)
+        assert not lead.sms_consent and lead.email_consent
+        assert _suppressions(s) == [("sms", "+15005550001")]
+        assert _statuses(s) == {
+            "welcome": ("planned", None),
+            "case_study": ("planned", None),
+            "quick_question": ("skipped", "suppressed: opted_out"),
+        }
+
+
+def test_start_lifts_the_sms_suppression_and_restores_consent(
+    sessions: sessionmaker[Session], rt: Runtime, clock: FrozenClock
+) -> None:
+    _enrol(sessions, rt)
+    _record(sessions, rt, _inbound("STOP", clock.now(), "SM-stop"))
+    clock.advance(timedelta(hours=1))
+    assert _record(sessions, rt, _inbound("start", clock.now(), "SM-start")).action == "opted_in"
+    with sessions.begin() as s:
+        assert _lead(s).sms_consent
+        assert _suppressions(s) == []
+        assert [e.type for e in s.scalars(select(Event).order_by(Event.id))] == [
+            "form_submitted",
+            "sms_opted_out",
+            "sms_opted_in",
+        ]
+
+
+def test_a_sentence_with_stop_in_it_is_a_reply_and_changes_no_consent(
+    sessions: sessionmaker[Session], rt: Runtime, clock: FrozenClock
+) -> None:
+    _enrol(sessions, rt)
+    result = _record(sessions, rt, _inbound("stop please", clock.now(), "SM-reply"))
+    assert result.action == "replied"
+    with sessions.begin() as s:
+        assert _lead(s).sms_consent and not _suppressions(s)
+        (event,) = _events(s, "sms_replied")
+        assert event.properties == {"provider": "twilio", "body": "stop please"}
+
+
+@pytest.mark.parametrize(
+    ("channel", "kind", "recipient"),
+    [(EMAIL, "bounced", "nobody@northwind.test"), (SMS, "opted_out", "+15005559999")],
+)
+def test_an_event_for_an_unknown_address_changes_nothing(
+    sessions: sessionmaker[Session],
+    rt: Runtime,
+    clock: FrozenClock,
+    channel: str,
+    kind: str,
+    recipient: str,
+) -> None:
+    _enrol(sessions, rt)
+    event = _event(kind, clock.now(), channel=channel, recipient=recipient, delivery_id="no-such")
+    result = _record(sessions, rt, event)
+    assert result == FeedbackResult(False, None, None, "unknown_recipient")
+    with sessions.begin() as s:
+        assert s.scalar(select(func.count()).select_from(Lead)) == 1
+        assert s.scalar(select(func.count()).select_from(Event)) == 1  # the form only
+        assert not _suppressions(s)
+        assert _statuses(s) == {"welcome": ("planned", None)}
+
+
+def test_a_late_click_is_scored_at_the_time_it_happened(
+    sessions: sessionmaker[Session], rt: Runtime, clock: FrozenClock
+) -> None:
+    _enrol(sessions, rt)
+    delivery_id = _mark_sent(sessions, "welcome", "msg-1")
+    clock.advance(timedelta(days=3))
+    clicked_at = clock.now() - timedelta(days=2)
+    _record(sessions, rt, _event("clicked", clicked_at, delivery_id=delivery_id))
+    with sessions.begin() as s:
+        entry = s.scalars(select(ScoreEntry).where(ScoreEntry.rule == "click")).one()
+        assert (entry.occurred_at, entry.recorded_at) == (clicked_at, clock.now())
+        assert _lead(s).last_activity_at == clicked_at

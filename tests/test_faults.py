@@ -1,0 +1,246 @@
+"""Faults on real PostgreSQL and Redis: a worker killed mid-send, a flushed broker, a provider
+answering 429 then 500 then 202. Afterwards every delivery is final and none was sent twice."""
+
+from __future__ import annotations
+
+import collections
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from datetime import timedelta
+from pathlib import Path
+
+import dramatiq
+import pytest
+import redis
+from dramatiq.brokers.redis import RedisBroker
+from sqlalchemy import Engine, func, select
+
+from engine.app import App
+from engine.clock import FrozenClock
+from engine.models import Delivery
+from engine.sending import send_delivery
+from engine.settings import Settings
+from engine.tasks import Tasks
+from engine.tracking import track
+from tests.channels.servers import Reply, Request, SendGridServer, sendgrid_errors
+
+ROOT = Path(__file__).resolve().parent.parent
+FIXTURES = ROOT / "tests" / "engine" / "fixtures" / "workflows"
+FINAL = {"sent", "unknown", "failed", "skipped"}
+LEADS = 120
+
+
+class SlowSendGrid(SendGridServer):
+    """SendGrid that takes a moment per message, so a kill lands in the middle of sends."""
+
+    def handle(self, request: Request) -> Reply:
+        time.sleep(0.03)
+        return super().handle(request)
+
+
+def _delivery_ids(server: SendGridServer) -> collections.Counter[str]:
+    return collections.Counter(m["custom_args"]["delivery_id"] for m in server.accepted)
+
+
+@pytest.fixture
+def workflows(tmp_path: Path) -> Path:
+    """The test workflows with short leases, so lost work comes back within seconds."""
+    folder = tmp_path / "workflows"
+    shutil.copytree(FIXTURES, folder)
+    (folder / "sending.yml").write_text(
+        "send_timeout: 3s\nretries: {max_attempts: 5, backoff: 1s}\n"
+    )
+    return folder
+
+
+@pytest.fixture
+def namespace(redis_url: str) -> Iterator[str]:
+    """A Redis key prefix for this test's broker, removed afterwards."""
+    name = f"nurture-fault-{uuid.uuid4().hex[:8]}"
+    yield name
+    client = redis.Redis.from_url(redis_url)
+    for key in client.scan_iter(f"{name}*"):
+        client.delete(key)
+    client.close()
+
+
+def _environ(server: SendGridServer, workflows: Path, redis_url: str) -> dict[str, str]:
+    from tests.conftest import POSTGRES_URL
+
+    return {
+        **os.environ,
+        "NO_PROXY": "127.0.0.1,localhost",
+        "NURTURE_DATABASE_URL": POSTGRES_URL,
+        "NURTURE_REDIS_URL": redis_url,
+        "NURTURE_WORKFLOWS": str(workflows),
+        "NURTURE_TEMPLATES": str(ROOT / "templates"),
+        "SENDGRID_API_KEY": "SG.test-key",
+        "NURTURE_SENDGRID_HOST": server.url,
+        "NURTURE_SMS_CHANNEL": "console",
+    }
+
+
+def _enrol(app: App, count: int) -> None:
+    with app.sessions.begin() as s:
+        for i in range(count):
+            track(s, app.rt, {"email": f"lead{i}@fault.test"}, "form_submitted")
+
+
+def _settle(app: App, tasks: Tasks, seconds: float) -> dict[str, int]:
+    """Tick the scheduler until every delivery is final (or time runs out); statuses counted."""
+    deadline = time.monotonic() + seconds
+    while True:
+        tasks.tick()
+        with app.sessions() as s:
+            counts = dict(
+                s.execute(select(Delivery.status, func.count()).group_by(Delivery.status)).all()
+            )
+        if sum(counts.values()) == LEADS and set(counts) <= FINAL:
+            return counts
+        if time.monotonic() > deadline:
+            return counts
+        time.sleep(0.3)
+
+
+def _worker_process(environ: dict[str, str], namespace: str) -> subprocess.Popen[bytes]:
+    code = (
+        "import sys, dramatiq, threading;"
+        "from dramatiq.brokers.redis import RedisBroker;"
+        "from engine.app import App; from engine.tasks import Tasks;"
+        "app = App.create();"
+        f"broker = RedisBroker(url=app.settings.redis_url, namespace={namespace!r});"
+        "Tasks(broker, app);"
+        "w = dramatiq.Worker(broker, worker_threads=4); w.start();"
+        "print('ready', flush=True); threading.Event().wait()"
+    )
+    process = subprocess.Popen([sys.executable, "-c", code], env=environ, stdout=subprocess.PIPE)
+    assert process.stdout is not None and process.stdout.readline().strip() == b"ready"
+    return process
+
+
+def test_a_worker_killed_mid_send_loses_nothing_and_sends_nothing_twice(
+    postgres_engine: Engine,
+    redis_url: str,
+    workflows: Path,
+    namespace: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from tests.conftest import _truncate
+
+    _truncate(postgres_engine)
+    with SlowSendGrid() as server:
+        environ = _environ(server, workflows, redis_url)
+        app = App.create(Settings.from_env(environ), environ=environ, engine=postgres_engine)
+        tasks = Tasks(RedisBroker(url=redis_url, namespace=namespace), app, timedelta(seconds=2))
+        _enrol(app, LEADS)
+        first = _worker_process(environ, namespace)
+        tasks.tick()
+        deadline = time.monotonic() + 30
+        while len(server.accepted) < 30 and time.monotonic() < deadline:
+            time.sleep(0.02)
+        first.send_signal(signal.SIGKILL)
+        first.wait(10)
+        killed_at = len(server.accepted)
+        assert 30 <= killed_at < LEADS, "the kill should land in the middle of the sends"
+        second = _worker_process(environ, namespace)
+        try:
+            counts = _settle(app, tasks, seconds=60)
+        finally:
+            second.terminate()
+            second.wait(10)
+    assert set(counts) <= FINAL and sum(counts.values()) == LEADS, counts
+    sent_twice = [d for d, n in _delivery_ids(server).items() if n > 1]
+    assert sent_twice == []
+    with app.sessions() as s:
+        sent = set(s.scalars(select(Delivery.id).where(Delivery.status == "sent")))
+    assert sent <= set(_delivery_ids(server))
+    assert counts.get("unknown", 0) <= 4  # at most the sends in flight in the 4 killed threads
+
+
+def test_a_flushed_broker_loses_no_planned_send(
+    postgres_engine: Engine,
+    redis_url: str,
+    workflows: Path,
+    namespace: str,
+) -> None:
+    from tests.conftest import _truncate
+
+    _truncate(postgres_engine)
+    with SendGridServer() as server:
+        environ = _environ(server, workflows, redis_url)
+        app = App.create(Settings.from_env(environ), environ=environ, engine=postgres_engine)
+        broker = RedisBroker(url=redis_url, namespace=namespace)
+        tasks = Tasks(broker, app, timedelta(seconds=2))
+        _enrol(app, LEADS)
+        assert tasks.tick() == LEADS  # every enrolment claimed and enqueued ...
+        client = redis.Redis.from_url(redis_url)
+        lost = 0
+        for key in client.scan_iter(f"{namespace}*"):
+            lost += client.delete(key)  # ... and the broker forgets all of it
+        client.close()
+        assert lost
+        worker = dramatiq.Worker(broker, worker_threads=4)
+        worker.start()
+        try:
+            counts = _settle(app, tasks, seconds=60)
+        finally:
+            worker.stop()
+    assert counts == {"sent": LEADS}
+    assert max(_delivery_ids(server).values()) == 1
+
+
+def test_a_provider_answering_429_then_500_then_202_sends_once(
+    postgres_engine: Engine, workflows: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from tests.conftest import START, _truncate
+
+    _truncate(postgres_engine)
+    clock = FrozenClock(START)
+    with SendGridServer() as server:
+        environ = _environ(server, workflows, "")
+        app = App.create(
+            Settings.from_env(environ), clock=clock, environ=environ, engine=postgres_engine
+        )
+        with app.sessions.begin() as s:
+            track(s, app.rt, {"email": "retry@fault.test"}, "form_submitted")
+        from engine.scheduler import run_due
+
+        run_due(app.sessions, app.rt)
+        with app.sessions() as s:
+            delivery_id = s.scalars(select(Delivery.id)).one()
+        reset = str(int((clock.now() + timedelta(seconds=20)).timestamp()))
+        server.then(
+            sendgrid_errors(429, ("too many requests", None), headers={"X-RateLimit-Reset": reset}),
+            sendgrid_errors(500, ("internal error", None)),
+        )
+
+        def attempt() -> str:
+            return send_delivery(
+                app.sessions,
+                app.rt,
+                app.settings,
+                app.renderer,
+                app.policy.send,
+                app.channels,
+                delivery_id,
+            )
+
+        assert attempt() == "planned"  # 429: back off until the provider's reset time
+        assert attempt() == "not sent"  # not due yet: nothing reaches the provider
+        clock.advance(timedelta(seconds=20))
+        assert attempt() == "planned"  # 500: backoff doubles
+        clock.advance(timedelta(seconds=1))
+        assert attempt() == "not sent"
+        clock.advance(timedelta(seconds=1))
+        assert attempt() == "sent"
+        assert attempt() == "not sent"  # a retry after success never resends
+    assert len(server.accepted) == 1 and len(server.requests) == 3
+    with app.sessions() as s:
+        delivery = s.get_one(Delivery, delivery_id)
+        assert (delivery.status, delivery.attempts) == ("sent", 3)
