@@ -1,0 +1,62 @@
+"""Shared benchmark plumbing: a table of figures beside their baselines, and a JSON record."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+RESULTS = Path(__file__).parent / "results"
+
+
+@dataclass(frozen=True)
+class Figure:
+    """One measured rate beside the baseline measured in the same run."""
+
+    name: str
+    value: float
+    baseline: float
+    unit: str
+    goal: str
+
+    @property
+    def ratio(self) -> float:
+        """value / baseline: how close nurture comes to the bare operation."""
+        return self.value / self.baseline if self.baseline else float("nan")
+
+
+def rate(work: Callable[[], int], *, seconds: float = 1.0) -> float:
+    """Operations per second of `work` (which returns how many it did), repeated for `seconds`."""
+    done, started = 0, time.perf_counter()
+    while True:
+        done += work()
+        elapsed = time.perf_counter() - started
+        if elapsed >= seconds:
+            return done / elapsed
+
+
+def machine() -> str:
+    """What the figures were measured on."""
+    return f"{platform.machine()} {os.cpu_count()} cores, Python {platform.python_version()}"
+
+
+def report(title: str, figures: list[Figure]) -> None:
+    """Print the table and write bench/results/<title>.json with the same figures."""
+    print(f"{title} on {machine()}")
+    print(f"{'figure':42} {'nurture':>12} {'baseline':>12} {'ratio':>7}  goal")
+    for f in figures:
+        print(
+            f"{f.name:42} {f.value:>12,.1f} {f.baseline:>12,.1f} {f.ratio:>7.2f}  {f.goal}"
+            f"  ({f.unit})"
+        )
+    RESULTS.mkdir(exist_ok=True)
+    record = {
+        "title": title,
+        "machine": machine(),
+        "figures": [{**asdict(f), "ratio": f.ratio} for f in figures],
+    }
+    (RESULTS / f"{title}.json").write_text(json.dumps(record, indent=2))

@@ -1,0 +1,160 @@
+"""The `nurture` command: set up the database, validate workflows, run the production processes."""
+
+from __future__ import annotations
+
+import signal
+import sys
+import threading
+import time
+from datetime import timedelta
+from typing import Any
+
+import click
+
+from engine.commands import register
+from engine.errors import NurtureError, WorkflowError
+from engine.playback import register as register_playback
+from engine.settings import Settings
+
+EXIT_OK, EXIT_FOUND, EXIT_USAGE = 0, 1, 2
+
+
+def _settings(ctx: click.Context) -> Settings:
+    return ctx.obj  # type: ignore[no-any-return]
+
+
+@click.group()
+@click.option("--database-url", envvar="NURTURE_DATABASE_URL", help="SQLAlchemy database URL.")
+@click.option("--redis-url", envvar="NURTURE_REDIS_URL", help="Redis URL of the Dramatiq broker.")
+@click.option(
+    "--workflows", envvar="NURTURE_WORKFLOWS", help="Folder of scoring.yml and sequences."
+)
+@click.option(
+    "--templates", envvar="NURTURE_TEMPLATES", help="Folder of email/ and sms/ templates."
+)
+@click.pass_context
+def main(
+    ctx: click.Context,
+    database_url: str | None,
+    redis_url: str | None,
+    workflows: str | None,
+    templates: str | None,
+) -> None:
+    """nurture: lead scoring, nurture sequences and SQL handoff."""
+    overrides = {
+        "NURTURE_DATABASE_URL": database_url,
+        "NURTURE_REDIS_URL": redis_url,
+        "NURTURE_WORKFLOWS": workflows,
+        "NURTURE_TEMPLATES": templates,
+    }
+    import os
+
+    ctx.obj = Settings.from_env({**os.environ, **{k: v for k, v in overrides.items() if v}})
+
+
+@main.command()
+@click.pass_context
+def init(ctx: click.Context) -> None:
+    """Create or upgrade the database schema."""
+    from engine.db import make_engine
+    from engine.migrate import upgrade
+
+    settings = _settings(ctx)
+    engine = make_engine(settings.database_url)
+    upgrade(engine)
+    click.echo(f"database ready: {engine.url.render_as_string(hide_password=True)}")
+
+
+@main.command()
+@click.pass_context
+def validate(ctx: click.Context) -> None:
+    """Check scoring, sequences, sending rules and templates; every problem with file:line."""
+    from engine.validation import load
+
+    try:
+        workflows, _, _ = load(_settings(ctx))
+    except WorkflowError as error:
+        for problem in error.problems:
+            click.echo(str(problem), err=True)
+        click.echo(f"{len(error.problems)} problem(s) found", err=True)
+        sys.exit(EXIT_FOUND)
+    names = ", ".join(sorted(workflows.sequences))
+    click.echo(f"ok: scoring and {len(workflows.sequences)} sequence(s) valid ({names})")
+
+
+def _app(ctx: click.Context) -> Any:
+    from engine.app import App
+
+    try:
+        return App.create(_settings(ctx))
+    except WorkflowError as error:
+        click.echo(str(error), err=True)
+        sys.exit(EXIT_FOUND)
+    except NurtureError as error:
+        click.echo(f"error: {error}", err=True)
+        sys.exit(EXIT_USAGE)
+
+
+def _until_signalled() -> threading.Event:
+    """An event set by SIGTERM or SIGINT, so processes stop cleanly under an orchestrator."""
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    return stop
+
+
+@main.command()
+@click.option("--threads", default=8, show_default=True, help="Worker threads in this process.")
+@click.pass_context
+def worker(ctx: click.Context, threads: int) -> None:
+    """Run a Dramatiq worker: events, journeys, sends and handoffs."""
+    import dramatiq
+
+    from engine.tasks import Tasks, make_broker
+
+    app = _app(ctx)
+    if not app.settings.redis_url:
+        click.echo("error: a worker needs NURTURE_REDIS_URL (or use `nurture run`)", err=True)
+        sys.exit(EXIT_USAGE)
+    broker = make_broker(app.settings.redis_url)
+    Tasks(broker, app)
+    process = dramatiq.Worker(broker, worker_threads=threads)
+    process.start()
+    click.echo(f"worker started with {threads} threads", err=True)
+    _until_signalled().wait()
+    process.stop()
+
+
+@main.command()
+@click.option("--interval", default=1.0, show_default=True, help="Seconds between passes.")
+@click.option("--batch", default=500, show_default=True, help="Rows claimed per kind per pass.")
+@click.option(
+    "--lease",
+    default=300.0,
+    show_default=True,
+    help="Seconds before claimed work whose message was lost is enqueued again.",
+)
+@click.pass_context
+def scheduler(ctx: click.Context, interval: float, batch: int, lease: float) -> None:
+    """Claim due work from the database and enqueue it; several may run at once."""
+    from engine.tasks import Tasks, make_broker
+
+    app = _app(ctx)
+    if not app.settings.redis_url:
+        click.echo("error: a scheduler needs NURTURE_REDIS_URL (or use `nurture run`)", err=True)
+        sys.exit(EXIT_USAGE)
+    tasks = Tasks(make_broker(app.settings.redis_url), app, timedelta(seconds=lease))
+    stop = _until_signalled()
+    click.echo("scheduler started", err=True)
+    while not stop.is_set():
+        started = time.monotonic()
+        busy = tasks.tick(batch) >= batch
+        if not busy:
+            stop.wait(max(0.0, interval - (time.monotonic() - started)))
+
+
+register(main)
+register_playback(main)
+
+if __name__ == "__main__":
+    main()

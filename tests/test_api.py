@@ -1,0 +1,667 @@
+"""The HTTP API on SQLite and PostgreSQL: keys, validation with field paths, idempotent events,
+lead views, sales actions, signed provider webhooks, one-click unsubscribe, health and metrics."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import dramatiq
+import httpx
+import pytest
+import redis
+from dramatiq.brokers.redis import RedisBroker
+from dramatiq.brokers.stub import StubBroker
+from fastapi.testclient import TestClient
+from sqlalchemy import Engine, func, select
+from twilio.request_validator import RequestValidator
+
+from channels.base import EMAIL, SMS
+from channels.outbox import OutboxChannel
+from engine.api import create_api
+from engine.app import App
+from engine.clock import FrozenClock
+from engine.errors import ConfigurationError
+from engine.models import Delivery, Enrolment, Event, Lead, Suppression
+from engine.scheduler import run_due
+from engine.sending import send_delivery
+from engine.settings import Settings
+from engine.tasks import Tasks
+from engine.unsubscribe import make_token
+from tests.channels.servers import SendGridSigner
+
+ROOT = Path(__file__).resolve().parent.parent
+FIXTURES = ROOT / "tests" / "engine" / "fixtures" / "workflows"
+KEY = "test-key-0123456789abcdef"
+AUTH = {"Authorization": f"Bearer {KEY}"}
+PUBLIC_URL = "https://nurture.acme.test"
+SECRET = "unsubscribe-secret"
+TWILIO_TOKEN = "test-auth-token"
+ANA_EMAIL, ANA_PHONE = "ana@northwind.test", "+15005550001"
+ANA: dict[str, Any] = {"email": ANA_EMAIL, "phone": ANA_PHONE, "sms_consent": True}
+
+
+@pytest.fixture(scope="module")
+def signer() -> SendGridSigner:
+    return SendGridSigner()
+
+
+@pytest.fixture
+def nurture(db: Engine, clock: FrozenClock, tmp_path: Path) -> App:
+    """An App on the test database, with the test workflows and the outbox for both channels."""
+    settings = Settings.from_env(
+        {
+            "NURTURE_WORKFLOWS": str(FIXTURES),
+            "NURTURE_TEMPLATES": str(ROOT / "templates"),
+            "NURTURE_PUBLIC_URL": PUBLIC_URL,
+            "NURTURE_SECRET_KEY": SECRET,
+        }
+    )
+    outbox = tmp_path / "outbox"
+    channels = {EMAIL: OutboxChannel(outbox, EMAIL, clock), SMS: OutboxChannel(outbox, SMS, clock)}
+    return App.create(settings, clock=clock, environ={}, channels=channels, engine=db, paced=False)
+
+
+def _client(
+    app: App, signer: SendGridSigner, tasks: Tasks | None = None, **options: Any
+) -> TestClient:
+    environ = {"SENDGRID_WEBHOOK_PUBLIC_KEY": signer.public_key, "TWILIO_AUTH_TOKEN": TWILIO_TOKEN}
+    options.setdefault("api_keys", [KEY])
+    return TestClient(create_api(app, tasks, environ=environ, **options), headers=AUTH)
+
+
+@pytest.fixture
+def client(nurture: App, signer: SendGridSigner) -> TestClient:
+    return _client(nurture, signer)
+
+
+def _event(type_: str, lead: dict[str, Any] | None = None, **extra: Any) -> dict[str, Any]:
+    return {"lead": lead or ANA, "type": type_, **extra}
+
+
+def _post(client: TestClient, type_: str, **extra: Any) -> dict[str, Any]:
+    response = client.post("/v1/events", json=_event(type_, **extra))
+    assert response.status_code == 200, response.text
+    return response.json()  # type: ignore[no-any-return]
+
+
+def _count(app: App, model: type[Any]) -> int:
+    with app.sessions() as s:
+        return int(s.scalar(select(func.count()).select_from(model)) or 0)
+
+
+def _lead(app: App) -> Lead:
+    with app.sessions() as s:
+        return s.scalars(select(Lead).where(Lead.email == ANA_EMAIL)).one()
+
+
+def _enrol_and_send(client: TestClient, app: App) -> Delivery:
+    """Ana fills in the form; the drip plans the welcome email and the outbox sends it."""
+    _post(client, "form_submitted")
+    run_due(app.sessions, app.rt)
+    with app.sessions() as s:
+        delivery = s.scalars(select(Delivery).where(Delivery.template == "welcome")).one()
+    args = (app.sessions, app.rt, app.settings, app.renderer, app.policy.send, app.channels)
+    assert send_delivery(*args, delivery.id) == "sent"
+    with app.sessions() as s:
+        return s.get_one(Delivery, delivery.id)
+
+
+def _loc(response: httpx.Response) -> list[list[Any]]:
+    assert response.status_code == 422, response.text
+    return [item["loc"] for item in response.json()["detail"]]
+
+
+# --- Keys ------------------------------------------------------------------------------------
+
+
+def test_requests_without_a_key_or_with_a_wrong_key_are_refused(client: TestClient) -> None:
+    lead = {"email": "dana@initech.test"}
+    missing = client.post("/v1/leads", json=lead, headers={"Authorization": ""})
+    wrong = client.post(
+        "/v1/leads", json=lead, headers={"Authorization": "Bearer wrong-key-0123456789"}
+    )
+    basic = client.post("/v1/leads", json=lead, headers={"Authorization": f"Basic {KEY}"})
+
+    assert missing.status_code == wrong.status_code == basic.status_code == 401
+    assert missing.headers["WWW-Authenticate"] == "Bearer"
+    assert wrong.headers["WWW-Authenticate"].startswith("Bearer")
+    assert client.post("/v1/leads", json=lead).status_code == 200
+    assert client.get("/metrics", headers={"Authorization": ""}).status_code == 401
+
+
+def test_any_of_several_configured_keys_is_accepted(nurture: App) -> None:
+    keys = "first-key-0123456789, second-key-0123456789"
+    api = create_api(nurture, environ={"NURTURE_API_KEYS": keys})
+    with TestClient(api) as client:
+        for key in ("first-key-0123456789", "second-key-0123456789"):
+            response = client.get("/v1/leads/1", headers={"Authorization": f"Bearer {key}"})
+            assert response.status_code == 404  # past the key check: there is no lead 1
+
+
+def test_the_api_refuses_to_start_without_keys_unless_told_it_is_a_local_demo(
+    nurture: App,
+) -> None:
+    with pytest.raises(ConfigurationError, match="NURTURE_API_KEYS"):
+        create_api(nurture, environ={})
+    with pytest.raises(ConfigurationError, match="at least 16"):
+        create_api(nurture, api_keys=["short"], environ={})
+
+    open_api = TestClient(create_api(nurture, allow_no_auth=True, environ={}))
+    assert open_api.post("/v1/leads", json={"email": "dana@initech.test"}).status_code == 200
+
+
+# --- Leads -----------------------------------------------------------------------------------
+
+
+def test_upserting_a_lead_returns_it_with_identity_stage_and_score(client: TestClient) -> None:
+    response = client.post(
+        "/v1/leads",
+        json={
+            "email": " Dana@Initech.TEST ",
+            "first_name": "Dana",
+            "title": "Director of IT",
+            "timezone": "America/Chicago",
+            "fields": {"company_size": 250, "industry": "saas"},
+        },
+    )
+
+    assert response.status_code == 200, response.text
+    lead = response.json()
+    assert lead["email"] == "dana@initech.test"
+    assert lead["stage"] == "lead"
+    assert lead["score"] == {"total": 10.0, "fit": 10.0, "engagement": 0.0}
+    assert lead["fields"] == {"company_size": 250, "industry": "saas"}
+
+    again = client.post("/v1/leads", json={"email": "dana@initech.test", "title": "Analyst"})
+    assert again.json()["id"] == lead["id"]
+    assert again.json()["score"]["fit"] == 0.0
+    assert again.json()["first_name"] == "Dana"
+
+
+@pytest.mark.parametrize(
+    ("body", "loc"),
+    [
+        ({"email": "not-an-address"}, ["body", "email"]),
+        ({"email": "dana@initech.test", "phone": "555-CALL-NOW"}, ["body", "phone"]),
+        ({"email": "dana@initech.test", "timezone": "Mars/Olympus"}, ["body", "timezone"]),
+        ({"email": "dana@initech.test", "fields": {"stage": "sql"}}, ["body", "fields"]),
+        ({"email": "dana@initech.test", "sms_consent": "yes"}, ["body", "sms_consent"]),
+        ({"email": "dana@initech.test", "title": "VP\x00"}, ["body", "title"]),
+        ({"email": "dana@initech.test", "nickname": "D"}, ["body", "nickname"]),
+        ({"first_name": "Dana"}, ["body"]),
+    ],
+)
+def test_invalid_lead_data_is_a_422_naming_the_field(
+    client: TestClient, nurture: App, body: dict[str, Any], loc: list[Any]
+) -> None:
+    assert loc in _loc(client.post("/v1/leads", json=body))
+    assert _count(nurture, Lead) == 0
+
+
+def test_a_lead_is_shown_by_email_phone_or_id_with_ledger_enrolments_and_deliveries(
+    client: TestClient, nurture: App
+) -> None:
+    delivery = _enrol_and_send(client, nurture)
+    lead_id = _lead(nurture).id
+
+    for key in (ANA_EMAIL, ANA_PHONE, str(lead_id)):
+        response = client.get(f"/v1/leads/{key}")
+        assert response.status_code == 200, response.text
+        detail = response.json()
+        assert detail["lead"]["id"] == lead_id
+    assert detail["score"] == {"total": 10.0, "fit": 0.0, "engagement": 10.0}
+    assert [(e["rule"], e["points"]) for e in detail["ledger"]] == [("form", 10.0)]
+    assert [(e["sequence"], e["milestone"], e["status"]) for e in detail["enrolments"]] == [
+        ("drip", "awareness", "active")
+    ]
+    assert detail["deliveries"][0]["id"] == delivery.id
+    assert detail["deliveries"][0]["status"] == "sent"
+    assert detail["handoffs"] == []
+
+
+def test_an_unknown_lead_is_a_404_and_a_malformed_key_a_422(client: TestClient) -> None:
+    for key in ("nobody@initech.test", "+15005550999", "42", "99999999999999", "crm-7"):
+        assert client.get(f"/v1/leads/{key}").status_code == 404, key
+    assert _loc(client.get("/v1/leads/+12")) == [["path", "key"]]
+
+
+def test_recycling_a_lead_that_is_not_qualified_is_a_409_with_the_engine_message(
+    client: TestClient,
+) -> None:
+    _post(client, "newsletter_subscribed")
+
+    response = client.post(f"/v1/leads/{ANA_EMAIL}/recycle", json={"reason": "not now"})
+
+    assert response.status_code == 409
+    assert "only an mql, sql or customer can be recycled" in response.json()["detail"]
+    assert client.post("/v1/leads/nobody@x.test/recycle", json={"reason": "x"}).status_code == 404
+
+
+def test_sales_recycles_an_mql_and_wins_a_lead(client: TestClient, nurture: App) -> None:
+    _post(client, "form_submitted")
+    assert _post(client, "demo_requested")["stage"] == "mql"
+
+    recycled = client.post(f"/v1/leads/{ANA_EMAIL}/recycle", json={"reason": "no budget"})
+    assert recycled.status_code == 200, recycled.text
+    assert recycled.json()["stage"] == "recycled"
+    assert recycled.json()["score"]["engagement"] == 0.0
+
+    won = client.post(f"/v1/leads/{ANA_EMAIL}/won", json={"reason": "signed"})
+    assert won.status_code == 200
+    assert won.json()["stage"] == "customer"
+    with nurture.sessions() as s:
+        assert {e.status for e in s.scalars(select(Enrolment))} == {"exited"}
+    assert client.post(f"/v1/leads/{ANA_EMAIL}/won").json()["stage"] == "customer"
+
+
+# --- Events ----------------------------------------------------------------------------------
+
+
+def test_an_event_is_recorded_scored_and_answered_with_the_lead_stage(client: TestClient) -> None:
+    result = _post(client, "form_submitted", id="evt-1", properties={"form": "demo"})
+
+    assert result["id"] == "evt-1"
+    assert result["duplicate"] is False
+    assert result["points"] == 10.0
+    assert result["stage"] == "lead"
+    assert result["handoff_id"] is None
+
+
+def test_the_same_event_id_twice_is_recorded_once(client: TestClient, nurture: App) -> None:
+    first = _post(client, "form_submitted", id="evt-1")
+    second = _post(client, "form_submitted", id="evt-1")
+
+    assert second["duplicate"] is True
+    assert second["event_id"] == first["event_id"]
+    assert second["points"] == 0
+    assert _count(nurture, Event) == 1
+    assert _lead(nurture).engagement == 10.0
+
+
+@pytest.mark.parametrize(
+    ("body", "loc"),
+    [
+        ({"lead": ANA}, ["body", "type"]),
+        (_event("form_submitted", occurred_at="2026-03-02T09:00:00"), ["body", "occurred_at"]),
+        (_event("form_submitted", occurred_at="2026-03-09T09:00:00Z"), ["body", "occurred_at"]),
+        (_event("form submitted"), ["body", "type"]),
+        (_event("form_submitted", lead={"email": "ana@"}), ["body", "lead", "email"]),
+        (_event("page_viewed", properties={"url": float("nan")}), ["body", "properties"]),
+        ({"events": []}, ["body", "events"]),
+    ],
+)
+def test_an_invalid_event_is_a_422_naming_the_field(
+    client: TestClient, nurture: App, body: dict[str, Any], loc: list[Any]
+) -> None:
+    content = json.dumps(body)  # NaN goes over the wire as the JSON extension Python reads
+    headers = {"Content-Type": "application/json"}
+    response = client.post("/v1/events", content=content, headers=headers)
+
+    assert loc in _loc(response)
+    assert _count(nurture, Event) == 0
+
+
+def test_a_batch_is_validated_as_a_whole_before_any_event_is_recorded(
+    client: TestClient, nurture: App
+) -> None:
+    batch = {"events": [_event("form_submitted"), {"lead": ANA}, _event("x", {"phone": "1"})]}
+
+    locs = _loc(client.post("/v1/events", json=batch))
+
+    assert ["body", "events", 1, "type"] in locs
+    assert ["body", "events", 2, "lead", "phone"] in locs
+    assert _count(nurture, Event) == 0 and _count(nurture, Lead) == 0
+
+
+def test_a_batch_records_every_event_in_order_and_reports_each(
+    client: TestClient, nurture: App
+) -> None:
+    batch = {
+        "events": [
+            _event("form_submitted", id="a", occurred_at="2026-03-01T10:00:00+01:00"),
+            _event("demo_requested", id="b"),
+            _event("form_submitted", id="a"),
+        ]
+    }
+
+    response = client.post("/v1/events", json=batch)
+
+    assert response.status_code == 200, response.text
+    results = response.json()["events"]
+    assert [(r["id"], r["duplicate"], r["stage"]) for r in results] == [
+        ("a", False, "lead"),
+        ("b", False, "mql"),
+        ("a", True, "mql"),
+    ]
+    assert _count(nurture, Event) == 2
+    metrics = client.get("/metrics").text
+    assert "nurture_events_ingested_total 2.0" in metrics
+
+
+def test_a_batch_of_more_than_500_events_is_refused(client: TestClient) -> None:
+    batch = {"events": [_event("page_viewed")] * 501}
+
+    assert ["body", "events"] in _loc(client.post("/v1/events", json=batch))
+
+
+def test_a_body_over_the_limit_is_refused_with_413_by_length_or_as_it_streams(
+    nurture: App, signer: SendGridSigner
+) -> None:
+    client = _client(nurture, signer, max_body_bytes=1000)
+    big = json.dumps(_event("page_viewed", properties={"x": "y" * 2000})).encode()
+
+    declared = client.post("/v1/events", content=big, headers={"Content-Type": "application/json"})
+    streamed = client.post(
+        "/v1/events",
+        content=iter([big[:600], big[600:]]),
+        headers={"Content-Type": "application/json"},
+    )
+
+    assert declared.status_code == streamed.status_code == 413
+    assert "Content-Length" not in streamed.request.headers
+    assert _count(nurture, Event) == 0
+    assert client.post("/v1/events", json=_event("page_viewed")).status_code == 200
+
+
+def test_due_work_is_enqueued_after_commit_and_the_worker_sends_it(
+    nurture: App, signer: SendGridSigner, tmp_path: Path
+) -> None:
+    broker = StubBroker()
+    tasks = Tasks(broker, nurture)
+    worker = dramatiq.Worker(broker, worker_threads=1, worker_timeout=50)
+    worker.start()
+    try:
+        client = _client(nurture, signer, tasks)
+        _post(client, "form_submitted")
+        for queue in ("journeys", "sends"):
+            broker.join(queue, timeout=10_000)
+        worker.join()
+    finally:
+        worker.stop()
+
+    with nurture.sessions() as s:
+        (delivery,) = s.scalars(select(Delivery))
+    assert (delivery.template, delivery.status) == ("welcome", "sent")
+    assert (tmp_path / "outbox" / "email" / f"{delivery.id}.eml").exists()
+
+
+# --- Stats, health, metrics ------------------------------------------------------------------
+
+
+def test_stats_show_stage_counts_and_the_funnel_of_each_sequence(
+    client: TestClient, nurture: App
+) -> None:
+    _enrol_and_send(client, nurture)
+
+    stats = client.get("/v1/stats").json()
+
+    assert stats["stages"]["lead"] == 1
+    drip = stats["sequences"]["drip"]
+    assert (drip["enrolled"], drip["active"]) == (1, 1)
+    assert drip["steps"][0]["template"] == "welcome"
+    assert drip["steps"][0]["sent"] == 1
+    assert stats["median_days_to_sql"] is None
+
+
+def test_health_reports_the_database_and_the_broker(client: TestClient) -> None:
+    response = client.get("/healthz", headers={"Authorization": ""})
+
+    assert response.status_code == 200
+    assert response.json() == {"database": "ok", "broker": "ok"}
+
+
+def test_health_is_503_naming_an_unreachable_broker(nurture: App, signer: SendGridSigner) -> None:
+    broker = RedisBroker(url="redis://127.0.0.1:1/0")  # nothing listens on port 1
+    try:
+        client = _client(nurture, signer, Tasks(broker, nurture))
+        response = client.get("/healthz")
+    finally:
+        broker.close()
+
+    assert response.status_code == 503
+    assert response.json()["database"] == "ok"
+    assert response.json()["broker"].startswith("failed: ConnectionError")
+
+
+def test_metrics_count_deliveries_by_status_and_the_scheduler_lag(
+    client: TestClient, nurture: App, clock: FrozenClock
+) -> None:
+    _enrol_and_send(client, nurture)
+    clock.advance(timedelta(days=2, minutes=1))  # case_study fell due a minute ago
+
+    response = client.get("/metrics")
+
+    assert response.status_code == 200
+    assert response.headers["content-type"].startswith("text/plain")
+    text = response.text
+    for name in (
+        "nurture_events_ingested_total",
+        'nurture_webhooks_total{provider="sendgrid"}',
+        "nurture_handoffs_created_total",
+        "nurture_deliveries",
+        "nurture_scheduler_lag_seconds",
+    ):
+        assert name in text
+    assert 'nurture_deliveries{channel="email",status="sent"} 1.0' in text
+    assert "nurture_scheduler_lag_seconds 60.0" in text
+    assert "nurture_queue_depth" not in text  # the stub broker has no queues to measure
+
+
+def test_metrics_report_queue_depth_for_a_redis_broker(
+    nurture: App, signer: SendGridSigner, redis_url: str
+) -> None:
+    namespace = f"nurture-api-{uuid.uuid4().hex[:8]}"
+    broker = RedisBroker(url=redis_url, namespace=namespace)
+    try:
+        client = _client(nurture, signer, Tasks(broker, nurture))  # no worker: messages wait
+        _post(client, "form_submitted")
+        text = client.get("/metrics").text
+    finally:
+        broker.close()
+        connection = redis.Redis.from_url(redis_url)
+        for key in connection.scan_iter(f"{namespace}*"):
+            connection.delete(key)
+        connection.close()
+
+    assert 'nurture_queue_depth{queue="journeys"} 1.0' in text
+    assert 'nurture_queue_depth{queue="sends"} 0.0' in text
+
+
+# --- Provider webhooks -----------------------------------------------------------------------
+
+
+def _sendgrid(
+    client: TestClient, signer: SendGridSigner, items: list[dict[str, Any]], forge: bool = False
+) -> httpx.Response:
+    body = json.dumps(items).encode()
+    timestamp = "1772442000"
+    signature = signer.sign(timestamp, body + (b" " if forge else b""))
+    headers = {
+        "Content-Type": "application/json",
+        "X-Twilio-Email-Event-Webhook-Signature": signature,
+        "X-Twilio-Email-Event-Webhook-Timestamp": timestamp,
+        "Authorization": "",
+    }
+    return client.post("/webhooks/sendgrid", content=body, headers=headers)
+
+
+def _click(delivery: Delivery) -> dict[str, Any]:
+    return {
+        "email": ANA_EMAIL,
+        "timestamp": 1772442600,
+        "event": "click",
+        "sg_event_id": "evt-click-1",
+        "sg_message_id": "W86EgYT6SQKk0lRflfLRsA.filter0001",
+        "url": "https://acme.test/pricing",
+        "delivery_id": delivery.id,
+    }
+
+
+def test_a_signed_sendgrid_click_is_scored_once_however_often_it_is_posted(
+    client: TestClient, nurture: App, signer: SendGridSigner
+) -> None:
+    delivery = _enrol_and_send(client, nurture)
+    items = [_click(delivery), {"event": "processed", "email": ANA_EMAIL}]
+
+    first = _sendgrid(client, signer, items)
+    again = _sendgrid(client, signer, items)
+
+    assert first.status_code == again.status_code == 200, first.text
+    assert first.json() == {"received": 1, "recorded": 1, "duplicates": 0, "ignored": 0}
+    assert again.json() == {"received": 1, "recorded": 0, "duplicates": 1, "ignored": 0}
+    assert _lead(nurture).engagement == 16.0  # form 10 + click 6, once
+    assert 'nurture_webhooks_total{provider="sendgrid"} 2.0' in client.get("/metrics").text
+
+
+def test_a_forged_or_unsigned_sendgrid_post_is_refused_and_records_nothing(
+    client: TestClient, nurture: App, signer: SendGridSigner
+) -> None:
+    delivery = _enrol_and_send(client, nurture)
+    events_before = _count(nurture, Event)
+
+    forged = _sendgrid(client, signer, [_click(delivery)], forge=True)
+    other_key = _sendgrid(client, SendGridSigner(), [_click(delivery)])
+    unsigned = client.post("/webhooks/sendgrid", json=[_click(delivery)])
+
+    assert forged.status_code == other_key.status_code == unsigned.status_code == 403
+    assert _count(nurture, Event) == events_before
+
+
+def test_sendgrid_posts_are_refused_without_a_public_key_unless_unsigned_ones_are_allowed(
+    nurture: App,
+) -> None:
+    strict = TestClient(create_api(nurture, api_keys=[KEY], environ={}))
+    lenient = TestClient(
+        create_api(nurture, api_keys=[KEY], environ={}, allow_unsigned_webhooks=True)
+    )
+
+    assert strict.post("/webhooks/sendgrid", json=[]).status_code == 403
+    assert lenient.post("/webhooks/sendgrid", json=[]).json()["received"] == 0
+    assert lenient.post("/webhooks/sendgrid", json={"not": "a list"}).status_code == 400
+
+
+def _twilio(
+    client: TestClient, path: str, params: dict[str, str], *, query: str = "", token: str = ""
+) -> httpx.Response:
+    url = f"{PUBLIC_URL}/webhooks/twilio/{path}" + (f"?{query}" if query else "")
+    signature = RequestValidator(token or TWILIO_TOKEN).compute_signature(url, params)
+    target = f"/webhooks/twilio/{path}" + (f"?{query}" if query else "")
+    headers = {"X-Twilio-Signature": signature, "Authorization": ""}
+    return client.post(target, data=params, headers=headers)
+
+
+def test_a_signed_twilio_status_callback_is_recorded_against_its_delivery(
+    client: TestClient, nurture: App
+) -> None:
+    _post(client, "form_submitted")
+    params = {"MessageSid": "SM" + "1" * 32, "MessageStatus": "delivered", "To": ANA_PHONE}
+
+    response = _twilio(client, "status", params, query="delivery_id=none")
+    forged = _twilio(client, "status", params | {"MessageStatus": "failed"}, token="other")
+
+    assert response.status_code == 200, response.text
+    assert response.json()["recorded"] == 1
+    assert forged.status_code == 403
+    with nurture.sessions() as s:
+        types = set(s.scalars(select(Event.type)))
+    assert types == {"form_submitted", "sms_delivered"}
+
+
+def test_an_inbound_stop_turns_sms_consent_off_and_answers_empty_twiml(
+    client: TestClient, nurture: App
+) -> None:
+    _post(client, "form_submitted")
+    stop = {"MessageSid": "SM" + "2" * 32, "From": "+1 500 555 0001", "To": "+15005550006"}
+
+    forged = _twilio(client, "inbound", stop | {"Body": "STOP"}, token="other")
+    assert forged.status_code == 403
+    assert _lead(nurture).sms_consent is True
+
+    response = _twilio(client, "inbound", stop | {"Body": "stop"})
+
+    assert response.status_code == 200
+    assert response.headers["content-type"].startswith("text/xml")
+    assert response.text == '<?xml version="1.0" encoding="UTF-8"?><Response/>'
+    assert _lead(nurture).sms_consent is False
+    with nurture.sessions() as s:
+        suppressed = s.scalars(select(Suppression)).one()
+    assert (suppressed.channel, suppressed.address) == ("sms", ANA_PHONE)
+
+
+def test_twilio_posts_are_refused_when_no_auth_token_is_configured(nurture: App) -> None:
+    client = TestClient(create_api(nurture, api_keys=[KEY], environ={}))
+    params = {"MessageSid": "SM" + "3" * 32, "From": ANA_PHONE, "Body": "hi"}
+
+    response = _twilio(client, "inbound", params)
+
+    assert response.status_code == 403
+    assert "TWILIO_AUTH_TOKEN" in response.json()["detail"]
+
+
+# --- One-click unsubscribe -------------------------------------------------------------------
+
+
+def test_opening_the_unsubscribe_link_shows_a_page_and_changes_nothing(
+    client: TestClient, nurture: App
+) -> None:
+    _enrol_and_send(client, nurture)
+    token = make_token(SECRET, _lead(nurture).id, "drip")
+
+    page = client.get(f"/u/{token}", headers={"Authorization": ""})
+
+    assert page.status_code == 200
+    assert page.headers["content-type"].startswith("text/html")
+    assert '<form method="post">' in page.text  # no action: back to this very URL
+    assert 'name="List-Unsubscribe" value="One-Click"' in page.text
+    assert _lead(nurture).email_consent is True
+    assert _count(nurture, Suppression) == 0
+
+
+def test_one_click_unsubscribe_opts_out_suppresses_and_ends_the_sequence_once(
+    client: TestClient, nurture: App
+) -> None:
+    _enrol_and_send(client, nurture)
+    token = make_token(SECRET, _lead(nurture).id, "drip")
+    one_click = {"Content-Type": "application/x-www-form-urlencoded", "Authorization": ""}
+
+    for _ in range(2):
+        response = client.post(
+            f"/u/{token}",
+            content=b"List-Unsubscribe=One-Click",
+            headers=one_click,
+            follow_redirects=False,
+        )
+        assert response.status_code == 200
+        assert "unsubscribed" in response.text
+        assert "set-cookie" not in response.headers
+
+    lead = _lead(nurture)
+    assert lead.email_consent is False
+    with nurture.sessions() as s:
+        assert s.scalars(select(Suppression.address)).all() == [ANA_EMAIL]
+        assert s.scalars(select(Enrolment.status)).all() == ["exited"]
+        unsubscribes = s.scalars(select(Event).where(Event.type == "unsubscribed")).all()
+    assert [e.idempotency_key for e in unsubscribes] == [f"unsubscribe:{token}"]
+
+
+def test_a_forged_unsubscribe_token_is_refused_and_changes_nothing(
+    client: TestClient, nurture: App
+) -> None:
+    _enrol_and_send(client, nurture)
+    lead_id = _lead(nurture).id
+    forged = make_token("not-our-secret", lead_id, "drip")
+    genuine = make_token(SECRET, lead_id, "drip")
+    altered = genuine.replace(f"{lead_id}.", f"{lead_id + 1}.", 1)
+
+    for token in (forged, altered, "garbage"):
+        assert client.get(f"/u/{token}").status_code == 400
+        assert client.post(f"/u/{token}", content=b"List-Unsubscribe=One-Click").status_code == 400
+
+    assert _lead(nurture).email_consent is True
+    assert _count(nurture, Suppression) == 0
+    with nurture.sessions() as s:
+        assert s.scalars(select(Enrolment.status)).all() == ["active"]
