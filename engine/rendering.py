@@ -34,11 +34,10 @@ from markupsafe import escape
 
 from engine.errors import NurtureError, Problem
 from engine.sms import segments
-from engine.spec import SendSettings
+from engine.spec import SendSettings, TemplateUse
 
 OPT_OUT_LINE = "Reply STOP to opt out."
 SAMPLE_NOW = datetime(2026, 3, 3, 14, 30, tzinfo=UTC)
-TemplateUse = tuple[str, str, str, int] | tuple[str, str, str, int, str]
 
 _DEFAULT_SMS_MAX_SEGMENTS = SendSettings.sms_max_segments
 _PLAIN_PARTS = ("subject", "preheader", "text")

@@ -322,6 +322,10 @@ class Assignment:
     notify_owner: bool = False
 
 
+# A template a step names, located: (template, channel, file, line[, field]).
+TemplateUse = tuple[str, str, str, int] | tuple[str, str, str, int, str]
+
+
 @dataclass(frozen=True)
 class Workflows:
     """Everything loaded from the workflows folder, validated together."""
@@ -329,5 +333,5 @@ class Workflows:
     scoring: Scoring
     sequences: dict[str, Sequence]
     version: str
-    # Every template a step names, located: (template, channel, file, line, field).
-    template_uses: tuple[tuple[str, str, str, int, str], ...] = ()
+    # Every template a step names, located, so validation can render each one.
+    template_uses: tuple[TemplateUse, ...] = ()

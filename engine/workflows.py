@@ -40,6 +40,7 @@ from engine.spec import (
     SendSettings,
     Sequence,
     Step,
+    TemplateUse,
     Trigger,
     Wait,
     WhenDone,
@@ -491,6 +492,7 @@ class _SequenceReader(_Reader):
         self.here = ""
         self.ids: dict[str, tuple[Node, str]] = {}
         self.references: list[_Reference] = []
+        self.uses: list[TemplateUse] = []
 
     def read(self, root: Node, version: str) -> Sequence:
         f = self.fields(
@@ -720,6 +722,8 @@ class _SequenceReader(_Reader):
         name = self.text(node, path, "a template name")
         if name and name not in self.templates[channel]:
             self.report(node, path, self.unknown_template(name, channel))
+        elif name:
+            self.uses.append((name, channel, self.file, node.start_mark.line + 1, path))
         if channel == "sms" and not self.can_sms:
             self.report(node, path, "an sms step needs a sender: add send.sms_from")
         return name
@@ -874,6 +878,7 @@ def load_workflows(
     names: dict[str, str] = {}
     scoring: Scoring | None = None
     sequences: dict[str, Sequence] = {}
+    uses: list[TemplateUse] = []
     for path in paths:
         file, data = _display(path), path.read_bytes()
         try:
@@ -883,14 +888,19 @@ def load_workflows(
                 scoring = _load_scoring(file, data, problems)
             elif path.stem == SCORING_FILE.removesuffix(".yml"):
                 problems.append(Problem(file, 1, "", f"name this file {SCORING_FILE}"))
-            elif sequence := _load_sequence(file, data, templates, names, problems):
+            elif sequence := _load_sequence(file, data, templates, names, problems, uses):
                 sequences[sequence.name] = sequence
         except RecursionError:
             problems.append(Problem(file, 1, "", "nested too deeply, or an alias inside itself"))
     if problems or scoring is None:
         raise WorkflowError(sorted(problems, key=lambda p: (p.file, p.line)))
     contents = [(path.name, path.read_bytes()) for path in paths]
-    return Workflows(scoring=scoring, sequences=sequences, version=_version(contents))
+    return Workflows(
+        scoring=scoring,
+        sequences=sequences,
+        version=_version(contents),
+        template_uses=tuple(uses),
+    )
 
 
 def _load_scoring(file: str, data: bytes, problems: list[Problem]) -> Scoring | None:
@@ -907,9 +917,11 @@ def _load_sequence(
     templates: dict[str, set[str]],
     names: dict[str, str],
     problems: list[Problem],
+    uses: list[TemplateUse],
 ) -> Sequence | None:
     reader = _SequenceReader(file, templates, names)
     root = _compose(reader, data)
     sequence = None if root is None else reader.read(root, hashlib.sha256(data).hexdigest()[:12])
     problems.extend(reader.problems)
+    uses.extend(reader.uses)
     return sequence

@@ -66,6 +66,27 @@ def test_validate_lists_every_problem_with_file_and_line_and_exits_1(
     assert lines[-1] == "2 problem(s) found"
 
 
+def test_validate_renders_every_template_a_step_uses_and_names_the_step(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    templates = tmp_path / "templates"
+    shutil.copytree(ROOT / "templates", templates)
+    welcome = templates / "email" / "welcome.j2"
+    welcome.write_text(
+        welcome.read_text().replace("{{", "{{ lead.favourite_colour.upper() }}{{", 1)
+    )
+    monkeypatch.chdir(tmp_path)
+    result = CliRunner().invoke(
+        main, ["--workflows", str(FIXTURES), "--templates", str(templates), "validate"]
+    )
+    assert result.exit_code == 1
+    [problem] = [line for line in result.output.splitlines() if "welcome" in line]
+    assert problem.startswith(
+        f"{FIXTURES / 'drip.yml'}:6: milestones[0].steps[0].email: template 'welcome'"
+    )
+    assert "favourite_colour" in problem
+
+
 def test_track_records_an_event_and_lead_show_explains_the_score(nurture) -> None:  # type: ignore[no-untyped-def]
     result = nurture("track", "ana@northwind.test", "content_downloaded", "--prop", "title=Report")
     assert result.exit_code == 0
