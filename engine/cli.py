@@ -17,6 +17,8 @@ from engine.playback import register as register_playback
 from engine.settings import Settings
 
 EXIT_OK, EXIT_FOUND, EXIT_USAGE = 0, 1, 2
+# Without API keys, `nurture run` serves only this machine.
+LOOPBACK = ("127.0.0.1", "localhost", "::1")
 
 
 def _settings(ctx: click.Context) -> Settings:
@@ -125,9 +127,28 @@ def worker(ctx: click.Context, threads: int) -> None:
     process.stop()
 
 
+def _schedule(tasks: Any, stop: threading.Event, interval: float, batch: int) -> None:
+    """Claim and enqueue due work every `interval` seconds, at once again while it keeps coming."""
+    while not stop.is_set():
+        started = time.monotonic()
+        busy = tasks.tick(batch) >= batch
+        if not busy:
+            stop.wait(max(0.0, interval - (time.monotonic() - started)))
+
+
+_interval = click.option(
+    "--interval", default=1.0, show_default=True, help="Seconds between passes."
+)
+_batch = click.option(
+    "--batch", default=500, show_default=True, help="Rows claimed per kind per pass."
+)
+_host = click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
+_port = click.option("--port", default=8000, show_default=True, help="Port to listen on.")
+
+
 @main.command()
-@click.option("--interval", default=1.0, show_default=True, help="Seconds between passes.")
-@click.option("--batch", default=500, show_default=True, help="Rows claimed per kind per pass.")
+@_interval
+@_batch
 @click.option(
     "--lease",
     default=300.0,
@@ -144,13 +165,70 @@ def scheduler(ctx: click.Context, interval: float, batch: int, lease: float) -> 
         click.echo("error: a scheduler needs NURTURE_REDIS_URL (or use `nurture run`)", err=True)
         sys.exit(EXIT_USAGE)
     tasks = Tasks(make_broker(app.settings.redis_url), app, timedelta(seconds=lease))
-    stop = _until_signalled()
     click.echo("scheduler started", err=True)
-    while not stop.is_set():
-        started = time.monotonic()
-        busy = tasks.tick(batch) >= batch
-        if not busy:
-            stop.wait(max(0.0, interval - (time.monotonic() - started)))
+    _schedule(tasks, _until_signalled(), interval, batch)
+
+
+def _api(app: Any, tasks: Any, *, allow_no_auth: bool = False) -> Any:
+    """The FastAPI application, or exit 2 when its configuration is incomplete."""
+    from engine.api import create_api
+
+    try:
+        return create_api(app, tasks, allow_no_auth=allow_no_auth)
+    except NurtureError as error:
+        click.echo(f"error: {error}", err=True)
+        sys.exit(EXIT_USAGE)
+
+
+@main.command()
+@_host
+@_port
+@click.pass_context
+def serve(ctx: click.Context, host: str, port: int) -> None:
+    """Serve the HTTP API (needs NURTURE_API_KEYS and NURTURE_REDIS_URL)."""
+    import uvicorn
+
+    from engine.tasks import Tasks, make_broker
+
+    app = _app(ctx)
+    if not app.settings.redis_url:
+        click.echo("error: the API needs NURTURE_REDIS_URL (or use `nurture run`)", err=True)
+        sys.exit(EXIT_USAGE)
+    api = _api(app, Tasks(make_broker(app.settings.redis_url), app))
+    uvicorn.run(api, host=host, port=port, log_level="info", proxy_headers=True)
+
+
+@main.command()
+@_host
+@_port
+@_interval
+@click.option("--threads", default=4, show_default=True, help="Worker threads.")
+@click.pass_context
+def run(ctx: click.Context, host: str, port: int, interval: float, threads: int) -> None:
+    """API, scheduler and worker in one process: the embedded default, or PostgreSQL/Redis."""
+    import dramatiq
+    import uvicorn
+
+    from engine.migrate import upgrade
+    from engine.tasks import Tasks, make_broker
+
+    app = _app(ctx)
+    upgrade(app.engine)
+    tasks = Tasks(make_broker(app.settings.redis_url), app)
+    api = _api(app, tasks, allow_no_auth=host in LOOPBACK)
+    process = dramatiq.Worker(tasks.broker, worker_threads=threads)
+    process.start()
+    stop = _until_signalled()  # uvicorn re-raises SIGTERM after its shutdown: land here, not die
+    loop = threading.Thread(target=_schedule, args=(tasks, stop, interval, 500), daemon=True)
+    loop.start()
+    where = app.engine.url.render_as_string(hide_password=True)
+    click.echo(f"nurture running on http://{host}:{port} with {where}", err=True)
+    try:
+        uvicorn.run(api, host=host, port=port, log_level="warning")
+    finally:
+        stop.set()
+        loop.join()
+        process.stop()
 
 
 register(main)
