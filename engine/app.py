@@ -60,7 +60,7 @@ class App:
             settings=settings,
             engine=engine,
             sessions=make_sessionmaker(engine),
-            rt=Runtime(workflows, clock, policy.assignment),
+            rt=Runtime(workflows, clock, policy.assignment, policy.send),
             renderer=renderer,
             policy=policy,
             channels=channels,

@@ -5,7 +5,8 @@ Guards defer, they never drop: each answers with the next moment a send is allow
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, time, timedelta
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
@@ -78,3 +79,29 @@ def next_open_slot(
     if not candidates:
         raise ValueError("the send window and quiet hours leave no time to send in a week")
     return min(candidates)
+
+
+@dataclass(frozen=True)
+class SendPolicy:
+    """Rules across all sequences: quiet hours and caps per channel, retries, the send lease."""
+
+    quiet_hours: Mapping[str, QuietHours] = field(default_factory=dict)
+    caps: Mapping[str, Cap] = field(default_factory=dict)
+    default_timezone: str = "UTC"
+    max_attempts: int = 6
+    backoff: timedelta = timedelta(seconds=30)
+    lease: timedelta = timedelta(minutes=10)
+    rates: Mapping[str, float] = field(default_factory=dict)  # per sender or channel, msg/s
+    pace_timeout: float = 5.0  # longest a worker waits for a send slot before re-planning
+
+    def open_slot(
+        self, now: datetime, timezone: str | None, window: Window | None, channel: str
+    ) -> datetime:
+        """The first moment at or after `now` that the window and quiet hours allow (UTC)."""
+        tz = zone(timezone, self.default_timezone)
+        return next_open_slot(now, tz, window, self.quiet_hours.get(channel))
+
+    def retry_delay(self, attempts: int, hint: float | None) -> timedelta:
+        """Exponential backoff from the attempt count, never sooner than the provider's hint."""
+        delay = self.backoff * (2 ** max(attempts - 1, 0))
+        return max(delay, timedelta(seconds=hint)) if hint else delay

@@ -50,6 +50,7 @@ def enrol_on(session: Session, rt: Runtime, lead: Lead, fired: Fired) -> list[En
     if lead.stage in OUT_OF_NURTURE or not (lead.email_consent or lead.sms_consent):
         return []
     now = rt.clock.now()
+    facts = LeadFacts(session, lead, now)
     created = []
     for sequence in rt.sequences:
         if not any(
@@ -59,7 +60,6 @@ def enrol_on(session: Session, rt: Runtime, lead: Lead, fired: Fired) -> list[En
             continue
         if not _may_enrol(session, sequence, lead, now):
             continue
-        facts = LeadFacts(session, lead, now)
         if sequence.enrol.when is not None and not sequence.enrol.when.evaluate(facts):
             continue
         if sequence.enrol.unless is not None and sequence.enrol.unless.evaluate(facts):
@@ -89,7 +89,7 @@ def enrol_on(session: Session, rt: Runtime, lead: Lead, fired: Fired) -> list[En
                 entered_at=now,
             )
         )
-        move_on_triggers(session, rt, lead, enrolment, sequence)
+        move_on_triggers(session, rt, enrolment, sequence, facts.since(now))
         created.append(enrolment)
     return created
 
@@ -111,29 +111,31 @@ def _may_enrol(session: Session, sequence: Sequence, lead: Lead, now: datetime) 
 
 
 def on_lead_changed(session: Session, rt: Runtime, lead: Lead) -> list[Enrolment]:
-    """After events or score changes: apply exit rules, then score triggers, to every enrolment."""
-    touched = []
+    """After events or score changes: apply exit rules, then score triggers, to every enrolment.
+
+    Returns the enrolments still running afterwards.
+    """
+    facts = LeadFacts(session, lead, rt.clock.now())
+    running = []
     for enrolment in active_enrolments(session, lead):
         sequence = rt.workflows.sequences.get(enrolment.sequence)
         if sequence is None:
             exit_enrolment(session, rt, enrolment, "sequence removed")
             continue
-        facts = LeadFacts(session, lead, rt.clock.now(), since=enrolment.enrolled_at)
-        rule = next((c for c in sequence.exit_when if c.evaluate(facts)), None)
+        since = facts.since(enrolment.enrolled_at)
+        rule = next((c for c in sequence.exit_when if c.evaluate(since)), None)
         if rule is not None:
             exit_enrolment(session, rt, enrolment, f"exit_when: {rule.text}")
-            touched.append(enrolment)
-        elif move_on_triggers(session, rt, lead, enrolment, sequence):
-            touched.append(enrolment)
-    return touched
+            continue
+        move_on_triggers(session, rt, enrolment, sequence, since)
+        running.append(enrolment)
+    return running
 
 
 def move_on_triggers(
-    session: Session, rt: Runtime, lead: Lead, enrolment: Enrolment, sequence: Sequence
+    session: Session, rt: Runtime, enrolment: Enrolment, sequence: Sequence, facts: LeadFacts
 ) -> bool:
     """Jump to the furthest later milestone whose enter_when holds; triggers only move forward."""
-    now = rt.clock.now()
-    facts = LeadFacts(session, lead, now, since=enrolment.enrolled_at)
     current = sequence.index(enrolment.milestone)
     for milestone in reversed(sequence.milestones[current + 1 :]):
         if milestone.enter_when is not None and milestone.enter_when.evaluate(facts):
@@ -222,7 +224,7 @@ def advance(session: Session, rt: Runtime, enrolment: Enrolment) -> list[Deliver
             continue
         step = program[enrolment.position]
         if isinstance(step, Send):
-            planned.append(_plan(session, enrolment, step, now))
+            planned.append(_plan(session, rt, enrolment, lead, sequence, step, now))
             enrolment.position += 1
         elif isinstance(step, Wait):
             enrolment.position += 1
@@ -259,8 +261,21 @@ def _finish_milestone(
     enrolment.next_run_at = rt.clock.now() + when_done.after if when_done.after else None
 
 
-def _plan(session: Session, enrolment: Enrolment, step: Send, now: datetime) -> Delivery:
-    """Create the delivery row for a send step; the pipeline sends it, guards decide when."""
+def _plan(
+    session: Session,
+    rt: Runtime,
+    enrolment: Enrolment,
+    lead: Lead,
+    sequence: Sequence,
+    step: Send,
+    now: datetime,
+) -> Delivery:
+    """Create the delivery row for a send step, due at the first moment its window allows.
+
+    The send-time guards check again (and add frequency caps); planning in the window keeps
+    the queue free of sends that could only be deferred.
+    """
+    due = rt.send.open_slot(now, lead.timezone, sequence.send.window, step.channel)
     delivery = Delivery(
         id=str(uuid.uuid4()),
         enrolment_id=enrolment.id,
@@ -273,8 +288,9 @@ def _plan(session: Session, enrolment: Enrolment, step: Send, now: datetime) -> 
         template=step.template,
         status="planned",
         planned_at=now,
-        due_at=now,
+        due_at=due,
         attempts=0,
+        detail=f"deferred to {due.isoformat()}" if due > now else None,
     )
     session.add(delivery)
     return delivery

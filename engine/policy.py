@@ -11,8 +11,7 @@ import yaml
 from yaml.nodes import Node
 
 from engine.errors import Problem, WorkflowError
-from engine.guards import Cap, QuietHours
-from engine.sending import SendPolicy
+from engine.guards import Cap, QuietHours, SendPolicy
 from engine.spec import Assignment, OwnerRule
 from engine.workflows import _HOURS, _display, _Reader
 

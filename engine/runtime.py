@@ -6,16 +6,18 @@ from dataclasses import dataclass, field
 from functools import cached_property
 
 from engine.clock import Clock
+from engine.guards import SendPolicy
 from engine.spec import Assignment, Instruction, Sequence, Workflows
 
 
 @dataclass(frozen=True)
 class Runtime:
-    """Workflows validated once, plus the clock all time comes from."""
+    """Workflows and sending rules validated once, plus the clock all time comes from."""
 
     workflows: Workflows
     clock: Clock
     assignment: Assignment = field(default_factory=Assignment)
+    send: SendPolicy = field(default_factory=SendPolicy)
     _programs: dict[tuple[str, str], list[Instruction]] = field(default_factory=dict)
 
     def program(self, sequence: Sequence, milestone_id: str) -> list[Instruction]:

@@ -75,23 +75,24 @@ def claim_due_leads(
     session: Session, now: datetime, limit: int, lease: timedelta = DEFAULT_LEASE
 ) -> list[int]:
     """Claim leads whose decay or inactivity fell due, like enrolments, by index only."""
-    ids: list[int] = []
-    for column in (Lead.decay_due_at, Lead.inactive_due_at):
-        query = select(Lead.id).where(column <= now).order_by(column).limit(limit - len(ids))
-        if is_postgres(session):
-            query = query.with_for_update(skip_locked=True)
-        ids.extend(i for i in session.scalars(query) if i not in ids)
-        if len(ids) >= limit:
-            break
-    return ids
+    query = (
+        select(Lead.id)
+        .where(or_(Lead.decay_due_at <= now, Lead.inactive_due_at <= now))
+        .limit(limit)
+    )
+    if is_postgres(session):
+        query = query.with_for_update(skip_locked=True)
+    return list(session.scalars(query))
 
 
 def advance_enrolment(session: Session, rt: Runtime, enrolment_id: int) -> list[str]:
-    """Advance one claimed enrolment under its row lock; returns the ids of the sends it planned."""
+    """Advance one claimed enrolment under its row lock; returns the ids of sends due now."""
     enrolment = lock_enrolment(session, enrolment_id)
     if enrolment is None:
         return []
-    return [delivery.id for delivery in advance(session, rt, enrolment)]
+    planned = advance(session, rt, enrolment)
+    now = rt.clock.now()
+    return [d.id for d in planned if d.due_at <= now]
 
 
 def run_due(

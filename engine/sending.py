@@ -7,7 +7,7 @@ At most once: the `sending` state commits before the provider is called, and onl
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -17,7 +17,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from engine.context import message_context
 from engine.db import is_postgres
 from engine.errors import ChannelError, NurtureError
-from engine.guards import Cap, QuietHours, next_open_slot, zone
+from engine.guards import Cap, SendPolicy
 from engine.journey import OUT_OF_NURTURE
 from engine.models import Delivery, Enrolment, Lead, Suppression
 from engine.pacing import Pacer, PacingTimeout, rate_for
@@ -27,25 +27,6 @@ from engine.settings import Settings
 from engine.spec import Sequence
 
 SENT_STATES = ("sending", "sent", "unknown")
-
-
-@dataclass(frozen=True)
-class SendPolicy:
-    """Rules across all sequences: quiet hours and caps per channel, retries, the send lease."""
-
-    quiet_hours: Mapping[str, QuietHours] = field(default_factory=dict)
-    caps: Mapping[str, Cap] = field(default_factory=dict)
-    default_timezone: str = "UTC"
-    max_attempts: int = 6
-    backoff: timedelta = timedelta(seconds=30)
-    lease: timedelta = timedelta(minutes=10)
-    rates: Mapping[str, float] = field(default_factory=dict)  # per sender or channel, msg/s
-    pace_timeout: float = 5.0  # longest a worker waits for a send slot before re-planning
-
-    def retry_delay(self, attempts: int, hint: float | None) -> timedelta:
-        """Exponential backoff from the attempt count, never sooner than the provider's hint."""
-        delay = self.backoff * (2 ** max(attempts - 1, 0))
-        return max(delay, timedelta(seconds=hint)) if hint else delay
 
 
 @dataclass(frozen=True)
@@ -154,13 +135,11 @@ def prepare(
     if _suppressed(session, delivery.channel, address):
         _skip(delivery, f"suppressed: {address}")
         return None
-    tz = zone(lead.timezone, policy.default_timezone)
-    slot = next_open_slot(now, tz, sequence.send.window, policy.quiet_hours.get(delivery.channel))
-    cap_at = _cap_opens_at(session, lead, delivery.channel, policy.caps.get(delivery.channel), now)
+    window, channel = sequence.send.window, delivery.channel
+    slot = policy.open_slot(now, lead.timezone, window, channel)
+    cap_at = _cap_opens_at(session, lead, channel, policy.caps.get(channel), now)
     if cap_at is not None and cap_at > slot:
-        slot = next_open_slot(
-            cap_at, tz, sequence.send.window, policy.quiet_hours.get(delivery.channel)
-        )
+        slot = policy.open_slot(cap_at, lead.timezone, window, channel)
     if slot > now:
         delivery.due_at = slot
         delivery.detail = f"deferred to {slot.isoformat()}"

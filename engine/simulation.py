@@ -15,7 +15,7 @@ from dramatiq.brokers.stub import StubBroker
 from sqlalchemy import func, select
 
 from engine.app import App
-from engine.clock import FrozenClock
+from engine.clock import FrozenClock, as_utc
 from engine.db import make_engine
 from engine.models import Base, Delivery, Enrolment, Handoff, Lead
 from engine.settings import Settings
@@ -72,14 +72,15 @@ class Simulation:
         self.app.engine.dispose()
 
     def drain(self) -> None:
-        """Run everything due at the current moment, including what that work makes due."""
-        while True:
-            enqueued = self.tasks.tick()
-            for queue in QUEUES:
-                self.broker.join(queue)
-            self.worker.join()
-            if not enqueued:
-                return
+        """Run what is queued, then one scheduler pass and everything that pass causes."""
+        self._join()
+        if self.tasks.tick():
+            self._join()
+
+    def _join(self) -> None:
+        for queue in QUEUES:
+            self.broker.join(queue)
+        self.worker.join()
 
     def post(self, event: ScriptedEvent) -> None:
         """Record a scripted event the way the API does, through the events queue."""
@@ -114,20 +115,17 @@ class Simulation:
         return {"delivery_id": delivery.id, "template": template, "sequence": delivery.sequence}
 
     def next_due(self) -> datetime | None:
-        """The earliest moment anything in the database falls due."""
+        """The earliest moment anything in the database falls due, in one query."""
+        earliest = [
+            select(func.min(Enrolment.next_run_at)).where(Enrolment.status == "active"),
+            select(func.min(Delivery.due_at)).where(Delivery.status == "planned"),
+            select(func.min(Lead.decay_due_at)),
+            select(func.min(Lead.inactive_due_at)),
+            select(func.min(Handoff.next_attempt_at)).where(Handoff.status == "pending"),
+        ]
         with self.app.sessions() as s:
-            moments = [
-                s.scalar(
-                    select(func.min(Enrolment.next_run_at)).where(Enrolment.status == "active")
-                ),
-                s.scalar(select(func.min(Delivery.due_at)).where(Delivery.status == "planned")),
-                s.scalar(select(func.min(Lead.decay_due_at))),
-                s.scalar(select(func.min(Lead.inactive_due_at))),
-                s.scalar(
-                    select(func.min(Handoff.next_attempt_at)).where(Handoff.status == "pending")
-                ),
-            ]
-        due = [m for m in moments if m is not None]
+            moments = s.execute(select(*(q.scalar_subquery() for q in earliest))).one()
+        due = [as_utc(m) for m in moments if m is not None]
         return min(due) if due else None
 
     @staticmethod
@@ -155,6 +153,9 @@ class Simulation:
         while True:
             due = self.next_due()
             if due is not None and due <= self.clock.now():
+                if self.tasks.tick():  # work made due by the last pass
+                    self._join()
+                    continue
                 due = self.clock.now() + timedelta(seconds=1)  # leased work: come back shortly
             candidates = [m for m in (due, pending[-1].at if pending else None) if m is not None]
             moment = min([*candidates, until])

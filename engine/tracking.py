@@ -15,10 +15,10 @@ from sqlalchemy.orm import Session
 from engine.clock import as_utc
 from engine.db import is_postgres
 from engine.errors import InvalidLeadError
-from engine.journey import Fired, active_enrolments, enrol_on, on_lead_changed
+from engine.journey import Fired, enrol_on, on_lead_changed
 from engine.leads import Identity, apply_attributes, ensure_lead, get_lead, lock_lead
 from engine.lifecycle import StageOutcome, evaluate_stage, mark_customer, recycle, set_stage
-from engine.models import Event, Lead
+from engine.models import Enrolment, Event, Lead
 from engine.runtime import Runtime
 from engine.scoring import apply_decay, recompute_fit, record_activity, score_event
 
@@ -90,7 +90,7 @@ def track(
     if row.stage == "subscriber" and event_type in scoring.lead_events:
         set_stage(session, row, "lead", f"event {event_type}", now)
     outcome = evaluate_stage(session, rt, row, f"event {event_type}")
-    _react(session, rt, row, (Fired("event", event_type), *outcome.fired))
+    running = _react(session, rt, row, (Fired("event", event_type), *outcome.fired))
     return TrackResult(
         lead_id=row.id,
         event_id=event.id,
@@ -98,7 +98,9 @@ def track(
         points=points,
         stage=row.stage,
         handoff_id=outcome.handoff.id if outcome.handoff else None,
-        due_enrolments=_due(session, rt, row),
+        due_enrolments=[
+            e.id for e in running if e.next_run_at is not None and e.next_run_at <= now
+        ],
     )
 
 
@@ -140,20 +142,15 @@ def _insert_event(
     ).one_or_none()
 
 
-def _react(session: Session, rt: Runtime, lead: Lead, fired: tuple[Fired, ...]) -> None:
-    """Apply exit rules and score triggers to running enrolments, then enrol on what fired."""
-    on_lead_changed(session, rt, lead)
+def _react(session: Session, rt: Runtime, lead: Lead, fired: tuple[Fired, ...]) -> list[Enrolment]:
+    """Apply exit rules and score triggers to running enrolments, then enrol on what fired.
+
+    Returns every enrolment running afterwards.
+    """
+    running = on_lead_changed(session, rt, lead)
     for trigger in fired:
-        enrol_on(session, rt, lead, trigger)
-
-
-def _due(session: Session, rt: Runtime, lead: Lead) -> list[int]:
-    now = rt.clock.now()
-    return [
-        e.id
-        for e in active_enrolments(session, lead)
-        if e.next_run_at is not None and e.next_run_at <= now
-    ]
+        running.extend(enrol_on(session, rt, lead, trigger))
+    return running
 
 
 def upsert_lead(session: Session, rt: Runtime, data: Mapping[str, Any]) -> Lead:

@@ -13,7 +13,8 @@ import redis
 from engine.errors import ConfigurationError
 from engine.pacing import LocalPacer, Pacer, PacingTimeout, RedisPacer, rate_for
 
-TOLERANCE = 0.01  # scheduling jitter allowed on each slot, in seconds
+TOLERANCE = 0.01  # rounding allowed on a computed delay, in seconds
+JITTER = 0.05  # how late a thread on a busy machine may see its slot, in seconds
 
 
 @pytest.fixture
@@ -52,7 +53,7 @@ def pacer(request: pytest.FixtureRequest) -> Pacer:
 
 
 def _granted_times(pacers: list[Pacer], key: str, rate: float, per_thread: int) -> list[float]:
-    """Run one thread per pacer acquiring `per_thread` slots; the sorted times they were granted."""
+    """Run one thread per pacer acquiring `per_thread` slots; the sorted slot times granted."""
     granted: list[float] = []
     lock = threading.Lock()
     start = threading.Barrier(len(pacers))
@@ -60,8 +61,8 @@ def _granted_times(pacers: list[Pacer], key: str, rate: float, per_thread: int) 
     def work(p: Pacer) -> None:
         start.wait()
         for _ in range(per_thread):
-            p.acquire(key, rate, timeout=10)
-            at = time.monotonic()
+            asked = time.monotonic()
+            at = asked + p.acquire(key, rate, timeout=10)  # the slot, not when the sleep woke
             with lock:
                 granted.append(at)
 
@@ -74,11 +75,11 @@ def _granted_times(pacers: list[Pacer], key: str, rate: float, per_thread: int) 
 
 
 def test_concurrent_acquisitions_get_distinct_slots_one_interval_apart(pacer: Pacer) -> None:
-    times = _granted_times([pacer] * 4, "sms:+15005550006", rate=10, per_thread=5)
-    assert len(times) == 20
+    times = _granted_times([pacer] * 4, "sms:+15005550006", rate=5, per_thread=3)
+    assert len(times) == 12
     gaps = [b - a for a, b in zip(times, times[1:], strict=False)]
-    assert min(gaps) >= 0.1 - TOLERANCE, gaps
-    assert times[-1] - times[0] >= 1.9 - TOLERANCE
+    assert min(gaps) >= 0.2 - JITTER, gaps  # two slots handed out together would show ~0
+    assert times[-1] - times[0] >= 11 * 0.2 - TOLERANCE
 
 
 def test_different_keys_do_not_throttle_each_other(pacer: Pacer) -> None:
@@ -99,7 +100,7 @@ def test_a_wait_beyond_the_timeout_raises_and_reserves_no_slot(pacer: Pacer) -> 
     assert caught.value.retry_after == pytest.approx(0.1, abs=TOLERANCE)
     waited = pacer.acquire(key, 10, timeout=10)
     assert waited == pytest.approx(0.1, abs=TOLERANCE)  # not 0.2: the failed call took no slot
-    assert time.monotonic() - first == pytest.approx(0.1, abs=2 * TOLERANCE)
+    assert time.monotonic() - first == pytest.approx(0.1, abs=JITTER)
 
 
 def test_a_non_positive_rate_is_a_configuration_error(pacer: Pacer) -> None:
@@ -112,11 +113,11 @@ def test_redis_pacers_on_separate_clients_still_space_their_slots(
     redis_pacers: Callable[[], RedisPacer],
 ) -> None:
     two_processes: list[Pacer] = [redis_pacers(), redis_pacers()]
-    times = _granted_times(two_processes, "email:sendgrid", rate=25, per_thread=4)
-    assert len(times) == 8
+    times = _granted_times(two_processes, "email:sendgrid", rate=5, per_thread=3)
+    assert len(times) == 6
     gaps = [b - a for a, b in zip(times, times[1:], strict=False)]
-    assert min(gaps) >= 0.04 - TOLERANCE, gaps
-    assert times[-1] - times[0] >= 0.28 - TOLERANCE
+    assert min(gaps) >= 0.2 - JITTER, gaps
+    assert times[-1] - times[0] >= 5 * 0.2 - TOLERANCE
 
 
 def test_rate_for_prefers_an_explicit_sender_rate_then_a_channel_rate() -> None:
