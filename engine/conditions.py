@@ -122,6 +122,11 @@ class _Event:
 _Node = _All | _Any | _Not | _Compare | _Event
 
 
+def _cheap_first(operands: list[_Node]) -> tuple[_Node, ...]:
+    """Operands that need no event query first, so and/or often decide without one."""
+    return tuple(sorted(operands, key=lambda operand: bool(operand.event_types())))
+
+
 @dataclass(unsafe_hash=True)
 class ParsedCondition:
     """A condition as written plus its tree; not frozen only because Condition.text is settable."""
@@ -299,14 +304,14 @@ class _Parser:
         while self.peek().is_word("or"):
             self.keyword()
             operands.append(self.all())
-        return operands[0] if len(operands) == 1 else _Any(tuple(operands))
+        return operands[0] if len(operands) == 1 else _Any(_cheap_first(operands))
 
     def all(self) -> _Node:
         operands = [self.unary()]
         while self.peek().is_word("and"):
             self.keyword()
             operands.append(self.unary())
-        return operands[0] if len(operands) == 1 else _All(tuple(operands))
+        return operands[0] if len(operands) == 1 else _All(_cheap_first(operands))
 
     def keyword(self) -> None:
         token = self.take()

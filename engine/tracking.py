@@ -78,12 +78,12 @@ def track(
     )
     if event is None:
         return TrackResult(row.id, None, duplicate=True, stage=row.stage)
-    row.updated_at = now
     apply_decay(session, scoring, row, now)
     if attributes_changed:
         recompute_fit(session, scoring, row, now)
     points = sum(e.points for e in score_event(session, scoring, row, event, now))
     record_activity(row, scoring, event.occurred_at)
+    row.updated_at = now  # set late, so the flush writes the lead in one UPDATE
     if event_type in CONSENT_EVENTS:
         column, value = CONSENT_EVENTS[event_type]
         setattr(row, column, value)

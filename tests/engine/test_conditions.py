@@ -169,6 +169,16 @@ def test_or_stops_at_the_first_true_operand() -> None:
     assert facts.asked == []
 
 
+def test_comparisons_decide_before_event_tests_whatever_the_written_order() -> None:
+    condition = parse("event demo_requested within 30d and fit >= 10 or clicked and score > 50")
+    poor_fit = FakeFacts(fit=0, score=0, events={"demo_requested", "email_clicked"})
+    assert not condition.evaluate(poor_fit)
+    assert poor_fit.asked == []
+    good_fit = FakeFacts(fit=12, events={"demo_requested"})
+    assert condition.evaluate(good_fit)
+    assert good_fit.asked == [(("demo_requested",), timedelta(days=30))]
+
+
 def test_the_text_is_kept_as_written() -> None:
     assert parse("score   >= 20").text == "score   >= 20"
 
