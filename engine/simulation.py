@@ -12,7 +12,7 @@ from typing import Any
 
 import dramatiq
 from dramatiq.brokers.stub import StubBroker
-from sqlalchemy import func, select
+from sqlalchemy import Select, func, select
 
 from engine.app import App
 from engine.clock import FrozenClock, as_utc
@@ -116,7 +116,7 @@ class Simulation:
 
     def next_due(self) -> datetime | None:
         """The earliest moment anything in the database falls due, in one query."""
-        earliest = [
+        earliest: list[Select[Any]] = [
             select(func.min(Enrolment.next_run_at)).where(Enrolment.status == "active"),
             select(func.min(Delivery.due_at)).where(Delivery.status == "planned"),
             select(func.min(Lead.decay_due_at)),
