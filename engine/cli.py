@@ -15,6 +15,7 @@ from engine.commands import register
 from engine.errors import NurtureError, WorkflowError
 from engine.playback import register as register_playback
 from engine.settings import Settings
+from engine.tasks import QUEUES
 
 EXIT_OK, EXIT_FOUND, EXIT_USAGE = 0, 1, 2
 # Without API keys, `nurture run` serves only this machine.
@@ -107,20 +108,30 @@ def _until_signalled() -> threading.Event:
 
 @main.command()
 @click.option("--threads", default=8, show_default=True, help="Worker threads in this process.")
+@click.option(
+    "--queues",
+    default=",".join(QUEUES),
+    show_default=True,
+    help="Queues this worker takes, comma separated: e.g. a worker of its own for paced sends.",
+)
 @click.pass_context
-def worker(ctx: click.Context, threads: int) -> None:
+def worker(ctx: click.Context, threads: int, queues: str) -> None:
     """Run a Dramatiq worker: events, journeys, sends and handoffs."""
     import dramatiq
 
-    from engine.tasks import Tasks, make_broker
+    from engine.tasks import POLL_MS, Tasks, make_broker
 
+    chosen = {q.strip() for q in queues.split(",") if q.strip()}
+    if not chosen or not chosen <= set(QUEUES):
+        click.echo(f"error: --queues takes some of {', '.join(QUEUES)}", err=True)
+        sys.exit(EXIT_USAGE)
     app = _app(ctx)
     if not app.settings.redis_url:
         click.echo("error: a worker needs NURTURE_REDIS_URL (or use `nurture run`)", err=True)
         sys.exit(EXIT_USAGE)
     broker = make_broker(app.settings.redis_url)
     Tasks(broker, app)
-    process = dramatiq.Worker(broker, worker_threads=threads)
+    process = dramatiq.Worker(broker, worker_threads=threads, queues=chosen, worker_timeout=POLL_MS)
     process.start()
     click.echo(f"worker started with {threads} threads", err=True)
     _until_signalled().wait()
@@ -210,13 +221,13 @@ def run(ctx: click.Context, host: str, port: int, interval: float, threads: int)
     import uvicorn
 
     from engine.migrate import upgrade
-    from engine.tasks import Tasks, make_broker
+    from engine.tasks import POLL_MS, Tasks, make_broker
 
     app = _app(ctx)
     upgrade(app.engine)
     tasks = Tasks(make_broker(app.settings.redis_url), app)
     api = _api(app, tasks, allow_no_auth=host in LOOPBACK)
-    process = dramatiq.Worker(tasks.broker, worker_threads=threads)
+    process = dramatiq.Worker(tasks.broker, worker_threads=threads, worker_timeout=POLL_MS)
     process.start()
     stop = _until_signalled()  # uvicorn re-raises SIGTERM after its shutdown: land here, not die
     loop = threading.Thread(target=_schedule, args=(tasks, stop, interval, 500), daemon=True)

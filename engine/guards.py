@@ -92,7 +92,10 @@ class SendPolicy:
     backoff: timedelta = timedelta(seconds=30)
     lease: timedelta = timedelta(minutes=10)
     rates: Mapping[str, float] = field(default_factory=dict)  # per sender or channel, msg/s
-    pace_timeout: float = 5.0  # longest a worker waits for a send slot before re-planning
+    pace_timeout: float = 1.0  # longest a worker waits for a send slot before re-planning
+    # Pace a little under each provider limit: the slot-to-provider jitter of tens of ms would
+    # otherwise push some sends inside a strict one-second window (bench/egress.py).
+    pace_headroom: float = 0.95
 
     def open_slot(
         self, now: datetime, timezone: str | None, window: Window | None, channel: str

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
@@ -17,6 +17,10 @@ from engine.scoring import breakdown, reset_engagement
 # Stages from which the MQL and SQL thresholds are checked; sql and customer are sales-owned.
 NURTURE_STAGES = ("subscriber", "lead", "recycled", "mql")
 RECENT_ACTIVITY = 10
+
+# The worker that records a crossing delivers its handoff at once; the scheduler claims it
+# only when that has not happened by then (a lost message), so the CRM is not posted twice.
+HANDOFF_GRACE = timedelta(seconds=30)
 
 
 @dataclass(frozen=True)
@@ -87,7 +91,7 @@ def hand_off(session: Session, rt: Runtime, lead: Lead, cause: str) -> Handoff:
         owner=assign_owner(session, rt, lead),
         status="pending",
         attempts=0,
-        next_attempt_at=now,
+        next_attempt_at=now + HANDOFF_GRACE,
     )
     session.add(handoff)
     session.flush()

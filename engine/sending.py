@@ -310,7 +310,7 @@ def send_delivery(
     channel = channels[prepared.channel]
     if pacer is not None:
         sender = getattr(prepared.message, "from_phone", "") or channel.name
-        rate = rate_for(prepared.channel, sender, policy.rates)
+        rate = rate_for(prepared.channel, sender, policy.rates) * policy.pace_headroom
         try:
             pacer.acquire(f"{prepared.channel}:{sender}", rate, timeout=policy.pace_timeout)
         except PacingTimeout as error:

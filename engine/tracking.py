@@ -98,9 +98,7 @@ def track(
         points=points,
         stage=row.stage,
         handoff_id=outcome.handoff.id if outcome.handoff else None,
-        due_enrolments=[
-            e.id for e in running if e.next_run_at is not None and e.next_run_at <= now
-        ],
+        due_enrolments=_due(running, rt.clock.now()),  # enrol_on read the clock after `now`
     )
 
 
@@ -151,6 +149,10 @@ def _react(session: Session, rt: Runtime, lead: Lead, fired: tuple[Fired, ...]) 
     for trigger in fired:
         running.extend(enrol_on(session, rt, lead, trigger))
     return running
+
+
+def _due(enrolments: list[Enrolment], now: datetime) -> list[int]:
+    return [e.id for e in enrolments if e.next_run_at is not None and e.next_run_at <= now]
 
 
 def upsert_lead(session: Session, rt: Runtime, data: Mapping[str, Any]) -> Lead:

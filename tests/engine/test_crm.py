@@ -10,6 +10,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from engine.clock import FrozenClock
 from engine.crm import claim_due_handoffs, deliver_handoff
+from engine.lifecycle import HANDOFF_GRACE
 from engine.models import Handoff
 from engine.runtime import Runtime
 from engine.tracking import track
@@ -46,6 +47,17 @@ def test_a_handoff_is_posted_signed_with_the_lead_score_and_reasons(
     assert crm.keys == [f"handoff-{handoff_id}"]
     assert deliver_handoff(sessions, rt, crm.endpoint, "crm-secret", handoff_id) == "delivered"
     assert len(crm.received) == 1  # delivered handoffs are never posted again
+
+
+def test_the_scheduler_leaves_a_fresh_handoff_to_the_worker_that_made_it(
+    sessions: sessionmaker[Session], rt: Runtime, clock: FrozenClock
+) -> None:
+    handoff_id = _cross(sessions, rt)
+    with sessions.begin() as s:
+        assert claim_due_handoffs(s, clock.now(), 10) == []  # its creator is delivering it
+    clock.advance(HANDOFF_GRACE)
+    with sessions.begin() as s:
+        assert claim_due_handoffs(s, clock.now(), 10) == [handoff_id]  # that message was lost
 
 
 def test_a_failing_crm_is_retried_with_growing_backoff_until_it_acknowledges(

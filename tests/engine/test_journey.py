@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from datetime import timedelta
+from dataclasses import replace
+from datetime import datetime, timedelta
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
@@ -25,6 +26,23 @@ def _enrolment(session: Session, sequence: str = "drip") -> Enrolment:
 def _sends(session: Session) -> list[tuple[str, str, str]]:
     rows = session.scalars(select(Delivery).order_by(Delivery.planned_at, Delivery.step))
     return [(d.template, d.channel, d.status) for d in rows]
+
+
+class TickingClock(FrozenClock):
+    """A clock that moves a microsecond on every read, as a real one does between reads."""
+
+    def now(self) -> datetime:
+        self.advance(timedelta(microseconds=1))
+        return super().now()
+
+
+def test_the_enrolment_an_event_starts_is_reported_due_on_a_running_clock(
+    sessions: sessionmaker[Session], rt: Runtime, clock: FrozenClock
+) -> None:
+    running = replace(rt, clock=TickingClock(clock.now()))
+    with sessions.begin() as s:
+        result = track(s, running, ANA, "form_submitted")
+        assert result.due_enrolments == [_enrolment(s).id]
 
 
 def test_an_event_trigger_enrols_the_lead_and_steps_run_with_waits_in_the_database(
