@@ -21,6 +21,7 @@ import yaml
 from click.testing import CliRunner
 
 from engine.cli import main
+from engine.tasks import QUEUES
 
 ROOT = Path(__file__).resolve().parent.parent
 FIXTURES = ROOT / "tests" / "engine" / "fixtures" / "workflows"
@@ -132,8 +133,15 @@ def test_compose_runs_each_process_with_a_command_the_cli_accepts() -> None:
         "migrate": "init",
         "api": "serve",
         "worker": "worker",
+        "sender": "worker",
         "scheduler": "scheduler",
     }
+    queues = [
+        set(command[command.index("--queues") + 1].split(","))
+        for command in commands.values()
+        if "--queues" in command
+    ]
+    assert sorted(q for group in queues for q in group) == sorted(QUEUES)  # each taken once
     for name, command in commands.items():
         subcommand = main.commands[command[0]]
         try:
@@ -142,7 +150,7 @@ def test_compose_runs_each_process_with_a_command_the_cli_accepts() -> None:
             pytest.fail(f"docker-compose service {name}: {error}")
     for name in ("postgres", "redis", "api"):
         assert "healthcheck" in services[name], f"{name} has no health check"
-    processes = {"api", "worker", "scheduler"}
+    processes = {"api", "worker", "sender", "scheduler"}
     for name in processes:
         assert services[name]["depends_on"]["migrate"] == {
             "condition": "service_completed_successfully"
