@@ -12,7 +12,7 @@ from typing import Any
 
 import dramatiq
 from dramatiq.brokers.stub import StubBroker
-from sqlalchemy import Select, func, select
+from sqlalchemy import Engine, Select, func, select
 
 from engine.app import App
 from engine.clock import FrozenClock, as_utc
@@ -43,14 +43,17 @@ class Simulation:
         workdir: Path | None = None,
         channels: Mapping[str, Any] | None = None,
         threads: int = 1,
+        engine: Engine | None = None,
     ) -> None:
+        """A fresh SQLite file in `workdir`, unless `engine` names a migrated empty database."""
         self.workdir = workdir or Path(tempfile.mkdtemp(prefix="nurture-sim-"))
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.clock = FrozenClock(start)
-        database = self.workdir / "simulation.db"
-        database.unlink(missing_ok=True)
-        engine = make_engine(f"sqlite:///{database}")
-        Base.metadata.create_all(engine)
+        if engine is None:
+            database = self.workdir / "simulation.db"
+            database.unlink(missing_ok=True)
+            engine = make_engine(f"sqlite:///{database}")
+            Base.metadata.create_all(engine)
         environ = {"NURTURE_OUTBOX_DIR": str(self.workdir / "outbox")}
         # Unpaced: provider rates are wall-clock limits, and simulated time has no wall clock.
         self.app = App.create(
@@ -82,20 +85,27 @@ class Simulation:
             self.broker.join(queue)
         self.worker.join()
 
-    def post(self, event: ScriptedEvent) -> None:
-        """Record a scripted event the way the API does, through the events queue."""
+    def post(self, events: list[ScriptedEvent]) -> None:
+        """Record scripted events the way the API does, through the events queue.
+
+        The lookups of clicked emails run first, so they never wait for the write lock of a
+        worker busy with the events posted before them.
+        """
+        payloads = [self._payload(event) for event in events]
+        for payload in payloads:
+            self.tasks.process_event.send(payload)
+
+    def _payload(self, event: ScriptedEvent) -> dict[str, Any]:
         properties = dict(event.properties)
         if event.of:
             properties.update(self._delivery_of(event.lead, event.of))
-        self.tasks.process_event.send(
-            {
-                "lead": event.lead,
-                "type": event.type,
-                "properties": properties,
-                "occurred_at": event.at.isoformat(),
-                "source": "simulation",
-            }
-        )
+        return {
+            "lead": event.lead,
+            "type": event.type,
+            "properties": properties,
+            "occurred_at": event.at.isoformat(),
+            "source": "simulation",
+        }
 
     def _delivery_of(self, lead: Mapping[str, Any], template: str) -> dict[str, Any]:
         """The latest sent delivery of a template to the lead, as a provider webhook names it."""
@@ -163,8 +173,10 @@ class Simulation:
                 moment = self._round_up(moment, resolution)
             if moment > self.clock.now():
                 self.clock.set(moment)
+            due_now = []
             while pending and pending[-1].at <= self.clock.now():
-                self.post(pending.pop())
+                due_now.append(pending.pop())
+            self.post(due_now)
             self.drain()
             if progress is not None:
                 progress(self.clock.now())
