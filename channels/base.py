@@ -149,6 +149,8 @@ class Channel(ABC):
     """One way to send: a provider adapter for one channel ("email" or "sms")."""
 
     name: ClassVar[str]
+    # False for adapters that reach no provider (outbox, console): nothing to pace.
+    paced: ClassVar[bool] = True
     channel: str
 
     @abstractmethod

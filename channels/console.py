@@ -25,6 +25,7 @@ class ConsoleChannel(Channel):
     """Prints who gets what; nothing leaves the machine."""
 
     name = "console"
+    paced = False
 
     def __init__(self, channel: str = EMAIL, stream: TextIO | None = None) -> None:
         if channel not in (EMAIL, SMS):

@@ -27,6 +27,7 @@ class OutboxChannel(Channel):
     """Writes email as `<dir>/email/<delivery_id>.eml` and SMS as `<dir>/sms/<delivery_id>.txt`."""
 
     name = "outbox"
+    paced = False
 
     def __init__(self, directory: Path | str, channel: str = EMAIL, clock: Clock | None = None):
         if channel not in (EMAIL, SMS):

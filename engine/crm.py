@@ -10,7 +10,7 @@ import urllib.request
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import or_, select, update
+from sqlalchemy import select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from engine.context import lead_view
@@ -83,7 +83,7 @@ def claim_due_handoffs(
         select(Handoff.id)
         .where(
             Handoff.status == "pending",
-            or_(Handoff.next_attempt_at.is_(None), Handoff.next_attempt_at <= now),
+            Handoff.next_attempt_at <= now,  # delivered ones hold NULL: out of the index range
         )
         .order_by(Handoff.next_attempt_at)
         .limit(limit)
@@ -109,6 +109,7 @@ def deliver_handoff(
         if not url:
             handoff.status = "delivered"  # no CRM configured: the record in the database is it
             handoff.delivered_at = rt.clock.now()
+            handoff.next_attempt_at = None
             return "recorded"
         payload = document(session, handoff)
     status = post(url, secret, f"handoff-{handoff_id}", payload, rt.clock.now())

@@ -14,7 +14,8 @@ def make_engine(url: str, **kwargs: Any) -> Engine:
         engine = create_engine(url, connect_args={"timeout": 30}, **kwargs)
         _serialise_sqlite_writers(engine)
         return engine
-    return create_engine(url, pool_pre_ping=True, **kwargs)
+    kwargs.setdefault("pool_pre_ping", True)  # survive a restarted server; callers may opt out
+    return create_engine(url, **kwargs)
 
 
 def _serialise_sqlite_writers(engine: Engine) -> None:

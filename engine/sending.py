@@ -56,9 +56,8 @@ def _skip(delivery: Delivery, reason: str) -> None:
     delivery.detail = reason
 
 
-def _stale_reason(session: Session, delivery: Delivery, lead: Lead) -> str | None:
+def _stale_reason(delivery: Delivery, enrolment: Enrolment, lead: Lead) -> str | None:
     """Why the lead is no longer at this step (moved on, exited, handed off), or None."""
-    enrolment = session.get_one(Enrolment, delivery.enrolment_id)
     if enrolment.status != "active":
         return f"stale: enrolment ended ({enrolment.exit_reason})"
     if enrolment.pass_no != delivery.pass_no:
@@ -115,17 +114,24 @@ def prepare(
 ) -> Prepared | None:
     """Guard and render a due delivery and mark it `sending`; None when not to send now."""
     now = rt.clock.now()
-    query = select(Delivery).where(Delivery.id == delivery_id)
+    query = (
+        select(Delivery, Enrolment, Lead)
+        .join(Enrolment, Enrolment.id == Delivery.enrolment_id)
+        .join(Lead, Lead.id == Delivery.lead_id)
+        .where(Delivery.id == delivery_id)
+    )
     if is_postgres(session):
-        query = query.with_for_update(skip_locked=True)
-    delivery = session.scalars(query).one_or_none()
-    if delivery is None or delivery.status != "planned" or delivery.due_at > now:
+        query = query.with_for_update(of=Delivery, skip_locked=True)
+    row = session.execute(query).one_or_none()
+    if row is None:
+        return None
+    delivery, enrolment, lead = row._tuple()
+    if delivery.status != "planned" or delivery.due_at > now:
         return None
     delivery.lease_until = None
-    lead = session.get_one(Lead, delivery.lead_id)
     sequence = rt.workflows.sequences.get(delivery.sequence)
     reason = (
-        "stale: sequence removed" if sequence is None else _stale_reason(session, delivery, lead)
+        "stale: sequence removed" if sequence is None else _stale_reason(delivery, enrolment, lead)
     )
     address, refusal = _address(lead, delivery.channel)
     if reason or refusal or address is None:
@@ -220,6 +226,7 @@ def record_success(
             lease_until=None,
             detail=None,
         )
+        .execution_options(synchronize_session=False)  # a fresh session holds no copy to sync
     )
 
 
@@ -266,6 +273,7 @@ def repace(session: Session, rt: Runtime, delivery_id: str, retry_after: float) 
             lease_until=None,
             detail=f"paced: next slot in {retry_after:.1f}s",
         )
+        .execution_options(synchronize_session=False)
     )
 
 
@@ -308,7 +316,7 @@ def send_delivery(
     if prepared is None:
         return "not sent"
     channel = channels[prepared.channel]
-    if pacer is not None:
+    if pacer is not None and getattr(channel, "paced", True):
         sender = getattr(prepared.message, "from_phone", "") or channel.name
         rate = rate_for(prepared.channel, sender, policy.rates) * policy.pace_headroom
         try:

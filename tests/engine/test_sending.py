@@ -16,6 +16,7 @@ from channels.outbox import OutboxChannel
 from engine.clock import FrozenClock
 from engine.guards import Cap, QuietHours
 from engine.models import Delivery
+from engine.pacing import PacingTimeout
 from engine.rendering import Renderer
 from engine.runtime import Runtime
 from engine.scheduler import run_due
@@ -211,3 +212,49 @@ def test_a_template_that_fails_to_render_fails_its_delivery_without_sending(
     (delivery,) = sender.deliveries()
     assert delivery.status == "failed" and delivery.detail.startswith("render: template 'welcome'")
     assert not (tmp_path / "outbox" / "email").exists()
+
+
+class NoSlots:
+    """A pacer with no free slot: any send that asks for one is re-planned."""
+
+    def __init__(self) -> None:
+        self.asked: list[str] = []
+
+    def acquire(self, key: str, rate: float, *, timeout: float) -> float:
+        self.asked.append(key)
+        raise PacingTimeout(key, 5.0)
+
+
+def test_adapters_that_reach_no_provider_are_never_paced(
+    sender: Sender, sessions: sessionmaker[Session], rt: Runtime
+) -> None:
+    with sessions.begin() as s:
+        track(s, rt, LEAD, "form_submitted")
+    run_due(sessions, rt)
+    with sessions() as s:
+        [delivery_id] = s.scalars(select(Delivery.id).where(Delivery.status == "planned"))
+    pacer = NoSlots()
+    args = (sessions, rt, sender.settings, sender.renderer, sender.policy)
+    assert send_delivery(*args, sender.channels, delivery_id, pacer) == "sent"
+    assert pacer.asked == []
+
+
+def test_a_provider_adapter_waits_for_its_pacing_slot(
+    sender: Sender, sessions: sessionmaker[Session], rt: Runtime
+) -> None:
+    class Provider(OutboxChannel):
+        paced = True
+
+    with sessions.begin() as s:
+        track(s, rt, LEAD, "form_submitted")
+    run_due(sessions, rt)
+    with sessions() as s:
+        [delivery_id] = s.scalars(select(Delivery.id).where(Delivery.status == "planned"))
+    pacer = NoSlots()
+    channels = {"email": Provider(sender.outbox, "email", rt.clock)}
+    args = (sessions, rt, sender.settings, sender.renderer, sender.policy)
+    assert send_delivery(*args, channels, delivery_id, pacer) == "paced"
+    assert pacer.asked == ["email:outbox"]
+    with sessions() as s:
+        delivery = s.get_one(Delivery, delivery_id)
+        assert (delivery.status, delivery.attempts) == ("planned", 0)
