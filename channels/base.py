@@ -264,10 +264,15 @@ def build_mime(message: EmailMessage, sent_at: datetime) -> Message:
 
 
 def _mailbox(address: Address) -> str:
-    """`Name <addr>`, the name RFC 2047-encoded when it is not ASCII."""
-    return formataddr((address.display_name, address.addr_spec), charset="utf-8")
+    """`Name <addr>`, the name RFC 2047-encoded when it is not ASCII, or when it would read as
+    encoded words itself (lead data like `=?utf-8?q?=0D=0ABcc:...?=` decodes to line breaks)."""
+    name = address.display_name
+    if "=?" in name:
+        return f"{Header(name, 'utf-8').encode()} <{address.addr_spec}>"
+    return formataddr((name, address.addr_spec), charset="utf-8")
 
 
 def _header_text(value: str) -> str | Header:
-    """ASCII text as is; anything else as RFC 2047 encoded words."""
-    return value if value.isascii() else Header(value, "utf-8")
+    """ASCII text as is; anything else, or text containing `=?`, as RFC 2047 encoded words
+    (so that text which looks like an encoded word stays that text when read)."""
+    return value if value.isascii() and "=?" not in value else Header(value, "utf-8")

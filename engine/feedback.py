@@ -7,6 +7,7 @@ consequences (suppression, consent, skipped sends) run only the first time.
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
@@ -176,7 +177,20 @@ def _properties(event: DeliveryEvent, delivery: Delivery | None) -> dict[str, An
             "template": delivery.template,
         }
     extra = {"url": event.url, "reason": event.reason, "body": event.body}
-    return properties | {key: value for key, value in extra.items() if value is not None}
+    return properties | {key: _text(value) for key, value in extra.items() if value is not None}
+
+
+def _event_key(event: DeliveryEvent) -> str:
+    """The idempotency key of a provider event; an id too long for the column is hashed."""
+    key = _text(f"{event.provider}:{event.provider_event_id}")
+    if len(key) <= 200:
+        return key
+    return f"{event.provider}:sha256:{hashlib.sha256(key.encode()).hexdigest()}"
+
+
+def _text(value: str) -> str:
+    """Provider text as both databases keep it: NUL and lone surrogates do not survive."""
+    return value.replace("\x00", "\ufffd").encode("utf-8", "replace").decode("utf-8")
 
 
 def record_delivery_event(session: Session, rt: Runtime, event: DeliveryEvent) -> FeedbackResult:
@@ -200,7 +214,7 @@ def record_delivery_event(session: Session, rt: Runtime, event: DeliveryEvent) -
         rule.event_type,
         _properties(event, target.delivery),
         occurred_at=event.occurred_at,
-        event_id=f"{event.provider}:{event.provider_event_id}",
+        event_id=_event_key(event),
         source=event.provider,
     )
     if result.duplicate:

@@ -21,9 +21,73 @@ _EMAIL = re.compile(
     r"^[^@\s<>()\[\],;:\"]+@[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?(?:\.[A-Za-z0-9-]+)+$"
 )
 _PHONE = re.compile(r"^\+[1-9]\d{6,14}$")
+MAX_TEXT = 200  # the length of the lead's text columns (timezone: 64)
+MAX_JSON_DEPTH = 32
 # Lead columns a caller may set directly; anything else goes to the custom `fields`.
 STANDARD_FIELDS = ("first_name", "last_name", "company", "title", "timezone")
 IDENTITY_FIELDS = ("email", "external_id", "phone")
+
+
+def storable(value: str, what: str, max_length: int | None = None) -> str:
+    """Text both databases keep as given: no NUL, no lone surrogates, within the column."""
+    if "\x00" in value:
+        raise InvalidLeadError(f"{what}: must not contain NUL characters")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as error:
+        raise InvalidLeadError(f"{what}: must be valid Unicode text") from error
+    if max_length is not None and len(value) > max_length:
+        raise InvalidLeadError(f"{what}: must be at most {max_length} characters")
+    return value
+
+
+def storable_json(value: Any, what: str) -> Any:
+    """JSON both databases keep: storable text, finite numbers, 64-bit integers, 32 levels."""
+    stack: list[tuple[Any, int]] = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if depth > MAX_JSON_DEPTH:
+            raise InvalidLeadError(f"{what}: must not nest deeper than {MAX_JSON_DEPTH} levels")
+        if isinstance(item, str):
+            storable(item, what)
+        elif isinstance(item, bool) or item is None:
+            continue
+        elif isinstance(item, int):
+            if not -(2**63) <= item < 2**63:
+                raise InvalidLeadError(f"{what}: integers must fit in 64 bits")
+        elif isinstance(item, float):
+            if item != item or item in (float("inf"), float("-inf")):
+                raise InvalidLeadError(f"{what}: numbers must be finite")
+        elif isinstance(item, dict):
+            for key, child in item.items():
+                if not isinstance(key, str):
+                    raise InvalidLeadError(f"{what}: keys must be text")
+                storable(key, what)
+                stack.append((child, depth + 1))
+        elif isinstance(item, list | tuple):
+            stack.extend((child, depth + 1) for child in item)
+        else:
+            raise InvalidLeadError(f"{what}: {type(item).__name__} is not JSON")
+    return value
+
+
+def check_attributes(attributes: Mapping[str, Any]) -> dict[str, Any]:
+    """Lead attributes the columns can hold; InvalidLeadError naming the first that cannot."""
+    for name, value in attributes.items():
+        if name in STANDARD_FIELDS:
+            if value is not None and not isinstance(value, str):
+                raise InvalidLeadError(f"{name}: must be text, not {type(value).__name__}")
+            if value is not None:
+                storable(value, name, 64 if name == "timezone" else MAX_TEXT)
+        elif name in ("email_consent", "sms_consent"):
+            if not isinstance(value, bool):
+                raise InvalidLeadError(f"{name}: must be true or false, not {value!r}")
+        elif name not in IDENTITY_FIELDS:
+            if not isinstance(name, str):
+                raise InvalidLeadError(f"custom field names must be text, not {name!r}")
+            storable(name, "custom field name", 100)
+            storable_json(value, name)
+    return dict(attributes)
 
 
 def normalise_email(value: str) -> str:
@@ -59,8 +123,10 @@ class Identity:
         phone = data.get("phone")
         external_id = data.get("external_id")
         identity = cls(
-            email=normalise_email(str(email)) if email else None,
-            external_id=str(external_id).strip() if external_id else None,
+            email=storable(normalise_email(str(email)), "email") if email else None,
+            external_id=storable(str(external_id).strip(), "external_id", MAX_TEXT)
+            if external_id
+            else None,
             phone=normalise_phone(str(phone)) if phone else None,
         )
         if not (identity.email or identity.external_id or identity.phone):

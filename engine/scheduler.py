@@ -10,6 +10,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from engine.db import is_postgres
 from engine.journey import advance, lock_enrolment
+from engine.leads import lock_lead
 from engine.models import Delivery, Enrolment, Lead
 from engine.runtime import Runtime
 from engine.tracking import refresh
@@ -86,7 +87,16 @@ def claim_due_leads(
 
 
 def advance_enrolment(session: Session, rt: Runtime, enrolment_id: int) -> list[str]:
-    """Advance one claimed enrolment under its row lock; returns the ids of sends due now."""
+    """Advance one claimed enrolment under its row lock; returns the ids of sends due now.
+
+    The lead's row is locked first, in the order event processing takes them (lead, then
+    its enrolments): planning a send references the lead, and taking the two locks the other
+    way round deadlocks against an event for the same lead.
+    """
+    lead_id = session.scalar(select(Enrolment.lead_id).where(Enrolment.id == enrolment_id))
+    if lead_id is None:
+        return []
+    lock_lead(session, lead_id)
     enrolment = lock_enrolment(session, enrolment_id)
     if enrolment is None:
         return []

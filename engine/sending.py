@@ -180,7 +180,9 @@ def _render(
             return EmailMessage(
                 delivery_id=delivery.id,
                 to_email=address,
-                to_name=context["lead"]["full_name"],
+                # One line: a name with a line break in it is still a name to mail, not a
+                # header to refuse (the channels refuse line breaks in every header).
+                to_name=" ".join(context["lead"]["full_name"].split()),
                 from_email=sequence.send.from_email,
                 from_name=sequence.send.from_name,
                 reply_to=sequence.send.reply_to,

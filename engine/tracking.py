@@ -16,7 +16,16 @@ from engine.clock import as_utc
 from engine.db import is_postgres
 from engine.errors import InvalidLeadError
 from engine.journey import Fired, enrol_on, on_lead_changed
-from engine.leads import Identity, apply_attributes, ensure_lead, get_lead, lock_lead
+from engine.leads import (
+    Identity,
+    apply_attributes,
+    check_attributes,
+    ensure_lead,
+    get_lead,
+    lock_lead,
+    storable,
+    storable_json,
+)
 from engine.lifecycle import StageOutcome, evaluate_stage, mark_customer, recycle, set_stage
 from engine.models import Enrolment, Event, Lead
 from engine.runtime import Runtime
@@ -58,14 +67,23 @@ def track(
 
     Idempotent by `event_id`: the same id twice counts once, also from two processes at once.
     """
-    if not event_type or not event_type.replace("_", "").isalnum():
-        raise InvalidLeadError(f"invalid event type {event_type!r}: use letters, digits and _")
+    if (
+        not isinstance(event_type, str)
+        or not event_type.replace("_", "").isalnum()
+        or not event_type.isascii()
+        or len(event_type) > 64
+    ):
+        raise InvalidLeadError(f"invalid event type {event_type!r}: up to 64 letters, digits and _")
+    if event_id is not None:
+        storable(event_id, "event id", 200)
+    properties = storable_json(dict(properties or {}), "properties")
     now = rt.clock.now()
     identity = Identity.parse(lead)
+    attributes = _attributes(lead)
     scoring = rt.workflows.scoring
     stage = "lead" if event_type in scoring.lead_events else "subscriber"
     row, created = ensure_lead(session, identity, now, stage)
-    attributes_changed = apply_attributes(row, identity, _attributes(lead)) or created
+    attributes_changed = apply_attributes(row, identity, attributes) or created
     event = _insert_event(
         session,
         row,
@@ -103,7 +121,10 @@ def track(
 
 
 def _attributes(lead: Mapping[str, Any]) -> dict[str, Any]:
-    return {k: v for k, v in lead.items() if k not in ("email", "external_id", "phone")}
+    """The attributes of a lead mapping, checked before anything is written."""
+    return check_attributes(
+        {k: v for k, v in lead.items() if k not in ("email", "external_id", "phone")}
+    )
 
 
 def _insert_event(
@@ -162,8 +183,8 @@ def upsert_lead(session: Session, rt: Runtime, data: Mapping[str, Any]) -> Lead:
     stage = data.get("stage") or "lead"
     if stage not in ("subscriber", "lead"):
         raise InvalidLeadError(f"stage {stage!r} cannot be set on upsert: use subscriber or lead")
-    lead, created = ensure_lead(session, identity, now, stage)
     attributes = {k: v for k, v in _attributes(data).items() if k != "stage"}
+    lead, created = ensure_lead(session, identity, now, stage)
     if apply_attributes(lead, identity, attributes) or created:
         lead.updated_at = now
         if recompute_fit(session, rt.workflows.scoring, lead, now):

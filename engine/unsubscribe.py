@@ -35,7 +35,9 @@ def read_token(secret: str, token: str) -> tuple[int, str]:
         expected = hmac.new(
             secret.encode(), f"{lead_part}.{list_part}".encode(), hashlib.sha256
         ).digest()[:16]
-        if not hmac.compare_digest(expected, _unb64(signature)):
+        # Compare the text as issued: decoding first would accept other spellings of the same
+        # bytes (spare bits in the last character, added padding) as further valid tokens.
+        if not signature.isascii() or not hmac.compare_digest(_b64(expected), signature):
             raise InvalidTokenError("unsubscribe token signature does not match")
         return int(lead_part), _unb64(list_part).decode()
     except (ValueError, UnicodeDecodeError) as error:
