@@ -11,7 +11,7 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, object_session
 
 from engine.db import is_postgres
 from engine.errors import InvalidLeadError, UnknownLeadError
@@ -200,12 +200,26 @@ def ensure_lead(
     return get_lead(session, identity, lock=True), created
 
 
+def _ensure_unclaimed(lead: Lead, name: str, value: str) -> None:
+    """An email, phone or external id names one lead: refuse to give it to a second one."""
+    session = object_session(lead)
+    column = getattr(Lead, name)
+    owner = (
+        session.scalar(select(Lead.id).where(column == value, Lead.id != lead.id))
+        if session is not None and lead.id is not None
+        else None
+    )
+    if owner is not None:
+        raise InvalidLeadError(f"{name} {value!r} belongs to another lead (id {owner})")
+
+
 def apply_attributes(lead: Lead, identity: Identity, attributes: Mapping[str, Any]) -> bool:
     """Copy identity and attributes onto a lead; True when anything fit rules read changed."""
     changed = False
     for name in IDENTITY_FIELDS:
         value = getattr(identity, name)
         if value and getattr(lead, name) != value:
+            _ensure_unclaimed(lead, name, value)
             setattr(lead, name, value)
             changed = True
     fields = dict(lead.fields or {})

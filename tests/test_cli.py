@@ -147,6 +147,25 @@ def test_leads_import_lands_good_rows_and_reports_bad_ones_by_row_number(
     assert ann["lead"]["sms_consent"] is True and ann["score"]["fit"] == 10
 
 
+def test_an_import_row_giving_a_lead_another_leads_phone_is_reported_not_a_crash(
+    nurture,
+    tmp_path: Path,  # type: ignore[no-untyped-def]
+) -> None:
+    csv = tmp_path / "leads.csv"
+    csv.write_text(
+        "email,phone\n"
+        "ann@initech.test,+14155550100\n"
+        "bob@initech.test,+14155550100\n"
+        "cat@globex.test,+14155550101\n"
+    )
+    result = nurture("leads", "import", str(csv))
+    assert result.exit_code == 1
+    assert f"{csv}:3: phone '+14155550100' belongs to another lead (id 1)" in result.output, (
+        result.output
+    )
+    assert "2 lead(s) imported, 1 row(s) skipped" in result.output
+
+
 def test_jsonl_import_reports_lines_that_are_not_json(nurture, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     jsonl = tmp_path / "leads.jsonl"
     jsonl.write_text('{"email": "a@x.test"}\n{oops\n["list"]\n')
