@@ -54,7 +54,7 @@ from engine.crm import post as crm_post
 from engine.db import make_engine
 from engine.models import Delivery, Enrolment, Lead
 from engine.scheduler import advance_enrolment
-from engine.tasks import QUEUES
+from engine.tasks import POLL_MS, QUEUES
 from engine.tracking import track
 from tests.channels.servers import Reply, Request, free_port
 from tests.crm import CrmReceiver
@@ -482,8 +482,8 @@ def main() -> None:
     parser.add_argument(
         "--poll-ms",
         type=int,
-        default=1000,
-        help="Dramatiq worker_timeout: longest idle poll of a queue (1000 = `nurture worker`)",
+        default=POLL_MS,
+        help=f"Dramatiq worker_timeout: longest idle poll of a queue ({POLL_MS} = `nurture worker`)",
     )
     parser.add_argument("--url", default=os.environ.get("NURTURE_BENCH_DATABASE_URL", DEFAULT_URL))
     parser.add_argument("--redis", default=os.environ.get("NURTURE_BENCH_REDIS_URL", DEFAULT_REDIS))
