@@ -483,7 +483,7 @@ def main() -> None:
         "--poll-ms",
         type=int,
         default=POLL_MS,
-        help=f"Dramatiq worker_timeout: longest idle poll of a queue ({POLL_MS} = `nurture worker`)",
+        help=f"Dramatiq worker_timeout, the longest idle poll of a queue ({POLL_MS}: as shipped)",
     )
     parser.add_argument("--url", default=os.environ.get("NURTURE_BENCH_DATABASE_URL", DEFAULT_URL))
     parser.add_argument("--redis", default=os.environ.get("NURTURE_BENCH_REDIS_URL", DEFAULT_REDIS))
