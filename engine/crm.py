@@ -10,11 +10,11 @@ import urllib.request
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import select, update
+from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from engine.context import lead_view
-from engine.db import is_postgres
+from engine.db import claim
 from engine.models import Handoff, Lead
 from engine.runtime import Runtime
 
@@ -88,14 +88,7 @@ def claim_due_handoffs(
         .order_by(Handoff.next_attempt_at)
         .limit(limit)
     )
-    if is_postgres(session):
-        query = query.with_for_update(skip_locked=True)
-    ids = list(session.scalars(query))
-    if ids:
-        session.execute(
-            update(Handoff).where(Handoff.id.in_(ids)).values(next_attempt_at=now + lease)
-        )
-    return ids
+    return claim(session, query, Handoff, next_attempt_at=now + lease)
 
 
 def deliver_handoff(

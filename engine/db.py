@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import Engine, Select, create_engine, event, update
 from sqlalchemy.orm import Session, sessionmaker
 
 
@@ -46,3 +46,16 @@ def make_sessionmaker(engine: Engine) -> sessionmaker[Session]:
 def is_postgres(session: Session) -> bool:
     """True on PostgreSQL, where row locks (FOR UPDATE, SKIP LOCKED) exist."""
     return session.get_bind().dialect.name == "postgresql"
+
+
+def claim(session: Session, query: Select[Any], model: Any, **lease: Any) -> list[Any]:
+    """The ids `query` selects, row-locked with SKIP LOCKED on PostgreSQL, `lease` set on them.
+
+    Several schedulers can claim at once; each row goes to one of them.
+    """
+    if is_postgres(session):
+        query = query.with_for_update(skip_locked=True)
+    ids = list(session.scalars(query))
+    if ids and lease:
+        session.execute(update(model).where(model.id.in_(ids)).values(**lease))
+    return ids

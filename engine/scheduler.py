@@ -5,10 +5,10 @@ from __future__ import annotations
 from collections.abc import Callable
 from datetime import datetime, timedelta
 
-from sqlalchemy import or_, select, update
+from sqlalchemy import or_, select
 from sqlalchemy.orm import Session, sessionmaker
 
-from engine.db import is_postgres
+from engine.db import claim
 from engine.journey import advance, lock_enrolment
 from engine.leads import lock_lead
 from engine.models import Delivery, Enrolment, Lead
@@ -38,14 +38,7 @@ def claim_due_enrolments(
         .order_by(Enrolment.next_run_at)
         .limit(limit)
     )
-    if is_postgres(session):
-        query = query.with_for_update(skip_locked=True)
-    ids = list(session.scalars(query))
-    if ids:
-        session.execute(
-            update(Enrolment).where(Enrolment.id.in_(ids)).values(lease_until=now + lease)
-        )
-    return ids
+    return claim(session, query, Enrolment, lease_until=now + lease)
 
 
 def claim_due_deliveries(
@@ -62,14 +55,7 @@ def claim_due_deliveries(
         .order_by(Delivery.due_at)
         .limit(limit)
     )
-    if is_postgres(session):
-        query = query.with_for_update(skip_locked=True)
-    ids = list(session.scalars(query))
-    if ids:
-        session.execute(
-            update(Delivery).where(Delivery.id.in_(ids)).values(lease_until=now + lease)
-        )
-    return ids
+    return claim(session, query, Delivery, lease_until=now + lease)
 
 
 def claim_due_leads(
@@ -81,9 +67,7 @@ def claim_due_leads(
         .where(or_(Lead.decay_due_at <= now, Lead.inactive_due_at <= now))
         .limit(limit)
     )
-    if is_postgres(session):
-        query = query.with_for_update(skip_locked=True)
-    return list(session.scalars(query))
+    return claim(session, query, Lead)
 
 
 def advance_enrolment(session: Session, rt: Runtime, enrolment_id: int) -> list[str]:
