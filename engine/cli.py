@@ -11,7 +11,7 @@ from typing import Any
 
 import click
 
-from engine.commands import register
+from engine.commands import open_app, register
 from engine.errors import NurtureError, WorkflowError
 from engine.playback import register as register_playback
 from engine.settings import Settings
@@ -85,19 +85,6 @@ def validate(ctx: click.Context) -> None:
     click.echo(f"ok: scoring and {len(workflows.sequences)} sequence(s) valid ({names})")
 
 
-def _app(ctx: click.Context) -> Any:
-    from engine.app import App
-
-    try:
-        return App.create(_settings(ctx))
-    except WorkflowError as error:
-        click.echo(str(error), err=True)
-        sys.exit(EXIT_FOUND)
-    except NurtureError as error:
-        click.echo(f"error: {error}", err=True)
-        sys.exit(EXIT_USAGE)
-
-
 def _until_signalled() -> threading.Event:
     """An event set by SIGTERM or SIGINT, so processes stop cleanly under an orchestrator."""
     stop = threading.Event()
@@ -125,7 +112,7 @@ def worker(ctx: click.Context, threads: int, queues: str) -> None:
     if not chosen or not chosen <= set(QUEUES):
         click.echo(f"error: --queues takes some of {', '.join(QUEUES)}", err=True)
         sys.exit(EXIT_USAGE)
-    app = _app(ctx)
+    app = open_app(ctx, schema=False)
     if not app.settings.redis_url:
         click.echo("error: a worker needs NURTURE_REDIS_URL (or use `nurture run`)", err=True)
         sys.exit(EXIT_USAGE)
@@ -171,7 +158,7 @@ def scheduler(ctx: click.Context, interval: float, batch: int, lease: float) -> 
     """Claim due work from the database and enqueue it; several may run at once."""
     from engine.tasks import Tasks, make_broker
 
-    app = _app(ctx)
+    app = open_app(ctx, schema=False)
     if not app.settings.redis_url:
         click.echo("error: a scheduler needs NURTURE_REDIS_URL (or use `nurture run`)", err=True)
         sys.exit(EXIT_USAGE)
@@ -201,7 +188,7 @@ def serve(ctx: click.Context, host: str, port: int) -> None:
 
     from engine.tasks import Tasks, make_broker
 
-    app = _app(ctx)
+    app = open_app(ctx, schema=False)
     if not app.settings.redis_url:
         click.echo("error: the API needs NURTURE_REDIS_URL (or use `nurture run`)", err=True)
         sys.exit(EXIT_USAGE)
@@ -223,7 +210,7 @@ def run(ctx: click.Context, host: str, port: int, interval: float, threads: int)
     from engine.migrate import upgrade
     from engine.tasks import POLL_MS, Tasks, make_broker
 
-    app = _app(ctx)
+    app = open_app(ctx, schema=False)
     upgrade(app.engine)
     tasks = Tasks(make_broker(app.settings.redis_url), app)
     api = _api(app, tasks, allow_no_auth=host in LOOPBACK)
