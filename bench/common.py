@@ -1,4 +1,5 @@
-"""Shared benchmark plumbing: a table of figures beside their baselines, and a JSON record."""
+"""Shared benchmark plumbing: a fresh database, a table of figures beside their baselines, and a
+JSON record."""
 
 from __future__ import annotations
 
@@ -9,6 +10,13 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
+
+from sqlalchemy import create_engine, text
+from sqlalchemy.engine import make_url
+
+from engine.db import make_engine
+from engine.migrate import upgrade
+from engine.models import Base
 
 RESULTS = Path(__file__).parent / "results"
 
@@ -60,3 +68,23 @@ def report(title: str, figures: list[Figure]) -> None:
         "figures": [{**asdict(f), "ratio": f.ratio} for f in figures],
     }
     (RESULTS / f"{title}.json").write_text(json.dumps(record, indent=2))
+
+
+def reset_database(url: str) -> None:
+    """Create the PostgreSQL database if needed, drop every table and migrate it afresh."""
+    parsed = make_url(url)
+    if parsed.get_backend_name() == "postgresql":
+        admin = create_engine(parsed.set(database="postgres"), isolation_level="AUTOCOMMIT")
+        with admin.connect() as connection:
+            exists = connection.execute(
+                text("select 1 from pg_database where datname = :d"), {"d": parsed.database}
+            ).scalar()
+            if not exists:
+                connection.execute(text(f'CREATE DATABASE "{parsed.database}"'))
+        admin.dispose()
+    engine = make_engine(url)
+    Base.metadata.drop_all(engine)
+    with engine.begin() as connection:
+        connection.execute(text("DROP TABLE IF EXISTS alembic_version"))
+    upgrade(engine)
+    engine.dispose()

@@ -30,8 +30,7 @@ import dramatiq
 from dramatiq.brokers.redis import RedisBroker
 from sqlalchemy import Connection, func, select, text
 
-from bench.common import Figure, report
-from bench.ingest import fresh_database
+from bench.common import Figure, report, reset_database
 from channels.base import (
     EMAIL,
     SENT,
@@ -278,7 +277,7 @@ def main() -> None:
     warmup = 2 * args.threads
     timeout = max(60.0, args.deliveries / 20)
 
-    fresh_database(args.url)
+    reset_database(args.url)
     app = build_app(args.url, args.redis, args.threads, args.pace_rate)
     started = time.perf_counter()
     warm_ids = prepare(app, 0, warmup)

@@ -11,14 +11,11 @@ import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from sqlalchemy import create_engine, text
-from sqlalchemy.engine import make_url
+from sqlalchemy import text
 
-from bench.common import Figure, report
+from bench.common import Figure, report, reset_database
 from engine.clock import FrozenClock
 from engine.db import make_engine, make_sessionmaker
-from engine.migrate import upgrade
-from engine.models import Base
 from engine.runtime import Runtime
 from engine.tracking import track
 from engine.workflows import load_workflows
@@ -35,24 +32,11 @@ TYPES = [
 
 
 def fresh_database(url: str) -> None:
-    """Create the benchmark database if needed and empty it, so runs compare like with like."""
-    parsed = make_url(url)
-    if parsed.get_backend_name() == "postgresql":
-        admin = create_engine(parsed.set(database="postgres"), isolation_level="AUTOCOMMIT")
-        with admin.connect() as connection:
-            exists = connection.execute(
-                text("select 1 from pg_database where datname = :d"), {"d": parsed.database}
-            ).scalar()
-            if not exists:
-                connection.execute(text(f'CREATE DATABASE "{parsed.database}"'))
-        admin.dispose()
+    """The emptied, migrated benchmark database plus the bare-insert table of the baseline."""
+    reset_database(url)
     engine = make_engine(url)
-    Base.metadata.drop_all(engine)
     with engine.begin() as connection:
-        connection.execute(text("DROP TABLE IF EXISTS alembic_version"))
         connection.execute(text("DROP TABLE IF EXISTS bench_events"))
-    upgrade(engine)
-    with engine.begin() as connection:
         connection.execute(
             text(
                 "CREATE TABLE bench_events (id serial primary key, lead_id int, type varchar(64), "

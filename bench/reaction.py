@@ -47,8 +47,8 @@ import httpx
 import redis
 from sqlalchemy import func, select, update
 
-from bench.common import Figure, report
-from bench.ingest import DEFAULT_URL, TYPES, fresh_database
+from bench.common import Figure, report, reset_database
+from bench.ingest import DEFAULT_URL, TYPES
 from engine.app import App
 from engine.crm import post as crm_post
 from engine.db import make_engine
@@ -490,7 +490,7 @@ def main() -> None:
     args = parser.parse_args()
     os.environ["NO_PROXY"] = "127.0.0.1,localhost"
 
-    fresh_database(args.url)
+    reset_database(args.url)
     fresh_redis(args.redis)
     warmup = [f"warm{i}@bench.test" for i in range(WARMUP)]
     measured = [f"cross{i}@bench.test" for i in range(args.crossings)]

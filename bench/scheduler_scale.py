@@ -34,8 +34,7 @@ from sqlalchemy import Engine, event, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session
 
-from bench.common import Figure, report
-from bench.ingest import fresh_database
+from bench.common import Figure, report, reset_database
 from engine.app import App
 from engine.clock import FrozenClock
 from engine.db import make_engine
@@ -219,7 +218,7 @@ def open_case(
     name: str, url: str, redis_url: str, args: argparse.Namespace, *, only_due: bool
 ) -> Case:
     """A fresh database loaded for one case, and a scheduler (Tasks) on a Redis broker."""
-    fresh_database(url)
+    reset_database(url)
     app = build_app(url, redis_url)
     started = time.perf_counter()
     load(app, args.enrolled, args.due, only_due=only_due)

@@ -41,14 +41,13 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Engine, create_engine, func, select, text
+from sqlalchemy import Engine, func, select
 from sqlalchemy.engine import make_url
 
-from bench.common import Figure, report
+from bench.common import Figure, report, reset_database
 from engine.db import make_engine
 from engine.demo import persona
-from engine.migrate import upgrade
-from engine.models import Base, Delivery, Enrolment, Handoff
+from engine.models import Delivery, Enrolment, Handoff
 from engine.settings import Settings
 from engine.simulation import Simulation
 from engine.stats import funnel
@@ -57,26 +56,6 @@ ROOT = Path(__file__).resolve().parent.parent
 START = datetime(2026, 3, 2, 9, 0, tzinfo=UTC)  # a Monday morning, as in `nurture demo`
 RESOLUTION = timedelta(hours=1)  # the demo's clock step
 DEMO_GOAL_MS = 60.0  # `nurture demo`: 1000 leads in under 60 s
-
-
-def reset_database(url: str) -> None:
-    """Create the PostgreSQL database if needed, drop every table and migrate it afresh."""
-    parsed = make_url(url)
-    if parsed.get_backend_name() == "postgresql":
-        admin = create_engine(parsed.set(database="postgres"), isolation_level="AUTOCOMMIT")
-        with admin.connect() as connection:
-            exists = connection.execute(
-                text("select 1 from pg_database where datname = :d"), {"d": parsed.database}
-            ).scalar()
-            if not exists:
-                connection.execute(text(f'CREATE DATABASE "{parsed.database}"'))
-        admin.dispose()
-    engine = make_engine(url)
-    Base.metadata.drop_all(engine)
-    with engine.begin() as connection:
-        connection.execute(text("DROP TABLE IF EXISTS alembic_version"))
-    upgrade(engine)
-    engine.dispose()
 
 
 def rss_mb() -> float:

@@ -50,8 +50,7 @@ import redis
 import uvicorn
 from sqlalchemy import func, select
 
-from bench.common import Figure, report
-from bench.simulation import reset_database
+from bench.common import Figure, report, reset_database
 from engine.api import create_api
 from engine.app import App
 from engine.clock import SystemClock
