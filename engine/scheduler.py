@@ -58,10 +58,9 @@ def claim_due_deliveries(
     return claim(session, query, Delivery, lease_until=now + lease)
 
 
-def claim_due_leads(
-    session: Session, now: datetime, limit: int, lease: timedelta = DEFAULT_LEASE
-) -> list[int]:
-    """Claim leads whose decay or inactivity fell due, like enrolments, by index only."""
+def claim_due_leads(session: Session, now: datetime, limit: int) -> list[int]:
+    """Leads whose decay or inactivity fell due, by index; locked but not leased, since a
+    refresh that runs twice finds nothing due the second time."""
     query = (
         select(Lead.id)
         .where(or_(Lead.decay_due_at <= now, Lead.inactive_due_at <= now))
