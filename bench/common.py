@@ -15,7 +15,7 @@ from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
 
 from engine.db import make_engine
-from engine.migrate import upgrade
+from engine.migrations import upgrade
 from engine.models import Base
 
 RESULTS = Path(__file__).parent / "results"

@@ -45,11 +45,11 @@ from channels.base import (
 from engine.app import App
 from engine.clock import FrozenClock
 from engine.db import make_engine
+from engine.funnel.service import track
 from engine.models import Base, Delivery, Enrolment, Event, Lead
-from engine.scheduler import advance_enrolment
+from engine.runner.actors import Tasks
+from engine.runner.scheduler import advance_enrolment
 from engine.settings import Settings
-from engine.tasks import Tasks
-from engine.tracking import track
 
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/nurture_bench_dispatch"

@@ -39,10 +39,10 @@ from bench.common import Figure, report
 from bench.reaction import DEFAULT_REDIS, fresh_redis
 from channels.base import SmsMessage
 from channels.twilio import TwilioChannel
+from engine.delivery.pacing import PacingTimeout, RedisPacer, rate_for
+from engine.delivery.sending import SendPolicy
 from engine.errors import ChannelError
-from engine.pacing import PacingTimeout, RedisPacer, rate_for
-from engine.policy import load_policy
-from engine.sending import SendPolicy
+from engine.workflow.sending_rules import load_policy
 from tests.channels.servers import TwilioServer
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -16,9 +16,9 @@ from sqlalchemy import text
 from bench.common import Figure, report, reset_database
 from engine.clock import FrozenClock
 from engine.db import make_engine, make_sessionmaker
-from engine.runtime import Runtime
-from engine.tracking import track
-from engine.workflows import load_workflows
+from engine.funnel.service import track
+from engine.workflow.loading import load_workflows
+from engine.workflow.runtime import Runtime
 
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/nurture_bench"
@@ -140,7 +140,7 @@ def main() -> None:
 
 
 def _names(channel: str) -> set[str]:
-    from engine.rendering import Renderer
+    from engine.delivery.rendering import Renderer
 
     renderer = Renderer(ROOT / "templates")
     return renderer.email_templates() if channel == "email" else renderer.sms_templates()

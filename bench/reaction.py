@@ -50,12 +50,12 @@ from sqlalchemy import func, select, update
 from bench.common import Figure, report, reset_database
 from bench.ingest import DEFAULT_URL, TYPES
 from engine.app import App
-from engine.crm import post as crm_post
 from engine.db import make_engine
+from engine.delivery.handoff import post as crm_post
+from engine.funnel.service import track
 from engine.models import Delivery, Enrolment, Lead
-from engine.scheduler import advance_enrolment
-from engine.tasks import POLL_MS, QUEUES
-from engine.tracking import track
+from engine.runner.actors import POLL_MS, QUEUES
+from engine.runner.scheduler import advance_enrolment
 from tests.channels.servers import Reply, Request, free_port
 from tests.crm import CrmReceiver
 
@@ -100,8 +100,8 @@ def serve_api(env: dict[str, str], port: int) -> None:
     """The API process: `create_api` over Redis-backed Tasks, plus the baseline's no-op route."""
     import uvicorn
 
-    from engine.api import create_api
-    from engine.tasks import Tasks, make_broker
+    from engine.http.api import create_api
+    from engine.runner.actors import Tasks, make_broker
 
     app = App.create(environ=env)
     tasks = Tasks(make_broker(app.settings.redis_url), app)
@@ -121,7 +121,7 @@ def run_worker(
     """A worker process: the actors of `Tasks` on `queues` (None: all) until `stop` is set."""
     import dramatiq
 
-    from engine.tasks import Tasks, make_broker
+    from engine.runner.actors import Tasks, make_broker
 
     app = App.create(environ=env)
     broker = make_broker(app.settings.redis_url)
@@ -134,7 +134,7 @@ def run_worker(
 
 def run_scheduler(env: dict[str, str], stop: ProcessEvent, interval: float = 1.0) -> None:
     """The scheduler process, as `nurture scheduler`: enqueue due work every `interval` seconds."""
-    from engine.tasks import Tasks, make_broker
+    from engine.runner.actors import Tasks, make_broker
 
     app = App.create(environ=env)
     tasks = Tasks(make_broker(app.settings.redis_url), app)

@@ -7,7 +7,7 @@ import argparse
 from pathlib import Path
 
 from bench.common import Figure, rate, report
-from engine.rendering import Renderer, sample_context
+from engine.delivery.rendering import Renderer, sample_context
 
 TEMPLATES = Path(__file__).resolve().parent.parent / "templates"
 

@@ -38,9 +38,9 @@ from bench.common import Figure, report, reset_database
 from engine.app import App
 from engine.clock import FrozenClock
 from engine.db import make_engine
-from engine.scheduler import claim_due_enrolments
+from engine.runner.actors import Tasks
+from engine.runner.scheduler import claim_due_enrolments
 from engine.settings import Settings
-from engine.tasks import Tasks
 
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/nurture_bench_scheduler"

@@ -46,11 +46,11 @@ from sqlalchemy.engine import make_url
 
 from bench.common import Figure, report, reset_database
 from engine.db import make_engine
-from engine.demo import persona
 from engine.models import Delivery, Enrolment, Handoff
+from engine.read.stats import funnel
+from engine.runner.demo import persona
+from engine.runner.simulation import Simulation
 from engine.settings import Settings
-from engine.simulation import Simulation
-from engine.stats import funnel
 
 ROOT = Path(__file__).resolve().parent.parent
 START = datetime(2026, 3, 2, 9, 0, tzinfo=UTC)  # a Monday morning, as in `nurture demo`

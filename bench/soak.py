@@ -51,14 +51,14 @@ import uvicorn
 from sqlalchemy import func, select
 
 from bench.common import Figure, report, reset_database
-from engine.api import create_api
 from engine.app import App
 from engine.clock import SystemClock
-from engine.guards import next_open_slot
+from engine.delivery.guards import next_open_slot
+from engine.delivery.pacing import rate_for
+from engine.http.api import create_api
 from engine.models import Delivery, Handoff
-from engine.pacing import rate_for
+from engine.runner.actors import Tasks
 from engine.settings import Settings
-from engine.tasks import Tasks
 
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/nurture_bench"

@@ -18,9 +18,9 @@ from channels.base import (
     build_mime,
     check_delivery_id,
 )
+from channels.sms import segments
 from engine.clock import Clock, SystemClock
 from engine.errors import ChannelError, ConfigurationError
-from engine.sms import segments
 
 
 class OutboxChannel(Channel):

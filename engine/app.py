@@ -12,12 +12,37 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from engine.clock import Clock, SystemClock
 from engine.db import make_engine, make_sessionmaker
-from engine.pacing import LocalPacer, Pacer, RedisPacer
-from engine.policy import Policy
-from engine.rendering import Renderer
-from engine.runtime import Runtime
+from engine.delivery.pacing import LocalPacer, Pacer, RedisPacer
+from engine.delivery.rendering import Renderer
+from engine.errors import Problem, WorkflowError
 from engine.settings import Settings
-from engine.validation import load
+from engine.workflow.loading import load_workflows
+from engine.workflow.runtime import Runtime
+from engine.workflow.sending_rules import Policy, load_policy
+from engine.workflow.spec import Workflows
+
+
+def load(settings: Settings) -> tuple[Workflows, Renderer, Policy]:
+    """Load everything a process runs on; one WorkflowError lists every problem found."""
+    renderer = Renderer(settings.templates_dir)
+    problems: list[Problem] = []
+    workflows = None
+    try:
+        workflows = load_workflows(
+            settings.workflows_dir, renderer.email_templates(), renderer.sms_templates()
+        )
+    except WorkflowError as error:
+        problems.extend(error.problems)
+    try:
+        policy = load_policy(settings.workflows_dir)
+    except WorkflowError as error:
+        problems.extend(error.problems)
+    if workflows is not None:
+        limits = {s.file: s.send.sms_max_segments for s in workflows.sequences.values()}
+        problems.extend(renderer.check(workflows.template_uses, sms_max_segments=limits))
+    if problems or workflows is None:
+        raise WorkflowError(problems)
+    return workflows, renderer, policy
 
 
 @dataclass

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any
+from enum import StrEnum
+from typing import Any, TypeVar
 
 from sqlalchemy import (
     JSON,
@@ -24,6 +25,76 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from engine.clock import as_utc
 
 JSONType = JSON().with_variant(JSONB(), "postgresql")
+_E = TypeVar("_E", bound=StrEnum)
+
+
+class Stage(StrEnum):
+    """A lead's lifecycle stage: subscriber -> lead -> mql -> sql, then customer or recycled."""
+
+    SUBSCRIBER = "subscriber"
+    LEAD = "lead"
+    MQL = "mql"
+    SQL = "sql"
+    CUSTOMER = "customer"
+    RECYCLED = "recycled"
+
+    @property
+    def nurtured(self) -> bool:
+        """True while marketing works the lead; SQL and customer belong to sales."""
+        return self not in (Stage.SQL, Stage.CUSTOMER)
+
+
+class EnrolmentStatus(StrEnum):
+    """Whether a lead is still running through a sequence."""
+
+    ACTIVE = "active"
+    EXITED = "exited"
+
+
+class DeliveryStatus(StrEnum):
+    """planned -> sending -> sent | failed | skipped; `unknown` when a send's outcome is lost."""
+
+    PLANNED = "planned"
+    SENDING = "sending"
+    SENT = "sent"
+    FAILED = "failed"
+    SKIPPED = "skipped"
+    UNKNOWN = "unknown"
+
+
+class HandoffStatus(StrEnum):
+    """pending until the CRM acknowledged it (or, with no CRM configured, once recorded)."""
+
+    PENDING = "pending"
+    DELIVERED = "delivered"
+
+
+class LedgerKind(StrEnum):
+    """What moved a score: a fit rule, an engagement rule, decay, or a reset after handoff."""
+
+    FIT = "fit"
+    ENGAGEMENT = "engagement"
+    DECAY = "decay"
+    RESET = "reset"
+
+
+class EnumText(TypeDecorator[_E]):
+    """A StrEnum stored as its text (no database enum type), read back as the enum member."""
+
+    impl = String
+    cache_ok = True
+
+    def __init__(self, enum: type[_E], length: int) -> None:
+        super().__init__(length)
+        self.enum = enum
+
+    def process_bind_param(self, value: _E | None, dialect: Dialect) -> str | None:
+        """Store the member's text."""
+        return None if value is None else str(value)
+
+    def process_result_value(self, value: str | None, dialect: Dialect) -> _E | None:
+        """The member, so code compares and matches against the enum, never bare text."""
+        return None if value is None else self.enum(value)
 
 
 class UTCDateTime(TypeDecorator[datetime]):
@@ -67,7 +138,7 @@ class Lead(Base):
     fields: Mapped[dict[str, Any]] = mapped_column(default=dict)
     email_consent: Mapped[bool] = mapped_column(default=True)
     sms_consent: Mapped[bool] = mapped_column(default=False)
-    stage: Mapped[str] = mapped_column(String(20), default="subscriber")
+    stage: Mapped[Stage] = mapped_column(EnumText(Stage, 20), default=Stage.SUBSCRIBER)
     fit: Mapped[float] = mapped_column(Float, default=0)
     engagement: Mapped[float] = mapped_column(Float, default=0)
     fit_rules: Mapped[dict[str, Any]] = mapped_column(default=dict)
@@ -112,7 +183,7 @@ class ScoreEntry(Base):
     id: Mapped[int] = mapped_column(primary_key=True)
     lead_id: Mapped[int] = mapped_column(ForeignKey("leads.id", ondelete="CASCADE"))
     event_id: Mapped[int | None] = mapped_column(ForeignKey("events.id", ondelete="SET NULL"))
-    kind: Mapped[str] = mapped_column(String(16))  # fit | engagement | decay | reset
+    kind: Mapped[LedgerKind] = mapped_column(EnumText(LedgerKind, 16))
     rule: Mapped[str] = mapped_column(String(100))
     points: Mapped[float] = mapped_column(Float)
     reason: Mapped[str] = mapped_column(Text)
@@ -127,8 +198,8 @@ class StageChange(Base):
 
     id: Mapped[int] = mapped_column(primary_key=True)
     lead_id: Mapped[int] = mapped_column(ForeignKey("leads.id", ondelete="CASCADE"), index=True)
-    from_stage: Mapped[str] = mapped_column(String(20))
-    to_stage: Mapped[str] = mapped_column(String(20))
+    from_stage: Mapped[Stage] = mapped_column(EnumText(Stage, 20))
+    to_stage: Mapped[Stage] = mapped_column(EnumText(Stage, 20))
     reason: Mapped[str] = mapped_column(Text)
     changed_at: Mapped[datetime]
 
@@ -146,7 +217,9 @@ class Enrolment(Base):
     lead_id: Mapped[int] = mapped_column(ForeignKey("leads.id", ondelete="CASCADE"))
     sequence: Mapped[str] = mapped_column(String(100))
     sequence_version: Mapped[str] = mapped_column(String(64))
-    status: Mapped[str] = mapped_column(String(16), default="active")  # active | exited
+    status: Mapped[EnrolmentStatus] = mapped_column(
+        EnumText(EnrolmentStatus, 16), default=EnrolmentStatus.ACTIVE
+    )
     milestone: Mapped[str] = mapped_column(String(100))
     position: Mapped[int] = mapped_column(Integer, default=0)
     pass_no: Mapped[int] = mapped_column(Integer, default=1)
@@ -192,8 +265,9 @@ class Delivery(Base):
     pass_no: Mapped[int] = mapped_column(Integer)
     channel: Mapped[str] = mapped_column(String(8))
     template: Mapped[str] = mapped_column(String(100))
-    # planned -> sending -> sent | failed | skipped | unknown
-    status: Mapped[str] = mapped_column(String(12), default="planned")
+    status: Mapped[DeliveryStatus] = mapped_column(
+        EnumText(DeliveryStatus, 12), default=DeliveryStatus.PLANNED
+    )
     planned_at: Mapped[datetime]
     due_at: Mapped[datetime]
     lease_until: Mapped[datetime | None]
@@ -218,7 +292,9 @@ class Handoff(Base):
     score: Mapped[dict[str, Any]]
     reasons: Mapped[dict[str, Any]]
     owner: Mapped[str | None] = mapped_column(String(200))
-    status: Mapped[str] = mapped_column(String(12), default="pending")  # pending | delivered
+    status: Mapped[HandoffStatus] = mapped_column(
+        EnumText(HandoffStatus, 12), default=HandoffStatus.PENDING
+    )
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     next_attempt_at: Mapped[datetime | None] = mapped_column(index=True)
     delivered_at: Mapped[datetime | None]

@@ -44,7 +44,7 @@ def postgres_engine() -> Iterator[Engine]:
     Base.metadata.drop_all(engine)
     with engine.begin() as connection:
         connection.execute(text("DROP TABLE IF EXISTS alembic_version"))
-    from engine.migrate import upgrade
+    from engine.migrations import upgrade
 
     upgrade(engine)
     yield engine

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from engine.crm import SIGNATURE_HEADER, TIMESTAMP_HEADER, sign
+from engine.delivery.handoff import SIGNATURE_HEADER, TIMESTAMP_HEADER, sign
 from tests.channels.servers import FakeProvider, Reply, Request
 
 

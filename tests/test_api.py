@@ -21,16 +21,16 @@ from twilio.request_validator import RequestValidator
 
 from channels.base import EMAIL, SMS
 from channels.outbox import OutboxChannel
-from engine.api import create_api
 from engine.app import App
 from engine.clock import FrozenClock
+from engine.delivery.sending import send_delivery
+from engine.delivery.unsubscribe import make_token
 from engine.errors import ConfigurationError
+from engine.http.api import create_api
 from engine.models import Delivery, Enrolment, Event, Lead, Suppression
-from engine.scheduler import run_due
-from engine.sending import send_delivery
+from engine.runner.actors import Tasks
+from engine.runner.scheduler import run_due
 from engine.settings import Settings
-from engine.tasks import Tasks
-from engine.unsubscribe import make_token
 from tests.channels.servers import SendGridSigner
 
 ROOT = Path(__file__).resolve().parent.parent

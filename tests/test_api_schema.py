@@ -17,9 +17,9 @@ from sqlalchemy import Engine
 
 from channels.base import EMAIL, SMS
 from channels.outbox import OutboxChannel
-from engine.api import create_api
 from engine.app import App
 from engine.clock import FrozenClock
+from engine.http.api import create_api
 from engine.settings import Settings
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -23,15 +23,15 @@ from sqlalchemy import Engine, event, func, select, text
 from sqlalchemy.orm import Session
 
 from channels.base import EMAIL, SENT, SMS, Channel, SendResult
-from engine.api import create_api
 from engine.app import App
 from engine.clock import FrozenClock
 from engine.db import make_engine
+from engine.funnel.service import track, upsert_lead
+from engine.http.api import create_api
 from engine.models import Delivery, Enrolment, Event, Handoff, Lead, ScoreEntry
-from engine.scheduler import advance_enrolment
+from engine.runner.actors import QUEUES, Tasks
+from engine.runner.scheduler import advance_enrolment
 from engine.settings import Settings
-from engine.tasks import QUEUES, Tasks
-from engine.tracking import track, upsert_lead
 from tests.conftest import POSTGRES_URL, START, _truncate
 
 pytestmark = pytest.mark.postgres

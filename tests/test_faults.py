@@ -23,11 +23,11 @@ from sqlalchemy import Engine, func, select
 
 from engine.app import App
 from engine.clock import FrozenClock
+from engine.delivery.sending import send_delivery
+from engine.funnel.service import track
 from engine.models import Delivery
-from engine.sending import send_delivery
+from engine.runner.actors import Tasks
 from engine.settings import Settings
-from engine.tasks import Tasks
-from engine.tracking import track
 from tests.channels.servers import Reply, Request, SendGridServer, sendgrid_errors
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -112,7 +112,7 @@ def _worker_process(environ: dict[str, str], namespace: str) -> subprocess.Popen
     code = (
         "import sys, dramatiq, threading;"
         "from dramatiq.brokers.redis import RedisBroker;"
-        "from engine.app import App; from engine.tasks import Tasks;"
+        "from engine.app import App; from engine.runner.actors import Tasks;"
         "app = App.create();"
         f"broker = RedisBroker(url=app.settings.redis_url, namespace={namespace!r});"
         "Tasks(broker, app);"
@@ -209,7 +209,7 @@ def test_a_provider_answering_429_then_500_then_202_sends_once(
         )
         with app.sessions.begin() as s:
             track(s, app.rt, {"email": "retry@fault.test"}, "form_submitted")
-        from engine.scheduler import run_due
+        from engine.runner.scheduler import run_due
 
         run_due(app.sessions, app.rt)
         with app.sessions() as s:

@@ -29,14 +29,14 @@ from channels.base import EMAIL, SENT, SMS, Channel, EmailMessage, SendResult, S
 from channels.sendgrid import SendGridChannel
 from engine.app import App
 from engine.clock import FrozenClock
-from engine.crm import deliver_handoff
 from engine.db import make_engine
+from engine.delivery.handoff import deliver_handoff
+from engine.delivery.sending import expire_stuck, send_delivery
+from engine.funnel.service import track, upsert_lead
 from engine.models import Base, Delivery, Enrolment, Event, Handoff, Lead, ScoreEntry
-from engine.scheduler import advance_enrolment, run_due
-from engine.sending import expire_stuck, send_delivery
+from engine.runner.actors import QUEUES, Tasks
+from engine.runner.scheduler import advance_enrolment, run_due
 from engine.settings import Settings
-from engine.tasks import QUEUES, Tasks
-from engine.tracking import track, upsert_lead
 from tests.channels.servers import Reply, Request, SendGridServer
 from tests.conftest import POSTGRES_URL, START, _truncate
 from tests.crm import CrmReceiver

@@ -30,18 +30,18 @@ from yaml.representer import SafeRepresenter
 
 from channels.base import EMAIL, SMS
 from channels.outbox import OutboxChannel
-from engine.api import create_api
 from engine.app import App
 from engine.clock import FrozenClock
+from engine.delivery.sending import send_delivery
+from engine.delivery.unsubscribe import InvalidTokenError, make_token, read_token
 from engine.errors import NurtureError, WorkflowError
+from engine.funnel.service import track, upsert_lead
+from engine.http.api import create_api
 from engine.models import Delivery, Event, Lead, Suppression
-from engine.policy import load_policy
-from engine.scheduler import run_due
-from engine.sending import send_delivery
+from engine.runner.scheduler import run_due
 from engine.settings import Settings
-from engine.tracking import track, upsert_lead
-from engine.unsubscribe import InvalidTokenError, make_token, read_token
-from engine.workflows import load_workflows
+from engine.workflow.loading import load_workflows
+from engine.workflow.sending_rules import load_policy
 from tests.channels.servers import SendGridSigner
 from tests.conftest import START
 

@@ -19,10 +19,10 @@ from sqlalchemy.orm import Session
 from channels.webhooks import parse_sendgrid_events
 from engine.app import App
 from engine.clock import FrozenClock
-from engine.feedback import record_delivery_event
+from engine.delivery.feedback import record_delivery_event
 from engine.models import Delivery, Enrolment, Handoff, Lead
+from engine.runner.actors import QUEUES, Tasks
 from engine.settings import Settings
-from engine.tasks import QUEUES, Tasks
 from tests.channels.servers import SendGridServer, SendGridSigner, TwilioServer
 from tests.crm import CrmReceiver
 

@@ -20,8 +20,8 @@ import pytest
 import yaml
 from click.testing import CliRunner
 
-from engine.cli import main
-from engine.tasks import QUEUES
+from engine.cli.main import main
+from engine.runner.actors import QUEUES
 
 ROOT = Path(__file__).resolve().parent.parent
 FIXTURES = ROOT / "tests" / "engine" / "fixtures" / "workflows"

@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 
 from engine.clock import FrozenClock
-from engine.runtime import Runtime
-from engine.workflows import load_workflows
+from engine.workflow.loading import load_workflows
+from engine.workflow.runtime import Runtime
 
 FIXTURES = Path(__file__).parent / "fixtures" / "workflows"
 SHIPPED = Path(__file__).resolve().parents[2] / "workflows"

@@ -10,8 +10,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from engine.conditions import VERBS, parse, threshold
 from engine.errors import ConditionError
+from engine.workflow.conditions import VERBS, parse, threshold
 
 
 @dataclass

@@ -9,11 +9,11 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from engine.clock import FrozenClock
-from engine.crm import claim_due_handoffs, deliver_handoff
-from engine.lifecycle import HANDOFF_GRACE
+from engine.delivery.handoff import claim_due_handoffs, deliver_handoff
+from engine.funnel.lifecycle import HANDOFF_GRACE
+from engine.funnel.service import track
 from engine.models import Handoff
-from engine.runtime import Runtime
-from engine.tracking import track
+from engine.workflow.runtime import Runtime
 from tests.channels.servers import Reply
 from tests.crm import CrmReceiver
 
@@ -99,8 +99,8 @@ def test_an_unreachable_crm_is_retried(sessions: sessionmaker[Session], rt: Runt
 def test_owners_are_assigned_by_rule_first_then_in_rotation(
     sessions: sessionmaker[Session], rt: Runtime
 ) -> None:
-    from engine.conditions import parse
-    from engine.spec import Assignment, OwnerRule
+    from engine.workflow.conditions import parse
+    from engine.workflow.spec import Assignment, OwnerRule
 
     routed = Runtime(
         rt.workflows,
@@ -127,8 +127,8 @@ def test_the_assigned_owner_is_emailed_once_with_who_and_why(
     import email.policy
 
     from channels.outbox import OutboxChannel
-    from engine.crm import notify_owner
-    from engine.spec import Assignment
+    from engine.delivery.handoff import notify_owner
+    from engine.workflow.spec import Assignment
 
     routed = Runtime(
         rt.workflows, rt.clock, Assignment(owners=("ann@acme.test",), notify_owner=True)

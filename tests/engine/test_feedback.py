@@ -13,11 +13,11 @@ from sqlalchemy.orm import Session, sessionmaker
 from channels.base import EMAIL, SMS, DeliveryEvent
 from channels.webhooks import parse_sendgrid_events, sms_keyword_kind
 from engine.clock import FrozenClock
-from engine.feedback import FeedbackResult, record_delivery_event
+from engine.delivery.feedback import FeedbackResult, record_delivery_event
+from engine.funnel.service import track
 from engine.models import Delivery, Event, Lead, ScoreEntry, Suppression
-from engine.runtime import Runtime
-from engine.scheduler import run_due
-from engine.tracking import track
+from engine.runner.scheduler import run_due
+from engine.workflow.runtime import Runtime
 
 ANA = {"email": "ana@northwind.test", "phone": "+15005550001", "sms_consent": True}
 

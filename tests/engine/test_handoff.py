@@ -11,11 +11,11 @@ from sqlalchemy import Engine, func, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from engine.clock import FrozenClock
-from engine.leads import Identity
+from engine.funnel.leads import Identity
+from engine.funnel.service import recycle_lead, track, upsert_lead, win_lead
 from engine.models import Enrolment, Event, Handoff, Lead
-from engine.runtime import Runtime
-from engine.scheduler import run_due
-from engine.tracking import recycle_lead, track, upsert_lead, win_lead
+from engine.runner.scheduler import run_due
+from engine.workflow.runtime import Runtime
 
 VP = {"email": "vp@northwind.test", "title": "VP Engineering"}  # fit 10
 

@@ -9,10 +9,10 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from engine.clock import FrozenClock
+from engine.funnel.service import track
 from engine.models import Delivery, Enrolment, Lead, MilestoneVisit
-from engine.runtime import Runtime
-from engine.scheduler import run_due
-from engine.tracking import track
+from engine.runner.scheduler import run_due
+from engine.workflow.runtime import Runtime
 
 ANA = {"email": "ana@northwind.test"}
 
@@ -188,7 +188,7 @@ def test_an_exit_rule_ends_the_enrolment_and_skips_its_planned_sends(
 def test_a_stale_duplicate_advance_does_nothing(
     sessions: sessionmaker[Session], rt: Runtime, clock: FrozenClock
 ) -> None:
-    from engine.scheduler import advance_enrolment
+    from engine.runner.scheduler import advance_enrolment
 
     with sessions.begin() as s:
         track(s, rt, ANA, "form_submitted")

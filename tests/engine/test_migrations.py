@@ -7,7 +7,7 @@ from pathlib import Path
 from sqlalchemy import Engine, inspect
 
 from engine.db import make_engine
-from engine.migrate import upgrade
+from engine.migrations import upgrade
 from engine.models import Base
 
 TABLES = {t.name for t in Base.metadata.sorted_tables}

@@ -10,8 +10,8 @@ from collections.abc import Callable, Iterator
 import pytest
 import redis
 
+from engine.delivery.pacing import LocalPacer, Pacer, PacingTimeout, RedisPacer, rate_for
 from engine.errors import ConfigurationError
-from engine.pacing import LocalPacer, Pacer, PacingTimeout, RedisPacer, rate_for
 
 TOLERANCE = 0.01  # rounding allowed on a computed delay, in seconds
 JITTER = 0.05  # how late a thread on a busy machine may see its slot, in seconds

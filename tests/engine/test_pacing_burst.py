@@ -12,14 +12,14 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from channels.twilio import TwilioChannel
+from engine.delivery.pacing import LocalPacer
+from engine.delivery.rendering import Renderer
+from engine.delivery.sending import SendPolicy, send_delivery
+from engine.funnel.service import track
 from engine.models import Delivery
-from engine.pacing import LocalPacer
-from engine.rendering import Renderer
-from engine.runtime import Runtime
-from engine.scheduler import run_due
-from engine.sending import SendPolicy, send_delivery
+from engine.runner.scheduler import run_due
 from engine.settings import Settings
-from engine.tracking import track
+from engine.workflow.runtime import Runtime
 from tests.channels.servers import TwilioServer
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -9,8 +9,7 @@ from typing import Any
 
 import pytest
 
-from engine.errors import NurtureError, Problem
-from engine.rendering import (
+from engine.delivery.rendering import (
     OPT_OUT_LINE,
     SAMPLE_NOW,
     Renderer,
@@ -18,6 +17,7 @@ from engine.rendering import (
     ago,
     sample_context,
 )
+from engine.errors import NurtureError, Problem
 
 SHIPPED = Path(__file__).resolve().parents[2] / "templates"
 SHIPPED_EMAIL = {

@@ -10,10 +10,10 @@ from sqlalchemy import Engine, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from engine.clock import FrozenClock
+from engine.funnel.service import track
 from engine.models import Enrolment
-from engine.runtime import Runtime
-from engine.scheduler import claim_due_enrolments
-from engine.tracking import track
+from engine.runner.scheduler import claim_due_enrolments
+from engine.workflow.runtime import Runtime
 
 
 def _enrol(sessions: sessionmaker[Session], rt: Runtime, count: int) -> None:

@@ -8,10 +8,10 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from engine.clock import FrozenClock
+from engine.funnel.service import track, upsert_lead
 from engine.models import Event, Lead, ScoreEntry
-from engine.runtime import Runtime
-from engine.scheduler import run_due
-from engine.tracking import track, upsert_lead
+from engine.runner.scheduler import run_due
+from engine.workflow.runtime import Runtime
 
 ANA = {"email": "Ana@Northwind.test"}
 

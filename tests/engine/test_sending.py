@@ -14,16 +14,16 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from channels.outbox import OutboxChannel
 from engine.clock import FrozenClock
-from engine.guards import Cap, QuietHours
+from engine.delivery.guards import Cap, QuietHours
+from engine.delivery.pacing import PacingTimeout
+from engine.delivery.rendering import Renderer
+from engine.delivery.sending import SendPolicy, send_delivery, suppress
+from engine.funnel.service import track
 from engine.models import Delivery
-from engine.pacing import PacingTimeout
-from engine.rendering import Renderer
-from engine.runtime import Runtime
-from engine.scheduler import run_due
-from engine.sending import SendPolicy, send_delivery, suppress
+from engine.runner.scheduler import run_due
 from engine.settings import Settings
-from engine.spec import Window
-from engine.tracking import track
+from engine.workflow.runtime import Runtime
+from engine.workflow.spec import Window
 
 ROOT = Path(__file__).resolve().parents[2]
 LEAD = {"email": "kim@umbrella.test", "phone": "+15005550009", "first_name": "Kim"}

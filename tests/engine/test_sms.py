@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from engine.sms import GSM7, UCS2, segments
+from channels.sms import GSM7, UCS2, segments
 
 
 @pytest.mark.parametrize(

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from engine.unsubscribe import InvalidTokenError, make_token, read_token
+from engine.delivery.unsubscribe import InvalidTokenError, make_token, read_token
 
 
 def test_a_token_round_trips_lead_and_list() -> None:

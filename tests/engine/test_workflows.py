@@ -17,8 +17,18 @@ from yaml.nodes import MappingNode, Node, SequenceNode
 from yaml.representer import SafeRepresenter
 
 from engine.errors import WorkflowError
-from engine.spec import Branch, Goto, Limit, Match, Send, Trigger, Wait, WhenDone, Workflows
-from engine.workflows import load_workflows
+from engine.workflow.loading import load_workflows
+from engine.workflow.spec import (
+    Branch,
+    Goto,
+    Limit,
+    Match,
+    Send,
+    Trigger,
+    Wait,
+    WhenDone,
+    Workflows,
+)
 
 SHIPPED = Path(__file__).resolve().parents[2] / "workflows"
 EMAIL = {

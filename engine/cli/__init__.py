@@ -1,0 +1,4 @@
+"""The `nurture` command: click commands and their terminal output.
+
+The top floor: may import everything; nothing imports it.
+"""

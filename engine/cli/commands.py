@@ -1,0 +1,413 @@
+"""CLI commands about leads and results: track, lead show, leads import, preview, simulate,
+stats, handoffs, recycle, won."""
+
+from __future__ import annotations
+
+import csv
+import json
+import sys
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, NoReturn
+
+import click
+from rich.progress import Progress
+from sqlalchemy import inspect, select
+
+from engine.app import App
+from engine.cli.output import console, emit_json, errors, table
+from engine.errors import NurtureError, WorkflowError
+from engine.funnel.leads import Identity
+from engine.models import Handoff, Lead
+from engine.settings import Settings
+
+EXIT_FOUND, EXIT_USAGE = 1, 2
+
+
+def open_app(ctx: click.Context, *, schema: bool = True) -> App:
+    """The App for a command; exits 1 on invalid workflows, 2 on configuration problems."""
+    settings: Settings = ctx.obj
+    try:
+        app = App.create(settings)
+    except WorkflowError as error:
+        click.echo(str(error), err=True)
+        sys.exit(EXIT_FOUND)
+    except NurtureError as error:
+        click.echo(f"error: {error}", err=True)
+        sys.exit(EXIT_USAGE)
+    if schema and not inspect(app.engine).has_table("leads"):
+        click.echo("error: the database has no nurture tables: run `nurture init` first", err=True)
+        sys.exit(EXIT_USAGE)
+    return app
+
+
+def fail(message: str, code: int = EXIT_FOUND) -> NoReturn:
+    """Print an error and exit with a code scripts can trust."""
+    click.echo(f"error: {message}", err=True)
+    sys.exit(code)
+
+
+def parse_time(value: str | None) -> datetime | None:
+    """ISO 8601 with a zone (naive means UTC) for --at."""
+    if value is None:
+        return None
+    try:
+        moment = datetime.fromisoformat(value)
+    except ValueError:
+        fail(f"--at {value!r} is not an ISO 8601 time, e.g. 2026-03-02T10:00:00Z", EXIT_USAGE)
+        raise
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+
+
+@click.command()
+@click.argument("email")
+@click.argument("event")
+@click.option("--prop", "props", multiple=True, metavar="KEY=VALUE", help="Event property.")
+@click.option("--at", "at", help="When it happened (ISO 8601); default now.")
+@click.option("--id", "event_id", help="Idempotency id: the same id twice counts once.")
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+@click.pass_context
+def track_command(
+    ctx: click.Context,
+    email: str,
+    event: str,
+    props: tuple[str, ...],
+    at: str | None,
+    event_id: str | None,
+    as_json: bool,
+) -> None:
+    """Record one event for a lead (created when unknown)."""
+    from engine.funnel.service import track
+
+    properties = {}
+    for prop in props:
+        key, sep, value = prop.partition("=")
+        if not sep or not key:
+            fail(f"--prop {prop!r}: use KEY=VALUE", EXIT_USAGE)
+        properties[key] = value
+    app = open_app(ctx)
+    try:
+        with app.sessions.begin() as s:
+            result = track(
+                s,
+                app.rt,
+                {"email": email},
+                event,
+                properties,
+                occurred_at=parse_time(at),
+                event_id=event_id,
+                source="cli",
+            )
+    except NurtureError as error:
+        fail(str(error), EXIT_USAGE)
+    if as_json:
+        emit_json(result.__dict__)
+        return
+    if result.duplicate:
+        console.print(f"duplicate: event id {event_id} was already recorded")
+        return
+    handoff = f", handed to sales (handoff {result.handoff_id})" if result.handoff_id else ""
+    console.print(f"{event} recorded: {result.points:+g} points, stage {result.stage}{handoff}")
+
+
+@click.group("lead")
+def lead_group() -> None:
+    """Look at one lead."""
+
+
+@lead_group.command("show")
+@click.argument("key")
+@click.option("--json", "as_json", is_flag=True, help="Print the lead as JSON.")
+@click.pass_context
+def lead_show(ctx: click.Context, key: str, as_json: bool) -> None:
+    """Stage, scores and why, enrolments, deliveries and handoffs of a lead."""
+    from engine.read.views import find_by_key, lead_detail
+
+    app = open_app(ctx)
+    try:
+        with app.sessions() as s:
+            detail = lead_detail(s, find_by_key(s, key))
+    except NurtureError as error:
+        fail(str(error))
+    if as_json:
+        emit_json(detail)
+        return
+    lead, score = detail["lead"], detail["score"]
+    console.print(
+        f"[bold]{lead['email'] or lead['phone'] or lead['external_id']}[/] "
+        f"{lead['first_name'] or ''} {lead['last_name'] or ''} · {lead['company'] or ''}"
+    )
+    console.print(
+        f"stage [bold]{lead['stage']}[/] · score {score['total']:g} "
+        f"(fit {score['fit']:g}, engagement {score['engagement']:g}) · owner {lead['owner']}"
+    )
+    table(
+        "Why (score ledger, newest first)",
+        ["when", "rule", "points", "reason"],
+        [(e["occurred_at"], e["rule"], f"{e['points']:+g}", e["reason"]) for e in detail["ledger"]],
+    )
+    table(
+        "Enrolments",
+        ["sequence", "milestone", "status", "next step", "exit"],
+        [
+            (e["sequence"], e["milestone"], e["status"], e["next_run_at"], e["exit_reason"])
+            for e in detail["enrolments"]
+        ],
+    )
+    table(
+        "Deliveries",
+        ["template", "channel", "status", "due", "sent", "detail"],
+        [
+            (d["template"], d["channel"], d["status"], d["due_at"], d["sent_at"], d["detail"])
+            for d in detail["deliveries"]
+        ],
+    )
+    table(
+        "Handoffs",
+        ["crossing", "created", "owner", "status"],
+        [(h["crossing"], h["created_at"], h["owner"], h["status"]) for h in detail["handoffs"]],
+    )
+
+
+@click.group("leads")
+def leads_group() -> None:
+    """Work with many leads."""
+
+
+def _rows(path: Path) -> list[tuple[int, dict[str, Any] | str]]:
+    """(row number, record or the reason it is unreadable) for a CSV or JSON-lines file."""
+    text = path.read_text(encoding="utf-8-sig")
+    if path.suffix.lower() in (".jsonl", ".ndjson", ".json"):
+        rows: list[tuple[int, dict[str, Any] | str]] = []
+        for number, line in enumerate(text.splitlines(), start=1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except ValueError as error:
+                rows.append((number, f"not JSON: {error}"))
+                continue
+            rows.append((number, record if isinstance(record, dict) else "not a JSON object"))
+        return rows
+    reader = csv.DictReader(text.splitlines())
+    if reader.fieldnames is None:
+        return []
+    return [
+        (
+            number,
+            {k: v for k, v in record.items() if k and v not in (None, "")}
+            if None not in record
+            else f"{len(record[None]) + len(reader.fieldnames)} columns, "
+            f"the header has {len(reader.fieldnames)}",
+        )
+        for number, record in enumerate(reader, start=2)
+    ]
+
+
+_BOOLEAN = {"true": True, "yes": True, "1": True, "false": False, "no": False, "0": False}
+
+
+def _clean(record: dict[str, Any]) -> dict[str, Any]:
+    """Consent columns as booleans; raises ValueError naming a column that is not yes/no."""
+    for column in ("email_consent", "sms_consent"):
+        if column in record and isinstance(record[column], str):
+            value = _BOOLEAN.get(record[column].strip().lower())
+            if value is None:
+                raise ValueError(f"{column} {record[column]!r} is not true/false")
+            record[column] = value
+    return record
+
+
+@leads_group.command("import")
+@click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
+@click.pass_context
+def leads_import(ctx: click.Context, file: Path, as_json: bool) -> None:
+    """Upsert leads from CSV or JSON lines; bad rows are reported and skipped."""
+    from engine.funnel.service import upsert_lead
+
+    app = open_app(ctx)
+    rows = _rows(file)
+    imported, problems = 0, []
+    with Progress(console=errors, disable=as_json) as progress:
+        task = progress.add_task(f"importing {file.name}", total=len(rows))
+        for number, record in rows:
+            try:
+                if isinstance(record, str):
+                    raise ValueError(record)
+                with app.sessions.begin() as s:
+                    upsert_lead(s, app.rt, _clean(record))
+                imported += 1
+            except (NurtureError, ValueError) as error:
+                problems.append({"row": number, "error": str(error)})
+            progress.advance(task)
+    if as_json:
+        emit_json({"imported": imported, "skipped": len(problems), "problems": problems})
+    else:
+        for problem in problems:
+            click.echo(f"{file}:{problem['row']}: {problem['error']}", err=True)
+        console.print(f"{imported} lead(s) imported, {len(problems)} row(s) skipped")
+    if problems:
+        sys.exit(EXIT_FOUND)
+
+
+@click.command("stats")
+@click.option("--json", "as_json", is_flag=True, help="Print the funnel as JSON.")
+@click.pass_context
+def stats_command(ctx: click.Context, as_json: bool) -> None:
+    """The funnel per sequence, milestone and step, MQL and SQL counts, time to SQL."""
+    from engine.read.stats import funnel
+
+    app = open_app(ctx)
+    with app.sessions() as s:
+        data = funnel(s, app.rt)
+    if as_json:
+        emit_json(data)
+        return
+    print_funnel(data)
+
+
+def print_funnel(data: dict[str, Any]) -> None:
+    """The funnel as tables (shared by `stats` and `demo`)."""
+    stages = data["stages"]
+    table("Stages", list(stages), [list(stages.values())])
+    for name, sequence in data["sequences"].items():
+        exits = ", ".join(f"{r}: {n}" for r, n in sorted(sequence["exited"].items())) or "-"
+        table(
+            f"{name}: {sequence['enrolled']} enrolled, {sequence['active']} active; exits {exits}",
+            ["milestone", "entered", "now in"],
+            [(m["id"], m["entered"], m["now_in"]) for m in sequence["milestones"]],
+        )
+        table(
+            f"{name}: steps",
+            [
+                "step",
+                "template",
+                "planned",
+                "sent",
+                "skipped",
+                "failed",
+                "delivered",
+                "opened",
+                "clicked",
+                "bounced",
+            ],
+            [
+                (
+                    s["step"],
+                    f"{s['channel']} {s['template']}",
+                    s["planned"],
+                    s["sent"],
+                    s["skipped"],
+                    s["failed"],
+                    s["delivered"],
+                    s["opened"],
+                    s["clicked"],
+                    s["bounced"],
+                )
+                for s in sequence["steps"]
+            ],
+        )
+    console.print(f"median days to SQL: {data['median_days_to_sql']}")
+
+
+@click.command("handoffs")
+@click.option("--json", "as_json", is_flag=True, help="Print handoffs as JSON.")
+@click.pass_context
+def handoffs_command(ctx: click.Context, as_json: bool) -> None:
+    """Leads handed to sales, newest first, with score and delivery status."""
+    app = open_app(ctx)
+    with app.sessions() as s:
+        rows = s.execute(
+            select(Handoff, Lead)
+            .join(Lead, Lead.id == Handoff.lead_id)
+            .order_by(Handoff.created_at.desc())
+        ).all()
+        data = [
+            {
+                "id": h.id,
+                "email": lead.email,
+                "company": lead.company,
+                "owner": h.owner,
+                "score": h.score.get("total"),
+                "status": h.status,
+                "attempts": h.attempts,
+                "created_at": h.created_at.isoformat(),
+            }
+            for h, lead in rows
+        ]
+    if as_json:
+        emit_json(data)
+        return
+    table(
+        f"{len(data)} handoff(s)",
+        ["id", "lead", "company", "score", "owner", "status", "created"],
+        [
+            (
+                d["id"],
+                d["email"],
+                d["company"],
+                d["score"],
+                d["owner"],
+                d["status"],
+                d["created_at"],
+            )
+            for d in data
+        ],
+    )
+
+
+def _sales_action(ctx: click.Context, key: str, action: str, reason: str) -> None:
+    from engine.funnel.service import recycle_lead, win_lead
+    from engine.read.views import find_by_key
+
+    app = open_app(ctx)
+    try:
+        with app.sessions.begin() as s:
+            lead = find_by_key(s, key)
+            identity = Identity.parse(
+                {"email": lead.email}
+                if lead.email
+                else {"phone": lead.phone}
+                if lead.phone
+                else {"external_id": lead.external_id}
+            )
+            changed = (recycle_lead if action == "recycle" else win_lead)(
+                s, app.rt, identity, reason
+            )
+            stage = changed.stage
+    except NurtureError as error:
+        fail(str(error))
+    console.print(f"{key}: stage {stage}")
+
+
+@click.command("recycle")
+@click.argument("key")
+@click.option("--reason", default="recycled by sales", show_default=True)
+@click.pass_context
+def recycle_command(ctx: click.Context, key: str, reason: str) -> None:
+    """Sales sends a lead back to nurture: engagement restarts, re-engagement may enrol it."""
+    _sales_action(ctx, key, "recycle", reason)
+
+
+@click.command("won")
+@click.argument("key")
+@click.option("--reason", default="won by sales", show_default=True)
+@click.pass_context
+def won_command(ctx: click.Context, key: str, reason: str) -> None:
+    """Mark a lead a customer: it leaves every sequence."""
+    _sales_action(ctx, key, "won", reason)
+
+
+def register(group: click.Group) -> None:
+    """Attach these commands to the `nurture` group."""
+    for command, name in (
+        (track_command, "track"),
+        (lead_group, "lead"),
+        (leads_group, "leads"),
+        (stats_command, "stats"),
+        (handoffs_command, "handoffs"),
+        (recycle_command, "recycle"),
+        (won_command, "won"),
+    ):
+        group.add_command(command, name)

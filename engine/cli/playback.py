@@ -1,0 +1,310 @@
+"""CLI commands that play sequences without touching production: preview, simulate, demo."""
+
+from __future__ import annotations
+
+import random
+import shutil
+import sys
+import time
+from dataclasses import replace
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import click
+import yaml
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+from sqlalchemy import func, select
+
+from engine.cli.commands import EXIT_FOUND, EXIT_USAGE, fail, print_funnel
+from engine.cli.output import console, emit_json, errors, table
+from engine.errors import NurtureError, WorkflowError
+from engine.runner.simulation import ScriptedEvent, Simulation
+from engine.settings import Settings
+
+DEFAULT_START = datetime(2026, 3, 2, 9, 0, tzinfo=UTC)  # a Monday morning
+
+
+def _simulation(settings: Settings, start: datetime, workdir: Path | None = None) -> Simulation:
+    try:
+        return Simulation(settings, start, workdir)
+    except WorkflowError as error:
+        click.echo(str(error), err=True)
+        sys.exit(EXIT_FOUND)
+    except NurtureError as error:
+        fail(str(error), EXIT_USAGE)
+        raise
+
+
+def _only(sim: Simulation, name: str) -> None:
+    """Run one sequence alone, so a marketer sees exactly what it does."""
+    workflows = sim.app.rt.workflows
+    if name not in workflows.sequences:
+        close = ", ".join(sorted(workflows.sequences))
+        sim.close()
+        fail(f"unknown sequence {name!r} (sequences: {close})", EXIT_USAGE)
+    only = replace(workflows, sequences={name: workflows.sequences[name]})
+    sim.app.rt = replace(sim.app.rt, workflows=only, _programs={})
+
+
+def read_script(path: Path, start: datetime) -> tuple[dict[str, Any], list[ScriptedEvent]]:
+    """Load a behaviour script; problems name the file and the entry."""
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as error:
+        fail(f"{path}: not valid YAML: {error}", EXIT_USAGE)
+    if not isinstance(data, dict) or not isinstance(data.get("lead"), dict):
+        fail(f"{path}: lead: expected a mapping with the lead's email and attributes", EXIT_USAGE)
+    lead = data["lead"]
+    events = []
+    for index, entry in enumerate(data.get("events") or []):
+        where = f"{path}: events[{index}]"
+        if not isinstance(entry, dict) or not isinstance(entry.get("event"), str):
+            fail(f"{where}.event: expected an event type", EXIT_USAGE)
+        day = entry.get("day", 0)
+        if not isinstance(day, int | float) or day < 0:
+            fail(f"{where}.day: expected a number of days from the start, 0 or more", EXIT_USAGE)
+        hours, _, minutes = str(entry.get("time", "10:00")).partition(":")
+        if not (hours.isdigit() and minutes.isdigit()):
+            fail(f"{where}.time: expected HH:MM", EXIT_USAGE)
+        at = (
+            start
+            + timedelta(days=day)
+            + timedelta(hours=int(hours) - start.hour, minutes=int(minutes) - start.minute)
+        )
+        events.append(
+            ScriptedEvent(
+                at, lead, entry["event"], dict(entry.get("properties") or {}), entry.get("of")
+            )
+        )
+    return lead, events
+
+
+@click.command("simulate")
+@click.argument("sequence")
+@click.option(
+    "--script",
+    "script",
+    required=True,
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="YAML: the lead and its events by day.",
+)
+@click.option("--days", default=30, show_default=True, help="Simulated days to run.")
+@click.option("--json", "as_json", is_flag=True, help="Print the timeline as JSON.")
+@click.pass_context
+def simulate_command(
+    ctx: click.Context, sequence: str, script: Path, days: int, as_json: bool
+) -> None:
+    """Play a scripted lead through a sequence on simulated time and print its timeline."""
+    from engine.models import Lead
+    from engine.read.timeline import timeline
+
+    lead, events = read_script(script, DEFAULT_START)
+    sim = _simulation(ctx.obj, DEFAULT_START)
+    try:
+        _only(sim, sequence)
+        sim.run(events, DEFAULT_START + timedelta(days=days))
+        with sim.app.sessions() as s:
+            row = s.scalars(
+                select(Lead).where(Lead.email == str(lead.get("email", "")).lower())
+            ).first()
+            entries = timeline(s, row.id) if row else []
+    finally:
+        sim.close()
+    if as_json:
+        emit_json([e.as_dict() for e in entries])
+        return
+    table(
+        f"{sequence}: {lead.get('email')} over {days} simulated days",
+        ["when (UTC)", "what", ""],
+        [(e.at.strftime("%a %Y-%m-%d %H:%M"), e.kind, e.text) for e in entries],
+    )
+    console.print(f"outbox: {sim.workdir / 'outbox'}")
+
+
+@click.command("preview")
+@click.argument("sequence")
+@click.option("--lead", "lead_key", help="Render for this lead (email) instead of a sample lead.")
+@click.option(
+    "--out",
+    "out",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=Path("preview"),
+    show_default=True,
+    help="Where HTML bodies are written.",
+)
+@click.pass_context
+def preview_command(ctx: click.Context, sequence: str, lead_key: str | None, out: Path) -> None:
+    """Render every step of a sequence: subjects, text, SMS segments, HTML files to open."""
+    from engine.cli.commands import open_app
+    from engine.delivery.rendering import sample_context
+    from engine.workflow.spec import Branch, Send
+
+    app = open_app(ctx, schema=lead_key is not None)
+    spec = app.rt.workflows.sequences.get(sequence)
+    names = ", ".join(sorted(app.rt.workflows.sequences))
+    if spec is None:
+        fail(
+            f"unknown sequence {sequence!r} (sequences: {names})",
+            EXIT_USAGE,
+        )
+    context = sample_context()
+    if lead_key:
+        context = _lead_context(app, lead_key, context)
+    context = {**context, "sequence": {"name": spec.name, "description": spec.description}}
+
+    def sends(steps: tuple[Any, ...]) -> list[Send]:
+        found: list[Send] = []
+        for step in steps:
+            found += (
+                [step]
+                if isinstance(step, Send)
+                else (sends(step.then) + sends(step.otherwise) if isinstance(step, Branch) else [])
+            )
+        return found
+
+    out.mkdir(parents=True, exist_ok=True)
+    rows = []
+    for milestone in spec.milestones:
+        for step in sends(milestone.steps):
+            ctx_m = {**context, "milestone": {"id": milestone.id}}
+            try:
+                if step.channel == "email":
+                    email = app.renderer.render_email(step.template, ctx_m)
+                    path = out / f"{spec.name}-{milestone.id}-{step.template}.html"
+                    path.write_text(email.html)
+                    rows.append(
+                        (
+                            milestone.id,
+                            f"email {step.template}",
+                            email.subject,
+                            email.text[:160].replace("\n", " "),
+                            str(path),
+                        )
+                    )
+                else:
+                    sms = app.renderer.render_sms(step.template, ctx_m, first_message=True)
+                    rows.append(
+                        (
+                            milestone.id,
+                            f"sms {step.template}",
+                            f"{sms.segments} {sms.encoding} segment(s)",
+                            sms.body,
+                            "",
+                        )
+                    )
+            except NurtureError as error:
+                rows.append((milestone.id, step.template, "ERROR", str(error), ""))
+    table(
+        f"{spec.name}: {len(rows)} message(s)",
+        ["milestone", "step", "subject", "text", "html"],
+        rows,
+    )
+    if any(r[2] == "ERROR" for r in rows):
+        sys.exit(EXIT_FOUND)
+
+
+def _lead_context(app: Any, key: str, sample: dict[str, Any]) -> dict[str, Any]:
+    from engine.delivery.context import lead_view, recent_activity, unsubscribe_url
+    from engine.read.views import find_by_key
+
+    try:
+        with app.sessions() as s:
+            lead = find_by_key(s, key)
+            return {
+                **sample,
+                "lead": lead_view(lead),
+                "score": {"total": lead.score, "fit": lead.fit, "engagement": lead.engagement},
+                "recent_activity": recent_activity(s, lead),
+                "unsubscribe_url": unsubscribe_url(app.settings, lead.id, "preview"),
+            }
+    except NurtureError as error:
+        fail(str(error))
+        raise
+
+
+@click.command("demo")
+@click.option("--leads", "count", default=1000, show_default=True, help="Synthetic leads.")
+@click.option("--days", default=60, show_default=True, help="Simulated days.")
+@click.option("--seed", default=7, show_default=True, help="Random seed: the same run each time.")
+@click.option(
+    "--out",
+    "out",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=Path("demo"),
+    show_default=True,
+    help="Where the database and outbox go.",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print the results as JSON.")
+@click.pass_context
+def demo_command(
+    ctx: click.Context, count: int, days: int, seed: int, out: Path, as_json: bool
+) -> None:
+    """Two months of nurture for synthetic leads through the real pipeline, in under a minute."""
+    from engine.models import Enrolment, Handoff
+    from engine.read.stats import funnel
+    from engine.runner.demo import persona
+
+    rng = random.Random(seed)
+    personas = [persona(rng, i, DEFAULT_START) for i in range(count)]
+    if (out / "outbox").exists():
+        shutil.rmtree(out / "outbox")
+    settings = replace(ctx.obj, database_url=f"sqlite:///{out / 'simulation.db'}")
+    sim = _simulation(settings, DEFAULT_START, out)
+    until = DEFAULT_START + timedelta(days=days)
+    started = time.monotonic()
+    columns = (
+        TextColumn("{task.description}"),
+        BarColumn(),
+        TextColumn("day {task.completed:.0f}/{task.total:.0f}"),
+        TimeElapsedColumn(),
+    )
+    try:
+        with Progress(*columns, console=errors, disable=as_json) as progress:
+            task = progress.add_task(f"{count} leads, {days} days", total=days)
+            sim.run(
+                [e for p in personas for e in p.events],
+                until,
+                progress=lambda now: progress.update(
+                    task, completed=(now - DEFAULT_START).total_seconds() / 86400
+                ),
+                resolution=timedelta(hours=1),
+            )
+        with sim.app.sessions() as s:
+            data = funnel(s, sim.app.rt)
+            data["handoffs"] = int(s.scalar(select(func.count()).select_from(Handoff)) or 0)
+            data["re_engaged"] = int(
+                s.scalar(
+                    select(func.count(func.distinct(Enrolment.lead_id))).where(
+                        Enrolment.sequence == "re-engagement"
+                    )
+                )
+                or 0
+            )
+    finally:
+        sim.close()
+    outbox = out / "outbox"
+    data["outbox"] = {
+        "email": len(list((outbox / "email").glob("*.eml"))) if (outbox / "email").exists() else 0,
+        "sms": len(list((outbox / "sms").glob("*.txt"))) if (outbox / "sms").exists() else 0,
+        "path": str(outbox),
+    }
+    data["seconds"] = round(time.monotonic() - started, 1)
+    if as_json:
+        emit_json(data)
+        return
+    print_funnel(data)
+    console.print(
+        f"MQLs: {data['stages']['mql_ever']} · handoffs to sales: {data['handoffs']} · "
+        f"re-engaged leads: {data['re_engaged']}"
+    )
+    console.print(
+        f"{data['outbox']['email']} emails (.eml) and {data['outbox']['sms']} SMS "
+        f"written to {outbox} · {data['seconds']} s"
+    )
+
+
+def register(group: click.Group) -> None:
+    """Attach these commands to the `nurture` group."""
+    for command in (simulate_command, preview_command, demo_command):
+        group.add_command(command)

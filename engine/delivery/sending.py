@@ -1,0 +1,337 @@
+"""Sending one delivery: guards, render, then planned -> sending -> sent | failed | skipped.
+
+At most once: the `sending` state commits before the provider is called, and only a
+`planned` delivery is ever picked up, so a retry or a duplicate message never resends.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import func, select, update
+from sqlalchemy.orm import Session, sessionmaker
+
+from engine.db import is_postgres
+from engine.delivery.context import message_context
+from engine.delivery.guards import Cap, SendPolicy
+from engine.delivery.pacing import Pacer, PacingTimeout, rate_for
+from engine.delivery.rendering import Renderer
+from engine.errors import ChannelError, NurtureError
+from engine.funnel.journey import OUT_OF_NURTURE
+from engine.models import Delivery, Enrolment, Lead, Suppression
+from engine.settings import Settings
+from engine.workflow.runtime import Runtime
+from engine.workflow.spec import Sequence
+
+SENT_STATES = ("sending", "sent", "unknown")
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """A delivery that passed its guards, rendered and marked `sending`: ready for the channel."""
+
+    delivery_id: str
+    channel: str
+    message: Any
+
+
+def _suppressed(session: Session, channel: str, address: str) -> bool:
+    query = select(Suppression.id).where(
+        Suppression.channel == channel, Suppression.address == address
+    )
+    return session.scalar(query) is not None
+
+
+def suppress(session: Session, channel: str, address: str, reason: str, now: datetime) -> None:
+    """Add an address to the suppression list once; later sends to it are skipped."""
+    if not _suppressed(session, channel, address):
+        session.add(Suppression(channel=channel, address=address, reason=reason, created_at=now))
+
+
+def _skip(delivery: Delivery, reason: str) -> None:
+    delivery.status = "skipped"
+    delivery.detail = reason
+
+
+def _stale_reason(delivery: Delivery, enrolment: Enrolment, lead: Lead) -> str | None:
+    """Why the lead is no longer at this step (moved on, exited, handed off), or None."""
+    if enrolment.status != "active":
+        return f"stale: enrolment ended ({enrolment.exit_reason})"
+    if enrolment.pass_no != delivery.pass_no:
+        return f"stale: lead moved to milestone {enrolment.milestone}"
+    if lead.stage in OUT_OF_NURTURE:
+        return f"stale: lead is {lead.stage}"
+    return None
+
+
+def _address(lead: Lead, channel: str) -> tuple[str | None, str | None]:
+    """The address to use and, when there is none or no consent, why not."""
+    if channel == "email":
+        if not lead.email:
+            return None, "no email address"
+        return (lead.email, None) if lead.email_consent else (None, "no email consent")
+    if not lead.phone:
+        return None, "no phone number"
+    return (lead.phone, None) if lead.sms_consent else (None, "no SMS opt-in")
+
+
+def _cap_opens_at(
+    session: Session, lead: Lead, channel: str, cap: Cap | None, now: datetime
+) -> datetime | None:
+    """When the frequency cap allows the next send, or None when it allows one now."""
+    if cap is None:
+        return None
+    sent: list[datetime] = [
+        t
+        for t in session.scalars(
+            select(Delivery.sent_at)
+            .where(
+                Delivery.lead_id == lead.id,
+                Delivery.channel == channel,
+                Delivery.status.in_(SENT_STATES),
+                Delivery.sent_at > now - cap.per,
+            )
+            .order_by(Delivery.sent_at.desc())
+            .limit(cap.count)
+        )
+        if t is not None
+    ]
+    if len(sent) < cap.count:
+        return None
+    return sent[-1] + cap.per
+
+
+def prepare(
+    session: Session,
+    rt: Runtime,
+    settings: Settings,
+    renderer: Renderer,
+    policy: SendPolicy,
+    delivery_id: str,
+) -> Prepared | None:
+    """Guard and render a due delivery and mark it `sending`; None when not to send now."""
+    now = rt.clock.now()
+    query = (
+        select(Delivery, Enrolment, Lead)
+        .join(Enrolment, Enrolment.id == Delivery.enrolment_id)
+        .join(Lead, Lead.id == Delivery.lead_id)
+        .where(Delivery.id == delivery_id)
+    )
+    if is_postgres(session):
+        query = query.with_for_update(of=Delivery, skip_locked=True)
+    row = session.execute(query).one_or_none()
+    if row is None:
+        return None
+    delivery, enrolment, lead = row._tuple()
+    if delivery.status != "planned" or delivery.due_at > now:
+        return None
+    delivery.lease_until = None
+    sequence = rt.workflows.sequences.get(delivery.sequence)
+    reason = (
+        "stale: sequence removed" if sequence is None else _stale_reason(delivery, enrolment, lead)
+    )
+    address, refusal = _address(lead, delivery.channel)
+    if reason or refusal or address is None:
+        _skip(delivery, reason or refusal or "no address")
+        return None
+    assert sequence is not None
+    if _suppressed(session, delivery.channel, address):
+        _skip(delivery, f"suppressed: {address}")
+        return None
+    window, channel = sequence.send.window, delivery.channel
+    slot = policy.open_slot(now, lead.timezone, window, channel)
+    cap_at = _cap_opens_at(session, lead, channel, policy.caps.get(channel), now)
+    if cap_at is not None and cap_at > slot:
+        slot = policy.open_slot(cap_at, lead.timezone, window, channel)
+    if slot > now:
+        delivery.due_at = slot
+        delivery.detail = f"deferred to {slot.isoformat()}"
+        return None
+    message = _render(session, settings, renderer, delivery, lead, sequence, address, now)
+    if message is None:
+        return None
+    delivery.status = "sending"
+    delivery.attempts += 1
+    delivery.lease_until = now + policy.lease
+    return Prepared(delivery.id, delivery.channel, message)
+
+
+def _render(
+    session: Session,
+    settings: Settings,
+    renderer: Renderer,
+    delivery: Delivery,
+    lead: Lead,
+    sequence: Sequence,
+    address: str,
+    now: datetime,
+) -> Any:
+    """Build the channel message; a template that fails to render fails the delivery."""
+    from channels.base import EmailMessage, SmsMessage
+
+    context = message_context(session, settings, lead, delivery, sequence, now)
+    try:
+        if delivery.channel == "email":
+            email = renderer.render_email(delivery.template, context)
+            delivery.subject = email.subject
+            return EmailMessage(
+                delivery_id=delivery.id,
+                to_email=address,
+                # One line: a name with a line break in it is still a name to mail, not a
+                # header to refuse (the channels refuse line breaks in every header).
+                to_name=" ".join(context["lead"]["full_name"].split()),
+                from_email=sequence.send.from_email,
+                from_name=sequence.send.from_name,
+                reply_to=sequence.send.reply_to,
+                subject=email.subject,
+                html=email.html,
+                text=email.text,
+                unsubscribe_url=context["unsubscribe_url"],
+                categories=(sequence.name, delivery.template),
+            )
+        first = not session.scalar(
+            select(func.count()).where(
+                Delivery.lead_id == lead.id,
+                Delivery.channel == "sms",
+                Delivery.status.in_(SENT_STATES),
+            )
+        )
+        sms = renderer.render_sms(delivery.template, context, first_message=first)
+        delivery.subject = sms.body[:80]
+        return SmsMessage(
+            delivery_id=delivery.id,
+            to_phone=address,
+            from_phone=sequence.send.sms_from or "",
+            body=sms.body,
+        )
+    except NurtureError as error:
+        delivery.status = "failed"
+        delivery.detail = f"render: {error}"
+        return None
+
+
+def record_success(
+    session: Session, rt: Runtime, delivery_id: str, provider: str, message_id: str | None
+) -> None:
+    """The provider accepted the message: the delivery is sent for good."""
+    session.execute(
+        update(Delivery)
+        .where(Delivery.id == delivery_id, Delivery.status == "sending")
+        .values(
+            status="sent",
+            sent_at=rt.clock.now(),
+            provider=provider,
+            provider_message_id=message_id,
+            lease_until=None,
+            detail=None,
+        )
+        .execution_options(synchronize_session=False)  # a fresh session holds no copy to sync
+    )
+
+
+def record_failure(
+    session: Session, rt: Runtime, policy: SendPolicy, delivery_id: str, error: ChannelError
+) -> str:
+    """Decide what a provider error means for the delivery; returns the new status."""
+    now = rt.clock.now()
+    delivery = session.get_one(Delivery, delivery_id)
+    if delivery.status != "sending":
+        return delivery.status
+    delivery.lease_until = None
+    detail = f"{error.kind}: {error}"
+    if error.kind in (ChannelError.TRANSIENT, ChannelError.CONFIGURATION) and (
+        delivery.attempts < policy.max_attempts
+    ):
+        # The provider did not take it: planned again, later. A configuration error also
+        # waits for an operator to fix the key rather than burning the step.
+        delivery.status = "planned"
+        delivery.due_at = now + policy.retry_delay(delivery.attempts, error.retry_after)
+        delivery.detail = f"retry {delivery.attempts}: {detail}"
+        return "planned"
+    delivery.status = "failed"
+    delivery.detail = detail
+    if error.kind == ChannelError.OPTED_OUT:
+        lead = session.get_one(Lead, delivery.lead_id)
+        address = lead.email if delivery.channel == "email" else lead.phone
+        if address:
+            suppress(session, delivery.channel, address, f"provider: {error}", now)
+        if delivery.channel == "sms":
+            lead.sms_consent = False
+    return "failed"
+
+
+def repace(session: Session, rt: Runtime, delivery_id: str, retry_after: float) -> None:
+    """No free send slot in time: back to planned, unsent and not counted as an attempt."""
+    session.execute(
+        update(Delivery)
+        .where(Delivery.id == delivery_id, Delivery.status == "sending")
+        .values(
+            status="planned",
+            due_at=rt.clock.now() + timedelta(seconds=retry_after),
+            attempts=Delivery.attempts - 1,
+            lease_until=None,
+            detail=f"paced: next slot in {retry_after:.1f}s",
+        )
+        .execution_options(synchronize_session=False)
+    )
+
+
+def expire_stuck(session: Session, now: datetime, limit: int = 1000) -> int:
+    """Deliveries left `sending` past their lease become `unknown`: never resent blindly."""
+    stuck = list(
+        session.scalars(
+            select(Delivery.id)
+            .where(Delivery.status == "sending", Delivery.lease_until <= now)
+            .limit(limit)
+        )
+    )
+    if stuck:
+        session.execute(
+            update(Delivery)
+            .where(Delivery.id.in_(stuck), Delivery.status == "sending")
+            .values(status="unknown", detail="worker lost during send; not resent")
+            .execution_options(synchronize_session=False)
+        )
+    return len(stuck)
+
+
+def send_delivery(
+    sessions: sessionmaker[Session],
+    rt: Runtime,
+    settings: Settings,
+    renderer: Renderer,
+    policy: SendPolicy,
+    channels: Mapping[str, Any],
+    delivery_id: str,
+    pacer: Pacer | None = None,
+) -> str:
+    """Send one delivery end to end in two transactions around the provider call.
+
+    The pacer gives each sender its provider's rate across all workers; a delivery that would
+    wait too long for its slot goes back to planned for the time the slot frees up.
+    """
+    with sessions.begin() as session:
+        prepared = prepare(session, rt, settings, renderer, policy, delivery_id)
+    if prepared is None:
+        return "not sent"
+    channel = channels[prepared.channel]
+    if pacer is not None and getattr(channel, "paced", True):
+        sender = getattr(prepared.message, "from_phone", "") or channel.name
+        rate = rate_for(prepared.channel, sender, policy.rates) * policy.pace_headroom
+        try:
+            pacer.acquire(f"{prepared.channel}:{sender}", rate, timeout=policy.pace_timeout)
+        except PacingTimeout as error:
+            with sessions.begin() as session:
+                repace(session, rt, delivery_id, error.retry_after)
+            return "paced"
+    try:
+        result = channel.send(prepared.message)
+    except ChannelError as error:
+        with sessions.begin() as session:
+            return record_failure(session, rt, policy, delivery_id, error)
+    with sessions.begin() as session:
+        record_success(session, rt, delivery_id, result.provider, result.provider_message_id)
+    return "sent"

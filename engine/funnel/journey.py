@@ -1,0 +1,296 @@
+"""The journey state machine: enrol, run steps, move between milestones, exit."""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from datetime import datetime
+
+from sqlalchemy import select, update
+from sqlalchemy.orm import Session
+
+from engine.db import is_postgres
+from engine.funnel.facts import LeadFacts
+from engine.models import Delivery, Enrolment, Lead, MilestoneVisit
+from engine.workflow.runtime import Runtime
+from engine.workflow.spec import Goto, Jump, Send, Sequence, Test, Wait
+
+# Stages in which a lead has left nurture: sales owns it or it bought.
+OUT_OF_NURTURE = ("sql", "customer")
+# A milestone may loop through gotos; past this many instructions in one run it is a bug.
+MAX_INSTRUCTIONS = 500
+
+
+@dataclass(frozen=True)
+class Fired:
+    """A trigger that may enrol leads: kind is event, stage, slipped_back, inactive or recycled."""
+
+    kind: str
+    value: str | None = None
+
+    def __str__(self) -> str:
+        return f"{self.kind} {self.value}" if self.value else self.kind
+
+
+def active_enrolments(session: Session, lead: Lead) -> list[Enrolment]:
+    """The lead's enrolments still running, oldest first."""
+    query = (
+        select(Enrolment)
+        .where(Enrolment.lead_id == lead.id, Enrolment.status == "active")
+        .order_by(Enrolment.id)
+    )
+    return list(session.scalars(query))
+
+
+def enrol_on(session: Session, rt: Runtime, lead: Lead, fired: Fired) -> list[Enrolment]:
+    """Enrol the lead in every sequence whose trigger matches and whose filters pass.
+
+    Leads in sales' hands, and leads who withdrew consent on every channel, are never enrolled.
+    """
+    if lead.stage in OUT_OF_NURTURE or not (lead.email_consent or lead.sms_consent):
+        return []
+    now = rt.clock.now()
+    facts = LeadFacts(session, lead, now)
+    created = []
+    for sequence in rt.sequences:
+        if not any(
+            t.kind == fired.kind and (not t.values or fired.value in t.values)
+            for t in sequence.enrol.on
+        ):
+            continue
+        if not _may_enrol(session, sequence, lead, now):
+            continue
+        if sequence.enrol.when is not None and not sequence.enrol.when.evaluate(facts):
+            continue
+        if sequence.enrol.unless is not None and sequence.enrol.unless.evaluate(facts):
+            continue
+        first = sequence.milestones[0].id
+        enrolment = Enrolment(
+            lead_id=lead.id,
+            sequence=sequence.name,
+            sequence_version=sequence.version,
+            status="active",
+            milestone=first,
+            position=0,
+            pass_no=1,
+            exhausted=False,
+            next_run_at=now,
+            enrolled_at=now,
+            milestone_entered_at=now,
+            trigger=str(fired),
+        )
+        session.add(enrolment)
+        session.flush()
+        session.add(
+            MilestoneVisit(
+                enrolment_id=enrolment.id,
+                milestone=first,
+                reason=f"enrolled on {fired}",
+                entered_at=now,
+            )
+        )
+        move_on_triggers(session, rt, enrolment, sequence, facts.since(now))
+        created.append(enrolment)
+    return created
+
+
+def _may_enrol(session: Session, sequence: Sequence, lead: Lead, now: datetime) -> bool:
+    """Apply the re-enrolment policy: never twice at once, again only when the sequence allows."""
+    previous = session.scalars(
+        select(Enrolment)
+        .where(Enrolment.lead_id == lead.id, Enrolment.sequence == sequence.name)
+        .order_by(Enrolment.enrolled_at.desc())
+    ).first()
+    if previous is None:
+        return True
+    if previous.status == "active":
+        return False
+    if sequence.enrol.again_after is not None:
+        return previous.enrolled_at + sequence.enrol.again_after <= now
+    return sequence.enrol.again
+
+
+def on_lead_changed(session: Session, rt: Runtime, lead: Lead) -> list[Enrolment]:
+    """After events or score changes: apply exit rules, then score triggers, to every enrolment.
+
+    Returns the enrolments still running afterwards.
+    """
+    facts = LeadFacts(session, lead, rt.clock.now())
+    running = []
+    for enrolment in active_enrolments(session, lead):
+        sequence = rt.workflows.sequences.get(enrolment.sequence)
+        if sequence is None:
+            exit_enrolment(session, rt, enrolment, "sequence removed")
+            continue
+        since = facts.since(enrolment.enrolled_at)
+        rule = next((c for c in sequence.exit_when if c.evaluate(since)), None)
+        if rule is not None:
+            exit_enrolment(session, rt, enrolment, f"exit_when: {rule.text}")
+            continue
+        move_on_triggers(session, rt, enrolment, sequence, since)
+        running.append(enrolment)
+    return running
+
+
+def move_on_triggers(
+    session: Session, rt: Runtime, enrolment: Enrolment, sequence: Sequence, facts: LeadFacts
+) -> bool:
+    """Jump to the furthest later milestone whose enter_when holds; triggers only move forward."""
+    current = sequence.index(enrolment.milestone)
+    for milestone in reversed(sequence.milestones[current + 1 :]):
+        if milestone.enter_when is not None and milestone.enter_when.evaluate(facts):
+            enter_milestone(
+                session, rt, enrolment, milestone.id, f"enter_when: {milestone.enter_when.text}"
+            )
+            return True
+    return False
+
+
+def enter_milestone(
+    session: Session, rt: Runtime, enrolment: Enrolment, milestone: str, reason: str
+) -> None:
+    """Start a milestone's steps now; planned sends of the milestone left behind go stale."""
+    now = rt.clock.now()
+    _skip_planned(session, enrolment, f"lead moved to milestone {milestone}")
+    enrolment.milestone = milestone
+    enrolment.position = 0
+    enrolment.pass_no += 1
+    enrolment.exhausted = False
+    enrolment.milestone_entered_at = now
+    enrolment.next_run_at = now
+    session.add(
+        MilestoneVisit(
+            enrolment_id=enrolment.id, milestone=milestone, reason=reason, entered_at=now
+        )
+    )
+
+
+def exit_enrolment(session: Session, rt: Runtime, enrolment: Enrolment, reason: str) -> None:
+    """End an enrolment for good, with its reason; its planned sends are skipped."""
+    _skip_planned(session, enrolment, f"enrolment ended: {reason}")
+    enrolment.status = "exited"
+    enrolment.exit_reason = reason
+    enrolment.exited_at = rt.clock.now()
+    enrolment.next_run_at = None
+
+
+def end_all(session: Session, rt: Runtime, lead: Lead, reason: str) -> list[Enrolment]:
+    """Exit every active enrolment of the lead (SQL handoff, customer)."""
+    ended = active_enrolments(session, lead)
+    for enrolment in ended:
+        exit_enrolment(session, rt, enrolment, reason)
+    return ended
+
+
+def _skip_planned(session: Session, enrolment: Enrolment, reason: str) -> None:
+    session.execute(
+        update(Delivery)
+        .where(Delivery.enrolment_id == enrolment.id, Delivery.status == "planned")
+        .values(status="skipped", detail=reason)
+        .execution_options(synchronize_session="fetch")
+    )
+
+
+def lock_enrolment(session: Session, enrolment_id: int) -> Enrolment | None:
+    """Load an enrolment holding its row lock so two workers never advance it at once."""
+    query = select(Enrolment).where(Enrolment.id == enrolment_id)
+    if is_postgres(session):
+        query = query.with_for_update()
+    return session.scalars(query).one_or_none()
+
+
+def advance(session: Session, rt: Runtime, enrolment: Enrolment) -> list[Delivery]:
+    """Run the enrolment's steps from where it stands until a wait, the end, or an exit."""
+    if enrolment.status != "active":
+        return []
+    sequence = rt.workflows.sequences.get(enrolment.sequence)
+    if sequence is None:
+        exit_enrolment(session, rt, enrolment, "sequence removed")
+        return []
+    now = rt.clock.now()
+    if enrolment.next_run_at is None or enrolment.next_run_at > now:
+        return []  # not due: a duplicate message or a lead that already moved on
+    enrolment.lease_until = None
+    lead = session.get_one(Lead, enrolment.lead_id)
+    planned: list[Delivery] = []
+    if enrolment.exhausted:
+        _finish_milestone(session, rt, enrolment, sequence, timed_out=True)
+    for _ in range(MAX_INSTRUCTIONS):
+        if enrolment.status != "active" or enrolment.exhausted:
+            return planned
+        program = rt.program(sequence, enrolment.milestone)
+        if enrolment.position >= len(program):
+            _finish_milestone(session, rt, enrolment, sequence, timed_out=False)
+            continue
+        step = program[enrolment.position]
+        if isinstance(step, Send):
+            planned.append(_plan(session, rt, enrolment, lead, sequence, step, now))
+            enrolment.position += 1
+        elif isinstance(step, Wait):
+            enrolment.position += 1
+            enrolment.next_run_at = now + step.duration
+            return planned
+        elif isinstance(step, Test):
+            facts = LeadFacts(session, lead, now, since=enrolment.milestone_entered_at)
+            holds = step.condition.evaluate(facts)
+            enrolment.position = enrolment.position + 1 if holds else step.otherwise
+        elif isinstance(step, Jump):
+            enrolment.position = step.target
+        elif isinstance(step, Goto):
+            _goto(session, rt, enrolment, step.target, f"goto from {enrolment.milestone}")
+    raise RuntimeError(f"enrolment {enrolment.id} looped through {MAX_INSTRUCTIONS} steps")
+
+
+def _goto(session: Session, rt: Runtime, enrolment: Enrolment, target: str, reason: str) -> None:
+    if target == "exit":
+        exit_enrolment(session, rt, enrolment, f"completed ({reason})")
+    else:
+        enter_milestone(session, rt, enrolment, target, reason)
+
+
+def _finish_milestone(
+    session: Session, rt: Runtime, enrolment: Enrolment, sequence: Sequence, *, timed_out: bool
+) -> None:
+    """A milestone whose steps are done waits for a trigger, times out to `goto`, or exits."""
+    when_done = sequence.milestone(enrolment.milestone).when_done
+    if timed_out or (when_done.goto is not None and when_done.after is None):
+        reason = f"{enrolment.milestone} timed out" if timed_out else f"{enrolment.milestone} done"
+        _goto(session, rt, enrolment, when_done.goto or "exit", reason)
+        return
+    enrolment.exhausted = True
+    enrolment.next_run_at = rt.clock.now() + when_done.after if when_done.after else None
+
+
+def _plan(
+    session: Session,
+    rt: Runtime,
+    enrolment: Enrolment,
+    lead: Lead,
+    sequence: Sequence,
+    step: Send,
+    now: datetime,
+) -> Delivery:
+    """Create the delivery row for a send step, due at the first moment its window allows.
+
+    The send-time guards check again (and add frequency caps); planning in the window keeps
+    the queue free of sends that could only be deferred.
+    """
+    due = rt.send.open_slot(now, lead.timezone, sequence.send.window, step.channel)
+    delivery = Delivery(
+        id=str(uuid.uuid4()),
+        enrolment_id=enrolment.id,
+        lead_id=enrolment.lead_id,
+        sequence=enrolment.sequence,
+        milestone=enrolment.milestone,
+        step=f"{enrolment.milestone}/{enrolment.position}",
+        pass_no=enrolment.pass_no,
+        channel=step.channel,
+        template=step.template,
+        status="planned",
+        planned_at=now,
+        due_at=due,
+        attempts=0,
+        detail=f"deferred to {due.isoformat()}" if due > now else None,
+    )
+    session.add(delivery)
+    return delivery

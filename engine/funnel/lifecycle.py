@@ -1,0 +1,142 @@
+"""Lifecycle stages (subscriber, lead, MQL, SQL, customer, recycled) and the SQL handoff."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from engine.funnel.facts import LeadFacts
+from engine.funnel.journey import Fired, end_all
+from engine.funnel.scoring import breakdown, reset_engagement
+from engine.models import Event, Handoff, Lead, StageChange
+from engine.workflow.runtime import Runtime
+
+# Stages from which the MQL and SQL thresholds are checked; sql and customer are sales-owned.
+NURTURE_STAGES = ("subscriber", "lead", "recycled", "mql")
+RECENT_ACTIVITY = 10
+
+# The worker that records a crossing delivers its handoff at once; the scheduler claims it
+# only when that has not happened by then (a lost message), so the CRM is not posted twice.
+HANDOFF_GRACE = timedelta(seconds=30)
+
+
+@dataclass(frozen=True)
+class StageOutcome:
+    """What a stage evaluation changed: triggers to enrol on and the handoff, if any."""
+
+    fired: tuple[Fired, ...] = ()
+    handoff: Handoff | None = None
+
+
+def set_stage(session: Session, lead: Lead, stage: str, reason: str, now: datetime) -> None:
+    """Change the stage and keep the transition for the funnel."""
+    if lead.stage == stage:
+        return
+    session.add(
+        StageChange(
+            lead_id=lead.id, from_stage=lead.stage, to_stage=stage, reason=reason, changed_at=now
+        )
+    )
+    lead.stage = stage
+
+
+def evaluate_stage(session: Session, rt: Runtime, lead: Lead, cause: str) -> StageOutcome:
+    """Move the lead along the funnel after its score changed; hand it to sales on SQL."""
+    if lead.stage not in NURTURE_STAGES:
+        return StageOutcome()
+    now = rt.clock.now()
+    scoring = rt.workflows.scoring
+    facts = LeadFacts(session, lead, now)
+    if scoring.sql.evaluate(facts):
+        return StageOutcome(
+            fired=(Fired("stage", "sql"),), handoff=hand_off(session, rt, lead, cause)
+        )
+    is_mql = scoring.mql.evaluate(facts)
+    if is_mql and lead.stage != "mql":
+        set_stage(session, lead, "mql", f"{scoring.mql.text} ({cause})", now)
+        lead.mql_at = now
+        return StageOutcome(fired=(Fired("stage", "mql"),))
+    if not is_mql and lead.stage == "mql":
+        set_stage(session, lead, "lead", f"slipped below {scoring.mql.text} ({cause})", now)
+        return StageOutcome(fired=(Fired("slipped_back", "mql"),))
+    return StageOutcome()
+
+
+def hand_off(session: Session, rt: Runtime, lead: Lead, cause: str) -> Handoff:
+    """Cross the SQL threshold: end nurture, set the stage, create the one handoff of this crossing.
+
+    The caller holds the lead's row lock, and (lead, crossing) is unique, so two processes
+    handling the same lead can never create two handoffs for one crossing.
+    """
+    now = rt.clock.now()
+    end_all(session, rt, lead, "sql")
+    if lead.stage != "mql":
+        lead.mql_at = lead.mql_at or now
+    set_stage(session, lead, "sql", f"{rt.workflows.scoring.sql.text} ({cause})", now)
+    lead.sql_at = now
+    lead.sql_crossings += 1
+    handoff = Handoff(
+        lead_id=lead.id,
+        crossing=lead.sql_crossings,
+        created_at=now,
+        score=breakdown(session, lead),
+        reasons={
+            "threshold": rt.workflows.scoring.sql.text,
+            "cause": cause,
+            "recent_activity": recent_activity(session, lead),
+        },
+        owner=assign_owner(session, rt, lead),
+        status="pending",
+        attempts=0,
+        next_attempt_at=now + HANDOFF_GRACE,
+    )
+    session.add(handoff)
+    session.flush()
+    return handoff
+
+
+def assign_owner(session: Session, rt: Runtime, lead: Lead) -> str | None:
+    """Keep an existing owner; else the first matching rule; else the next owner in rotation."""
+    assignment = rt.assignment
+    if lead.owner is None:
+        facts = LeadFacts(session, lead, rt.clock.now())
+        rule = next((r for r in assignment.rules if r.condition.evaluate(facts)), None)
+        if rule is not None:
+            lead.owner = rule.owner
+        elif assignment.owners:
+            handed = session.scalar(select(func.count()).select_from(Handoff)) or 0
+            lead.owner = assignment.owners[handed % len(assignment.owners)]
+    return lead.owner
+
+
+def recent_activity(
+    session: Session, lead: Lead, limit: int = RECENT_ACTIVITY
+) -> list[dict[str, object]]:
+    """The lead's latest events, newest first, as plain data for handoffs and templates."""
+    events = session.scalars(
+        select(Event)
+        .where(Event.lead_id == lead.id)
+        .order_by(Event.occurred_at.desc(), Event.id.desc())
+        .limit(limit)
+    )
+    return [
+        {"type": e.type, "occurred_at": e.occurred_at.isoformat(), "properties": e.properties}
+        for e in events
+    ]
+
+
+def recycle(session: Session, rt: Runtime, lead: Lead, reason: str) -> StageOutcome:
+    """Sales sends the lead back: engagement starts over and re-engagement may enrol it."""
+    now = rt.clock.now()
+    set_stage(session, lead, "recycled", reason, now)
+    reset_engagement(session, lead, f"recycled by sales: {reason}", now)
+    return StageOutcome(fired=(Fired("recycled"),))
+
+
+def mark_customer(session: Session, rt: Runtime, lead: Lead, reason: str) -> None:
+    """The lead bought: it leaves every sequence for good."""
+    end_all(session, rt, lead, "customer")
+    set_stage(session, lead, "customer", reason, rt.clock.now())

@@ -1,0 +1,166 @@
+"""Fit and engagement scoring: every point a lead gains or loses is a ledger row with its reason."""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from engine.funnel.leads import attribute
+from engine.models import Event, Lead, ScoreEntry
+from engine.workflow.spec import EngagementRule, Scoring
+
+
+def _entry(
+    lead: Lead,
+    kind: str,
+    rule: str,
+    points: float,
+    reason: str,
+    occurred_at: datetime,
+    now: datetime,
+    event_id: int | None = None,
+) -> ScoreEntry:
+    return ScoreEntry(
+        lead_id=lead.id,
+        event_id=event_id,
+        kind=kind,
+        rule=rule,
+        points=points,
+        reason=reason,
+        occurred_at=occurred_at,
+        recorded_at=now,
+    )
+
+
+def score_event(
+    session: Session, scoring: Scoring, lead: Lead, event: Event, now: datetime
+) -> list[ScoreEntry]:
+    """Apply every engagement rule that matches the event and is still under its limit."""
+    entries = []
+    for rule in scoring.engagement:
+        if not rule.applies_to(event.type, event.properties or {}):
+            continue
+        if _over_limit(session, lead, rule, event.occurred_at):
+            continue
+        entry = _entry(
+            lead, "engagement", rule.id, rule.points, rule.reason, event.occurred_at, now, event.id
+        )
+        lead.engagement += rule.points
+        entries.append(entry)
+    session.add_all(entries)
+    return entries
+
+
+def _over_limit(session: Session, lead: Lead, rule: EngagementRule, at: datetime) -> bool:
+    """True when the rule already scored `count` times within `per` of `at` (either side).
+
+    Looking both ways keeps limits exact when events arrive late and out of order.
+    """
+    if rule.limit is None:
+        return False
+    query = select(func.count()).where(ScoreEntry.lead_id == lead.id, ScoreEntry.rule == rule.id)
+    if rule.limit.per is not None:
+        query = query.where(
+            ScoreEntry.occurred_at > at - rule.limit.per,
+            ScoreEntry.occurred_at < at + rule.limit.per,
+        )
+    return (session.scalar(query) or 0) >= rule.limit.count
+
+
+def recompute_fit(
+    session: Session, scoring: Scoring, lead: Lead, now: datetime
+) -> list[ScoreEntry]:
+    """Re-run fit rules over the lead's attributes and ledger only the rules that changed."""
+    current = {
+        rule.id: rule.points
+        for rule in scoring.fit
+        if rule.match.test(attribute(lead, rule.attribute))
+    }
+    before: dict[str, float] = dict(lead.fit_rules or {})
+    entries = []
+    for rule in scoring.fit:
+        old, new = before.get(rule.id, 0), current.get(rule.id, 0)
+        if old == new:
+            continue
+        reason = rule.reason if new else f"no longer: {rule.reason}"
+        entries.append(_entry(lead, "fit", rule.id, new - old, reason, now, now))
+    for rule_id, old in before.items():  # rules removed from scoring.yml give their points back
+        if rule_id not in {r.id for r in scoring.fit}:
+            entries.append(
+                _entry(lead, "fit", rule_id, -old, "rule removed from scoring", now, now)
+            )
+    if entries:
+        lead.fit = float(sum(current.values()))
+        lead.fit_rules = current
+        session.add_all(entries)
+    return entries
+
+
+def record_activity(lead: Lead, scoring: Scoring, occurred_at: datetime) -> None:
+    """Move the lead's last activity forward and re-arm decay and inactivity from it."""
+    if lead.last_activity_at is not None and occurred_at <= lead.last_activity_at:
+        return
+    lead.last_activity_at = occurred_at
+    lead.decay_due_at = occurred_at + scoring.decay.after if scoring.decay else None
+    lead.inactive_due_at = occurred_at + scoring.inactive_after if scoring.inactive_after else None
+
+
+def apply_decay(session: Session, scoring: Scoring, lead: Lead, now: datetime) -> list[ScoreEntry]:
+    """Take the decay steps that fell due by `now`, one ledger row each, never below zero."""
+    decay = scoring.decay
+    entries = []
+    while decay and lead.decay_due_at is not None and lead.decay_due_at <= now:
+        if lead.engagement <= 0:
+            lead.decay_due_at = None
+            break
+        step = (
+            decay.points
+            if decay.points is not None
+            else lead.engagement * (decay.percent or 0) / 100
+        )
+        loss = min(float(step), lead.engagement)
+        idle = _days(lead.decay_due_at - (lead.last_activity_at or lead.decay_due_at))
+        reason = f"inactive for {idle} days"
+        entries.append(_entry(lead, "decay", "decay", -loss, reason, lead.decay_due_at, now))
+        lead.engagement -= loss
+        lead.decay_due_at = lead.decay_due_at + decay.every if lead.engagement > 0 else None
+    session.add_all(entries)
+    return entries
+
+
+def _days(delta: timedelta) -> int:
+    return int(delta.total_seconds() // 86400)
+
+
+def reset_engagement(session: Session, lead: Lead, reason: str, now: datetime) -> ScoreEntry | None:
+    """Zero the engagement half (sales recycled the lead) with a ledger row saying why."""
+    if lead.engagement == 0:
+        return None
+    entry = _entry(lead, "reset", "reset", -lead.engagement, reason, now, now)
+    lead.engagement = 0.0
+    lead.decay_due_at = None
+    session.add(entry)
+    return entry
+
+
+def breakdown(session: Session, lead: Lead) -> dict[str, object]:
+    """The score and the points each rule contributed: what a salesperson reads first."""
+    rows = session.execute(
+        select(ScoreEntry.kind, ScoreEntry.rule, func.sum(ScoreEntry.points), func.count())
+        .where(ScoreEntry.lead_id == lead.id)
+        .group_by(ScoreEntry.kind, ScoreEntry.rule)
+    ).all()
+    rules = [
+        {"kind": kind, "rule": rule, "points": float(points), "times": int(times)}
+        for kind, rule, points, times in rows
+        if points
+    ]
+    rules.sort(key=lambda r: -abs(float(r["points"])))  # type: ignore[arg-type]
+    return {
+        "total": lead.score,
+        "fit": lead.fit,
+        "engagement": lead.engagement,
+        "rules": rules,
+    }

@@ -1,0 +1,306 @@
+"""Provider webhooks (SendGrid events, Twilio status and inbound SMS) and one-click unsubscribe.
+
+None of these take an API key: webhooks are signed by the provider, unsubscribe links by us.
+A request whose signature does not verify is refused with 403 before anything is recorded;
+so is every Twilio request while TWILIO_AUTH_TOKEN is unset (`allow_unsigned_webhooks` is for
+SendGrid only: the Twilio parser always verifies).
+Each provider event is recorded in its own transaction; the engine ignores duplicates, so a
+provider retrying a whole batch after a partial failure counts every event once.
+"""
+
+from __future__ import annotations
+
+import html
+from collections.abc import Callable, Mapping, Sequence
+from typing import Annotated, Any
+from urllib.parse import parse_qsl
+
+from fastapi import APIRouter, Header, HTTPException, Request
+from fastapi.responses import HTMLResponse, Response
+from pydantic import BaseModel
+from starlette.concurrency import run_in_threadpool
+
+from channels.base import EMAIL, DeliveryEvent, sdk_missing
+from channels.webhooks import (
+    SENDGRID_SIGNATURE_HEADER,
+    SENDGRID_TIMESTAMP_HEADER,
+    TWILIO_SIGNATURE_HEADER,
+    PayloadError,
+    parse_sendgrid_events,
+    parse_twilio_inbound,
+    parse_twilio_status,
+)
+from engine.app import App
+from engine.delivery.feedback import record_delivery_event
+from engine.delivery.sending import suppress
+from engine.delivery.unsubscribe import InvalidTokenError, read_token
+from engine.errors import ConfigurationError
+from engine.funnel.service import TrackResult, track
+from engine.http.api import error_responses, identity_of
+from engine.models import Lead
+from engine.read.metrics import Metrics
+
+TWIML_EMPTY = '<?xml version="1.0" encoding="UTF-8"?><Response/>'
+TWILIO_FIELDS = ("MessageSid", "AccountSid", "MessagingServiceSid", "From", "To", "Body")
+AfterTrack = Callable[[TrackResult], None]
+
+
+class WebhookOut(BaseModel):
+    """How many normalised events a webhook request carried and what became of them."""
+
+    received: int
+    recorded: int
+    duplicates: int
+    ignored: int
+
+
+SendGridSignature = Annotated[str | None, Header(alias=SENDGRID_SIGNATURE_HEADER)]
+SendGridTimestamp = Annotated[str | None, Header(alias=SENDGRID_TIMESTAMP_HEADER)]
+TwilioSignature = Annotated[str | None, Header(alias=TWILIO_SIGNATURE_HEADER)]
+
+_SENDGRID_BODY = {
+    "required": True,
+    "content": {
+        "application/json": {
+            "schema": {
+                "type": "array",
+                "items": {},
+                "description": "SendGrid Event Webhook events; malformed items are skipped.",
+            }
+        }
+    },
+}
+
+
+def _twilio_body(*extra: str) -> dict[str, Any]:
+    fields = (*TWILIO_FIELDS, *extra)
+    schema = {"type": "object", "properties": {name: {"type": "string"} for name in fields}}
+    return {
+        "required": True,
+        "content": {"application/x-www-form-urlencoded": {"schema": schema}},
+    }
+
+
+def _form(body: bytes) -> dict[str, str]:
+    """A form-encoded body as Twilio signs it: every name with its (last) value."""
+    try:
+        return dict(parse_qsl(body.decode("utf-8"), keep_blank_values=True))
+    except UnicodeDecodeError as error:
+        raise PayloadError("Twilio webhook body is not UTF-8") from error
+
+
+def _check_sendgrid_key(key: str) -> None:
+    """Fail at start-up, not on the first webhook, when the public key does not load."""
+    try:
+        from sendgrid.helpers.eventwebhook import EventWebhook
+    except ImportError as error:
+        raise sdk_missing("sendgrid") from error
+    try:
+        EventWebhook(key)
+    except (ValueError, TypeError) as error:
+        raise ConfigurationError(f"SENDGRID_WEBHOOK_PUBLIC_KEY does not load: {error}") from error
+
+
+def webhook_router(
+    app: App,
+    after: AfterTrack,
+    metrics: Metrics,
+    *,
+    sendgrid_key: str | None,
+    twilio_token: str | None,
+    allow_unsigned: bool,
+) -> APIRouter:
+    """Routes for provider feedback; unsigned SendGrid posts only with `allow_unsigned`."""
+    if sendgrid_key:
+        _check_sendgrid_key(sendgrid_key)
+    router = APIRouter(prefix="/webhooks", tags=["webhooks"])
+    responses = error_responses(400, 403, 413, 503)
+
+    def record(provider: str, events: Sequence[DeliveryEvent]) -> WebhookOut:
+        counts = {"recorded": 0, "duplicates": 0, "ignored": 0}
+        for event in events:
+            with app.sessions.begin() as session:
+                result = record_delivery_event(session, app.rt, event)
+            if result.duplicate:
+                counts["duplicates"] += 1
+            elif result.track is None:
+                counts["ignored"] += 1
+            else:
+                counts["recorded"] += 1
+                after(result.track)
+        metrics.webhooks.labels(provider).inc()
+        return WebhookOut(received=len(events), **counts)
+
+    def twilio_url(path: str, request: Request) -> str:
+        """The URL Twilio signed: the public one, since behind a proxy request.url differs."""
+        query = request.url.query
+        return f"{app.settings.public_url}/webhooks{path}" + (f"?{query}" if query else "")
+
+    def require_token() -> str:
+        if not twilio_token:
+            raise HTTPException(403, "TWILIO_AUTH_TOKEN is not set: Twilio requests are refused")
+        return twilio_token
+
+    @router.post(
+        "/sendgrid",
+        response_model=WebhookOut,
+        responses=responses,
+        openapi_extra={"requestBody": _SENDGRID_BODY},
+    )
+    async def sendgrid(
+        request: Request,
+        signature: SendGridSignature = None,
+        timestamp: SendGridTimestamp = None,
+    ) -> WebhookOut:
+        """SendGrid Event Webhook: opens, clicks, bounces, spam reports, unsubscribes."""
+        if not sendgrid_key and not allow_unsigned:
+            raise HTTPException(403, "SENDGRID_WEBHOOK_PUBLIC_KEY is not set: events are refused")
+        body = await request.body()
+
+        def handle() -> WebhookOut:
+            events = parse_sendgrid_events(
+                body, signature=signature, timestamp=timestamp, public_key=sendgrid_key
+            )
+            return record("sendgrid", events)
+
+        return await run_in_threadpool(handle)
+
+    @router.post(
+        "/twilio/status",
+        response_model=WebhookOut,
+        responses=responses,
+        openapi_extra={"requestBody": _twilio_body("MessageStatus", "ErrorCode")},
+    )
+    async def twilio_status(request: Request, signature: TwilioSignature = None) -> WebhookOut:
+        """Twilio status callback: delivered, undelivered, failed (21610 means STOP)."""
+        token = require_token()
+        params = _form(await request.body())
+        url = twilio_url("/twilio/status", request)
+
+        def handle() -> WebhookOut:
+            event = parse_twilio_status(
+                url, params, signature, token, received_at=app.rt.clock.now()
+            )
+            return record("twilio", [event] if event is not None else [])
+
+        return await run_in_threadpool(handle)
+
+    @router.post(
+        "/twilio/inbound",
+        response_class=Response,
+        responses={
+            200: {"content": {"text/xml": {}}, "description": "Empty TwiML"},
+            **responses,
+        },
+        openapi_extra={"requestBody": _twilio_body("NumMedia", "NumSegments", "OptOutType")},
+    )
+    async def twilio_inbound(request: Request, signature: TwilioSignature = None) -> Response:
+        """Inbound SMS: STOP/START/HELP keywords change consent, anything else is a reply."""
+        token = require_token()
+        params = _form(await request.body())
+        url = twilio_url("/twilio/inbound", request)
+
+        def handle() -> None:
+            event = parse_twilio_inbound(
+                url, params, signature, token, received_at=app.rt.clock.now()
+            )
+            record("twilio", [event])
+
+        await run_in_threadpool(handle)
+        return Response(TWIML_EMPTY, media_type="text/xml")
+
+    return router
+
+
+def _page(title: str, body: str, status: int = 200) -> HTMLResponse:
+    """A minimal page that leaks nothing onwards (no referrer) and is never cached."""
+    document = (
+        '<!doctype html><html lang="en"><head><meta charset="utf-8">'
+        '<meta name="viewport" content="width=device-width, initial-scale=1">'
+        f"<title>{html.escape(title)}</title></head>"
+        f'<body style="font-family: sans-serif; max-width: 32rem; margin: 3rem auto">'
+        f"<h1>{html.escape(title)}</h1>{body}</body></html>"
+    )
+    headers = {"Cache-Control": "no-store", "Referrer-Policy": "no-referrer"}
+    return HTMLResponse(document, status_code=status, headers=headers)
+
+
+_INVALID = ("Link not valid", "<p>This unsubscribe link is not valid.</p>")
+_HTML_RESPONSES: Mapping[int | str, dict[str, Any]] = {
+    200: {"content": {"text/html": {}}, "description": "An HTML page"},
+    400: {"content": {"text/html": {}}, "description": "The token is not ours"},
+    404: {"content": {"text/html": {}}, "description": "The lead no longer exists"},
+}
+
+
+def unsubscribe_router(app: App, after: AfterTrack) -> APIRouter:
+    """GET shows a confirmation page and changes nothing (scanners prefetch links); POST acts."""
+    router = APIRouter(prefix="/u", tags=["unsubscribe"])
+    company = html.escape(app.settings.company_name)
+
+    def read(token: str) -> tuple[int, str] | None:
+        try:
+            return read_token(app.settings.secret_key, token)
+        except InvalidTokenError:
+            return None
+
+    @router.get("/{token}", response_class=HTMLResponse, responses=dict(_HTML_RESPONSES))
+    def confirm(token: str) -> HTMLResponse:
+        """A page with one button that posts the one-click form back to this URL."""
+        if read(token) is None:
+            return _page(*_INVALID, status=400)
+        form = (
+            f"<p>Stop receiving these emails from {company}?</p>"
+            '<form method="post">'
+            '<input type="hidden" name="List-Unsubscribe" value="One-Click">'
+            '<button type="submit">Unsubscribe</button></form>'
+        )
+        return _page("Unsubscribe", form)
+
+    @router.post(
+        "/{token}",
+        response_class=HTMLResponse,
+        responses=dict(_HTML_RESPONSES),
+        openapi_extra={
+            "requestBody": {
+                "content": {
+                    "application/x-www-form-urlencoded": {
+                        "schema": {
+                            "type": "object",
+                            "properties": {"List-Unsubscribe": {"type": "string"}},
+                        }
+                    }
+                }
+            }
+        },
+    )
+    def unsubscribe(token: str) -> HTMLResponse:
+        """RFC 8058 one-click: record `unsubscribed` once, suppress the address, answer 200."""
+        named = read(token)
+        if named is None:
+            return _page(*_INVALID, status=400)
+        lead_id, list_name = named
+        with app.sessions.begin() as session:
+            lead = session.get(Lead, lead_id)
+            if lead is None:
+                return _page("Not found", "<p>There is nothing left to unsubscribe.</p>", 404)
+            column, value = identity_of(lead).key()
+            result = track(
+                session,
+                app.rt,
+                {column: value},
+                "unsubscribed",
+                {"list": list_name, "via": "one-click"},
+                event_id=f"unsubscribe:{token}",
+                source="unsubscribe",
+            )
+            if not result.duplicate and lead.email:
+                reason = f"one-click unsubscribe from {list_name}"
+                suppress(session, EMAIL, lead.email, reason, app.rt.clock.now())
+        after(result)
+        return _page(
+            "You are unsubscribed",
+            f"<p>You will get no more of these emails from {company}.</p>",
+        )
+
+    return router

@@ -1,0 +1,125 @@
+"""Read models of one lead, shared by `nurture lead show` and `GET /v1/leads/{key}`."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from engine.errors import UnknownLeadError
+from engine.funnel.leads import Identity, get_lead
+from engine.models import Delivery, Enrolment, Handoff, Lead, ScoreEntry
+
+LEDGER_ROWS = 50
+
+
+MAX_ID = 2**31 - 1  # the largest INTEGER key; a larger number names nobody
+
+
+def find_by_key(session: Session, key: str) -> Lead:
+    """A lead by numeric id, E.164 phone or email; UnknownLeadError when nobody has it."""
+    key = key.strip()
+    if key.isascii() and key.isdigit():
+        lead = session.get(Lead, int(key)) if int(key) <= MAX_ID else None
+        if lead is None:
+            raise UnknownLeadError(f"no lead with id {key}")
+        return lead
+    field = "phone" if key.startswith("+") else "email" if "@" in key else "external_id"
+    return get_lead(session, Identity.parse({field: key}))
+
+
+def _iso(value: Any) -> str | None:
+    return value.isoformat() if value is not None else None
+
+
+def lead_detail(session: Session, lead: Lead) -> dict[str, Any]:
+    """Who the lead is, its score and why, where it is in each sequence, what it was sent."""
+    ledger = session.scalars(
+        select(ScoreEntry)
+        .where(ScoreEntry.lead_id == lead.id)
+        .order_by(ScoreEntry.occurred_at.desc(), ScoreEntry.id.desc())
+        .limit(LEDGER_ROWS)
+    )
+    enrolments = session.scalars(
+        select(Enrolment).where(Enrolment.lead_id == lead.id).order_by(Enrolment.id)
+    )
+    deliveries = session.scalars(
+        select(Delivery)
+        .where(Delivery.lead_id == lead.id)
+        .order_by(Delivery.planned_at, Delivery.step)
+    )
+    handoffs = session.scalars(
+        select(Handoff).where(Handoff.lead_id == lead.id).order_by(Handoff.id)
+    )
+    return {
+        "lead": {
+            "id": lead.id,
+            "email": lead.email,
+            "phone": lead.phone,
+            "external_id": lead.external_id,
+            "first_name": lead.first_name,
+            "last_name": lead.last_name,
+            "company": lead.company,
+            "title": lead.title,
+            "timezone": lead.timezone,
+            "fields": dict(lead.fields or {}),
+            "stage": lead.stage,
+            "owner": lead.owner,
+            "email_consent": lead.email_consent,
+            "sms_consent": lead.sms_consent,
+            "created_at": _iso(lead.created_at),
+            "last_activity_at": _iso(lead.last_activity_at),
+        },
+        "score": {"total": lead.score, "fit": lead.fit, "engagement": lead.engagement},
+        "ledger": [
+            {
+                "kind": e.kind,
+                "rule": e.rule,
+                "points": e.points,
+                "reason": e.reason,
+                "occurred_at": _iso(e.occurred_at),
+            }
+            for e in ledger
+        ],
+        "enrolments": [
+            {
+                "id": e.id,
+                "sequence": e.sequence,
+                "milestone": e.milestone,
+                "status": e.status,
+                "trigger": e.trigger,
+                "enrolled_at": _iso(e.enrolled_at),
+                "next_run_at": _iso(e.next_run_at),
+                "exit_reason": e.exit_reason,
+            }
+            for e in enrolments
+        ],
+        "deliveries": [
+            {
+                "id": d.id,
+                "sequence": d.sequence,
+                "milestone": d.milestone,
+                "template": d.template,
+                "channel": d.channel,
+                "status": d.status,
+                "subject": d.subject,
+                "due_at": _iso(d.due_at),
+                "sent_at": _iso(d.sent_at),
+                "detail": d.detail,
+            }
+            for d in deliveries
+        ],
+        "handoffs": [
+            {
+                "id": h.id,
+                "crossing": h.crossing,
+                "created_at": _iso(h.created_at),
+                "owner": h.owner,
+                "status": h.status,
+                "score": h.score,
+                "delivered_at": _iso(h.delivered_at),
+            }
+            for h in handoffs
+        ],
+    }
