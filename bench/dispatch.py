@@ -126,7 +126,7 @@ def build_app(url: str, redis_url: str, threads: int, pace_rate: float | None) -
     )
     if pace_rate is not None:
         rates = {EMAIL: pace_rate, SMS: pace_rate}
-        app.policy = replace(app.policy, send=replace(app.policy.send, rates=rates))
+        app.rt = replace(app.rt, send=replace(app.rt.send, rates=rates))
     return app
 
 

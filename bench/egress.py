@@ -40,9 +40,9 @@ from bench.reaction import DEFAULT_REDIS, fresh_redis
 from channels.base import SmsMessage
 from channels.twilio import TwilioChannel
 from engine.delivery.pacing import PacingTimeout, RedisPacer, rate_for
-from engine.delivery.sending import SendPolicy
 from engine.errors import ChannelError
 from engine.workflow.sending_rules import load_policy
+from engine.workflow.spec import SendPolicy
 from tests.channels.servers import TwilioServer
 
 ROOT = Path(__file__).resolve().parent.parent

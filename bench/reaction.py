@@ -54,8 +54,9 @@ from engine.db import make_engine
 from engine.delivery.handoff import post as crm_post
 from engine.funnel.service import track
 from engine.models import Delivery, Enrolment, Lead
-from engine.runner.actors import POLL_MS, QUEUES
+from engine.runner.actors import POLL_MS
 from engine.runner.scheduler import advance_enrolment
+from engine.settings import QUEUES
 from tests.channels.servers import Reply, Request, free_port
 from tests.crm import CrmReceiver
 

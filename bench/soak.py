@@ -53,12 +53,12 @@ from sqlalchemy import func, select
 from bench.common import Figure, report, reset_database
 from engine.app import App
 from engine.clock import SystemClock
-from engine.delivery.guards import next_open_slot
 from engine.delivery.pacing import rate_for
 from engine.http.api import create_api
 from engine.models import Delivery, Handoff
 from engine.runner.actors import Tasks
 from engine.settings import Settings
+from engine.workflow.windows import next_open_slot
 
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/nurture_bench"
@@ -375,7 +375,7 @@ def pacing(app: App, unpaced: bool) -> str:
     """The send rates the workers keep to, which cap sends/s when the backlog is large."""
     if unpaced:
         return "unpaced (--unpaced)"
-    rates = app.policy.send.rates
+    rates = app.rt.send.rates
     senders = {("email", "outbox")} | {
         ("sms", s.send.sms_from) for s in app.rt.workflows.sequences.values() if s.send.sms_from
     }

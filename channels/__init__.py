@@ -1,10 +1,15 @@
-"""Channel adapters by name, built from environment variables; SDKs load only when chosen."""
+"""Channel adapters by name, built from environment variables; provider SDKs load on first use."""
 
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 
 from channels.base import EMAIL, SMS, Channel
+from channels.console import ConsoleChannel
+from channels.outbox import OutboxChannel
+from channels.sendgrid import SendGridChannel
+from channels.smtp import SmtpChannel
+from channels.twilio import TwilioChannel
 from engine.clock import Clock
 from engine.errors import ConfigurationError
 
@@ -12,32 +17,22 @@ __all__ = ["ADAPTERS", "Channel", "build_channel", "build_channels"]
 
 
 def _outbox(environ: Mapping[str, str], channel: str | None, clock: Clock | None) -> Channel:
-    from channels.outbox import OutboxChannel
-
     return OutboxChannel.from_env(environ, channel or EMAIL, clock)
 
 
 def _console(environ: Mapping[str, str], channel: str | None, clock: Clock | None) -> Channel:
-    from channels.console import ConsoleChannel
-
     return ConsoleChannel(channel or EMAIL)
 
 
 def _smtp(environ: Mapping[str, str], channel: str | None, clock: Clock | None) -> Channel:
-    from channels.smtp import SmtpChannel
-
     return SmtpChannel.from_env(environ, clock)
 
 
 def _sendgrid(environ: Mapping[str, str], channel: str | None, clock: Clock | None) -> Channel:
-    from channels.sendgrid import SendGridChannel
-
     return SendGridChannel.from_env(environ, clock)
 
 
 def _twilio(environ: Mapping[str, str], channel: str | None, clock: Clock | None) -> Channel:
-    from channels.twilio import TwilioChannel
-
     return TwilioChannel.from_env(environ)
 
 

@@ -5,11 +5,12 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
 
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
+from channels import build_channels
+from channels.base import Channel
 from engine.clock import Clock, SystemClock
 from engine.db import make_engine, make_sessionmaker
 from engine.delivery.pacing import LocalPacer, Pacer, RedisPacer
@@ -18,8 +19,8 @@ from engine.errors import Problem, WorkflowError
 from engine.settings import Settings
 from engine.workflow.loading import load_workflows
 from engine.workflow.runtime import Runtime
-from engine.workflow.sending_rules import Policy, load_policy
-from engine.workflow.spec import Workflows
+from engine.workflow.sending_rules import load_policy
+from engine.workflow.spec import Policy, Workflows
 
 
 def load(settings: Settings) -> tuple[Workflows, Renderer, Policy]:
@@ -54,8 +55,7 @@ class App:
     sessions: sessionmaker[Session]
     rt: Runtime
     renderer: Renderer
-    policy: Policy
-    channels: Mapping[str, Any]
+    channels: Mapping[str, Channel]
     crm_url: str | None
     crm_secret: str
     pacer: Pacer | None
@@ -67,7 +67,7 @@ class App:
         *,
         clock: Clock | None = None,
         environ: Mapping[str, str] | None = None,
-        channels: Mapping[str, Any] | None = None,
+        channels: Mapping[str, Channel] | None = None,
         engine: Engine | None = None,
         paced: bool = True,
     ) -> App:
@@ -77,8 +77,6 @@ class App:
         clock = clock or SystemClock()
         workflows, renderer, policy = load(settings)
         if channels is None:
-            from channels import build_channels
-
             channels = build_channels(env, clock=clock)
         engine = engine or make_engine(settings.database_url)
         return cls(
@@ -87,7 +85,6 @@ class App:
             sessions=make_sessionmaker(engine),
             rt=Runtime(workflows, clock, policy.assignment, policy.send),
             renderer=renderer,
-            policy=policy,
             channels=channels,
             crm_url=env.get("NURTURE_CRM_WEBHOOK_URL") or None,
             crm_secret=env.get("NURTURE_CRM_WEBHOOK_SECRET") or settings.secret_key,

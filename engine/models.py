@@ -38,10 +38,9 @@ class Stage(StrEnum):
     CUSTOMER = "customer"
     RECYCLED = "recycled"
 
-    @property
-    def nurtured(self) -> bool:
-        """True while marketing works the lead; SQL and customer belong to sales."""
-        return self not in (Stage.SQL, Stage.CUSTOMER)
+
+# Stages that belong to sales, not marketing: no enrolment, no send, no stage evaluation.
+OUT_OF_NURTURE = frozenset({Stage.SQL, Stage.CUSTOMER})
 
 
 class EnrolmentStatus(StrEnum):
@@ -121,6 +120,11 @@ class Base(DeclarativeBase):
     type_annotation_map = {datetime: UTCDateTime, dict[str, Any]: JSONType}
 
 
+# Lead columns a caller may set directly; anything else goes to the custom `fields`.
+STANDARD_FIELDS = ("first_name", "last_name", "company", "title", "timezone")
+IDENTITY_FIELDS = ("email", "external_id", "phone")
+
+
 class Lead(Base):
     """A person: identity, attributes, consent, stage and the two halves of the score."""
 
@@ -156,6 +160,16 @@ class Lead(Base):
     def score(self) -> float:
         """Total score: fit plus engagement."""
         return self.fit + self.engagement
+
+    def attribute(self, name: str) -> Any:
+        """An attribute by the name rules and conditions use: columns first, then custom fields."""
+        if name.startswith("fields.") or name.startswith("attributes."):
+            name = name.split(".", 1)[1]
+        if name in STANDARD_FIELDS or name in IDENTITY_FIELDS or name in ("stage", "owner"):
+            return getattr(self, name)
+        if name == "email_domain":
+            return self.email.rsplit("@", 1)[1] if self.email else None
+        return (self.fields or {}).get(name)
 
 
 class Event(Base):

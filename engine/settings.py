@@ -7,6 +7,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+# The Dramatiq queues of a deployment, by the work they carry: workers, the CLI's --queues and
+# the API's broker probe all name them from here.
+QUEUES = ("events", "journeys", "sends", "handoffs", "maintenance")
+
 
 @dataclass(frozen=True)
 class Settings:

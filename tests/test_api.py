@@ -29,7 +29,7 @@ from engine.errors import ConfigurationError
 from engine.http.api import create_api
 from engine.models import Delivery, Enrolment, Event, Lead, Suppression
 from engine.runner.actors import Tasks
-from engine.runner.scheduler import run_due
+from engine.runner.inline import run_due
 from engine.settings import Settings
 from tests.channels.servers import SendGridSigner
 
@@ -104,8 +104,7 @@ def _enrol_and_send(client: TestClient, app: App) -> Delivery:
     run_due(app.sessions, app.rt)
     with app.sessions() as s:
         delivery = s.scalars(select(Delivery).where(Delivery.template == "welcome")).one()
-    args = (app.sessions, app.rt, app.settings, app.renderer, app.policy.send, app.channels)
-    assert send_delivery(*args, delivery.id) == "sent"
+    assert send_delivery(app, delivery.id) == "sent"
     with app.sessions() as s:
         return s.get_one(Delivery, delivery.id)
 

@@ -29,9 +29,9 @@ from engine.db import make_engine
 from engine.funnel.service import track, upsert_lead
 from engine.http.api import create_api
 from engine.models import Delivery, Enrolment, Event, Handoff, Lead, ScoreEntry
-from engine.runner.actors import QUEUES, Tasks
+from engine.runner.actors import Tasks
 from engine.runner.scheduler import advance_enrolment
-from engine.settings import Settings
+from engine.settings import QUEUES, Settings
 from tests.conftest import POSTGRES_URL, START, _truncate
 
 pytestmark = pytest.mark.postgres
@@ -211,7 +211,7 @@ def test_an_attribute_change_and_an_event_that_cross_sql_only_together_make_one_
         email = emails[index // 2]
         with app.sessions.begin() as s:
             if index % 2:  # the title alone: fit 10, 28 points
-                return upsert_lead(s, app.rt, {"email": email, "title": "Director of IT"}).id
+                return upsert_lead(s, app.rt, {"email": email, "title": "Director of IT"}).lead_id
             return track(s, app.rt, {"email": email}, "demo_requested").lead_id  # 48, fit 0
 
     in_parallel(2 * len(emails), change)

@@ -209,7 +209,7 @@ def test_a_provider_answering_429_then_500_then_202_sends_once(
         )
         with app.sessions.begin() as s:
             track(s, app.rt, {"email": "retry@fault.test"}, "form_submitted")
-        from engine.runner.scheduler import run_due
+        from engine.runner.inline import run_due
 
         run_due(app.sessions, app.rt)
         with app.sessions() as s:
@@ -221,15 +221,7 @@ def test_a_provider_answering_429_then_500_then_202_sends_once(
         )
 
         def attempt() -> str:
-            return send_delivery(
-                app.sessions,
-                app.rt,
-                app.settings,
-                app.renderer,
-                app.policy.send,
-                app.channels,
-                delivery_id,
-            )
+            return send_delivery(app, delivery_id)
 
         assert attempt() == "planned"  # 429: back off until the provider's reset time
         assert attempt() == "not sent"  # not due yet: nothing reaches the provider

@@ -34,9 +34,10 @@ from engine.delivery.handoff import deliver_handoff
 from engine.delivery.sending import expire_stuck, send_delivery
 from engine.funnel.service import track, upsert_lead
 from engine.models import Base, Delivery, Enrolment, Event, Handoff, Lead, ScoreEntry
-from engine.runner.actors import QUEUES, Tasks
-from engine.runner.scheduler import advance_enrolment, run_due
-from engine.settings import Settings
+from engine.runner.actors import Tasks
+from engine.runner.inline import run_due
+from engine.runner.scheduler import advance_enrolment
+from engine.settings import QUEUES, Settings
 from tests.channels.servers import Reply, Request, SendGridServer
 from tests.conftest import POSTGRES_URL, START, _truncate
 from tests.crm import CrmReceiver
@@ -174,15 +175,7 @@ def make_app(
 
 
 def send(app: App, delivery_id: str) -> str:
-    return send_delivery(
-        app.sessions,
-        app.rt,
-        app.settings,
-        app.renderer,
-        app.policy.send,
-        app.channels,
-        delivery_id,
-    )
+    return send_delivery(app, delivery_id)
 
 
 @pytest.fixture
@@ -342,7 +335,7 @@ def test_a_send_cut_off_before_the_provider_call_is_sent_once_and_after_it_never
             cut_after += 1
             assert (delivery.status, delivery.attempts) == ("sending", 1)
             assert send(app, delivery_id) == "not sent"  # a retry never resends `sending`
-            clock.advance(app.policy.send.lease + timedelta(seconds=1))
+            clock.advance(app.rt.send.lease + timedelta(seconds=1))
             with app.sessions.begin() as s:
                 assert expire_stuck(s, clock.now()) == 1
             assert send(app, delivery_id) == "not sent"

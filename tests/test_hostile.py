@@ -38,7 +38,7 @@ from engine.errors import NurtureError, WorkflowError
 from engine.funnel.service import track, upsert_lead
 from engine.http.api import create_api
 from engine.models import Delivery, Event, Lead, Suppression
-from engine.runner.scheduler import run_due
+from engine.runner.inline import run_due
 from engine.settings import Settings
 from engine.workflow.loading import load_workflows
 from engine.workflow.sending_rules import load_policy
@@ -635,8 +635,7 @@ def test_lead_fields_cannot_inject_headers_markup_or_template_code_into_a_sent_e
     run_due(app.sessions, app.rt)
     with app.sessions() as s:
         delivery_id = s.scalars(select(Delivery.id)).one()
-    args = (app.sessions, app.rt, app.settings, app.renderer, app.policy.send, app.channels)
-    status = send_delivery(*args, delivery_id)
+    status = send_delivery(app, delivery_id)
     with app.sessions() as s:
         delivery = s.get_one(Delivery, delivery_id)
     assert (status, delivery.status) == ("sent", "sent"), delivery.detail  # the lead is mailed

@@ -21,8 +21,8 @@ from engine.app import App
 from engine.clock import FrozenClock
 from engine.delivery.feedback import record_delivery_event
 from engine.models import Delivery, Enrolment, Handoff, Lead
-from engine.runner.actors import QUEUES, Tasks
-from engine.settings import Settings
+from engine.runner.actors import Tasks
+from engine.settings import QUEUES, Settings
 from tests.channels.servers import SendGridServer, SendGridSigner, TwilioServer
 from tests.crm import CrmReceiver
 

@@ -21,7 +21,7 @@ import yaml
 from click.testing import CliRunner
 
 from engine.cli.main import main
-from engine.runner.actors import QUEUES
+from engine.settings import QUEUES
 
 ROOT = Path(__file__).resolve().parent.parent
 FIXTURES = ROOT / "tests" / "engine" / "fixtures" / "workflows"

@@ -17,7 +17,6 @@ from sqlalchemy import inspect, select
 from engine.app import App
 from engine.cli.output import console, emit_json, errors, table
 from engine.errors import NurtureError, WorkflowError
-from engine.funnel.leads import Identity
 from engine.models import Handoff, Lead
 from engine.settings import Settings
 
@@ -101,7 +100,7 @@ def track_command(
     except NurtureError as error:
         fail(str(error), EXIT_USAGE)
     if as_json:
-        emit_json(result.__dict__)
+        emit_json(result.summary())
         return
     if result.duplicate:
         console.print(f"duplicate: event id {event_id} was already recorded")
@@ -365,17 +364,8 @@ def _sales_action(ctx: click.Context, key: str, action: str, reason: str) -> Non
     try:
         with app.sessions.begin() as s:
             lead = find_by_key(s, key)
-            identity = Identity.parse(
-                {"email": lead.email}
-                if lead.email
-                else {"phone": lead.phone}
-                if lead.phone
-                else {"external_id": lead.external_id}
-            )
-            changed = (recycle_lead if action == "recycle" else win_lead)(
-                s, app.rt, identity, reason
-            )
-            stage = changed.stage
+            act = recycle_lead if action == "recycle" else win_lead
+            stage = act(s, app.rt, lead.id, reason).stage
     except NurtureError as error:
         fail(str(error))
     console.print(f"{key}: stage {stage}")

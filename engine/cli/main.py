@@ -14,8 +14,7 @@ import click
 from engine.cli.commands import open_app, register
 from engine.cli.playback import register as register_playback
 from engine.errors import NurtureError, WorkflowError
-from engine.runner.actors import QUEUES
-from engine.settings import Settings
+from engine.settings import QUEUES, Settings
 
 EXIT_OK, EXIT_FOUND, EXIT_USAGE = 0, 1, 2
 # Without API keys, `nurture run` serves only this machine.

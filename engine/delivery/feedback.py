@@ -19,9 +19,9 @@ from sqlalchemy.orm import Session
 from channels.base import EMAIL, SMS, DeliveryEvent
 from engine.delivery.sending import suppress
 from engine.errors import InvalidLeadError
-from engine.funnel.leads import IDENTITY_FIELDS, normalise_email, normalise_phone
-from engine.funnel.service import TrackResult, track
-from engine.models import Delivery, Lead, Suppression
+from engine.funnel.leads import normalise_email, normalise_phone
+from engine.funnel.service import Outcome, track
+from engine.models import IDENTITY_FIELDS, Delivery, DeliveryStatus, Lead, Suppression
 from engine.workflow.runtime import Runtime
 
 
@@ -33,7 +33,7 @@ class FeedbackResult:
     lead_id: int | None
     delivery_id: str | None
     action: str
-    track: TrackResult | None = None
+    track: Outcome | None = None
 
 
 @dataclass(frozen=True)
@@ -83,9 +83,9 @@ def _withdraw(session: Session, target: _Target, event: DeliveryEvent, now: date
         .where(
             Delivery.lead_id == target.lead.id,
             Delivery.channel == event.channel,
-            Delivery.status == "planned",
+            Delivery.status == DeliveryStatus.PLANNED,
         )
-        .values(status="skipped", detail=f"suppressed: {event.kind}")
+        .values(status=DeliveryStatus.SKIPPED, detail=f"suppressed: {event.kind}")
         .execution_options(synchronize_session="fetch")
     )
 
@@ -105,7 +105,7 @@ def _restore(session: Session, target: _Target, event: DeliveryEvent, now: datet
 def _note_failure(session: Session, target: _Target, event: DeliveryEvent, now: datetime) -> None:
     """The provider took the message, the carrier or mailbox did not: say so, stay `sent`."""
     delivery = target.delivery
-    if delivery is not None and delivery.status == "sent":
+    if delivery is not None and delivery.status == DeliveryStatus.SENT:
         delivery.detail = f"{event.kind} after sending: {event.reason or 'no reason given'}"
 
 

@@ -15,7 +15,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from engine.db import claim
 from engine.delivery.context import lead_view
-from engine.models import Handoff, Lead
+from engine.models import Handoff, HandoffStatus, Lead, Stage
 from engine.workflow.runtime import Runtime
 
 SIGNATURE_HEADER = "X-Nurture-Signature"
@@ -31,7 +31,8 @@ def document(session: Session, handoff: Handoff) -> dict[str, Any]:
         "crossing": handoff.crossing,
         "created_at": handoff.created_at.isoformat(),
         "owner": handoff.owner,
-        "lead": {k: v for k, v in lead_view(lead).items() if k != "stage"} | {"stage": "sql"},
+        "lead": {k: v for k, v in lead_view(lead).items() if k != "stage"}
+        | {"stage": Stage.SQL.value},
         "score": handoff.score,
         "reasons": handoff.reasons,
     }
@@ -82,7 +83,7 @@ def claim_due_handoffs(
     query = (
         select(Handoff.id)
         .where(
-            Handoff.status == "pending",
+            Handoff.status == HandoffStatus.PENDING,
             Handoff.next_attempt_at <= now,  # delivered ones hold NULL: out of the index range
         )
         .order_by(Handoff.next_attempt_at)
@@ -97,10 +98,11 @@ def deliver_handoff(
     """Deliver one handoff; 2xx marks it delivered, anything else schedules a retry with backoff."""
     with sessions.begin() as session:
         handoff = session.get_one(Handoff, handoff_id)
-        if handoff.status != "pending":
+        if handoff.status != HandoffStatus.PENDING:
             return handoff.status
         if not url:
-            handoff.status = "delivered"  # no CRM configured: the record in the database is it
+            # No CRM configured: the record in the database is the handoff.
+            handoff.status = HandoffStatus.DELIVERED
             handoff.delivered_at = rt.clock.now()
             handoff.next_attempt_at = None
             return "recorded"
@@ -111,7 +113,7 @@ def deliver_handoff(
         handoff.attempts += 1
         now = rt.clock.now()
         if 200 <= status < 300:
-            handoff.status = "delivered"
+            handoff.status = HandoffStatus.DELIVERED
             handoff.delivered_at = now
             handoff.next_attempt_at = None
             return "delivered"

@@ -9,24 +9,60 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, Protocol
 
 from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
+from channels.base import Channel, EmailMessage, SmsMessage
 from engine.db import is_postgres
 from engine.delivery.context import message_context
-from engine.delivery.guards import Cap, SendPolicy
 from engine.delivery.pacing import Pacer, PacingTimeout, rate_for
 from engine.delivery.rendering import Renderer
 from engine.errors import ChannelError, NurtureError
-from engine.funnel.journey import OUT_OF_NURTURE
-from engine.models import Delivery, Enrolment, Lead, Suppression
+from engine.models import (
+    OUT_OF_NURTURE,
+    Delivery,
+    DeliveryStatus,
+    Enrolment,
+    EnrolmentStatus,
+    Lead,
+    Suppression,
+)
 from engine.settings import Settings
 from engine.workflow.runtime import Runtime
-from engine.workflow.spec import Sequence
+from engine.workflow.spec import Cap, Sequence
+from engine.workflow.windows import open_slot
 
-SENT_STATES = ("sending", "sent", "unknown")
+SENT_STATES = (DeliveryStatus.SENDING, DeliveryStatus.SENT, DeliveryStatus.UNKNOWN)
+
+
+class SendContext(Protocol):
+    """What a send needs from its process; `engine.app.App` is one, a test may build another."""
+
+    @property
+    def sessions(self) -> sessionmaker[Session]:
+        """Where each of the two transactions around the provider call begins."""
+
+    @property
+    def rt(self) -> Runtime:
+        """Workflows, sending rules and the clock."""
+
+    @property
+    def settings(self) -> Settings:
+        """Public URL and secret for unsubscribe links."""
+
+    @property
+    def renderer(self) -> Renderer:
+        """The templates."""
+
+    @property
+    def channels(self) -> Mapping[str, Channel]:
+        """The adapter per channel name."""
+
+    @property
+    def pacer(self) -> Pacer | None:
+        """Send slots per sender; None sends unpaced."""
 
 
 @dataclass(frozen=True)
@@ -52,13 +88,13 @@ def suppress(session: Session, channel: str, address: str, reason: str, now: dat
 
 
 def _skip(delivery: Delivery, reason: str) -> None:
-    delivery.status = "skipped"
+    delivery.status = DeliveryStatus.SKIPPED
     delivery.detail = reason
 
 
 def _stale_reason(delivery: Delivery, enrolment: Enrolment, lead: Lead) -> str | None:
     """Why the lead is no longer at this step (moved on, exited, handed off), or None."""
-    if enrolment.status != "active":
+    if enrolment.status != EnrolmentStatus.ACTIVE:
         return f"stale: enrolment ended ({enrolment.exit_reason})"
     if enrolment.pass_no != delivery.pass_no:
         return f"stale: lead moved to milestone {enrolment.milestone}"
@@ -105,15 +141,11 @@ def _cap_opens_at(
 
 
 def prepare(
-    session: Session,
-    rt: Runtime,
-    settings: Settings,
-    renderer: Renderer,
-    policy: SendPolicy,
-    delivery_id: str,
+    session: Session, rt: Runtime, settings: Settings, renderer: Renderer, delivery_id: str
 ) -> Prepared | None:
     """Guard and render a due delivery and mark it `sending`; None when not to send now."""
     now = rt.clock.now()
+    policy = rt.send
     query = (
         select(Delivery, Enrolment, Lead)
         .join(Enrolment, Enrolment.id == Delivery.enrolment_id)
@@ -126,7 +158,7 @@ def prepare(
     if row is None:
         return None
     delivery, enrolment, lead = row._tuple()
-    if delivery.status != "planned" or delivery.due_at > now:
+    if delivery.status != DeliveryStatus.PLANNED or delivery.due_at > now:
         return None
     delivery.lease_until = None
     sequence = rt.workflows.sequences.get(delivery.sequence)
@@ -142,10 +174,10 @@ def prepare(
         _skip(delivery, f"suppressed: {address}")
         return None
     window, channel = sequence.send.window, delivery.channel
-    slot = policy.open_slot(now, lead.timezone, window, channel)
+    slot = open_slot(policy, now, lead.timezone, window, channel)
     cap_at = _cap_opens_at(session, lead, channel, policy.caps.get(channel), now)
     if cap_at is not None and cap_at > slot:
-        slot = policy.open_slot(cap_at, lead.timezone, window, channel)
+        slot = open_slot(policy, cap_at, lead.timezone, window, channel)
     if slot > now:
         delivery.due_at = slot
         delivery.detail = f"deferred to {slot.isoformat()}"
@@ -153,7 +185,7 @@ def prepare(
     message = _render(session, settings, renderer, delivery, lead, sequence, address, now)
     if message is None:
         return None
-    delivery.status = "sending"
+    delivery.status = DeliveryStatus.SENDING
     delivery.attempts += 1
     delivery.lease_until = now + policy.lease
     return Prepared(delivery.id, delivery.channel, message)
@@ -170,8 +202,6 @@ def _render(
     now: datetime,
 ) -> Any:
     """Build the channel message; a template that fails to render fails the delivery."""
-    from channels.base import EmailMessage, SmsMessage
-
     context = message_context(session, settings, lead, delivery, sequence, now)
     try:
         if delivery.channel == "email":
@@ -208,7 +238,7 @@ def _render(
             body=sms.body,
         )
     except NurtureError as error:
-        delivery.status = "failed"
+        delivery.status = DeliveryStatus.FAILED
         delivery.detail = f"render: {error}"
         return None
 
@@ -219,9 +249,9 @@ def record_success(
     """The provider accepted the message: the delivery is sent for good."""
     session.execute(
         update(Delivery)
-        .where(Delivery.id == delivery_id, Delivery.status == "sending")
+        .where(Delivery.id == delivery_id, Delivery.status == DeliveryStatus.SENDING)
         .values(
-            status="sent",
+            status=DeliveryStatus.SENT,
             sent_at=rt.clock.now(),
             provider=provider,
             provider_message_id=message_id,
@@ -232,13 +262,12 @@ def record_success(
     )
 
 
-def record_failure(
-    session: Session, rt: Runtime, policy: SendPolicy, delivery_id: str, error: ChannelError
-) -> str:
+def record_failure(session: Session, rt: Runtime, delivery_id: str, error: ChannelError) -> str:
     """Decide what a provider error means for the delivery; returns the new status."""
     now = rt.clock.now()
+    policy = rt.send
     delivery = session.get_one(Delivery, delivery_id)
-    if delivery.status != "sending":
+    if delivery.status != DeliveryStatus.SENDING:
         return delivery.status
     delivery.lease_until = None
     detail = f"{error.kind}: {error}"
@@ -247,11 +276,11 @@ def record_failure(
     ):
         # The provider did not take it: planned again, later. A configuration error also
         # waits for an operator to fix the key rather than burning the step.
-        delivery.status = "planned"
+        delivery.status = DeliveryStatus.PLANNED
         delivery.due_at = now + policy.retry_delay(delivery.attempts, error.retry_after)
         delivery.detail = f"retry {delivery.attempts}: {detail}"
-        return "planned"
-    delivery.status = "failed"
+        return DeliveryStatus.PLANNED
+    delivery.status = DeliveryStatus.FAILED
     delivery.detail = detail
     if error.kind == ChannelError.OPTED_OUT:
         lead = session.get_one(Lead, delivery.lead_id)
@@ -260,16 +289,16 @@ def record_failure(
             suppress(session, delivery.channel, address, f"provider: {error}", now)
         if delivery.channel == "sms":
             lead.sms_consent = False
-    return "failed"
+    return DeliveryStatus.FAILED
 
 
 def repace(session: Session, rt: Runtime, delivery_id: str, retry_after: float) -> None:
     """No free send slot in time: back to planned, unsent and not counted as an attempt."""
     session.execute(
         update(Delivery)
-        .where(Delivery.id == delivery_id, Delivery.status == "sending")
+        .where(Delivery.id == delivery_id, Delivery.status == DeliveryStatus.SENDING)
         .values(
-            status="planned",
+            status=DeliveryStatus.PLANNED,
             due_at=rt.clock.now() + timedelta(seconds=retry_after),
             attempts=Delivery.attempts - 1,
             lease_until=None,
@@ -284,40 +313,32 @@ def expire_stuck(session: Session, now: datetime, limit: int = 1000) -> int:
     stuck = list(
         session.scalars(
             select(Delivery.id)
-            .where(Delivery.status == "sending", Delivery.lease_until <= now)
+            .where(Delivery.status == DeliveryStatus.SENDING, Delivery.lease_until <= now)
             .limit(limit)
         )
     )
     if stuck:
         session.execute(
             update(Delivery)
-            .where(Delivery.id.in_(stuck), Delivery.status == "sending")
-            .values(status="unknown", detail="worker lost during send; not resent")
+            .where(Delivery.id.in_(stuck), Delivery.status == DeliveryStatus.SENDING)
+            .values(status=DeliveryStatus.UNKNOWN, detail="worker lost during send; not resent")
             .execution_options(synchronize_session=False)
         )
     return len(stuck)
 
 
-def send_delivery(
-    sessions: sessionmaker[Session],
-    rt: Runtime,
-    settings: Settings,
-    renderer: Renderer,
-    policy: SendPolicy,
-    channels: Mapping[str, Any],
-    delivery_id: str,
-    pacer: Pacer | None = None,
-) -> str:
+def send_delivery(ctx: SendContext, delivery_id: str) -> str:
     """Send one delivery end to end in two transactions around the provider call.
 
     The pacer gives each sender its provider's rate across all workers; a delivery that would
     wait too long for its slot goes back to planned for the time the slot frees up.
     """
+    sessions, rt, pacer, policy = ctx.sessions, ctx.rt, ctx.pacer, ctx.rt.send
     with sessions.begin() as session:
-        prepared = prepare(session, rt, settings, renderer, policy, delivery_id)
+        prepared = prepare(session, rt, ctx.settings, ctx.renderer, delivery_id)
     if prepared is None:
         return "not sent"
-    channel = channels[prepared.channel]
+    channel = ctx.channels[prepared.channel]
     if pacer is not None and getattr(channel, "paced", True):
         sender = getattr(prepared.message, "from_phone", "") or channel.name
         rate = rate_for(prepared.channel, sender, policy.rates) * policy.pace_headroom
@@ -331,7 +352,7 @@ def send_delivery(
         result = channel.send(prepared.message)
     except ChannelError as error:
         with sessions.begin() as session:
-            return record_failure(session, rt, policy, delivery_id, error)
+            return record_failure(session, rt, delivery_id, error)
     with sessions.begin() as session:
         record_success(session, rt, delivery_id, result.provider, result.provider_message_id)
     return "sent"

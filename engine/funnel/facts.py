@@ -10,7 +10,6 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from engine.clock import as_utc
-from engine.funnel.leads import attribute
 from engine.models import Event, Lead
 
 
@@ -42,7 +41,7 @@ class LeadFacts:
 
     def attribute(self, name: str) -> Any:
         """A lead field or custom field; None when absent."""
-        return attribute(self._lead, name)
+        return self._lead.attribute(name)
 
     def has_event(self, types: tuple[str, ...], within: timedelta | None) -> bool:
         """True when one of `types` happened within the window (else since the context start)."""

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import uuid
-from dataclasses import dataclass
 from datetime import datetime
 
 from sqlalchemy import select, update
@@ -11,32 +10,28 @@ from sqlalchemy.orm import Session
 
 from engine.db import is_postgres
 from engine.funnel.facts import LeadFacts
-from engine.models import Delivery, Enrolment, Lead, MilestoneVisit
+from engine.models import (
+    OUT_OF_NURTURE,
+    Delivery,
+    DeliveryStatus,
+    Enrolment,
+    EnrolmentStatus,
+    Lead,
+    MilestoneVisit,
+)
 from engine.workflow.runtime import Runtime
-from engine.workflow.spec import Goto, Jump, Send, Sequence, Test, Wait
+from engine.workflow.spec import Fired, Goto, Jump, Send, Sequence, Test, Wait
+from engine.workflow.windows import open_slot
 
-# Stages in which a lead has left nurture: sales owns it or it bought.
-OUT_OF_NURTURE = ("sql", "customer")
 # A milestone may loop through gotos; past this many instructions in one run it is a bug.
 MAX_INSTRUCTIONS = 500
-
-
-@dataclass(frozen=True)
-class Fired:
-    """A trigger that may enrol leads: kind is event, stage, slipped_back, inactive or recycled."""
-
-    kind: str
-    value: str | None = None
-
-    def __str__(self) -> str:
-        return f"{self.kind} {self.value}" if self.value else self.kind
 
 
 def active_enrolments(session: Session, lead: Lead) -> list[Enrolment]:
     """The lead's enrolments still running, oldest first."""
     query = (
         select(Enrolment)
-        .where(Enrolment.lead_id == lead.id, Enrolment.status == "active")
+        .where(Enrolment.lead_id == lead.id, Enrolment.status == EnrolmentStatus.ACTIVE)
         .order_by(Enrolment.id)
     )
     return list(session.scalars(query))
@@ -69,7 +64,7 @@ def enrol_on(session: Session, rt: Runtime, lead: Lead, fired: Fired) -> list[En
             lead_id=lead.id,
             sequence=sequence.name,
             sequence_version=sequence.version,
-            status="active",
+            status=EnrolmentStatus.ACTIVE,
             milestone=first,
             position=0,
             pass_no=1,
@@ -103,7 +98,7 @@ def _may_enrol(session: Session, sequence: Sequence, lead: Lead, now: datetime) 
     ).first()
     if previous is None:
         return True
-    if previous.status == "active":
+    if previous.status == EnrolmentStatus.ACTIVE:
         return False
     if sequence.enrol.again_after is not None:
         return previous.enrolled_at + sequence.enrol.again_after <= now
@@ -113,8 +108,12 @@ def _may_enrol(session: Session, sequence: Sequence, lead: Lead, now: datetime) 
 def on_lead_changed(session: Session, rt: Runtime, lead: Lead) -> list[Enrolment]:
     """After events or score changes: apply exit rules, then score triggers, to every enrolment.
 
+    A lead that left nurture (SQL, customer) leaves every sequence, with its stage as the reason.
     Returns the enrolments still running afterwards.
     """
+    if lead.stage in OUT_OF_NURTURE:
+        end_all(session, rt, lead, lead.stage)
+        return []
     facts = LeadFacts(session, lead, rt.clock.now())
     running = []
     for enrolment in active_enrolments(session, lead):
@@ -168,7 +167,7 @@ def enter_milestone(
 def exit_enrolment(session: Session, rt: Runtime, enrolment: Enrolment, reason: str) -> None:
     """End an enrolment for good, with its reason; its planned sends are skipped."""
     _skip_planned(session, enrolment, f"enrolment ended: {reason}")
-    enrolment.status = "exited"
+    enrolment.status = EnrolmentStatus.EXITED
     enrolment.exit_reason = reason
     enrolment.exited_at = rt.clock.now()
     enrolment.next_run_at = None
@@ -185,8 +184,8 @@ def end_all(session: Session, rt: Runtime, lead: Lead, reason: str) -> list[Enro
 def _skip_planned(session: Session, enrolment: Enrolment, reason: str) -> None:
     session.execute(
         update(Delivery)
-        .where(Delivery.enrolment_id == enrolment.id, Delivery.status == "planned")
-        .values(status="skipped", detail=reason)
+        .where(Delivery.enrolment_id == enrolment.id, Delivery.status == DeliveryStatus.PLANNED)
+        .values(status=DeliveryStatus.SKIPPED, detail=reason)
         .execution_options(synchronize_session="fetch")
     )
 
@@ -201,7 +200,7 @@ def lock_enrolment(session: Session, enrolment_id: int) -> Enrolment | None:
 
 def advance(session: Session, rt: Runtime, enrolment: Enrolment) -> list[Delivery]:
     """Run the enrolment's steps from where it stands until a wait, the end, or an exit."""
-    if enrolment.status != "active":
+    if enrolment.status != EnrolmentStatus.ACTIVE:
         return []
     sequence = rt.workflows.sequences.get(enrolment.sequence)
     if sequence is None:
@@ -216,7 +215,7 @@ def advance(session: Session, rt: Runtime, enrolment: Enrolment) -> list[Deliver
     if enrolment.exhausted:
         _finish_milestone(session, rt, enrolment, sequence, timed_out=True)
     for _ in range(MAX_INSTRUCTIONS):
-        if enrolment.status != "active" or enrolment.exhausted:
+        if enrolment.status != EnrolmentStatus.ACTIVE or enrolment.exhausted:
             return planned
         program = rt.program(sequence, enrolment.milestone)
         if enrolment.position >= len(program):
@@ -275,7 +274,7 @@ def _plan(
     The send-time guards check again (and add frequency caps); planning in the window keeps
     the queue free of sends that could only be deferred.
     """
-    due = rt.send.open_slot(now, lead.timezone, sequence.send.window, step.channel)
+    due = open_slot(rt.send, now, lead.timezone, sequence.send.window, step.channel)
     delivery = Delivery(
         id=str(uuid.uuid4()),
         enrolment_id=enrolment.id,
@@ -286,7 +285,7 @@ def _plan(
         pass_no=enrolment.pass_no,
         channel=step.channel,
         template=step.template,
-        status="planned",
+        status=DeliveryStatus.PLANNED,
         planned_at=now,
         due_at=due,
         attempts=0,

@@ -15,7 +15,7 @@ from sqlalchemy.orm import Session, object_session
 
 from engine.db import is_postgres
 from engine.errors import InvalidLeadError, UnknownLeadError
-from engine.models import Lead
+from engine.models import IDENTITY_FIELDS, STANDARD_FIELDS, Lead
 
 _EMAIL = re.compile(
     r"^[^@\s<>()\[\],;:\"]+@[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?(?:\.[A-Za-z0-9-]+)+$"
@@ -23,9 +23,6 @@ _EMAIL = re.compile(
 _PHONE = re.compile(r"^\+[1-9]\d{6,14}$")
 MAX_TEXT = 200  # the length of the lead's text columns (timezone: 64)
 MAX_JSON_DEPTH = 32
-# Lead columns a caller may set directly; anything else goes to the custom `fields`.
-STANDARD_FIELDS = ("first_name", "last_name", "company", "title", "timezone")
-IDENTITY_FIELDS = ("email", "external_id", "phone")
 
 
 def storable(value: str, what: str, max_length: int | None = None) -> str:
@@ -115,6 +112,11 @@ class Identity:
     email: str | None = None
     external_id: str | None = None
     phone: str | None = None
+
+    @classmethod
+    def of(cls, lead: Lead) -> Identity:
+        """The stored (already normalised) identity of a lead."""
+        return cls(email=lead.email, external_id=lead.external_id, phone=lead.phone)
 
     @classmethod
     def parse(cls, data: Mapping[str, Any]) -> Identity:
@@ -238,14 +240,3 @@ def apply_attributes(lead: Lead, identity: Identity, attributes: Mapping[str, An
     if fields != (lead.fields or {}):
         lead.fields = fields
     return changed
-
-
-def attribute(lead: Lead, name: str) -> Any:
-    """Read a lead attribute by name for rules and conditions: columns first, then custom fields."""
-    if name.startswith("fields.") or name.startswith("attributes."):
-        name = name.split(".", 1)[1]
-    if name in STANDARD_FIELDS or name in IDENTITY_FIELDS or name in ("stage", "owner"):
-        return getattr(lead, name)
-    if name == "email_domain":
-        return lead.email.rsplit("@", 1)[1] if lead.email else None
-    return (lead.fields or {}).get(name)

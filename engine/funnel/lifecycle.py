@@ -9,13 +9,11 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from engine.funnel.facts import LeadFacts
-from engine.funnel.journey import Fired, end_all
 from engine.funnel.scoring import breakdown, reset_engagement
-from engine.models import Event, Handoff, Lead, StageChange
+from engine.models import OUT_OF_NURTURE, Event, Handoff, HandoffStatus, Lead, Stage, StageChange
 from engine.workflow.runtime import Runtime
+from engine.workflow.spec import Fired
 
-# Stages from which the MQL and SQL thresholds are checked; sql and customer are sales-owned.
-NURTURE_STAGES = ("subscriber", "lead", "recycled", "mql")
 RECENT_ACTIVITY = 10
 
 # The worker that records a crossing delivers its handoff at once; the scheduler claims it
@@ -31,7 +29,7 @@ class StageOutcome:
     handoff: Handoff | None = None
 
 
-def set_stage(session: Session, lead: Lead, stage: str, reason: str, now: datetime) -> None:
+def set_stage(session: Session, lead: Lead, stage: Stage, reason: str, now: datetime) -> None:
     """Change the stage and keep the transition for the funnel."""
     if lead.stage == stage:
         return
@@ -45,37 +43,37 @@ def set_stage(session: Session, lead: Lead, stage: str, reason: str, now: dateti
 
 def evaluate_stage(session: Session, rt: Runtime, lead: Lead, cause: str) -> StageOutcome:
     """Move the lead along the funnel after its score changed; hand it to sales on SQL."""
-    if lead.stage not in NURTURE_STAGES:
+    if lead.stage in OUT_OF_NURTURE:
         return StageOutcome()
     now = rt.clock.now()
     scoring = rt.workflows.scoring
     facts = LeadFacts(session, lead, now)
     if scoring.sql.evaluate(facts):
         return StageOutcome(
-            fired=(Fired("stage", "sql"),), handoff=hand_off(session, rt, lead, cause)
+            fired=(Fired("stage", Stage.SQL),), handoff=hand_off(session, rt, lead, cause)
         )
     is_mql = scoring.mql.evaluate(facts)
-    if is_mql and lead.stage != "mql":
-        set_stage(session, lead, "mql", f"{scoring.mql.text} ({cause})", now)
+    if is_mql and lead.stage != Stage.MQL:
+        set_stage(session, lead, Stage.MQL, f"{scoring.mql.text} ({cause})", now)
         lead.mql_at = now
-        return StageOutcome(fired=(Fired("stage", "mql"),))
-    if not is_mql and lead.stage == "mql":
-        set_stage(session, lead, "lead", f"slipped below {scoring.mql.text} ({cause})", now)
-        return StageOutcome(fired=(Fired("slipped_back", "mql"),))
+        return StageOutcome(fired=(Fired("stage", Stage.MQL),))
+    if not is_mql and lead.stage == Stage.MQL:
+        set_stage(session, lead, Stage.LEAD, f"slipped below {scoring.mql.text} ({cause})", now)
+        return StageOutcome(fired=(Fired("slipped_back", Stage.MQL),))
     return StageOutcome()
 
 
 def hand_off(session: Session, rt: Runtime, lead: Lead, cause: str) -> Handoff:
-    """Cross the SQL threshold: end nurture, set the stage, create the one handoff of this crossing.
+    """Cross the SQL threshold: set the stage, create the one handoff of this crossing.
 
     The caller holds the lead's row lock, and (lead, crossing) is unique, so two processes
-    handling the same lead can never create two handoffs for one crossing.
+    handling the same lead can never create two handoffs for one crossing. Its enrolments end
+    when the journey next sees the lead (`journey.on_lead_changed`), in the same transaction.
     """
     now = rt.clock.now()
-    end_all(session, rt, lead, "sql")
-    if lead.stage != "mql":
+    if lead.stage != Stage.MQL:
         lead.mql_at = lead.mql_at or now
-    set_stage(session, lead, "sql", f"{rt.workflows.scoring.sql.text} ({cause})", now)
+    set_stage(session, lead, Stage.SQL, f"{rt.workflows.scoring.sql.text} ({cause})", now)
     lead.sql_at = now
     lead.sql_crossings += 1
     handoff = Handoff(
@@ -89,7 +87,7 @@ def hand_off(session: Session, rt: Runtime, lead: Lead, cause: str) -> Handoff:
             "recent_activity": recent_activity(session, lead),
         },
         owner=assign_owner(session, rt, lead),
-        status="pending",
+        status=HandoffStatus.PENDING,
         attempts=0,
         next_attempt_at=now + HANDOFF_GRACE,
     )
@@ -131,12 +129,11 @@ def recent_activity(
 def recycle(session: Session, rt: Runtime, lead: Lead, reason: str) -> StageOutcome:
     """Sales sends the lead back: engagement starts over and re-engagement may enrol it."""
     now = rt.clock.now()
-    set_stage(session, lead, "recycled", reason, now)
+    set_stage(session, lead, Stage.RECYCLED, reason, now)
     reset_engagement(session, lead, f"recycled by sales: {reason}", now)
     return StageOutcome(fired=(Fired("recycled"),))
 
 
 def mark_customer(session: Session, rt: Runtime, lead: Lead, reason: str) -> None:
-    """The lead bought: it leaves every sequence for good."""
-    end_all(session, rt, lead, "customer")
-    set_stage(session, lead, "customer", reason, rt.clock.now())
+    """The lead bought: it leaves every sequence for good (the journey ends them)."""
+    set_stage(session, lead, Stage.CUSTOMER, reason, rt.clock.now())

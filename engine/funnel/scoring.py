@@ -7,8 +7,7 @@ from datetime import datetime, timedelta
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from engine.funnel.leads import attribute
-from engine.models import Event, Lead, ScoreEntry
+from engine.models import Event, Lead, LedgerKind, ScoreEntry
 from engine.workflow.spec import EngagementRule, Scoring
 
 
@@ -45,7 +44,14 @@ def score_event(
         if _over_limit(session, lead, rule, event.occurred_at):
             continue
         entry = _entry(
-            lead, "engagement", rule.id, rule.points, rule.reason, event.occurred_at, now, event.id
+            lead,
+            LedgerKind.ENGAGEMENT,
+            rule.id,
+            rule.points,
+            rule.reason,
+            event.occurred_at,
+            now,
+            event.id,
         )
         lead.engagement += rule.points
         entries.append(entry)
@@ -76,7 +82,7 @@ def recompute_fit(
     current = {
         rule.id: rule.points
         for rule in scoring.fit
-        if rule.match.test(attribute(lead, rule.attribute))
+        if rule.match.test(lead.attribute(rule.attribute))
     }
     before: dict[str, float] = dict(lead.fit_rules or {})
     entries = []
@@ -85,11 +91,11 @@ def recompute_fit(
         if old == new:
             continue
         reason = rule.reason if new else f"no longer: {rule.reason}"
-        entries.append(_entry(lead, "fit", rule.id, new - old, reason, now, now))
+        entries.append(_entry(lead, LedgerKind.FIT, rule.id, new - old, reason, now, now))
     for rule_id, old in before.items():  # rules removed from scoring.yml give their points back
         if rule_id not in {r.id for r in scoring.fit}:
             entries.append(
-                _entry(lead, "fit", rule_id, -old, "rule removed from scoring", now, now)
+                _entry(lead, LedgerKind.FIT, rule_id, -old, "rule removed from scoring", now, now)
             )
     if entries:
         lead.fit = float(sum(current.values()))
@@ -123,7 +129,9 @@ def apply_decay(session: Session, scoring: Scoring, lead: Lead, now: datetime) -
         loss = min(float(step), lead.engagement)
         idle = _days(lead.decay_due_at - (lead.last_activity_at or lead.decay_due_at))
         reason = f"inactive for {idle} days"
-        entries.append(_entry(lead, "decay", "decay", -loss, reason, lead.decay_due_at, now))
+        entries.append(
+            _entry(lead, LedgerKind.DECAY, "decay", -loss, reason, lead.decay_due_at, now)
+        )
         lead.engagement -= loss
         lead.decay_due_at = lead.decay_due_at + decay.every if lead.engagement > 0 else None
     session.add_all(entries)
@@ -138,7 +146,7 @@ def reset_engagement(session: Session, lead: Lead, reason: str, now: datetime) -
     """Zero the engagement half (sales recycled the lead) with a ledger row saying why."""
     if lead.engagement == 0:
         return None
-    entry = _entry(lead, "reset", "reset", -lead.engagement, reason, now, now)
+    entry = _entry(lead, LedgerKind.RESET, "reset", -lead.engagement, reason, now, now)
     lead.engagement = 0.0
     lead.decay_due_at = None
     session.add(entry)
@@ -157,7 +165,7 @@ def breakdown(session: Session, lead: Lead) -> dict[str, object]:
         for kind, rule, points, times in rows
         if points
     ]
-    rules.sort(key=lambda r: -abs(float(r["points"])))  # type: ignore[arg-type]
+    rules.sort(key=lambda r: -abs(float(r["points"])))
     return {
         "total": lead.score,
         "fit": lead.fit,

@@ -1,13 +1,16 @@
-"""The Python API the CLI, HTTP API and workers call: record events, upsert leads, sales actions."""
+"""The funnel's one entry point: record events, upsert leads, sales actions, apply the clock.
+
+The CLI, the HTTP API and the workers call only these, and each returns an `Outcome` that says
+what changed and what follow-up work is due, so no caller re-derives it.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from dataclasses import dataclass, field
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field, fields
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import select
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
@@ -15,21 +18,21 @@ from sqlalchemy.orm import Session
 from engine.clock import as_utc
 from engine.db import is_postgres
 from engine.errors import InvalidLeadError
-from engine.funnel.journey import Fired, enrol_on, on_lead_changed
+from engine.funnel.journey import enrol_on, on_lead_changed
 from engine.funnel.leads import (
     Identity,
     apply_attributes,
     check_attributes,
     ensure_lead,
-    get_lead,
     lock_lead,
     storable,
     storable_json,
 )
 from engine.funnel.lifecycle import StageOutcome, evaluate_stage, mark_customer, recycle, set_stage
 from engine.funnel.scoring import apply_decay, recompute_fit, record_activity, score_event
-from engine.models import Enrolment, Event, Lead
+from engine.models import Enrolment, Event, Handoff, Lead, Stage
 from engine.workflow.runtime import Runtime
+from engine.workflow.spec import Fired
 
 # Events that change consent the moment they are recorded.
 CONSENT_EVENTS: dict[str, tuple[str, bool]] = {
@@ -40,16 +43,38 @@ CONSENT_EVENTS: dict[str, tuple[str, bool]] = {
 
 
 @dataclass
-class TrackResult:
-    """What recording one event did, so callers can react (advance enrolments, deliver handoffs)."""
+class Outcome:
+    """What one service call changed, and the follow-up work it made due.
 
+    `lead` is for use inside the caller's transaction; the plain fields outlive it.
+    """
+
+    lead: Lead
     lead_id: int
-    event_id: int | None
-    duplicate: bool
+    stage: Stage
+    event_id: int | None = None
+    duplicate: bool = False
     points: float = 0.0
-    stage: str = ""
-    handoff_id: int | None = None
-    due_enrolments: list[int] = field(default_factory=list)
+    handoff_id: int | None = None  # a handoff this call created: deliver it
+    due_enrolments: list[int] = field(default_factory=list)  # enrolments due now: advance them
+
+    @classmethod
+    def of(
+        cls,
+        lead: Lead,
+        now: datetime,
+        running: Iterable[Enrolment] = (),
+        handoff: Handoff | None = None,
+        **changed: Any,
+    ) -> Outcome:
+        """The outcome for `lead`, with the running enrolments that are due at `now`."""
+        due = [e.id for e in running if e.next_run_at is not None and e.next_run_at <= now]
+        handoff_id = handoff.id if handoff is not None else None
+        return cls(lead, lead.id, lead.stage, handoff_id=handoff_id, due_enrolments=due, **changed)
+
+    def summary(self) -> dict[str, Any]:
+        """The plain fields, for JSON output: everything but the lead row."""
+        return {f.name: getattr(self, f.name) for f in fields(self) if f.name != "lead"}
 
 
 def track(
@@ -62,7 +87,7 @@ def track(
     occurred_at: datetime | None = None,
     event_id: str | None = None,
     source: str = "api",
-) -> TrackResult:
+) -> Outcome:
     """Record an event for a lead (created when unknown), score it and run its consequences.
 
     Idempotent by `event_id`: the same id twice counts once, also from two processes at once.
@@ -81,7 +106,7 @@ def track(
     identity = Identity.parse(lead)
     attributes = _attributes(lead)
     scoring = rt.workflows.scoring
-    stage = "lead" if event_type in scoring.lead_events else "subscriber"
+    stage = Stage.LEAD if event_type in scoring.lead_events else Stage.SUBSCRIBER
     row, created = ensure_lead(session, identity, now, stage)
     attributes_changed = apply_attributes(row, identity, attributes) or created
     event = _insert_event(
@@ -95,7 +120,7 @@ def track(
         source,
     )
     if event is None:
-        return TrackResult(row.id, None, duplicate=True, stage=row.stage)
+        return Outcome.of(row, now, duplicate=True)
     apply_decay(session, scoring, row, now)
     if attributes_changed:
         recompute_fit(session, scoring, row, now)
@@ -105,19 +130,13 @@ def track(
     if event_type in CONSENT_EVENTS:
         column, value = CONSENT_EVENTS[event_type]
         setattr(row, column, value)
-    if row.stage == "subscriber" and event_type in scoring.lead_events:
-        set_stage(session, row, "lead", f"event {event_type}", now)
+    if row.stage == Stage.SUBSCRIBER and event_type in scoring.lead_events:
+        set_stage(session, row, Stage.LEAD, f"event {event_type}", now)
     outcome = evaluate_stage(session, rt, row, f"event {event_type}")
     running = _react(session, rt, row, (Fired("event", event_type), *outcome.fired))
-    return TrackResult(
-        lead_id=row.id,
-        event_id=event.id,
-        duplicate=False,
-        points=points,
-        stage=row.stage,
-        handoff_id=outcome.handoff.id if outcome.handoff else None,
-        due_enrolments=_due(running, rt.clock.now()),  # enrol_on read the clock after `now`
-    )
+    # enrol_on read the clock after `now`: ask it again for what is due
+    now = rt.clock.now()
+    return Outcome.of(row, now, running, outcome.handoff, event_id=event.id, points=points)
 
 
 def _attributes(lead: Mapping[str, Any]) -> dict[str, Any]:
@@ -172,28 +191,25 @@ def _react(session: Session, rt: Runtime, lead: Lead, fired: tuple[Fired, ...]) 
     return running
 
 
-def _due(enrolments: list[Enrolment], now: datetime) -> list[int]:
-    return [e.id for e in enrolments if e.next_run_at is not None and e.next_run_at <= now]
-
-
-def upsert_lead(session: Session, rt: Runtime, data: Mapping[str, Any]) -> Lead:
+def upsert_lead(session: Session, rt: Runtime, data: Mapping[str, Any]) -> Outcome:
     """Create or update a lead from attributes; fit is recomputed and stages follow."""
     now = rt.clock.now()
     identity = Identity.parse(data)
-    stage = data.get("stage") or "lead"
-    if stage not in ("subscriber", "lead"):
+    stage = data.get("stage") or Stage.LEAD
+    if stage not in (Stage.SUBSCRIBER, Stage.LEAD):
         raise InvalidLeadError(f"stage {stage!r} cannot be set on upsert: use subscriber or lead")
     attributes = {k: v for k, v in _attributes(data).items() if k != "stage"}
-    lead, created = ensure_lead(session, identity, now, stage)
+    lead, created = ensure_lead(session, identity, now, Stage(stage))
     if apply_attributes(lead, identity, attributes) or created:
         lead.updated_at = now
         if recompute_fit(session, rt.workflows.scoring, lead, now):
             outcome = evaluate_stage(session, rt, lead, "attributes changed")
-            _react(session, rt, lead, outcome.fired)
-    return lead
+            running = _react(session, rt, lead, outcome.fired)
+            return Outcome.of(lead, rt.clock.now(), running, outcome.handoff)
+    return Outcome.of(lead, now)
 
 
-def refresh(session: Session, rt: Runtime, lead_id: int) -> StageOutcome:
+def refresh(session: Session, rt: Runtime, lead_id: int) -> Outcome:
     """Apply the clock to a lead: decay that fell due, slipping back, inactivity."""
     lead = lock_lead(session, lead_id)
     now = rt.clock.now()
@@ -205,34 +221,25 @@ def refresh(session: Session, rt: Runtime, lead_id: int) -> StageOutcome:
     if lead.inactive_due_at is not None and lead.inactive_due_at <= now:
         lead.inactive_due_at = None  # fires once per idle spell; activity re-arms it
         fired.append(Fired("inactive"))
-    if fired:
-        _react(session, rt, lead, tuple(fired))
-    return StageOutcome(fired=tuple(fired), handoff=outcome.handoff)
+    running = _react(session, rt, lead, tuple(fired)) if fired else []
+    return Outcome.of(lead, rt.clock.now(), running, outcome.handoff)
 
 
-def recycle_lead(session: Session, rt: Runtime, identity: Identity, reason: str) -> Lead:
+def recycle_lead(session: Session, rt: Runtime, lead_id: int, reason: str) -> Outcome:
     """Sales sends a lead back to nurture; re-engagement sequences may enrol it."""
-    lead = get_lead(session, identity, lock=True)
-    if lead.stage not in ("sql", "mql", "customer"):
+    lead = lock_lead(session, lead_id)
+    if lead.stage not in (Stage.SQL, Stage.MQL, Stage.CUSTOMER):
         raise InvalidLeadError(
             f"lead is {lead.stage}: only an mql, sql or customer can be recycled"
         )
     outcome = recycle(session, rt, lead, reason)
-    _react(session, rt, lead, outcome.fired)
-    return lead
+    running = _react(session, rt, lead, outcome.fired)
+    return Outcome.of(lead, rt.clock.now(), running)
 
 
-def win_lead(
-    session: Session, rt: Runtime, identity: Identity, reason: str = "won by sales"
-) -> Lead:
+def win_lead(session: Session, rt: Runtime, lead_id: int, reason: str = "won by sales") -> Outcome:
     """Sales closed the lead: it becomes a customer and leaves every sequence."""
-    lead = get_lead(session, identity, lock=True)
+    lead = lock_lead(session, lead_id)
     mark_customer(session, rt, lead, reason)
-    return lead
-
-
-def lead_ids_due_for_refresh(session: Session, now: datetime, limit: int) -> list[int]:
-    """Leads whose decay or inactivity fell due: O(due), by index, never a full scan."""
-    decay = select(Lead.id).where(Lead.decay_due_at <= now).limit(limit)
-    inactive = select(Lead.id).where(Lead.inactive_due_at <= now).limit(limit)
-    return sorted(set(session.scalars(decay)) | set(session.scalars(inactive)))[:limit]
+    _react(session, rt, lead, ())
+    return Outcome.of(lead, rt.clock.now())

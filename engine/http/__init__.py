@@ -2,3 +2,9 @@
 
 May import: runner, read, app and everything below. Imported only by the CLI.
 """
+
+from __future__ import annotations
+
+from engine.http.api import create_api
+
+__all__ = ["create_api"]

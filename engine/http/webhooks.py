@@ -35,14 +35,15 @@ from engine.delivery.feedback import record_delivery_event
 from engine.delivery.sending import suppress
 from engine.delivery.unsubscribe import InvalidTokenError, read_token
 from engine.errors import ConfigurationError
-from engine.funnel.service import TrackResult, track
-from engine.http.api import error_responses, identity_of
+from engine.funnel.leads import Identity
+from engine.funnel.service import Outcome, track
+from engine.http.schemas import error_responses
 from engine.models import Lead
 from engine.read.metrics import Metrics
 
 TWIML_EMPTY = '<?xml version="1.0" encoding="UTF-8"?><Response/>'
 TWILIO_FIELDS = ("MessageSid", "AccountSid", "MessagingServiceSid", "From", "To", "Body")
-AfterTrack = Callable[[TrackResult], None]
+AfterTrack = Callable[[Outcome], None]
 
 
 class WebhookOut(BaseModel):
@@ -284,7 +285,7 @@ def unsubscribe_router(app: App, after: AfterTrack) -> APIRouter:
             lead = session.get(Lead, lead_id)
             if lead is None:
                 return _page("Not found", "<p>There is nothing left to unsubscribe.</p>", 404)
-            column, value = identity_of(lead).key()
+            column, value = Identity.of(lead).key()
             result = track(
                 session,
                 app.rt,

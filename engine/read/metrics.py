@@ -19,7 +19,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
 from engine.clock import Clock
-from engine.models import Delivery, Enrolment
+from engine.models import Delivery, DeliveryStatus, Enrolment, EnrolmentStatus
 
 log = logging.getLogger(__name__)
 
@@ -70,12 +70,12 @@ class _DatabaseGauges:
                 ).all()
                 enrolment = session.scalar(
                     select(func.min(Enrolment.next_run_at)).where(
-                        Enrolment.status == "active", Enrolment.next_run_at <= now
+                        Enrolment.status == EnrolmentStatus.ACTIVE, Enrolment.next_run_at <= now
                     )
                 )
                 delivery = session.scalar(
                     select(func.min(Delivery.due_at)).where(
-                        Delivery.status == "planned", Delivery.due_at <= now
+                        Delivery.status == DeliveryStatus.PLANNED, Delivery.due_at <= now
                     )
                 )
         except SQLAlchemyError as error:

@@ -9,7 +9,16 @@ from typing import Any
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from engine.models import Delivery, Enrolment, Event, Lead, MilestoneVisit
+from engine.models import (
+    Delivery,
+    DeliveryStatus,
+    Enrolment,
+    EnrolmentStatus,
+    Event,
+    Lead,
+    MilestoneVisit,
+    Stage,
+)
 from engine.workflow.runtime import Runtime
 
 # Provider feedback event types counted per step, by the delivery id they carry.
@@ -35,7 +44,7 @@ def funnel(session: Session, rt: Runtime) -> dict[str, Any]:
 
 def _stages(session: Session) -> dict[str, int]:
     rows = session.execute(select(Lead.stage, func.count()).group_by(Lead.stage)).all()
-    counts = {stage: 0 for stage in ("subscriber", "lead", "mql", "sql", "customer", "recycled")}
+    counts = {stage.value: 0 for stage in Stage}
     counts.update({stage: int(n) for stage, n in rows})
     counts["mql_ever"] = int(
         session.scalar(select(func.count()).where(Lead.mql_at.is_not(None))) or 0
@@ -52,7 +61,7 @@ def _sequence(session: Session, rt: Runtime, name: str) -> dict[str, Any]:
     exits: dict[str | None, int] = _counts(
         session.execute(
             select(Enrolment.exit_reason, func.count())
-            .where(Enrolment.sequence == name, Enrolment.status == "exited")
+            .where(Enrolment.sequence == name, Enrolment.status == EnrolmentStatus.EXITED)
             .group_by(Enrolment.exit_reason)
         ).all()
     )
@@ -67,7 +76,7 @@ def _sequence(session: Session, rt: Runtime, name: str) -> dict[str, Any]:
     now_in: dict[str, int] = _counts(
         session.execute(
             select(Enrolment.milestone, func.count())
-            .where(Enrolment.sequence == name, Enrolment.status == "active")
+            .where(Enrolment.sequence == name, Enrolment.status == EnrolmentStatus.ACTIVE)
             .group_by(Enrolment.milestone)
         ).all()
     )
@@ -114,13 +123,17 @@ def _steps(session: Session, name: str) -> list[dict[str, Any]]:
             },
         )
         entry["planned"] += int(count)
-        if status in ("sent", "skipped", "failed"):
+        if status in (DeliveryStatus.SENT, DeliveryStatus.SKIPPED, DeliveryStatus.FAILED):
             entry[status] += int(count)
     delivery_id = Event.properties["delivery_id"].as_string()
     feedback = session.execute(
         select(Delivery.step, Event.type, func.count(func.distinct(Delivery.id)))
         .join(Delivery, Delivery.id == delivery_id)
-        .where(Event.type.in_(FEEDBACK), Delivery.sequence == name, Delivery.status == "sent")
+        .where(
+            Event.type.in_(FEEDBACK),
+            Delivery.sequence == name,
+            Delivery.status == DeliveryStatus.SENT,
+        )
         .group_by(Delivery.step, Event.type)
     ).all()
     counted: dict[tuple[str, str], int] = defaultdict(int)

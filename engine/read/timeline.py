@@ -9,7 +9,15 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from engine.models import Delivery, Enrolment, Event, Handoff, MilestoneVisit, StageChange
+from engine.models import (
+    Delivery,
+    DeliveryStatus,
+    Enrolment,
+    Event,
+    Handoff,
+    MilestoneVisit,
+    StageChange,
+)
 
 
 @dataclass(frozen=True, order=True)
@@ -51,7 +59,7 @@ def timeline(session: Session, lead_id: int) -> list[Entry]:
             entries.append(Entry(enrolment.exited_at, "exit", text))
     for d in session.scalars(select(Delivery).where(Delivery.lead_id == lead_id)):
         label = f"{d.channel} {d.template}" + (f": {d.subject}" if d.subject else "")
-        if d.status == "sent" and d.sent_at is not None:
+        if d.status == DeliveryStatus.SENT and d.sent_at is not None:
             late = d.sent_at - d.planned_at
             note = f" (deferred {late})" if late.total_seconds() >= 60 else ""
             entries.append(Entry(d.sent_at, "send", label + note))

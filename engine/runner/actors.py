@@ -11,12 +11,13 @@ from datetime import datetime, timedelta
 from typing import Any
 
 import dramatiq
+from dramatiq.brokers.redis import RedisBroker
 from dramatiq.brokers.stub import StubBroker
 
 from engine.app import App
 from engine.delivery.handoff import claim_due_handoffs, deliver_handoff, notify_owner
 from engine.delivery.sending import expire_stuck, send_delivery
-from engine.funnel.service import refresh, track
+from engine.funnel.service import Outcome, refresh, track
 from engine.runner.scheduler import (
     DEFAULT_LEASE,
     advance_enrolment,
@@ -25,7 +26,6 @@ from engine.runner.scheduler import (
     claim_due_leads,
 )
 
-QUEUES = ("events", "journeys", "sends", "handoffs", "maintenance")
 # Longest idle poll of a queue, in ms: Dramatiq's default of 1000 adds up to a second to a
 # handoff; 100 costs about ten Redis polls a second per idle queue.
 POLL_MS = 100
@@ -37,9 +37,7 @@ PRIORITIES = {"handoffs": 0, "events": 10, "journeys": 20, "maintenance": 30, "s
 def make_broker(redis_url: str | None) -> dramatiq.Broker:
     """Redis when a URL is configured, else the in-process stub broker of the embedded default."""
     if redis_url:
-        from dramatiq.brokers.redis import RedisBroker
-
-        return RedisBroker(url=redis_url)
+        return RedisBroker(url=redis_url)  # type: ignore[no-untyped-call]  # dramatiq is untyped
     return StubBroker()
 
 
@@ -72,10 +70,14 @@ class Tasks:
                 event_id=payload.get("id"),
                 source=payload.get("source", "api"),
             )
-        for enrolment_id in result.due_enrolments:
+        self.follow_up(result)
+
+    def follow_up(self, outcome: Outcome) -> None:
+        """Advance the enrolments a service call made due and deliver the handoff it created."""
+        for enrolment_id in outcome.due_enrolments:
             self.advance_enrolment.send(enrolment_id)
-        if result.handoff_id is not None:
-            self.deliver_handoff.send(result.handoff_id)
+        if outcome.handoff_id is not None:
+            self.deliver_handoff.send(outcome.handoff_id)
 
     def _advance_enrolment(self, enrolment_id: int) -> None:
         """Run an enrolment's due steps and hand the sends they planned to the send queue."""
@@ -85,17 +87,7 @@ class Tasks:
             self.send_delivery.send(delivery_id)
 
     def _send_delivery(self, delivery_id: str) -> None:
-        app = self.app
-        send_delivery(
-            app.sessions,
-            app.rt,
-            app.settings,
-            app.renderer,
-            app.policy.send,
-            app.channels,
-            delivery_id,
-            app.pacer,
-        )
+        send_delivery(self.app, delivery_id)
 
     def _deliver_handoff(self, handoff_id: int) -> None:
         app = self.app
@@ -108,8 +100,7 @@ class Tasks:
         app = self.app
         with app.sessions.begin() as session:
             outcome = refresh(session, app.rt, lead_id)
-        if outcome.handoff is not None:
-            self.deliver_handoff.send(outcome.handoff.id)
+        self.follow_up(outcome)
 
     def tick(self, batch: int = 500) -> int:
         """One scheduler pass: claim everything due and enqueue it; returns how much it enqueued."""

@@ -2,17 +2,15 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from datetime import datetime, timedelta
 
 from sqlalchemy import or_, select
-from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.orm import Session
 
 from engine.db import claim
 from engine.funnel.journey import advance, lock_enrolment
 from engine.funnel.leads import lock_lead
-from engine.funnel.service import refresh
-from engine.models import Delivery, Enrolment, Lead
+from engine.models import Delivery, DeliveryStatus, Enrolment, EnrolmentStatus, Lead
 from engine.workflow.runtime import Runtime
 
 # How long a claimed row belongs to the worker it was handed to before it is due again.
@@ -32,7 +30,7 @@ def claim_due_enrolments(
         select(Enrolment.id)
         .where(
             Enrolment.next_run_at <= now,
-            Enrolment.status == "active",
+            Enrolment.status == EnrolmentStatus.ACTIVE,
             or_(Enrolment.lease_until.is_(None), Enrolment.lease_until <= now),
         )
         .order_by(Enrolment.next_run_at)
@@ -48,7 +46,7 @@ def claim_due_deliveries(
     query = (
         select(Delivery.id)
         .where(
-            Delivery.status == "planned",
+            Delivery.status == DeliveryStatus.PLANNED,
             Delivery.due_at <= now,
             or_(Delivery.lease_until.is_(None), Delivery.lease_until <= now),
         )
@@ -86,35 +84,3 @@ def advance_enrolment(session: Session, rt: Runtime, enrolment_id: int) -> list[
     planned = advance(session, rt, enrolment)
     now = rt.clock.now()
     return [d.id for d in planned if d.due_at <= now]
-
-
-def run_due(
-    sessions: sessionmaker[Session],
-    rt: Runtime,
-    *,
-    batch: int = 500,
-    on_lead: Callable[[int], None] | None = None,
-) -> int:
-    """Process everything due now in this process: decay and inactivity, then enrolment steps.
-
-    Used by the embedded runner, the simulator and tests; production splits the same work
-    between the scheduler (claims) and workers (advance) over the broker.
-    """
-    handled = 0
-    while True:
-        now = rt.clock.now()
-        with sessions.begin() as session:
-            lead_ids = claim_due_leads(session, now, batch)
-        for lead_id in lead_ids:
-            with sessions.begin() as session:
-                refresh(session, rt, lead_id)
-            if on_lead is not None:
-                on_lead(lead_id)
-        with sessions.begin() as session:
-            enrolment_ids = claim_due_enrolments(session, now, batch)
-        for enrolment_id in enrolment_ids:
-            with sessions.begin() as session:
-                advance_enrolment(session, rt, enrolment_id)
-        handled += len(lead_ids) + len(enrolment_ids)
-        if not lead_ids and not enrolment_ids:
-            return handled

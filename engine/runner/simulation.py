@@ -17,9 +17,18 @@ from sqlalchemy import Engine, Select, func, select
 from engine.app import App
 from engine.clock import FrozenClock, as_utc
 from engine.db import make_engine
-from engine.models import Base, Delivery, Enrolment, Handoff, Lead
-from engine.runner.actors import QUEUES, Tasks
-from engine.settings import Settings
+from engine.models import (
+    Base,
+    Delivery,
+    DeliveryStatus,
+    Enrolment,
+    EnrolmentStatus,
+    Handoff,
+    HandoffStatus,
+    Lead,
+)
+from engine.runner.actors import Tasks
+from engine.settings import QUEUES, Settings
 
 
 @dataclass(order=True)
@@ -116,7 +125,7 @@ class Simulation:
                 .where(
                     Lead.email == str(lead.get("email", "")).lower(),
                     Delivery.template == template,
-                    Delivery.status == "sent",
+                    Delivery.status == DeliveryStatus.SENT,
                 )
                 .order_by(Delivery.sent_at.desc())
             ).first()
@@ -127,11 +136,15 @@ class Simulation:
     def next_due(self) -> datetime | None:
         """The earliest moment anything in the database falls due, in one query."""
         earliest: list[Select[Any]] = [
-            select(func.min(Enrolment.next_run_at)).where(Enrolment.status == "active"),
-            select(func.min(Delivery.due_at)).where(Delivery.status == "planned"),
+            select(func.min(Enrolment.next_run_at)).where(
+                Enrolment.status == EnrolmentStatus.ACTIVE
+            ),
+            select(func.min(Delivery.due_at)).where(Delivery.status == DeliveryStatus.PLANNED),
             select(func.min(Lead.decay_due_at)),
             select(func.min(Lead.inactive_due_at)),
-            select(func.min(Handoff.next_attempt_at)).where(Handoff.status == "pending"),
+            select(func.min(Handoff.next_attempt_at)).where(
+                Handoff.status == HandoffStatus.PENDING
+            ),
         ]
         with self.app.sessions() as s:
             moments = s.execute(select(*(q.scalar_subquery() for q in earliest))).one()

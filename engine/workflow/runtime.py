@@ -6,8 +6,7 @@ from dataclasses import dataclass, field
 from functools import cached_property
 
 from engine.clock import Clock
-from engine.delivery.guards import SendPolicy
-from engine.workflow.spec import Assignment, Instruction, Sequence, Workflows
+from engine.workflow.spec import Assignment, Instruction, SendPolicy, Sequence, Workflows
 
 
 @dataclass(frozen=True)

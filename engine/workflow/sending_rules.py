@@ -2,32 +2,26 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from collections.abc import Callable
 from datetime import time, timedelta
 from pathlib import Path
+from typing import TypeVar
 from zoneinfo import available_timezones
 
 import yaml
 from yaml.nodes import Node
 
-from engine.delivery.guards import Cap, QuietHours, SendPolicy
 from engine.errors import Problem, WorkflowError
-from engine.workflow.loading import _HOURS, _display, _Reader
-from engine.workflow.spec import Assignment, OwnerRule
+from engine.workflow.reader import HOURS, Reader, display, join
+from engine.workflow.spec import Assignment, Cap, OwnerRule, Policy, QuietHours, SendPolicy
 
 SENDING_FILE = "sending.yml"
 CHANNELS = ("email", "sms")
 
-
-@dataclass(frozen=True)
-class Policy:
-    """Everything sending.yml says; defaults apply when the file is absent."""
-
-    send: SendPolicy = field(default_factory=SendPolicy)
-    assignment: Assignment = field(default_factory=Assignment)
+T = TypeVar("T")
 
 
-class _PolicyReader(_Reader):
+class _PolicyReader(Reader):
     """Reads sending.yml with the same file:line: field messages as the other workflow files."""
 
     def read(self, root: Node) -> Policy:
@@ -45,7 +39,7 @@ class _PolicyReader(_Reader):
             ),
         )
         tz = f.read("timezone", self.timezone, "UTC")
-        quiet: dict[str, QuietHours] = f.read("quiet_hours", self.per_channel(self.hours), {})
+        quiet: dict[str, QuietHours] = f.read("quiet_hours", self.per_channel(self.quiet_hours), {})
         caps: dict[str, Cap] = f.read("frequency_caps", self.per_channel(self.cap), {})
         max_attempts, backoff = f.read("retries", self.retries, (6, timedelta(seconds=30)))
         timeout = f.read("send_timeout", self.duration, timedelta(minutes=10))
@@ -65,16 +59,18 @@ class _PolicyReader(_Reader):
     def timezone(self, node: Node, path: str) -> str:
         return self.choice(node, path, sorted(available_timezones()), "time zone") or "UTC"
 
-    def per_channel(self, reader):  # type: ignore[no-untyped-def]
-        def read(node: Node, path: str) -> dict[str, object]:
+    def per_channel(self, reader: Callable[[Node, str], T]) -> Callable[[Node, str], dict[str, T]]:
+        """A reader of a mapping from channel to a value that `reader` reads."""
+
+        def read(node: Node, path: str) -> dict[str, T]:
             f = self.fields(node, path, optional=CHANNELS, what="channel")
-            return {c: f.read(c, reader, None) for c in CHANNELS if c in f}
+            return {c: reader(f.nodes[c], join(path, c)) for c in CHANNELS if c in f}
 
         return read
 
-    def hours(self, node: Node, path: str) -> QuietHours:
+    def quiet_hours(self, node: Node, path: str) -> QuietHours:
         text = self.text(node, path, 'hours like "21:00-08:00"')
-        match = _HOURS.fullmatch(text)
+        match = HOURS.fullmatch(text)
         if (
             match is None
             or int(match[1]) > 23
@@ -142,7 +138,7 @@ def load_policy(directory: Path) -> Policy:
     path = directory / SENDING_FILE
     if not path.is_file():
         return Policy()
-    file = _display(path)
+    file = display(path)
     reader = _PolicyReader(file)
     try:
         root = yaml.compose(path.read_text(), Loader=yaml.SafeLoader)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import time, timedelta
 from typing import Any, Protocol
@@ -11,10 +12,21 @@ from typing import Any, Protocol
 class Facts(Protocol):
     """What a condition may ask about a lead; the engine answers it from the database."""
 
-    score: float
-    fit: float
-    engagement: float
-    stage: str
+    @property
+    def score(self) -> float:
+        """Fit plus engagement."""
+
+    @property
+    def fit(self) -> float:
+        """Points for who the lead is."""
+
+    @property
+    def engagement(self) -> float:
+        """Points for what the lead did."""
+
+    @property
+    def stage(self) -> str:
+        """The lifecycle stage's name."""
 
     def attribute(self, name: str) -> Any:
         """A lead field (email, company, title, ...) or custom field; None when absent."""
@@ -48,11 +60,11 @@ class Match:
     def test(self, actual: Any) -> bool:
         """True when `actual` passes; a missing value passes nothing but `present: false`."""
         if self.op == "present":
-            return (actual not in (None, "")) == bool(self.value)
+            return bool((actual not in (None, "")) == bool(self.value))
         if actual is None:
             return False
         if self.op == "equals":
-            return _norm(actual) == _norm(self.value)
+            return bool(_norm(actual) == _norm(self.value))
         if self.op == "one_of":
             wanted = _norm(actual)
             return any(wanted == _norm(v) for v in self.value)
@@ -151,6 +163,17 @@ class Trigger:
 
     kind: str
     values: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Fired:
+    """A trigger that happened to a lead: kind is event, stage, slipped_back, inactive, recycled."""
+
+    kind: str
+    value: str | None = None
+
+    def __str__(self) -> str:
+        return f"{self.kind} {self.value}" if self.value else self.kind
 
 
 @dataclass(frozen=True)
@@ -305,6 +328,53 @@ class Sequence:
         return [m.id for m in self.milestones].index(milestone_id)
 
 
+# ---- sending.yml ----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class QuietHours:
+    """Local hours during which nothing is sent on a channel, e.g. 21:00-08:00 for SMS."""
+
+    start: time
+    end: time
+
+    def contains(self, moment: time) -> bool:
+        """True inside the quiet span; spans may wrap midnight."""
+        if self.start <= self.end:
+            return self.start <= moment < self.end
+        return moment >= self.start or moment < self.end
+
+
+@dataclass(frozen=True)
+class Cap:
+    """At most `count` sends on a channel to one lead within `per`, across all sequences."""
+
+    count: int
+    per: timedelta
+
+
+@dataclass(frozen=True)
+class SendPolicy:
+    """Rules across all sequences: quiet hours and caps per channel, retries, the send lease."""
+
+    quiet_hours: Mapping[str, QuietHours] = field(default_factory=dict)
+    caps: Mapping[str, Cap] = field(default_factory=dict)
+    default_timezone: str = "UTC"
+    max_attempts: int = 6
+    backoff: timedelta = timedelta(seconds=30)
+    lease: timedelta = timedelta(minutes=10)
+    rates: Mapping[str, float] = field(default_factory=dict)  # per sender or channel, msg/s
+    pace_timeout: float = 1.0  # longest a worker waits for a send slot before re-planning
+    # Pace a little under each provider limit: the slot-to-provider jitter of tens of ms would
+    # otherwise push some sends inside a strict one-second window (bench/egress.py).
+    pace_headroom: float = 0.95
+
+    def retry_delay(self, attempts: int, hint: float | None) -> timedelta:
+        """Exponential backoff from the attempt count, never sooner than the provider's hint."""
+        delay: timedelta = self.backoff * (2 ** max(attempts - 1, 0))
+        return max(delay, timedelta(seconds=hint)) if hint else delay
+
+
 @dataclass(frozen=True)
 class OwnerRule:
     """Assign leads matching `condition` to `owner`."""
@@ -320,6 +390,14 @@ class Assignment:
     owners: tuple[str, ...] = ()
     rules: tuple[OwnerRule, ...] = ()
     notify_owner: bool = False
+
+
+@dataclass(frozen=True)
+class Policy:
+    """Everything sending.yml says; defaults apply when the file is absent."""
+
+    send: SendPolicy = field(default_factory=SendPolicy)
+    assignment: Assignment = field(default_factory=Assignment)
 
 
 # A template a step names, located: (template, channel, file, line[, field]).

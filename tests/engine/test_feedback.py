@@ -16,7 +16,7 @@ from engine.clock import FrozenClock
 from engine.delivery.feedback import FeedbackResult, record_delivery_event
 from engine.funnel.service import track
 from engine.models import Delivery, Event, Lead, ScoreEntry, Suppression
-from engine.runner.scheduler import run_due
+from engine.runner.inline import run_due
 from engine.workflow.runtime import Runtime
 
 ANA = {"email": "ana@northwind.test", "phone": "+15005550001", "sms_consent": True}

@@ -11,10 +11,9 @@ from sqlalchemy import Engine, func, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from engine.clock import FrozenClock
-from engine.funnel.leads import Identity
 from engine.funnel.service import recycle_lead, track, upsert_lead, win_lead
 from engine.models import Enrolment, Event, Handoff, Lead
-from engine.runner.scheduler import run_due
+from engine.runner.inline import run_due
 from engine.workflow.runtime import Runtime
 
 VP = {"email": "vp@northwind.test", "title": "VP Engineering"}  # fit 10
@@ -64,9 +63,9 @@ def test_recycling_restarts_engagement_and_a_new_crossing_makes_a_second_handoff
 ) -> None:
     _warm_up(sessions, rt)
     with sessions.begin() as s:
-        track(s, rt, VP, "demo_requested")
+        lead_id = track(s, rt, VP, "demo_requested").lead_id
     with sessions.begin() as s:
-        lead = recycle_lead(s, rt, Identity.parse(VP), "not ready this quarter")
+        lead = recycle_lead(s, rt, lead_id, "not ready this quarter").lead
         assert (lead.stage, lead.engagement, lead.fit) == ("recycled", 0, 10)
         winback = s.scalars(select(Enrolment).where(Enrolment.sequence == "winback")).one()
         assert winback.trigger == "recycled"
@@ -81,8 +80,7 @@ def test_a_won_lead_becomes_a_customer_and_leaves_every_sequence(
     sessions: sessionmaker[Session], rt: Runtime
 ) -> None:
     with sessions.begin() as s:
-        track(s, rt, VP, "form_submitted")
-        win_lead(s, rt, Identity.parse(VP))
+        win_lead(s, rt, track(s, rt, VP, "form_submitted").lead_id)
         assert s.scalars(select(Lead)).one().stage == "customer"
         assert s.scalars(select(Enrolment)).one().exit_reason == "customer"
 

@@ -11,7 +11,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from engine.clock import FrozenClock
 from engine.funnel.service import track
 from engine.models import Delivery, Enrolment, Lead, MilestoneVisit
-from engine.runner.scheduler import run_due
+from engine.runner.inline import run_due
 from engine.workflow.runtime import Runtime
 
 ANA = {"email": "ana@northwind.test"}

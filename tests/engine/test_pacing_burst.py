@@ -6,6 +6,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 from sqlalchemy import select
@@ -14,12 +15,13 @@ from sqlalchemy.orm import Session, sessionmaker
 from channels.twilio import TwilioChannel
 from engine.delivery.pacing import LocalPacer
 from engine.delivery.rendering import Renderer
-from engine.delivery.sending import SendPolicy, send_delivery
+from engine.delivery.sending import send_delivery
 from engine.funnel.service import track
 from engine.models import Delivery
-from engine.runner.scheduler import run_due
+from engine.runner.inline import run_due
 from engine.settings import Settings
 from engine.workflow.runtime import Runtime
+from engine.workflow.spec import SendPolicy
 from tests.channels.servers import TwilioServer
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -68,10 +70,17 @@ def test_a_burst_of_due_sms_is_paced_under_the_providers_limit(
     settings = Settings.from_env({})
     renderer = Renderer(ROOT / "templates")
 
+    context = SimpleNamespace(
+        sessions=sessions,
+        rt=replace(burst_rt, send=policy),
+        settings=settings,
+        renderer=renderer,
+        channels={"sms": channel},
+        pacer=pacer,
+    )
+
     def send(delivery_id: str) -> str:
-        return send_delivery(
-            sessions, burst_rt, settings, renderer, policy, {"sms": channel}, delivery_id, pacer
-        )
+        return send_delivery(context, delivery_id)
 
     started = time.monotonic()
     with ThreadPoolExecutor(max_workers=6) as pool:

@@ -10,7 +10,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from engine.clock import FrozenClock
 from engine.funnel.service import track, upsert_lead
 from engine.models import Event, Lead, ScoreEntry
-from engine.runner.scheduler import run_due
+from engine.runner.inline import run_due
 from engine.workflow.runtime import Runtime
 
 ANA = {"email": "Ana@Northwind.test"}

@@ -14,16 +14,15 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from channels.outbox import OutboxChannel
 from engine.clock import FrozenClock
-from engine.delivery.guards import Cap, QuietHours
-from engine.delivery.pacing import PacingTimeout
+from engine.delivery.pacing import Pacer, PacingTimeout
 from engine.delivery.rendering import Renderer
-from engine.delivery.sending import SendPolicy, send_delivery, suppress
+from engine.delivery.sending import send_delivery, suppress
 from engine.funnel.service import track
 from engine.models import Delivery
-from engine.runner.scheduler import run_due
+from engine.runner.inline import run_due
 from engine.settings import Settings
 from engine.workflow.runtime import Runtime
-from engine.workflow.spec import Window
+from engine.workflow.spec import Cap, QuietHours, SendPolicy, Window
 
 ROOT = Path(__file__).resolve().parents[2]
 LEAD = {"email": "kim@umbrella.test", "phone": "+15005550009", "first_name": "Kim"}
@@ -35,7 +34,8 @@ class Sender:
     def __init__(
         self, sessions: sessionmaker[Session], rt: Runtime, outbox: Path, policy: SendPolicy
     ) -> None:
-        self.sessions, self.rt, self.outbox, self.policy = sessions, rt, outbox, policy
+        self.sessions, self.rt, self.outbox = sessions, replace(rt, send=policy), outbox
+        self.pacer: Pacer | None = None
         self.settings = Settings.from_env({"NURTURE_PUBLIC_URL": "https://nurture.acme.test"})
         self.renderer = Renderer(ROOT / "templates")
         self.channels = {c: OutboxChannel(outbox, c, rt.clock) for c in ("email", "sms")}
@@ -52,9 +52,7 @@ class Sender:
                 )
             )
         return [
-            send_delivery(
-                self.sessions, self.rt, self.settings, self.renderer, self.policy, self.channels, i
-            )
+            send_delivery(self, i)
             for i in ids
         ]
 
@@ -234,8 +232,8 @@ def test_adapters_that_reach_no_provider_are_never_paced(
     with sessions() as s:
         [delivery_id] = s.scalars(select(Delivery.id).where(Delivery.status == "planned"))
     pacer = NoSlots()
-    args = (sessions, rt, sender.settings, sender.renderer, sender.policy)
-    assert send_delivery(*args, sender.channels, delivery_id, pacer) == "sent"
+    sender.pacer = pacer
+    assert send_delivery(sender, delivery_id) == "sent"
     assert pacer.asked == []
 
 
@@ -252,8 +250,8 @@ def test_a_provider_adapter_waits_for_its_pacing_slot(
         [delivery_id] = s.scalars(select(Delivery.id).where(Delivery.status == "planned"))
     pacer = NoSlots()
     channels = {"email": Provider(sender.outbox, "email", rt.clock)}
-    args = (sessions, rt, sender.settings, sender.renderer, sender.policy)
-    assert send_delivery(*args, channels, delivery_id, pacer) == "paced"
+    sender.pacer, sender.channels = pacer, channels
+    assert send_delivery(sender, delivery_id) == "paced"
     assert pacer.asked == ["email:outbox"]
     with sessions() as s:
         delivery = s.get_one(Delivery, delivery_id)

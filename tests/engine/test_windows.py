@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, time
 
-from engine.delivery.guards import QuietHours, next_open_slot, zone
-from engine.workflow.spec import Window
+from engine.workflow.spec import QuietHours, Window
+from engine.workflow.windows import next_open_slot, zone
 
 OFFICE = Window(days=frozenset(range(5)), start=time(9), end=time(18))
 SMS_QUIET = QuietHours(start=time(21), end=time(8))

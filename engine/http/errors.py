@@ -1,0 +1,64 @@
+"""Exception handlers: engine refusals as 4xx, conflicts as 409, validation errors as 422."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+
+from fastapi import FastAPI, Request
+from fastapi.exception_handlers import request_validation_exception_handler
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response
+from sqlalchemy.exc import IntegrityError
+
+from channels.webhooks import SignatureError
+from engine.errors import ConfigurationError, InvalidLeadError, NurtureError, UnknownLeadError
+from engine.http.schemas import EVENTS_PATH, EVENTS_TAGS
+
+log = logging.getLogger(__name__)
+
+_STATUS: dict[type[NurtureError], int] = {
+    UnknownLeadError: 404,
+    SignatureError: 403,
+    ConfigurationError: 503,
+}
+
+
+def _nurture_error(request: Request, error: Exception) -> Response:
+    """Refusals as 4xx: unknown lead 404, bad lead data 422, bad signature 403, the rest 400."""
+    if isinstance(error, InvalidLeadError):
+        detail = [{"loc": ["body"], "msg": str(error), "type": "invalid_lead"}]
+        return JSONResponse({"detail": detail}, status_code=422)
+    status = next((s for kind, s in _STATUS.items() if isinstance(error, kind)), 400)
+    return JSONResponse({"detail": str(error)}, status_code=status)
+
+
+def _conflict(request: Request, error: Exception) -> Response:
+    """A unique value (email, phone, external_id) that belongs to another lead."""
+    log.info("conflict: %s", error)
+    detail = "conflicts with another lead: an email, phone or external_id given belongs to it"
+    return JSONResponse({"detail": detail}, status_code=409)
+
+
+async def _validation_error(request: Request, error: Exception) -> Response:
+    """FastAPI's 422 without echoing input (it may not even be JSON: NaN), union tags untold."""
+    assert isinstance(error, RequestValidationError)
+    errors = []
+    for item in error.errors():
+        loc = tuple(item.get("loc", ()))
+        if request.url.path == EVENTS_PATH and loc[:1] == ("body",) and loc[1:2] in EVENTS_TAGS:
+            loc = (loc[0], *loc[2:])
+        errors.append({"type": item["type"], "loc": loc, "msg": item["msg"]})
+    return await request_validation_exception_handler(request, RequestValidationError(errors))
+
+
+def invalid(loc: Sequence[str | int], message: str) -> RequestValidationError:
+    """A 422 for a value only the endpoint can judge, shaped like FastAPI's own."""
+    return RequestValidationError([{"loc": tuple(loc), "msg": message, "type": "value_error"}])
+
+
+def install_error_handlers(api: FastAPI) -> None:
+    """Answer engine refusals, unique-value conflicts and validation errors as above."""
+    api.add_exception_handler(NurtureError, _nurture_error)
+    api.add_exception_handler(IntegrityError, _conflict)
+    api.add_exception_handler(RequestValidationError, _validation_error)

@@ -1,0 +1,284 @@
+"""The routes: leads and the sales actions, events, the funnel and metrics, and health.
+
+Every route runs its engine function in one transaction and only then hands the work it made
+due to `FollowUps`; a failed enqueue is logged and left to the scheduler.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+from datetime import datetime, timedelta
+from typing import Any, Protocol
+
+import dramatiq
+import redis
+from dramatiq.brokers.redis import RedisBroker
+from fastapi import APIRouter, FastAPI, HTTPException
+from fastapi.responses import JSONResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST
+from sqlalchemy import select, text
+from sqlalchemy.orm import Session
+
+from engine.app import App
+from engine.errors import InvalidLeadError, UnknownLeadError
+from engine.funnel.service import Outcome, recycle_lead, track, upsert_lead, win_lead
+from engine.http.errors import invalid
+from engine.http.schemas import (
+    EVENTS_PATH,
+    EventBatch,
+    EventBatchOut,
+    EventIn,
+    EventOut,
+    EventsIn,
+    HealthOut,
+    LeadDetailOut,
+    LeadIn,
+    LeadOut,
+    RecycleIn,
+    StatsOut,
+    WonIn,
+    error_responses,
+    lead_out,
+)
+from engine.http.validators import LeadKey, storable_text
+from engine.models import Event, Lead
+from engine.read.metrics import BrokerProbe, Metrics
+from engine.read.stats import funnel
+from engine.read.views import find_by_key, lead_detail
+from engine.settings import QUEUES
+
+log = logging.getLogger(__name__)
+
+MAX_FUTURE = timedelta(days=1)  # clock skew we tolerate on occurred_at
+MAX_LEAD_ID = 2**31 - 1  # leads.id is a 32-bit integer on PostgreSQL
+
+
+# --- Follow-up work ---------------------------------------------------------------------------
+
+
+class Workers(Protocol):
+    """Where the API hands the work a request made due: `engine.runner.actors.Tasks`."""
+
+    @property
+    def broker(self) -> dramatiq.Broker:
+        """The broker the work goes through, probed by /healthz and /metrics."""
+
+    def follow_up(self, outcome: Outcome) -> None:
+        """Enqueue the enrolments an outcome made due and the handoff it created."""
+
+
+class FollowUps:
+    """Work a committed request made due, handed to the workers; new handoffs are counted."""
+
+    def __init__(self, tasks: Workers | None, metrics: Metrics) -> None:
+        self.tasks = tasks
+        self.metrics = metrics
+
+    def after(self, outcome: Outcome) -> None:
+        """Best effort: what is not enqueued now, the scheduler finds in the database."""
+        if outcome.handoff_id is not None:
+            self.metrics.handoffs_created.inc()
+        if self.tasks is None:
+            return
+        try:
+            self.tasks.follow_up(outcome)
+        except Exception as error:  # noqa: BLE001 - the committed work is safe in the database
+            log.warning("could not enqueue follow-up work (the scheduler will): %s", error)
+
+
+def broker_probe(app: App, tasks: Workers | None) -> BrokerProbe | None:
+    """The Redis behind the task broker, or behind NURTURE_REDIS_URL; None for the stub."""
+    broker = tasks.broker if tasks is not None else None
+    if isinstance(broker, RedisBroker):
+        return BrokerProbe(broker.client, broker.namespace, QUEUES)
+    if broker is None and app.settings.redis_url:
+        client = redis.Redis.from_url(
+            app.settings.redis_url, socket_timeout=2, socket_connect_timeout=2
+        )
+        return BrokerProbe(client, "dramatiq", QUEUES)
+    return None
+
+
+# --- Engine glue -----------------------------------------------------------------------------
+
+
+def lookup(session: Session, key: str) -> Lead:
+    """The lead a path key names: 404 when nobody has it, 422 when it cannot name anyone."""
+    key = key.strip()
+    if key.isdigit() and (not key.isascii() or int(key) > MAX_LEAD_ID):
+        raise UnknownLeadError(f"no lead with id {key}")
+    try:
+        return find_by_key(session, storable_text(key))
+    except (InvalidLeadError, ValueError) as error:
+        raise invalid(("path", "key"), str(error)) from error
+
+
+def _check_times(events: Sequence[EventIn], batch: bool, now: datetime) -> None:
+    """422 for any event dated more than MAX_FUTURE ahead, before any is recorded."""
+    for index, event in enumerate(events):
+        if event.occurred_at is not None and event.occurred_at > now + MAX_FUTURE:
+            where = ("body", "events", index) if batch else ("body",)
+            raise invalid((*where, "occurred_at"), "must not be more than a day in the future")
+
+
+# --- Routes ----------------------------------------------------------------------------------
+
+
+def lead_routes(router: APIRouter, app: App, follow: FollowUps) -> None:
+    """Upsert and show leads; the sales actions recycle and won."""
+
+    @router.post(
+        "/v1/leads",
+        response_model=LeadOut,
+        responses=error_responses(400, 409, 413),
+        tags=["leads"],
+    )
+    def upsert(body: LeadIn) -> LeadOut:
+        """Create or update a lead; fit is recomputed and stages follow."""
+        data = body.engine_data()
+        with app.sessions.begin() as session:
+            outcome = upsert_lead(session, app.rt, data)
+            out = lead_out(outcome.lead)
+        follow.after(outcome)
+        return out
+
+    @router.get(
+        "/v1/leads/{key}",
+        response_model=LeadDetailOut,
+        responses=error_responses(404),
+        tags=["leads"],
+    )
+    def show(key: LeadKey) -> dict[str, Any]:
+        """Stage, scores and why, enrolments, deliveries and handoffs of a lead."""
+        with app.sessions() as session:
+            return lead_detail(session, lookup(session, key))
+
+    @router.post(
+        "/v1/leads/{key}/recycle",
+        response_model=LeadOut,
+        responses=error_responses(400, 404, 409, 413),
+        tags=["leads"],
+    )
+    def recycle(key: LeadKey, body: RecycleIn) -> LeadOut:
+        """Sales sends an mql, sql or customer back to nurture; 409 for any other stage."""
+        with app.sessions.begin() as session:
+            lead = lookup(session, key)
+            try:
+                outcome = recycle_lead(session, app.rt, lead.id, body.reason)
+            except InvalidLeadError as error:
+                raise HTTPException(409, str(error)) from error
+            out = lead_out(outcome.lead)
+        follow.after(outcome)
+        return out
+
+    @router.post(
+        "/v1/leads/{key}/won",
+        response_model=LeadOut,
+        responses=error_responses(400, 404, 413),
+        tags=["leads"],
+    )
+    def won(key: LeadKey, body: WonIn | None = None) -> LeadOut:
+        """Sales closed the lead: it becomes a customer and leaves every sequence."""
+        reason = (body or WonIn()).reason
+        with app.sessions.begin() as session:
+            outcome = win_lead(session, app.rt, lookup(session, key).id, reason)
+            return lead_out(outcome.lead)
+
+
+def event_routes(router: APIRouter, app: App, follow: FollowUps) -> None:
+    """Record events, one or a batch."""
+
+    def record(event: EventIn) -> EventOut:
+        with app.sessions.begin() as session:
+            result = track(
+                session,
+                app.rt,
+                event.lead.engine_data(),
+                event.type,
+                event.properties,
+                occurred_at=event.occurred_at,
+                event_id=event.id,
+                source="api",
+            )
+            stored = result.event_id
+            if result.duplicate and event.id is not None:
+                stored = session.scalar(select(Event.id).where(Event.idempotency_key == event.id))
+        if not result.duplicate:
+            follow.metrics.events_ingested.inc()
+        follow.after(result)
+        return EventOut(
+            id=event.id,
+            event_id=stored,
+            duplicate=result.duplicate,
+            lead_id=result.lead_id,
+            stage=result.stage,
+            points=result.points,
+            handoff_id=result.handoff_id,
+        )
+
+    @router.post(
+        EVENTS_PATH,
+        response_model=EventOut | EventBatchOut,
+        responses=error_responses(400, 409, 413),
+        tags=["events"],
+    )
+    def events(body: EventsIn) -> EventOut | EventBatchOut:
+        """Record one event, or a batch: all validated first, then each in its own transaction."""
+        if isinstance(body, EventBatch):
+            _check_times(body.events, True, app.rt.clock.now())
+            return EventBatchOut(events=[record(event) for event in body.events])
+        _check_times([body], False, app.rt.clock.now())
+        return record(body)
+
+
+def report_routes(router: APIRouter, app: App, metrics: Metrics) -> None:
+    """The funnel for marketers, Prometheus metrics for operators."""
+
+    @router.get("/v1/stats", response_model=StatsOut, tags=["stats"])
+    def stats() -> dict[str, Any]:
+        """Stage counts and the funnel of every sequence, per milestone and step."""
+        with app.sessions() as session:
+            return funnel(session, app.rt)
+
+    @router.get(
+        "/metrics",
+        response_class=Response,
+        responses={200: {"content": {"text/plain": {}}, "description": "Prometheus text"}},
+        tags=["operations"],
+    )
+    def prometheus() -> Response:
+        """Counters of this process and gauges read from the database and the broker."""
+        return Response(metrics.render(), media_type=CONTENT_TYPE_LATEST)
+
+
+def health_route(api: FastAPI, app: App, probe: BrokerProbe | None) -> None:
+    """`/healthz` for load balancers and orchestrators: no key needed."""
+
+    def select_one() -> None:
+        with app.engine.connect() as connection:
+            connection.execute(text("select 1"))
+
+    @api.get(
+        "/healthz",
+        response_model=HealthOut,
+        responses={503: {"model": HealthOut, "description": "Something failed"}},
+        tags=["operations"],
+    )
+    def healthz() -> JSONResponse:
+        """200 when the database and the broker answer, else 503 naming what failed."""
+        status = {
+            "database": _probe(select_one),
+            "broker": _probe(probe.ping) if probe is not None else "ok",
+        }
+        healthy = all(value == "ok" for value in status.values())
+        return JSONResponse(status, status_code=200 if healthy else 503)
+
+
+def _probe(check: Callable[[], object]) -> str:
+    """`ok`, or the failure in a few words (no secrets: the class and message of the error)."""
+    try:
+        check()
+    except Exception as error:  # noqa: BLE001 - any failure is what health checks report
+        return f"failed: {error.__class__.__name__}: {str(error)[:200]}"
+    return "ok"

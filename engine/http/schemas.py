@@ -1,0 +1,335 @@
+"""Request and response models of the API, and the OpenAPI entries of its error statuses.
+
+Request bodies refuse unknown keys; what each field accepts is in `engine.http.validators`.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, Any, Literal
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Discriminator,
+    Field,
+    StrictBool,
+    Tag,
+    field_validator,
+    model_validator,
+)
+
+from engine.http.limits import MAX_BATCH
+from engine.http.validators import (
+    RESERVED_FIELDS,
+    Email,
+    EventId,
+    EventType,
+    ExternalId,
+    FieldName,
+    FieldValue,
+    OccurredAt,
+    Phone,
+    Properties,
+    Reason,
+    Short,
+    TimeZone,
+)
+from engine.models import STANDARD_FIELDS, Lead
+
+EVENTS_PATH = "/v1/events"  # the path whose body is EventsIn
+EVENTS_TAGS = (("event",), ("batch",))  # the tags of the EventsIn union, as they show in a loc
+# The values of Stage.SUBSCRIBER and Stage.LEAD: a Literal of the members themselves would
+# put their reprs ("<Stage.LEAD: 'lead'>") into the 422 a client reads.
+NewStage = Literal["subscriber", "lead"]
+
+# --- Request bodies --------------------------------------------------------------------------
+
+
+class _Body(BaseModel):
+    """Request bodies refuse unknown keys, so a typo is a 422 instead of silently ignored."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+class LeadAttributes(_Body):
+    """Who a lead is (email, external_id or phone) and what is known about them."""
+
+    email: Email | None = Field(None, examples=["dana@initech.example"])
+    external_id: ExternalId | None = None
+    phone: Phone | None = Field(None, description="E.164, e.g. +14155550100")
+    first_name: Short | None = None
+    last_name: Short | None = None
+    company: Short | None = None
+    title: Short | None = None
+    timezone: TimeZone | None = Field(None, description="IANA name, e.g. America/Chicago")
+    email_consent: StrictBool | None = None
+    sms_consent: StrictBool | None = None
+    fields: dict[FieldName, FieldValue] = Field(
+        default_factory=dict, description="Custom attributes that fit rules may read."
+    )
+
+    @field_validator("fields")
+    @classmethod
+    def _not_reserved(cls, fields: dict[str, Any]) -> dict[str, Any]:
+        reserved = sorted(RESERVED_FIELDS.intersection(fields))
+        if reserved:
+            raise ValueError(f"{', '.join(reserved)}: set lead attributes at the top level")
+        return fields
+
+    @model_validator(mode="after")
+    def _identified(self) -> LeadAttributes:
+        if not (self.email or self.external_id or self.phone):
+            raise ValueError("a lead needs an email, an external_id or a phone number")
+        return self
+
+    def engine_data(self) -> dict[str, Any]:
+        """The mapping `track` and `upsert_lead` take: custom fields flat, unset keys left out."""
+        given = self.model_dump(exclude_unset=True, exclude={"fields"})
+        kept = {k: v for k, v in given.items() if v is not None or k in STANDARD_FIELDS}
+        return {**self.fields, **kept}
+
+
+class LeadIn(LeadAttributes):
+    """A lead to create or update."""
+
+    stage: NewStage | None = Field(
+        None, description="Stage of a new lead (default lead); later stages come from scoring."
+    )
+
+
+class EventIn(_Body):
+    """Something a lead did; the same `id` twice is recorded once."""
+
+    id: EventId | None = Field(None, description="Idempotency id.")
+    lead: LeadAttributes
+    type: EventType = Field(examples=["form_submitted"])
+    properties: Properties = Field(default_factory=dict)
+    occurred_at: OccurredAt | None = Field(
+        None, description="ISO 8601 with a time zone; default: when it is received."
+    )
+
+
+class EventBatch(_Body):
+    """Up to 500 events, validated together and recorded one by one in order."""
+
+    events: list[EventIn] = Field(min_length=1, max_length=MAX_BATCH)
+
+
+def _event_or_batch(value: Any) -> str:
+    return "batch" if isinstance(value, dict) and "events" in value else "event"
+
+
+EventsIn = Annotated[
+    Annotated[EventIn, Tag("event")] | Annotated[EventBatch, Tag("batch")],
+    Discriminator(_event_or_batch),
+]
+
+
+class RecycleIn(_Body):
+    """Why sales sends the lead back to nurture."""
+
+    reason: Reason
+
+
+class WonIn(_Body):
+    """Why the lead became a customer."""
+
+    reason: Reason = "won by sales"
+
+
+# --- Responses -------------------------------------------------------------------------------
+
+
+class ErrorOut(BaseModel):
+    """What went wrong, in words."""
+
+    detail: str
+
+
+class ScoreOut(BaseModel):
+    """The score and its two halves."""
+
+    total: float
+    fit: float
+    engagement: float
+
+
+class LeadView(BaseModel):
+    """A lead's identity, attributes, consent and stage."""
+
+    id: int
+    email: str | None
+    phone: str | None
+    external_id: str | None
+    first_name: str | None
+    last_name: str | None
+    company: str | None
+    title: str | None
+    timezone: str | None
+    fields: dict[str, Any]
+    stage: str
+    owner: str | None
+    email_consent: bool
+    sms_consent: bool
+    created_at: datetime
+    last_activity_at: datetime | None
+
+
+class LeadOut(LeadView):
+    """A lead with its score."""
+
+    score: ScoreOut
+
+
+class LedgerEntryOut(BaseModel):
+    """One change of the score and why."""
+
+    kind: str
+    rule: str
+    points: float
+    reason: str
+    occurred_at: datetime
+
+
+class EnrolmentOut(BaseModel):
+    """Where the lead stands in one sequence."""
+
+    id: int
+    sequence: str
+    milestone: str
+    status: str
+    trigger: str
+    enrolled_at: datetime
+    next_run_at: datetime | None
+    exit_reason: str | None
+
+
+class DeliveryOut(BaseModel):
+    """One planned or made send."""
+
+    id: str
+    sequence: str
+    milestone: str
+    template: str
+    channel: str
+    status: str
+    subject: str | None
+    due_at: datetime
+    sent_at: datetime | None
+    detail: str | None
+
+
+class HandoffOut(BaseModel):
+    """One handoff to sales."""
+
+    id: int
+    crossing: int
+    created_at: datetime
+    owner: str | None
+    status: str
+    score: dict[str, Any]
+    delivered_at: datetime | None
+
+
+class LeadDetailOut(BaseModel):
+    """Everything about one lead: score and why (newest 50 ledger rows), sequences, sends."""
+
+    lead: LeadView
+    score: ScoreOut
+    ledger: list[LedgerEntryOut]
+    enrolments: list[EnrolmentOut]
+    deliveries: list[DeliveryOut]
+    handoffs: list[HandoffOut]
+
+
+class EventOut(BaseModel):
+    """What recording one event did."""
+
+    id: str | None = Field(description="The idempotency id sent, if any.")
+    event_id: int | None = Field(description="The stored event (the original for a duplicate).")
+    duplicate: bool
+    lead_id: int
+    stage: str
+    points: float
+    handoff_id: int | None
+
+
+class EventBatchOut(BaseModel):
+    """Results in the order the events were sent."""
+
+    events: list[EventOut]
+
+
+class MilestoneStats(BaseModel):
+    """Leads that entered a milestone and that are in it now."""
+
+    id: str
+    entered: int
+    now_in: int
+
+
+class StepStats(BaseModel):
+    """Sends of one step and what providers reported about them."""
+
+    step: str
+    template: str
+    channel: str
+    planned: int
+    sent: int
+    skipped: int
+    failed: int
+    delivered: int
+    opened: int
+    clicked: int
+    bounced: int
+
+
+class SequenceStats(BaseModel):
+    """The funnel of one sequence."""
+
+    enrolled: int
+    active: int
+    exited: dict[str, int]
+    milestones: list[MilestoneStats]
+    steps: list[StepStats]
+
+
+class StatsOut(BaseModel):
+    """Stage counts, each sequence's funnel, and how fast leads reach sales."""
+
+    stages: dict[str, int]
+    sequences: dict[str, SequenceStats]
+    median_days_to_sql: float | None
+
+
+class HealthOut(BaseModel):
+    """`ok`, or what failed, per dependency."""
+
+    database: str
+    broker: str
+
+
+_DESCRIPTIONS = {
+    400: "The body is not JSON",
+    401: "Missing or invalid API key",
+    403: "Signature missing or wrong",
+    404: "No such lead",
+    409: "Conflicts with the lead's state or another lead",
+    413: "Body larger than the limit",
+    503: "A dependency is unavailable or not configured",
+}
+
+
+def error_responses(*codes: int) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI entries for the error statuses an operation may answer."""
+    return {code: {"model": ErrorOut, "description": _DESCRIPTIONS[code]} for code in codes}
+
+
+def lead_out(lead: Lead) -> LeadOut:
+    """The response shape of a lead row."""
+    view = LeadView.model_validate(lead, from_attributes=True)
+    return LeadOut(
+        **view.model_dump(),
+        score=ScoreOut(total=lead.score, fit=lead.fit, engagement=lead.engagement),
+    )

@@ -1,0 +1,47 @@
+"""Everything due, run in this process: the scheduler and a worker in one loop.
+
+The simulator, the benchmarks and tests use it; production splits the same work between the
+scheduler (claims) and workers (advance) over the broker.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from sqlalchemy.orm import Session, sessionmaker
+
+from engine.funnel.service import refresh
+from engine.runner.scheduler import advance_enrolment, claim_due_enrolments, claim_due_leads
+from engine.workflow.runtime import Runtime
+
+
+def run_due(
+    sessions: sessionmaker[Session],
+    rt: Runtime,
+    *,
+    batch: int = 500,
+    on_lead: Callable[[int], None] | None = None,
+) -> int:
+    """Process everything due now in this process: decay and inactivity, then enrolment steps.
+
+    Used by the embedded runner, the simulator and tests; production splits the same work
+    between the scheduler (claims) and workers (advance) over the broker.
+    """
+    handled = 0
+    while True:
+        now = rt.clock.now()
+        with sessions.begin() as session:
+            lead_ids = claim_due_leads(session, now, batch)
+        for lead_id in lead_ids:
+            with sessions.begin() as session:
+                refresh(session, rt, lead_id)
+            if on_lead is not None:
+                on_lead(lead_id)
+        with sessions.begin() as session:
+            enrolment_ids = claim_due_enrolments(session, now, batch)
+        for enrolment_id in enrolment_ids:
+            with sessions.begin() as session:
+                advance_enrolment(session, rt, enrolment_id)
+        handled += len(lead_ids) + len(enrolment_ids)
+        if not lead_ids and not enrolment_ids:
+            return handled

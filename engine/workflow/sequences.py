@@ -1,0 +1,331 @@
+"""Read one sequence file: enrolment triggers, send settings, milestones and their steps."""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from datetime import timedelta
+from email.utils import formataddr
+from typing import Any
+
+from yaml.nodes import MappingNode, Node, SequenceNode
+
+from engine.errors import Problem
+from engine.models import Stage
+from engine.workflow.durations import parse_duration
+from engine.workflow.reader import FALLBACK, Reader, compose, did_you_mean, join, scalar
+from engine.workflow.spec import (
+    Branch,
+    Enrol,
+    Goto,
+    Milestone,
+    Send,
+    SendSettings,
+    Sequence,
+    Step,
+    TemplateUse,
+    Trigger,
+    Wait,
+    WhenDone,
+)
+
+TRIGGERS = ("slipped_back", "inactive", "recycled")
+STEPS = ("email", "sms", "wait", "branch", "goto")
+
+_NO_STEP = Wait(timedelta(0))
+_NEVER: tuple[bool, timedelta | None] = (False, None)
+
+
+@dataclass(frozen=True)
+class _Reference:
+    """A goto or when_done naming a milestone, checked once every milestone id is known."""
+
+    source: str
+    target: str
+    node: Node
+    path: str
+
+
+class SequenceReader(Reader):
+    """Reads one sequence file, checking templates and milestone references across it."""
+
+    def __init__(
+        self,
+        file: str,
+        templates: dict[str, set[str]],
+        names: dict[str, str],
+    ) -> None:
+        super().__init__(file)
+        self.templates = templates
+        self.names = names
+        self.here = ""
+        self.ids: dict[str, tuple[Node, str]] = {}
+        self.references: list[_Reference] = []
+        self.uses: list[TemplateUse] = []
+        self.can_sms = True
+
+    def read(self, root: Node, version: str) -> Sequence:
+        f = self.fields(
+            root,
+            "",
+            required=("name", "enrol", "send", "milestones"),
+            optional=("description", "exit_when"),
+        )
+        send = f.read("send", self.send, SendSettings(from_email=""))
+        return Sequence(
+            name=f.read("name", self.name, ""),
+            file=self.file,
+            version=version,
+            enrol=f.read("enrol", self.enrol, Enrol(on=())),
+            milestones=f.read("milestones", self.milestones, ()),
+            exit_when=f.read("exit_when", self.conditions, ()),
+            send=send,
+            description=f.read("description", self.text, ""),
+        )
+
+    def name(self, node: Node, path: str) -> str:
+        value = self.word(node, path, "name")
+        if value in self.names:
+            self.report(
+                node, path, f"sequence name '{value}' is already used by {self.names[value]}"
+            )
+        elif value:
+            self.names[value] = self.file
+        return value
+
+    # -- enrol --
+
+    def enrol(self, node: Node, path: str) -> Enrol:
+        f = self.fields(node, path, required=("on",), optional=("if", "unless", "again"))
+        again, again_after = f.read("again", self.again, _NEVER)
+        return Enrol(
+            on=f.read("on", self.triggers, ()),
+            when=f.read("if", self.condition, None),
+            unless=f.read("unless", self.condition, None),
+            again=again,
+            again_after=again_after,
+        )
+
+    def triggers(self, node: Node, path: str) -> tuple[Trigger, ...]:
+        items = self.items(node, path, single=True)
+        if isinstance(node, SequenceNode) and not items:
+            self.report(node, path, "expected at least one trigger")
+        return tuple(self.trigger(n, p) for n, p in items)
+
+    def trigger(self, node: Node, path: str) -> Trigger:
+        """{event: ...}, {stage: ...}, slipped_back, inactive or recycled."""
+        if isinstance(node, MappingNode):
+            f = self.fields(node, path, optional=("event", "stage"), what="trigger")
+            if len(f.nodes) == 1:
+                kind = next(iter(f.nodes))
+                return Trigger(
+                    kind, f.read(kind, self.events if kind == "event" else self.stages, ())
+                )
+            if f.nodes or not node.value:
+                self.report(node, path, "expected one of {event: ...} or {stage: ...}")
+            return Trigger("inactive")
+        value = scalar(node)
+        if isinstance(value, str) and value in TRIGGERS:
+            return Trigger(value)
+        self.report(node, path, _unknown_trigger(value))
+        return Trigger("inactive")
+
+    def stages(self, node: Node, path: str) -> tuple[str, ...]:
+        items = self.items(node, path, single=True)
+        return tuple(self.choice(n, p, [s.value for s in Stage], "stage") for n, p in items)
+
+    def again(self, node: Node, path: str) -> tuple[bool, timedelta | None]:
+        """`never`, `always` or a duration after which the same lead may enrol again."""
+        value = scalar(node)
+        if value == "never" or value is False:
+            return False, None
+        if value == "always" or value is True:
+            return True, None
+        try:
+            return True, parse_duration(value)
+        except (ValueError, OverflowError):
+            self.report(node, path, "expected never, always or a duration like 90d")
+            return False, None
+
+    # -- milestones --
+
+    def milestones(self, node: Node, path: str) -> tuple[Milestone, ...]:
+        items = self.items(node, path)
+        if isinstance(node, SequenceNode) and not items:
+            self.report(node, path, "a sequence needs at least one milestone")
+        milestones = tuple(self.milestone(n, p, first=i == 0) for i, (n, p) in enumerate(items))
+        self.check_references()
+        self.check_reachable(milestones)
+        return milestones
+
+    def milestone(self, node: Node, path: str, first: bool) -> Milestone:
+        f = self.fields(node, path, required=("id", "steps"), optional=("enter_when", "when_done"))
+        self.here = f.read("id", self.milestone_id, "")
+        enter_when = None
+        if first and "enter_when" in f:
+            message = "the first milestone is where leads start; enter_when is not allowed here"
+            self.report(f.nodes["enter_when"], join(path, "enter_when"), message)
+        else:
+            enter_when = f.read("enter_when", self.condition, None)
+        return Milestone(
+            id=self.here,
+            steps=f.read("steps", lambda n, p: self.steps(n, p, False)[0], ()),
+            enter_when=enter_when,
+            when_done=f.read("when_done", self.when_done, WhenDone()),
+        )
+
+    def milestone_id(self, node: Node, path: str) -> str:
+        value = self.word(node, path, "milestone id")
+        if value == "exit":
+            self.report(node, path, "'exit' is reserved: it means leaving the sequence")
+        elif value in self.ids:
+            self.report(node, path, f"duplicate milestone id '{value}'")
+        elif value:
+            self.ids[value] = (node, path)
+        return value
+
+    def steps(self, node: Node, path: str, waited: bool) -> tuple[tuple[Step, ...], bool]:
+        """The steps of a list, and whether every way through them passes a wait."""
+        steps: list[Step] = []
+        for item, item_path in self.items(node, path):
+            if steps and isinstance(steps[-1], Goto):
+                self.report(item, item_path, "steps after a goto never run")
+            step, waited = self.step(item, item_path, waited)
+            steps.append(step)
+        return tuple(steps), waited
+
+    def step(self, node: Node, path: str, waited: bool) -> tuple[Step, bool]:
+        entries = self.pairs(node, path) if isinstance(node, MappingNode) else []
+        if len(entries) != 1:
+            keys = " and ".join(key for key, _, _ in entries)
+            message = "expected a step: email, sms, wait, branch or goto"
+            self.report(node, path, f"one step per '-' item, found {keys}" if keys else message)
+            return _NO_STEP, waited
+        kind, key_node, value = entries[0]
+        at = join(path, kind)
+        if kind in ("email", "sms"):
+            return Send(kind, self.template(value, at, kind)), waited
+        if kind == "wait":
+            return Wait(self.duration(value, at)), True
+        if kind == "branch":
+            return self.branch(value, at, waited)
+        if kind == "goto":
+            return Goto(self.goto(value, at, waited)), waited
+        self.report(key_node, path, f"unknown step '{kind}'{did_you_mean(kind, STEPS)}")
+        return _NO_STEP, waited
+
+    def template(self, node: Node, path: str, channel: str) -> str:
+        name = self.text(node, path, "a template name")
+        if name and name not in self.templates[channel]:
+            self.report(node, path, self.unknown_template(name, channel))
+        elif name:
+            self.uses.append((name, channel, self.file, node.start_mark.line + 1, path))
+        if channel == "sms" and not self.can_sms:
+            self.report(node, path, "an sms step needs a sender: add send.sms_from")
+        return name
+
+    def unknown_template(self, name: str, channel: str) -> str:
+        """Say when a template exists for the other channel, else suggest a close name."""
+        other = "sms" if channel == "email" else "email"
+        if name in self.templates[other]:
+            kind = "an SMS" if other == "sms" else "an email"
+            return f"'{name}' is {kind} template: use {other}: {name}"
+        return f"unknown template '{name}'{did_you_mean(name, self.templates[channel])}"
+
+    def branch(self, node: Node, path: str, waited: bool) -> tuple[Branch, bool]:
+        f = self.fields(node, path, required=("if", "then"), optional=("else",))
+        none: tuple[tuple[Step, ...], bool] = ((), waited)
+        then, then_waited = f.read("then", lambda n, p: self.steps(n, p, waited), none)
+        otherwise, else_waited = f.read("else", lambda n, p: self.steps(n, p, waited), none)
+        condition = f.read("if", self.condition, FALLBACK)
+        return Branch(condition, then, otherwise), then_waited and else_waited
+
+    def goto(self, node: Node, path: str, waited: bool) -> str:
+        target = self.text(node, path, "a milestone id or exit")
+        if target and target == self.here and not waited:
+            message = (
+                f"goto '{target}' loops back to its own milestone at once: add a wait before it"
+            )
+            self.report(node, path, message)
+        if target:
+            self.references.append(_Reference(self.here, target, node, path))
+        return target
+
+    def when_done(self, node: Node, path: str) -> WhenDone:
+        """`wait` (for a trigger), `exit`, or {after: 14d, goto: milestone-or-exit}."""
+        if isinstance(node, MappingNode):
+            f = self.fields(node, path, required=("goto",), optional=("after",))
+            after = f.read("after", self.duration, None)
+            return WhenDone(
+                after=after, goto=f.read("goto", lambda n, p: self.goto(n, p, True), None)
+            )
+        value = scalar(node)
+        if value in ("wait", "exit"):
+            return WhenDone(goto=None if value == "wait" else "exit")
+        self.report(node, path, "expected wait, exit or {after: 14d, goto: <milestone>}")
+        return WhenDone()
+
+    def check_references(self) -> None:
+        for reference in self.references:
+            if reference.target != "exit" and reference.target not in self.ids:
+                hint = did_you_mean(reference.target, [*self.ids, "exit"])
+                message = f"unknown milestone '{reference.target}'{hint}"
+                self.report(reference.node, reference.path, message)
+
+    def check_reachable(self, milestones: tuple[Milestone, ...]) -> None:
+        """A lead reaches a milestone by starting there, by its enter_when, or by a goto."""
+        todo = [m.id for i, m in enumerate(milestones) if i == 0 or m.enter_when is not None]
+        reached: set[str] = set()
+        while todo:
+            here = todo.pop()
+            if here not in reached:
+                reached.add(here)
+                todo.extend(r.target for r in self.references if r.source == here)
+        for milestone in milestones:
+            if milestone.id in self.ids and milestone.id not in reached:
+                node, path = self.ids[milestone.id]
+                advice = "give it enter_when or point a goto at it"
+                self.report(node, path, f"milestone '{milestone.id}' is unreachable: {advice}")
+
+    def send(self, node: Node, path: str) -> SendSettings:
+        f = self.fields(
+            node,
+            path,
+            required=("from",),
+            optional=("reply_to", "sms_from", "window", "sms_max_segments"),
+        )
+        self.can_sms = "sms_from" in f
+        from_name, from_email = f.read("from", self.address, ("", ""))
+        return SendSettings(
+            from_email=from_email,
+            from_name=from_name,
+            reply_to=f.read("reply_to", lambda n, p: formataddr(self.address(n, p)), None),
+            sms_from=f.read("sms_from", self.phone, None),
+            window=f.read("window", self.window, None),
+            sms_max_segments=f.read("sms_max_segments", lambda n, p: self.integer(n, p, 1, 10), 3),
+        )
+
+
+def _unknown_trigger(value: Any) -> str:
+    usage = "use {event: ...}, {stage: ...}, slipped_back, inactive or recycled"
+    if not isinstance(value, str):
+        return f"expected a trigger: {usage}"
+    hint = did_you_mean(value, TRIGGERS) or f" (for an event write {{event: {value}}})"
+    return f"unknown trigger '{value}'{hint}"
+
+
+def load_sequence(
+    file: str,
+    data: bytes,
+    templates: dict[str, set[str]],
+    names: dict[str, str],
+    problems: list[Problem],
+    uses: list[TemplateUse],
+) -> Sequence | None:
+    """Read one sequence file from its bytes, adding its problems and the templates it uses."""
+    reader = SequenceReader(file, templates, names)
+    root = compose(reader, data)
+    sequence = None if root is None else reader.read(root, hashlib.sha256(data).hexdigest()[:12])
+    problems.extend(reader.problems)
+    uses.extend(reader.uses)
+    return sequence
