@@ -23,7 +23,7 @@ from email.mime.text import MIMEText
 from email.utils import format_datetime, formataddr, parseaddr
 from typing import Any, ClassVar
 
-from engine.errors import ChannelError, ConfigurationError
+from engine.errors import ChannelError, ConfigurationError, ErrorKind
 
 EMAIL = "email"
 SMS = "sms"
@@ -188,14 +188,14 @@ def env_flag(environ: Mapping[str, str], name: str) -> bool:
 def check_delivery_id(delivery_id: str) -> str:
     """Delivery ids become file names and Message-IDs, so only plain characters are accepted."""
     if not _SAFE_ID.fullmatch(delivery_id):
-        raise ChannelError(f"unusable delivery id {delivery_id!r}", ChannelError.PERMANENT)
+        raise ChannelError(f"unusable delivery id {delivery_id!r}", ErrorKind.PERMANENT)
     return delivery_id
 
 
 def _no_line_breaks(what: str, value: str) -> str:
     """Header injection guard: a CR or LF in a header value would start a new header."""
     if "\r" in value or "\n" in value:
-        raise ChannelError(f"line break in {what}: {value!r}", ChannelError.PERMANENT)
+        raise ChannelError(f"line break in {what}: {value!r}", ErrorKind.PERMANENT)
     return value
 
 
@@ -211,7 +211,7 @@ def email_headers(message: EmailMessage) -> dict[str, str]:
     headers: dict[str, str] = {}
     for name, value in message.headers.items():
         if not _HEADER_NAME.fullmatch(name) or name.lower() in RESERVED_HEADERS:
-            raise ChannelError(f"header {name!r} may not be set", ChannelError.PERMANENT)
+            raise ChannelError(f"header {name!r} may not be set", ErrorKind.PERMANENT)
         headers[name] = _no_line_breaks(f"header {name}", value)
     targets = []
     if message.unsubscribe_url:
@@ -232,7 +232,7 @@ def _address(name: str, addr: str) -> Address:
     try:
         return Address(display_name=name, addr_spec=addr)
     except (ValueError, IndexError, email.errors.HeaderParseError) as err:
-        raise ChannelError(f"invalid email address {addr!r}", ChannelError.PERMANENT) from err
+        raise ChannelError(f"invalid email address {addr!r}", ErrorKind.PERMANENT) from err
 
 
 def build_mime(message: EmailMessage, sent_at: datetime) -> Message:

@@ -20,7 +20,7 @@ from channels.base import (
 )
 from channels.sms import segments
 from engine.clock import Clock, SystemClock
-from engine.errors import ChannelError, ConfigurationError
+from engine.errors import ChannelError, ConfigurationError, ErrorKind
 
 
 class OutboxChannel(Channel):
@@ -58,7 +58,7 @@ class OutboxChannel(Channel):
             _write_atomically(path, content)
         except OSError as err:
             reason = f"outbox: cannot write {path}: {err}"
-            raise ChannelError(reason, ChannelError.TRANSIENT) from err
+            raise ChannelError(reason, ErrorKind.TRANSIENT) from err
         return SendResult(self.name, f"outbox-{delivery_id}", SENT)
 
     def _sms_text(self, message: SmsMessage) -> str:

@@ -22,7 +22,7 @@ from channels.base import (
     sdk_missing,
 )
 from engine.clock import Clock, SystemClock
-from engine.errors import ChannelError, ConfigurationError
+from engine.errors import ChannelError, ConfigurationError, ErrorKind
 
 DEFAULT_HOST = "https://api.sendgrid.com"
 
@@ -78,7 +78,7 @@ class SendGridChannel(Channel):
             raise self._http_error(err) from err
         except (urllib.error.URLError, http.client.HTTPException, OSError) as err:
             reason = getattr(err, "reason", err)
-            raise ChannelError(f"sendgrid: {reason}", ChannelError.TRANSIENT) from err
+            raise ChannelError(f"sendgrid: {reason}", ErrorKind.TRANSIENT) from err
         return SendResult(self.name, response.headers.get("X-Message-Id"), ACCEPTED)
 
     def request_body(self, message: EmailMessage) -> dict[str, Any]:
@@ -111,14 +111,14 @@ class SendGridChannel(Channel):
         message = f"sendgrid {status}: {_describe(err.body)}"
         retry_after = None
         if status in (401, 403, 404):
-            kind = ChannelError.CONFIGURATION  # bad key, unverified sender, or a wrong host
+            kind = ErrorKind.CONFIGURATION  # bad key, unverified sender, or a wrong host
         elif status == 429:
-            kind = ChannelError.TRANSIENT
+            kind = ErrorKind.TRANSIENT
             retry_after = self._retry_after(err.headers)
         elif status >= 500:
-            kind = ChannelError.TRANSIENT
+            kind = ErrorKind.TRANSIENT
         else:
-            kind = ChannelError.PERMANENT
+            kind = ErrorKind.PERMANENT
         return ChannelError(message, kind, status=status, retry_after=retry_after)
 
     def _retry_after(self, headers: Any) -> float | None:

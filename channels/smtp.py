@@ -17,7 +17,7 @@ from channels.base import (
     require_env,
 )
 from engine.clock import Clock, SystemClock
-from engine.errors import ChannelError, ConfigurationError
+from engine.errors import ChannelError, ConfigurationError, ErrorKind
 
 
 class SmtpChannel(Channel):
@@ -91,23 +91,23 @@ def _channel_error(err: smtplib.SMTPException | OSError) -> ChannelError:
     """What an SMTP failure means: 4xx and lost connections pass, 5xx stay, ours to fix."""
     if isinstance(err, smtplib.SMTPRecipientsRefused):
         code, reply = next(iter(err.recipients.values()))
-        kind = ChannelError.TRANSIENT if 400 <= code < 500 else ChannelError.PERMANENT
+        kind = ErrorKind.TRANSIENT if 400 <= code < 500 else ErrorKind.PERMANENT
         return ChannelError(f"smtp: recipient refused: {code} {_text(reply)}", kind, status=code)
     if isinstance(err, smtplib.SMTPResponseException):
         code = err.smtp_code
         if 400 <= code < 500:
-            kind = ChannelError.TRANSIENT
+            kind = ErrorKind.TRANSIENT
         elif isinstance(err, smtplib.SMTPAuthenticationError | smtplib.SMTPSenderRefused):
-            kind = ChannelError.CONFIGURATION
+            kind = ErrorKind.CONFIGURATION
         else:
-            kind = ChannelError.PERMANENT
+            kind = ErrorKind.PERMANENT
         reason = f"{type(err).__name__}: {code} {_text(err.smtp_error)}"
         return ChannelError(f"smtp: {reason}", kind, status=code)
     if isinstance(err, smtplib.SMTPServerDisconnected):
-        return ChannelError(f"smtp: {err}", ChannelError.TRANSIENT)
+        return ChannelError(f"smtp: {err}", ErrorKind.TRANSIENT)
     if isinstance(err, smtplib.SMTPException | ssl.SSLCertVerificationError):
-        return ChannelError(f"smtp: {err}", ChannelError.CONFIGURATION)
-    return ChannelError(f"smtp: {type(err).__name__}: {err}", ChannelError.TRANSIENT)
+        return ChannelError(f"smtp: {err}", ErrorKind.CONFIGURATION)
+    return ChannelError(f"smtp: {type(err).__name__}: {err}", ErrorKind.TRANSIENT)
 
 
 def _text(reply: bytes | str) -> str:

@@ -16,7 +16,7 @@ from channels.base import (
     require_env,
     sdk_missing,
 )
-from engine.errors import ChannelError, ConfigurationError
+from engine.errors import ChannelError, ConfigurationError, ErrorKind
 
 OPTED_OUT_CODES = frozenset({21610})  # the recipient replied STOP: suppress the number
 AUTH_CODES = frozenset({20003})
@@ -87,9 +87,9 @@ class TwilioChannel(Channel):
         except (TwilioRestException, TwilioServiceException) as err:
             raise _rest_error(err) from err
         except (requests.ConnectionError, requests.Timeout) as err:
-            raise ChannelError(f"twilio: {err}", ChannelError.TRANSIENT) from err
+            raise ChannelError(f"twilio: {err}", ErrorKind.TRANSIENT) from err
         except requests.RequestException as err:
-            raise ChannelError(f"twilio: {err}", ChannelError.CONFIGURATION) from err
+            raise ChannelError(f"twilio: {err}", ErrorKind.CONFIGURATION) from err
         status = ACCEPTED if created.status == "accepted" else QUEUED
         return SendResult(self.name, created.sid, status)
 
@@ -108,13 +108,13 @@ def _rest_error(err: Any) -> ChannelError:
     code = int(err.code) if err.code is not None else None
     text = getattr(err, "msg", None) or getattr(err, "detail", None) or getattr(err, "title", "")
     if code in OPTED_OUT_CODES:
-        kind = ChannelError.OPTED_OUT
+        kind = ErrorKind.OPTED_OUT
     elif code in AUTH_CODES or status in (401, 403):
-        kind = ChannelError.CONFIGURATION
+        kind = ErrorKind.CONFIGURATION
     elif code in RATE_LIMIT_CODES or status == 429 or status >= 500:
-        kind = ChannelError.TRANSIENT
+        kind = ErrorKind.TRANSIENT
     else:
-        kind = ChannelError.PERMANENT  # 21xxx recipient/number errors and other 4xx
+        kind = ErrorKind.PERMANENT  # 21xxx recipient/number errors and other 4xx
     return ChannelError(
         f"twilio {status} ({code}): {text}",
         kind,

@@ -104,6 +104,18 @@ def parse_sendgrid_events(
     return events
 
 
+def check_sendgrid_key(key: str) -> None:
+    """Fail at start-up, not on the first webhook, when the public key does not load."""
+    try:
+        from sendgrid.helpers.eventwebhook import EventWebhook
+    except ImportError as error:
+        raise sdk_missing("sendgrid") from error
+    try:
+        EventWebhook(key)
+    except (ValueError, TypeError) as error:
+        raise ConfigurationError(f"SENDGRID_WEBHOOK_PUBLIC_KEY does not load: {error}") from error
+
+
 def _verify_sendgrid(text: str, signature: str | None, timestamp: str | None, key: str) -> None:
     """ECDSA P-256 over timestamp + raw body, checked by the SDK's own verifier."""
     try:

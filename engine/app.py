@@ -6,6 +6,7 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+import redis
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -95,7 +96,5 @@ class App:
 def _pacer(settings: Settings) -> Pacer:
     """Send slots shared through Redis across processes, or kept in this process."""
     if settings.redis_url:
-        import redis
-
         return RedisPacer(redis.Redis.from_url(settings.redis_url))
     return LocalPacer()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from enum import StrEnum
 
 
 class NurtureError(Exception):
@@ -54,18 +55,22 @@ class InvalidLeadError(NurtureError):
     """Raised when lead data is unusable: no identity, a malformed email or phone number."""
 
 
-class ChannelError(NurtureError):
-    """Raised by channel adapters; `kind` says what the caller should do about it."""
+class ErrorKind(StrEnum):
+    """What the caller of a channel should do about its error."""
 
     TRANSIENT = "transient"  # retry with backoff: 429, 5xx, timeouts, connection errors
     PERMANENT = "permanent"  # give up on this delivery: bad request, invalid address
     OPTED_OUT = "opted_out"  # the recipient refused: suppress the address
     CONFIGURATION = "configuration"  # bad key or sender: stop and say so loudly
 
+
+class ChannelError(NurtureError):
+    """Raised by channel adapters; `kind` says what the caller should do about it."""
+
     def __init__(
         self,
         message: str,
-        kind: str,
+        kind: ErrorKind,
         *,
         status: int | None = None,
         code: str | None = None,
@@ -80,4 +85,4 @@ class ChannelError(NurtureError):
     @property
     def transient(self) -> bool:
         """True when trying again later may succeed."""
-        return self.kind == self.TRANSIENT
+        return self.kind == ErrorKind.TRANSIENT

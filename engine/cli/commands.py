@@ -17,7 +17,10 @@ from sqlalchemy import inspect, select
 from engine.app import App
 from engine.cli.output import console, emit_json, errors, table
 from engine.errors import NurtureError, WorkflowError
+from engine.funnel.service import recycle_lead, track, upsert_lead, win_lead
 from engine.models import Handoff, Lead
+from engine.read.stats import funnel
+from engine.read.views import find_by_key, lead_detail
 from engine.settings import Settings
 
 EXIT_FOUND, EXIT_USAGE = 1, 2
@@ -76,8 +79,6 @@ def track_command(
     as_json: bool,
 ) -> None:
     """Record one event for a lead (created when unknown)."""
-    from engine.funnel.service import track
-
     properties = {}
     for prop in props:
         key, sep, value = prop.partition("=")
@@ -120,8 +121,6 @@ def lead_group() -> None:
 @click.pass_context
 def lead_show(ctx: click.Context, key: str, as_json: bool) -> None:
     """Stage, scores and why, enrolments, deliveries and handoffs of a lead."""
-    from engine.read.views import find_by_key, lead_detail
-
     app = open_app(ctx)
     try:
         with app.sessions() as s:
@@ -223,8 +222,6 @@ def _clean(record: dict[str, Any]) -> dict[str, Any]:
 @click.pass_context
 def leads_import(ctx: click.Context, file: Path, as_json: bool) -> None:
     """Upsert leads from CSV or JSON lines; bad rows are reported and skipped."""
-    from engine.funnel.service import upsert_lead
-
     app = open_app(ctx)
     rows = _rows(file)
     imported, problems = 0, []
@@ -255,8 +252,6 @@ def leads_import(ctx: click.Context, file: Path, as_json: bool) -> None:
 @click.pass_context
 def stats_command(ctx: click.Context, as_json: bool) -> None:
     """The funnel per sequence, milestone and step, MQL and SQL counts, time to SQL."""
-    from engine.read.stats import funnel
-
     app = open_app(ctx)
     with app.sessions() as s:
         data = funnel(s, app.rt)
@@ -357,9 +352,6 @@ def handoffs_command(ctx: click.Context, as_json: bool) -> None:
 
 
 def _sales_action(ctx: click.Context, key: str, action: str, reason: str) -> None:
-    from engine.funnel.service import recycle_lead, win_lead
-    from engine.read.views import find_by_key
-
     app = open_app(ctx)
     try:
         with app.sessions.begin() as s:

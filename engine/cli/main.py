@@ -2,18 +2,26 @@
 
 from __future__ import annotations
 
+import os
 import signal
 import sys
 import threading
 import time
 from datetime import timedelta
-from typing import Any
 
 import click
+import dramatiq
+import uvicorn
+from fastapi import FastAPI
 
+from engine.app import App, load
 from engine.cli.commands import open_app, register
 from engine.cli.playback import register as register_playback
+from engine.db import make_engine
 from engine.errors import NurtureError, WorkflowError
+from engine.http.api import create_api
+from engine.migrations import upgrade
+from engine.runner.actors import POLL_MS, Tasks, make_broker
 from engine.settings import QUEUES, Settings
 
 EXIT_OK, EXIT_FOUND, EXIT_USAGE = 0, 1, 2
@@ -49,8 +57,6 @@ def main(
         "NURTURE_WORKFLOWS": workflows,
         "NURTURE_TEMPLATES": templates,
     }
-    import os
-
     ctx.obj = Settings.from_env({**os.environ, **{k: v for k, v in overrides.items() if v}})
 
 
@@ -58,9 +64,6 @@ def main(
 @click.pass_context
 def init(ctx: click.Context) -> None:
     """Create or upgrade the database schema."""
-    from engine.db import make_engine
-    from engine.migrations import upgrade
-
     settings = _settings(ctx)
     engine = make_engine(settings.database_url)
     upgrade(engine)
@@ -71,8 +74,6 @@ def init(ctx: click.Context) -> None:
 @click.pass_context
 def validate(ctx: click.Context) -> None:
     """Check scoring, sequences, sending rules and templates; every problem with file:line."""
-    from engine.app import load
-
     try:
         workflows, _, _ = load(_settings(ctx))
     except WorkflowError as error:
@@ -103,10 +104,6 @@ def _until_signalled() -> threading.Event:
 @click.pass_context
 def worker(ctx: click.Context, threads: int, queues: str) -> None:
     """Run a Dramatiq worker: events, journeys, sends and handoffs."""
-    import dramatiq
-
-    from engine.runner.actors import POLL_MS, Tasks, make_broker
-
     chosen = {q.strip() for q in queues.split(",") if q.strip()}
     if not chosen or not chosen <= set(QUEUES):
         click.echo(f"error: --queues takes some of {', '.join(QUEUES)}", err=True)
@@ -124,7 +121,7 @@ def worker(ctx: click.Context, threads: int, queues: str) -> None:
     process.stop()
 
 
-def _schedule(tasks: Any, stop: threading.Event, interval: float, batch: int) -> None:
+def _schedule(tasks: Tasks, stop: threading.Event, interval: float, batch: int) -> None:
     """Claim and enqueue due work every `interval` seconds, at once again while it keeps coming."""
     while not stop.is_set():
         started = time.monotonic()
@@ -155,8 +152,6 @@ _port = click.option("--port", default=8000, show_default=True, help="Port to li
 @click.pass_context
 def scheduler(ctx: click.Context, interval: float, batch: int, lease: float) -> None:
     """Claim due work from the database and enqueue it; several may run at once."""
-    from engine.runner.actors import Tasks, make_broker
-
     app = open_app(ctx, schema=False)
     if not app.settings.redis_url:
         click.echo("error: a scheduler needs NURTURE_REDIS_URL (or use `nurture run`)", err=True)
@@ -166,10 +161,8 @@ def scheduler(ctx: click.Context, interval: float, batch: int, lease: float) -> 
     _schedule(tasks, _until_signalled(), interval, batch)
 
 
-def _api(app: Any, tasks: Any, *, allow_no_auth: bool = False) -> Any:
+def _api(app: App, tasks: Tasks | None, *, allow_no_auth: bool = False) -> FastAPI:
     """The FastAPI application, or exit 2 when its configuration is incomplete."""
-    from engine.http.api import create_api
-
     try:
         return create_api(app, tasks, allow_no_auth=allow_no_auth)
     except NurtureError as error:
@@ -183,10 +176,6 @@ def _api(app: Any, tasks: Any, *, allow_no_auth: bool = False) -> Any:
 @click.pass_context
 def serve(ctx: click.Context, host: str, port: int) -> None:
     """Serve the HTTP API (needs NURTURE_API_KEYS and NURTURE_REDIS_URL)."""
-    import uvicorn
-
-    from engine.runner.actors import Tasks, make_broker
-
     app = open_app(ctx, schema=False)
     if not app.settings.redis_url:
         click.echo("error: the API needs NURTURE_REDIS_URL (or use `nurture run`)", err=True)
@@ -203,12 +192,6 @@ def serve(ctx: click.Context, host: str, port: int) -> None:
 @click.pass_context
 def run(ctx: click.Context, host: str, port: int, interval: float, threads: int) -> None:
     """API, scheduler and worker in one process: the embedded default, or PostgreSQL/Redis."""
-    import dramatiq
-    import uvicorn
-
-    from engine.migrations import upgrade
-    from engine.runner.actors import POLL_MS, Tasks, make_broker
-
     app = open_app(ctx, schema=False)
     upgrade(app.engine)
     tasks = Tasks(make_broker(app.settings.redis_url), app)

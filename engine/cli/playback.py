@@ -16,11 +16,20 @@ import yaml
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from sqlalchemy import func, select
 
-from engine.cli.commands import EXIT_FOUND, EXIT_USAGE, fail, print_funnel
+from engine.app import App
+from engine.cli.commands import EXIT_FOUND, EXIT_USAGE, fail, open_app, print_funnel
 from engine.cli.output import console, emit_json, errors, table
+from engine.delivery.context import lead_view, recent_activity, unsubscribe_url
+from engine.delivery.rendering import sample_context
 from engine.errors import NurtureError, WorkflowError
+from engine.models import Enrolment, Handoff, Lead
+from engine.read.stats import funnel
+from engine.read.timeline import timeline
+from engine.read.views import find_by_key
+from engine.runner.demo import persona
 from engine.runner.simulation import ScriptedEvent, Simulation
 from engine.settings import Settings
+from engine.workflow.spec import Branch, Send
 
 DEFAULT_START = datetime(2026, 3, 2, 9, 0, tzinfo=UTC)  # a Monday morning
 
@@ -96,9 +105,6 @@ def simulate_command(
     ctx: click.Context, sequence: str, script: Path, days: int, as_json: bool
 ) -> None:
     """Play a scripted lead through a sequence on simulated time and print its timeline."""
-    from engine.models import Lead
-    from engine.read.timeline import timeline
-
     lead, events = read_script(script, DEFAULT_START)
     sim = _simulation(ctx.obj, DEFAULT_START)
     try:
@@ -136,10 +142,6 @@ def simulate_command(
 @click.pass_context
 def preview_command(ctx: click.Context, sequence: str, lead_key: str | None, out: Path) -> None:
     """Render every step of a sequence: subjects, text, SMS segments, HTML files to open."""
-    from engine.cli.commands import open_app
-    from engine.delivery.rendering import sample_context
-    from engine.workflow.spec import Branch, Send
-
     app = open_app(ctx, schema=lead_key is not None)
     spec = app.rt.workflows.sequences.get(sequence)
     names = ", ".join(sorted(app.rt.workflows.sequences))
@@ -204,10 +206,7 @@ def preview_command(ctx: click.Context, sequence: str, lead_key: str | None, out
         sys.exit(EXIT_FOUND)
 
 
-def _lead_context(app: Any, key: str, sample: dict[str, Any]) -> dict[str, Any]:
-    from engine.delivery.context import lead_view, recent_activity, unsubscribe_url
-    from engine.read.views import find_by_key
-
+def _lead_context(app: App, key: str, sample: dict[str, Any]) -> dict[str, Any]:
     try:
         with app.sessions() as s:
             lead = find_by_key(s, key)
@@ -241,10 +240,6 @@ def demo_command(
     ctx: click.Context, count: int, days: int, seed: int, out: Path, as_json: bool
 ) -> None:
     """Two months of nurture for synthetic leads through the real pipeline, in under a minute."""
-    from engine.models import Enrolment, Handoff
-    from engine.read.stats import funnel
-    from engine.runner.demo import persona
-
     rng = random.Random(seed)
     personas = [persona(rng, i, DEFAULT_START) for i in range(count)]
     if (out / "outbox").exists():

@@ -8,15 +8,27 @@ import json
 import urllib.error
 import urllib.request
 from datetime import datetime, timedelta
+from enum import StrEnum
+from html import escape
 from typing import Any
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
+from channels.base import EmailMessage
 from engine.db import claim
 from engine.delivery.context import lead_view
 from engine.models import Handoff, HandoffStatus, Lead, Stage
 from engine.workflow.runtime import Runtime
+
+
+class HandoffAttempt(StrEnum):
+    """What one attempt to hand a lead over did."""
+
+    DELIVERED = "delivered"  # the CRM acknowledged it (now or before)
+    RECORDED = "recorded"  # no CRM configured: the database row is the handoff
+    RETRY = "retry"  # the CRM refused or was unreachable: tried again after a backoff
+
 
 SIGNATURE_HEADER = "X-Nurture-Signature"
 TIMESTAMP_HEADER = "X-Nurture-Timestamp"
@@ -94,18 +106,18 @@ def claim_due_handoffs(
 
 def deliver_handoff(
     sessions: sessionmaker[Session], rt: Runtime, url: str | None, secret: str, handoff_id: int
-) -> str:
+) -> HandoffAttempt:
     """Deliver one handoff; 2xx marks it delivered, anything else schedules a retry with backoff."""
     with sessions.begin() as session:
         handoff = session.get_one(Handoff, handoff_id)
         if handoff.status != HandoffStatus.PENDING:
-            return handoff.status
+            return HandoffAttempt.DELIVERED
         if not url:
             # No CRM configured: the record in the database is the handoff.
             handoff.status = HandoffStatus.DELIVERED
             handoff.delivered_at = rt.clock.now()
             handoff.next_attempt_at = None
-            return "recorded"
+            return HandoffAttempt.RECORDED
         payload = document(session, handoff)
     status = post(url, secret, f"handoff-{handoff_id}", payload, rt.clock.now())
     with sessions.begin() as session:
@@ -116,18 +128,14 @@ def deliver_handoff(
             handoff.status = HandoffStatus.DELIVERED
             handoff.delivered_at = now
             handoff.next_attempt_at = None
-            return "delivered"
+            return HandoffAttempt.DELIVERED
         backoff = min(timedelta(seconds=5) * 2 ** (handoff.attempts - 1), MAX_BACKOFF)
         handoff.next_attempt_at = now + backoff
-        return "retry"
+        return HandoffAttempt.RETRY
 
 
 def owner_email(document: dict[str, Any], from_email: str) -> Any:
     """The note that tells the assigned salesperson who is waiting and why."""
-    from html import escape
-
-    from channels.base import EmailMessage
-
     lead, score = document["lead"], document["score"]
     name = (
         " ".join(p for p in (lead.get("first_name"), lead.get("last_name")) if p) or lead["email"]

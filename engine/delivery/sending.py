@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from enum import StrEnum
 from typing import Any, Protocol
 
 from sqlalchemy import func, select, update
@@ -19,7 +20,7 @@ from engine.db import is_postgres
 from engine.delivery.context import message_context
 from engine.delivery.pacing import Pacer, PacingTimeout, rate_for
 from engine.delivery.rendering import Renderer
-from engine.errors import ChannelError, NurtureError
+from engine.errors import ChannelError, ErrorKind, NurtureError
 from engine.models import (
     OUT_OF_NURTURE,
     Delivery,
@@ -35,6 +36,16 @@ from engine.workflow.spec import Cap, Sequence
 from engine.workflow.windows import open_slot
 
 SENT_STATES = (DeliveryStatus.SENDING, DeliveryStatus.SENT, DeliveryStatus.UNKNOWN)
+
+
+class SendAttempt(StrEnum):
+    """What one call of `send_delivery` did with its delivery."""
+
+    SENT = "sent"  # the provider took it
+    PLANNED = "planned"  # the provider could not take it now: planned again, later
+    FAILED = "failed"  # the provider refused it for good
+    PACED = "paced"  # no sending slot soon enough: planned again for when one frees up
+    NOT_SENT = "not sent"  # not due, or a guard skipped or deferred it: nothing reached a provider
 
 
 class SendContext(Protocol):
@@ -262,16 +273,18 @@ def record_success(
     )
 
 
-def record_failure(session: Session, rt: Runtime, delivery_id: str, error: ChannelError) -> str:
-    """Decide what a provider error means for the delivery; returns the new status."""
+def record_failure(
+    session: Session, rt: Runtime, delivery_id: str, error: ChannelError
+) -> SendAttempt:
+    """Decide what a provider error means for the delivery: planned again, or failed."""
     now = rt.clock.now()
     policy = rt.send
     delivery = session.get_one(Delivery, delivery_id)
     if delivery.status != DeliveryStatus.SENDING:
-        return delivery.status
+        return SendAttempt.NOT_SENT  # settled meanwhile (expired as unknown): leave it be
     delivery.lease_until = None
     detail = f"{error.kind}: {error}"
-    if error.kind in (ChannelError.TRANSIENT, ChannelError.CONFIGURATION) and (
+    if error.kind in (ErrorKind.TRANSIENT, ErrorKind.CONFIGURATION) and (
         delivery.attempts < policy.max_attempts
     ):
         # The provider did not take it: planned again, later. A configuration error also
@@ -279,17 +292,17 @@ def record_failure(session: Session, rt: Runtime, delivery_id: str, error: Chann
         delivery.status = DeliveryStatus.PLANNED
         delivery.due_at = now + policy.retry_delay(delivery.attempts, error.retry_after)
         delivery.detail = f"retry {delivery.attempts}: {detail}"
-        return DeliveryStatus.PLANNED
+        return SendAttempt.PLANNED
     delivery.status = DeliveryStatus.FAILED
     delivery.detail = detail
-    if error.kind == ChannelError.OPTED_OUT:
+    if error.kind == ErrorKind.OPTED_OUT:
         lead = session.get_one(Lead, delivery.lead_id)
         address = lead.email if delivery.channel == "email" else lead.phone
         if address:
             suppress(session, delivery.channel, address, f"provider: {error}", now)
         if delivery.channel == "sms":
             lead.sms_consent = False
-    return DeliveryStatus.FAILED
+    return SendAttempt.FAILED
 
 
 def repace(session: Session, rt: Runtime, delivery_id: str, retry_after: float) -> None:
@@ -327,7 +340,7 @@ def expire_stuck(session: Session, now: datetime, limit: int = 1000) -> int:
     return len(stuck)
 
 
-def send_delivery(ctx: SendContext, delivery_id: str) -> str:
+def send_delivery(ctx: SendContext, delivery_id: str) -> SendAttempt:
     """Send one delivery end to end in two transactions around the provider call.
 
     The pacer gives each sender its provider's rate across all workers; a delivery that would
@@ -337,7 +350,7 @@ def send_delivery(ctx: SendContext, delivery_id: str) -> str:
     with sessions.begin() as session:
         prepared = prepare(session, rt, ctx.settings, ctx.renderer, delivery_id)
     if prepared is None:
-        return "not sent"
+        return SendAttempt.NOT_SENT
     channel = ctx.channels[prepared.channel]
     if pacer is not None and getattr(channel, "paced", True):
         sender = getattr(prepared.message, "from_phone", "") or channel.name
@@ -347,7 +360,7 @@ def send_delivery(ctx: SendContext, delivery_id: str) -> str:
         except PacingTimeout as error:
             with sessions.begin() as session:
                 repace(session, rt, delivery_id, error.retry_after)
-            return "paced"
+            return SendAttempt.PACED
     try:
         result = channel.send(prepared.message)
     except ChannelError as error:
@@ -355,4 +368,4 @@ def send_delivery(ctx: SendContext, delivery_id: str) -> str:
             return record_failure(session, rt, delivery_id, error)
     with sessions.begin() as session:
         record_success(session, rt, delivery_id, result.provider, result.provider_message_id)
-    return "sent"
+    return SendAttempt.SENT

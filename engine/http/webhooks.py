@@ -20,12 +20,13 @@ from fastapi.responses import HTMLResponse, Response
 from pydantic import BaseModel
 from starlette.concurrency import run_in_threadpool
 
-from channels.base import EMAIL, DeliveryEvent, sdk_missing
+from channels.base import EMAIL, DeliveryEvent
 from channels.webhooks import (
     SENDGRID_SIGNATURE_HEADER,
     SENDGRID_TIMESTAMP_HEADER,
     TWILIO_SIGNATURE_HEADER,
     PayloadError,
+    check_sendgrid_key,
     parse_sendgrid_events,
     parse_twilio_inbound,
     parse_twilio_status,
@@ -34,7 +35,6 @@ from engine.app import App
 from engine.delivery.feedback import record_delivery_event
 from engine.delivery.sending import suppress
 from engine.delivery.unsubscribe import InvalidTokenError, read_token
-from engine.errors import ConfigurationError
 from engine.funnel.leads import Identity
 from engine.funnel.service import Outcome, track
 from engine.http.schemas import error_responses
@@ -90,18 +90,6 @@ def _form(body: bytes) -> dict[str, str]:
         raise PayloadError("Twilio webhook body is not UTF-8") from error
 
 
-def _check_sendgrid_key(key: str) -> None:
-    """Fail at start-up, not on the first webhook, when the public key does not load."""
-    try:
-        from sendgrid.helpers.eventwebhook import EventWebhook
-    except ImportError as error:
-        raise sdk_missing("sendgrid") from error
-    try:
-        EventWebhook(key)
-    except (ValueError, TypeError) as error:
-        raise ConfigurationError(f"SENDGRID_WEBHOOK_PUBLIC_KEY does not load: {error}") from error
-
-
 def webhook_router(
     app: App,
     after: AfterTrack,
@@ -113,7 +101,7 @@ def webhook_router(
 ) -> APIRouter:
     """Routes for provider feedback; unsigned SendGrid posts only with `allow_unsigned`."""
     if sendgrid_key:
-        _check_sendgrid_key(sendgrid_key)
+        check_sendgrid_key(sendgrid_key)
     router = APIRouter(prefix="/webhooks", tags=["webhooks"])
     responses = error_responses(400, 403, 413, 503)
 

@@ -15,7 +15,12 @@ from dramatiq.brokers.redis import RedisBroker
 from dramatiq.brokers.stub import StubBroker
 
 from engine.app import App
-from engine.delivery.handoff import claim_due_handoffs, deliver_handoff, notify_owner
+from engine.delivery.handoff import (
+    HandoffAttempt,
+    claim_due_handoffs,
+    deliver_handoff,
+    notify_owner,
+)
 from engine.delivery.sending import expire_stuck, send_delivery
 from engine.funnel.service import Outcome, refresh, track
 from engine.runner.scheduler import (
@@ -92,7 +97,7 @@ class Tasks:
     def _deliver_handoff(self, handoff_id: int) -> None:
         app = self.app
         status = deliver_handoff(app.sessions, app.rt, app.crm_url, app.crm_secret, handoff_id)
-        if status in ("delivered", "recorded") and app.rt.assignment.notify_owner:
+        if status != HandoffAttempt.RETRY and app.rt.assignment.notify_owner:
             sender = app.settings.notify_from
             notify_owner(app.sessions, app.rt, app.channels["email"], sender, handoff_id)
 

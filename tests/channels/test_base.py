@@ -16,7 +16,7 @@ from channels.outbox import OutboxChannel
 from channels.sendgrid import SendGridChannel
 from channels.smtp import SmtpChannel
 from channels.twilio import TwilioChannel
-from engine.errors import ChannelError, ConfigurationError
+from engine.errors import ChannelError, ConfigurationError, ErrorKind
 
 MESSAGE = EmailMessage(
     delivery_id="d-1",
@@ -76,7 +76,7 @@ def test_a_line_break_in_any_header_is_refused(change: dict[str, object]) -> Non
     with pytest.raises(ChannelError) as caught:
         email_headers(replace(MESSAGE, **change))  # type: ignore[arg-type]
 
-    assert caught.value.kind == ChannelError.PERMANENT
+    assert caught.value.kind == ErrorKind.PERMANENT
 
 
 @pytest.mark.parametrize("name", ["To", "bcc", "Subject", "List-Unsubscribe", "Bad Name", "A:B"])

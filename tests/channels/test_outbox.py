@@ -15,7 +15,7 @@ from channels.base import EmailMessage, SmsMessage
 from channels.console import ConsoleChannel
 from channels.outbox import OutboxChannel
 from engine.clock import FrozenClock
-from engine.errors import ChannelError
+from engine.errors import ChannelError, ErrorKind
 
 NOW = datetime(2026, 3, 2, 9, 0, tzinfo=UTC)
 
@@ -103,7 +103,7 @@ def test_a_delivery_id_that_is_not_a_plain_file_name_is_refused(
     with pytest.raises(ChannelError) as caught:
         OutboxChannel(tmp_path).send(replace(EMAIL, delivery_id=delivery_id))
 
-    assert caught.value.kind == ChannelError.PERMANENT
+    assert caught.value.kind == ErrorKind.PERMANENT
     assert not (tmp_path / "email").exists()
 
 
@@ -112,7 +112,7 @@ def test_an_unusable_address_is_permanent(tmp_path: Path, address: str) -> None:
     with pytest.raises(ChannelError) as caught:
         OutboxChannel(tmp_path).send(replace(EMAIL, to_email=address))
 
-    assert caught.value.kind == ChannelError.PERMANENT
+    assert caught.value.kind == ErrorKind.PERMANENT
 
 
 def test_an_unwritable_outbox_is_transient(tmp_path: Path) -> None:
@@ -121,7 +121,7 @@ def test_an_unwritable_outbox_is_transient(tmp_path: Path) -> None:
     with pytest.raises(ChannelError) as caught:
         OutboxChannel(tmp_path).send(EMAIL)
 
-    assert caught.value.kind == ChannelError.TRANSIENT
+    assert caught.value.kind == ErrorKind.TRANSIENT
 
 
 def test_a_message_of_the_other_channel_is_a_wiring_mistake(tmp_path: Path) -> None:

@@ -12,7 +12,7 @@ import pytest
 from channels.base import EmailMessage
 from channels.sendgrid import SendGridChannel
 from engine.clock import FrozenClock
-from engine.errors import ChannelError, ConfigurationError
+from engine.errors import ChannelError, ConfigurationError, ErrorKind
 from tests.channels.servers import Reply, SendGridServer, free_port, sendgrid_errors
 
 NOW = datetime(2026, 3, 2, 9, 0, tzinfo=UTC)
@@ -90,7 +90,7 @@ def test_a_wrong_api_key_is_a_configuration_error(sendgrid_server: SendGridServe
     with pytest.raises(ChannelError) as caught:
         SendGridChannel.from_env(env).send(MESSAGE)
 
-    assert caught.value.kind == ChannelError.CONFIGURATION
+    assert caught.value.kind == ErrorKind.CONFIGURATION
     assert caught.value.status == 401
     assert "authorization grant is invalid" in str(caught.value)
 
@@ -103,7 +103,7 @@ def test_more_than_ten_categories_is_refused_naming_the_field(
     with pytest.raises(ChannelError) as caught:
         channel_for(sendgrid_server).send(message)
 
-    assert caught.value.kind == ChannelError.PERMANENT
+    assert caught.value.kind == ErrorKind.PERMANENT
     assert "categories: You may not have more than 10 categories" in str(caught.value)
 
 
@@ -111,7 +111,7 @@ def test_an_empty_body_is_refused_as_missing_content(sendgrid_server: SendGridSe
     with pytest.raises(ChannelError) as caught:
         channel_for(sendgrid_server).send(replace(MESSAGE, html="", text=""))
 
-    assert caught.value.kind == ChannelError.PERMANENT
+    assert caught.value.kind == ErrorKind.PERMANENT
     assert "content:" in str(caught.value)
 
 
@@ -120,19 +120,19 @@ def test_an_empty_body_is_refused_as_missing_content(sendgrid_server: SendGridSe
     [
         (
             sendgrid_errors(400, ("Does not contain a valid address.", "personalizations.0.to")),
-            ChannelError.PERMANENT,
+            ErrorKind.PERMANENT,
         ),
         (
             sendgrid_errors(403, ("The from address does not match a verified Sender", "from")),
-            ChannelError.CONFIGURATION,
+            ErrorKind.CONFIGURATION,
         ),
-        (sendgrid_errors(404, ("not found", None)), ChannelError.CONFIGURATION),
-        (sendgrid_errors(413, ("Payload too large", None)), ChannelError.PERMANENT),
-        (sendgrid_errors(429, ("too many requests", None)), ChannelError.TRANSIENT),
-        (sendgrid_errors(500, ("internal error", None)), ChannelError.TRANSIENT),
-        (Reply(502, b"<html>bad gateway</html>"), ChannelError.TRANSIENT),
-        (sendgrid_errors(503, ("unavailable", None)), ChannelError.TRANSIENT),
-        (sendgrid_errors(504, ("timeout", None)), ChannelError.TRANSIENT),
+        (sendgrid_errors(404, ("not found", None)), ErrorKind.CONFIGURATION),
+        (sendgrid_errors(413, ("Payload too large", None)), ErrorKind.PERMANENT),
+        (sendgrid_errors(429, ("too many requests", None)), ErrorKind.TRANSIENT),
+        (sendgrid_errors(500, ("internal error", None)), ErrorKind.TRANSIENT),
+        (Reply(502, b"<html>bad gateway</html>"), ErrorKind.TRANSIENT),
+        (sendgrid_errors(503, ("unavailable", None)), ErrorKind.TRANSIENT),
+        (sendgrid_errors(504, ("timeout", None)), ErrorKind.TRANSIENT),
     ],
     ids=["400-recipient", "403", "404", "413", "429", "500", "502-html", "503", "504"],
 )
@@ -176,7 +176,7 @@ def test_a_rate_limit_says_when_to_retry(
     with pytest.raises(ChannelError) as caught:
         channel_for(sendgrid_server).send(MESSAGE)
 
-    assert caught.value.kind == ChannelError.TRANSIENT
+    assert caught.value.kind == ErrorKind.TRANSIENT
     assert caught.value.retry_after == retry_after
 
 
@@ -197,7 +197,7 @@ def test_a_closed_port_is_transient(local_network: None) -> None:
     with pytest.raises(ChannelError) as caught:
         SendGridChannel.from_env(env).send(MESSAGE)
 
-    assert caught.value.kind == ChannelError.TRANSIENT
+    assert caught.value.kind == ErrorKind.TRANSIENT
 
 
 def test_a_slow_answer_times_out_as_transient(sendgrid_server: SendGridServer) -> None:
@@ -207,7 +207,7 @@ def test_a_slow_answer_times_out_as_transient(sendgrid_server: SendGridServer) -
     with pytest.raises(ChannelError) as caught:
         channel.send(MESSAGE)
 
-    assert caught.value.kind == ChannelError.TRANSIENT
+    assert caught.value.kind == ErrorKind.TRANSIENT
 
 
 def test_a_server_that_hangs_up_is_transient(local_network: None) -> None:
@@ -225,7 +225,7 @@ def test_a_server_that_hangs_up_is_transient(local_network: None) -> None:
         with pytest.raises(ChannelError) as caught:
             channel.send(MESSAGE)
 
-    assert caught.value.kind == ChannelError.TRANSIENT
+    assert caught.value.kind == ErrorKind.TRANSIENT
 
 
 @pytest.mark.parametrize("host", ["api.sendgrid.com", "https://api.sendgrid.com/v3", "ftp://x"])

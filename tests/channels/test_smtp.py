@@ -11,7 +11,7 @@ import pytest
 
 from channels.base import EmailMessage
 from channels.smtp import SmtpChannel
-from engine.errors import ChannelError, ConfigurationError
+from engine.errors import ChannelError, ConfigurationError, ErrorKind
 from tests.channels.servers import SmtpServer, free_port
 
 MESSAGE = EmailMessage(
@@ -89,7 +89,7 @@ def test_a_wrong_password_is_a_configuration_error(
     with pytest.raises(ChannelError) as caught:
         channel.send(MESSAGE)
 
-    assert caught.value.kind == ChannelError.CONFIGURATION
+    assert caught.value.kind == ErrorKind.CONFIGURATION
     assert caught.value.status == 535
 
 
@@ -99,7 +99,7 @@ def test_an_untrusted_certificate_is_a_configuration_error(secure_smtp_server: S
     with pytest.raises(ChannelError) as caught:
         channel.send(MESSAGE)
 
-    assert caught.value.kind == ChannelError.CONFIGURATION
+    assert caught.value.kind == ErrorKind.CONFIGURATION
 
 
 def test_starttls_against_a_server_without_it_is_a_configuration_error(
@@ -108,17 +108,17 @@ def test_starttls_against_a_server_without_it_is_a_configuration_error(
     with pytest.raises(ChannelError) as caught:
         SmtpChannel("127.0.0.1", smtp_server.port, starttls=True).send(MESSAGE)
 
-    assert caught.value.kind == ChannelError.CONFIGURATION
+    assert caught.value.kind == ErrorKind.CONFIGURATION
 
 
 @pytest.mark.parametrize(
     ("rcpt", "data", "kind", "status"),
     [
-        ("550 5.1.1 No such user", None, ChannelError.PERMANENT, 550),
-        ("421 4.7.0 Try again later", None, ChannelError.TRANSIENT, 421),
-        ("450 4.2.1 Mailbox busy", None, ChannelError.TRANSIENT, 450),
-        (None, "554 5.7.1 Message rejected as spam", ChannelError.PERMANENT, 554),
-        (None, "451 4.3.0 Local error", ChannelError.TRANSIENT, 451),
+        ("550 5.1.1 No such user", None, ErrorKind.PERMANENT, 550),
+        ("421 4.7.0 Try again later", None, ErrorKind.TRANSIENT, 421),
+        ("450 4.2.1 Mailbox busy", None, ErrorKind.TRANSIENT, 450),
+        (None, "554 5.7.1 Message rejected as spam", ErrorKind.PERMANENT, 554),
+        (None, "451 4.3.0 Local error", ErrorKind.TRANSIENT, 451),
     ],
     ids=["rcpt-550", "rcpt-421", "rcpt-450", "data-554", "data-451"],
 )
@@ -142,7 +142,7 @@ def test_a_closed_port_is_transient() -> None:
     with pytest.raises(ChannelError) as caught:
         SmtpChannel("127.0.0.1", free_port(), timeout=2).send(MESSAGE)
 
-    assert caught.value.kind == ChannelError.TRANSIENT
+    assert caught.value.kind == ErrorKind.TRANSIENT
 
 
 def test_settings_come_from_the_environment() -> None:

@@ -8,7 +8,7 @@ import pytest
 
 from channels.base import SmsMessage
 from channels.twilio import TwilioChannel
-from engine.errors import ChannelError, ConfigurationError
+from engine.errors import ChannelError, ConfigurationError, ErrorKind
 from tests.channels.servers import Reply, TwilioServer, free_port, twilio_error
 
 MESSAGE = SmsMessage(
@@ -70,7 +70,7 @@ def test_a_wrong_auth_token_is_a_configuration_error(twilio_server: TwilioServer
     with pytest.raises(ChannelError) as caught:
         channel_for(twilio_server, TWILIO_AUTH_TOKEN="wrong").send(MESSAGE)
 
-    assert caught.value.kind == ChannelError.CONFIGURATION
+    assert caught.value.kind == ErrorKind.CONFIGURATION
     assert (caught.value.status, caught.value.code) == (401, "20003")
 
 
@@ -78,7 +78,7 @@ def test_an_invalid_number_is_permanent(twilio_server: TwilioServer) -> None:
     with pytest.raises(ChannelError) as caught:
         channel_for(twilio_server).send(SmsMessage("d-3", "555-0100", "+14155550199", "Hi"))
 
-    assert caught.value.kind == ChannelError.PERMANENT
+    assert caught.value.kind == ErrorKind.PERMANENT
     assert caught.value.code == "21211"
     assert "Invalid 'To' Phone Number" in str(caught.value)
 
@@ -89,30 +89,30 @@ def test_a_number_that_replied_stop_is_opted_out(twilio_server: TwilioServer) ->
     with pytest.raises(ChannelError) as caught:
         channel_for(twilio_server).send(MESSAGE)
 
-    assert caught.value.kind == ChannelError.OPTED_OUT
+    assert caught.value.kind == ErrorKind.OPTED_OUT
     assert caught.value.code == "21610"
 
 
 @pytest.mark.parametrize(
     ("reply", "kind"),
     [
-        (twilio_error(400, 21211, "Invalid 'To' Phone Number"), ChannelError.PERMANENT),
+        (twilio_error(400, 21211, "Invalid 'To' Phone Number"), ErrorKind.PERMANENT),
         (
             twilio_error(400, 21614, "'To' number is not a valid mobile number"),
-            ChannelError.PERMANENT,
+            ErrorKind.PERMANENT,
         ),
         (
             twilio_error(400, 21610, "Attempt to send to unsubscribed recipient"),
-            ChannelError.OPTED_OUT,
+            ErrorKind.OPTED_OUT,
         ),
-        (twilio_error(401, 20003, "Authenticate"), ChannelError.CONFIGURATION),
-        (twilio_error(403, 20008, "Forbidden"), ChannelError.CONFIGURATION),
-        (twilio_error(429, 20429, "Too Many Requests"), ChannelError.TRANSIENT),
-        (twilio_error(400, 20429, "Too Many Requests"), ChannelError.TRANSIENT),
-        (twilio_error(500, 20500, "Internal Server Error"), ChannelError.TRANSIENT),
-        (Reply(503, b"<html>down</html>"), ChannelError.TRANSIENT),
-        (twilio_error(404, 20404, "Not found"), ChannelError.PERMANENT),
-        (twilio_error(400, 30007, "Message filtered"), ChannelError.PERMANENT),
+        (twilio_error(401, 20003, "Authenticate"), ErrorKind.CONFIGURATION),
+        (twilio_error(403, 20008, "Forbidden"), ErrorKind.CONFIGURATION),
+        (twilio_error(429, 20429, "Too Many Requests"), ErrorKind.TRANSIENT),
+        (twilio_error(400, 20429, "Too Many Requests"), ErrorKind.TRANSIENT),
+        (twilio_error(500, 20500, "Internal Server Error"), ErrorKind.TRANSIENT),
+        (Reply(503, b"<html>down</html>"), ErrorKind.TRANSIENT),
+        (twilio_error(404, 20404, "Not found"), ErrorKind.PERMANENT),
+        (twilio_error(400, 30007, "Message filtered"), ErrorKind.PERMANENT),
         (
             Reply.json(
                 400,
@@ -123,7 +123,7 @@ def test_a_number_that_replied_stop_is_opted_out(twilio_server: TwilioServer) ->
                     "code": 21211,
                 },
             ),
-            ChannelError.PERMANENT,
+            ErrorKind.PERMANENT,
         ),
         (
             Reply.json(
@@ -135,7 +135,7 @@ def test_a_number_that_replied_stop_is_opted_out(twilio_server: TwilioServer) ->
                     "code": 20429,
                 },
             ),
-            ChannelError.TRANSIENT,
+            ErrorKind.TRANSIENT,
         ),
     ],
     ids=[
@@ -189,7 +189,7 @@ def test_the_server_rate_limit_refuses_sends_past_n_per_second_per_sender(
         other_sender = SmsMessage("d-4", "+14155550100", "+14155550177", "Hi")
         channel.send(other_sender)
 
-    assert caught.value.kind == ChannelError.TRANSIENT
+    assert caught.value.kind == ErrorKind.TRANSIENT
     assert caught.value.code == "20429"
     assert len(server.accepted) == 4
 
@@ -211,7 +211,7 @@ def test_a_closed_port_is_transient(local_network: None) -> None:
     with pytest.raises(ChannelError) as caught:
         channel.send(MESSAGE)
 
-    assert caught.value.kind == ChannelError.TRANSIENT
+    assert caught.value.kind == ErrorKind.TRANSIENT
 
 
 def test_a_slow_answer_times_out_as_transient(twilio_server: TwilioServer) -> None:
@@ -226,7 +226,7 @@ def test_a_slow_answer_times_out_as_transient(twilio_server: TwilioServer) -> No
     with pytest.raises(ChannelError) as caught:
         channel.send(MESSAGE)
 
-    assert caught.value.kind == ChannelError.TRANSIENT
+    assert caught.value.kind == ErrorKind.TRANSIENT
 
 
 def test_an_edge_setting_with_a_redirected_base_url_is_refused(twilio_server: TwilioServer) -> None:
