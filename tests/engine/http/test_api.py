@@ -33,7 +33,7 @@ from engine.runner.inline import run_due
 from engine.settings import Settings
 from tests.channels.servers import SendGridSigner
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[3]
 FIXTURES = ROOT / "tests" / "engine" / "fixtures" / "workflows"
 KEY = "test-key-0123456789abcdef"
 AUTH = {"Authorization": f"Bearer {KEY}"}

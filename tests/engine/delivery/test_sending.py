@@ -24,7 +24,7 @@ from engine.settings import Settings
 from engine.workflow.runtime import Runtime
 from engine.workflow.spec import Cap, QuietHours, SendPolicy, Window
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 LEAD = {"email": "kim@umbrella.test", "phone": "+15005550009", "first_name": "Kim"}
 
 

@@ -30,7 +30,7 @@ from engine.workflow.spec import (
     Workflows,
 )
 
-SHIPPED = Path(__file__).resolve().parents[2] / "workflows"
+SHIPPED = Path(__file__).resolve().parents[3] / "workflows"
 EMAIL = {
     "welcome", "case_study", "pricing_guide", "demo_invite", "customer_story", "win_back",
     "whats_new", "last_chance",

@@ -24,7 +24,7 @@ from engine.workflow.runtime import Runtime
 from engine.workflow.spec import SendPolicy
 from tests.channels.servers import TwilioServer
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 BURST = 24
 LIMIT = 12.0  # messages per second the test provider allows per sender, 429 past it
 RATE = LIMIT * 0.95  # the configured pace keeps a margin for network jitter

@@ -11,7 +11,7 @@ from click.testing import CliRunner, Result
 
 from engine.cli.main import main
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[3]
 FIXTURES = ROOT / "tests" / "engine" / "fixtures" / "workflows"
 
 

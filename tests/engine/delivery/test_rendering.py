@@ -19,7 +19,7 @@ from engine.delivery.rendering import (
 )
 from engine.errors import NurtureError, Problem
 
-SHIPPED = Path(__file__).resolve().parents[2] / "templates"
+SHIPPED = Path(__file__).resolve().parents[3] / "templates"
 SHIPPED_EMAIL = {
     "welcome",
     "case_study",

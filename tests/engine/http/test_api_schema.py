@@ -22,7 +22,7 @@ from engine.clock import FrozenClock
 from engine.http.api import create_api
 from engine.settings import Settings
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[3]
 KEY = "schema-key-0123456789abcdef"
 AUTH = {"Authorization": f"Bearer {KEY}"}
 FORM = "application/x-www-form-urlencoded"
