@@ -2,3 +2,7 @@
 
 The top floor: may import everything; nothing imports it.
 """
+
+from engine.cli.main import main
+
+__all__ = ["main"]

@@ -2,3 +2,18 @@
 
 May import: funnel, workflow, channels and the low floors.
 """
+
+from engine.delivery.feedback import record_delivery_event
+from engine.delivery.handoff import HandoffAttempt, deliver_handoff
+from engine.delivery.rendering import Renderer
+from engine.delivery.sending import SendAttempt, SendContext, send_delivery
+
+__all__ = [
+    "HandoffAttempt",
+    "Renderer",
+    "SendAttempt",
+    "SendContext",
+    "deliver_handoff",
+    "record_delivery_event",
+    "send_delivery",
+]

@@ -2,3 +2,8 @@
 
 May import: workflow and the low floors. Never delivery, runner, read, http or cli.
 """
+
+from engine.funnel.leads import Identity
+from engine.funnel.service import Outcome, recycle_lead, refresh, track, upsert_lead, win_lead
+
+__all__ = ["Identity", "Outcome", "recycle_lead", "refresh", "track", "upsert_lead", "win_lead"]
