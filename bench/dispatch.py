@@ -225,7 +225,7 @@ def statuses(app: App) -> Counter[str]:
     """How many deliveries are in each status."""
     with app.sessions.begin() as session:
         rows = session.execute(select(Delivery.status, func.count()).group_by(Delivery.status))
-        return Counter({status: n for status, n in rows})
+        return Counter({str(status): n for status, n in rows})
 
 
 def run_sends(
