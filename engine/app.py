@@ -14,6 +14,7 @@ from channels import build_channels
 from channels.base import Channel
 from engine.clock import Clock, SystemClock
 from engine.db import make_engine, make_sessionmaker
+from engine.delivery.handoff import CrmTarget
 from engine.delivery.pacing import LocalPacer, Pacer, RedisPacer
 from engine.delivery.rendering import Renderer
 from engine.errors import Problem, WorkflowError
@@ -57,8 +58,7 @@ class App:
     rt: Runtime
     renderer: Renderer
     channels: Mapping[str, Channel]
-    crm_url: str | None
-    crm_secret: str
+    crm: CrmTarget
     pacer: Pacer | None
 
     @classmethod
@@ -87,8 +87,10 @@ class App:
             rt=Runtime(workflows, clock, policy.assignment, policy.send),
             renderer=renderer,
             channels=channels,
-            crm_url=env.get("NURTURE_CRM_WEBHOOK_URL") or None,
-            crm_secret=env.get("NURTURE_CRM_WEBHOOK_SECRET") or settings.secret_key,
+            crm=CrmTarget(
+                url=env.get("NURTURE_CRM_WEBHOOK_URL") or None,
+                secret=env.get("NURTURE_CRM_WEBHOOK_SECRET") or settings.secret_key,
+            ),
             pacer=_pacer(settings) if paced else None,
         )
 

@@ -368,7 +368,7 @@ def test_a_handoff_cut_off_around_the_crm_call_is_delivered_with_one_idempotency
                 handoffs.append(handoff_id.handoff_id)
 
         def deliver(handoff_id: int) -> str:
-            return deliver_handoff(app.sessions, app.rt, app.crm_url, app.crm_secret, handoff_id)
+            return deliver_handoff(app.sessions, app.rt, app.crm, handoff_id)
 
         cut_after = 0
         for at, handoff_id in enumerate(handoffs, start=1):

@@ -7,19 +7,54 @@ import hmac
 import json
 import urllib.error
 import urllib.request
+from collections.abc import Mapping
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from enum import StrEnum
 from html import escape
-from typing import Any
+from typing import Any, Protocol
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
-from channels.base import EmailMessage
+from channels.base import EMAIL, Channel, EmailMessage
 from engine.db import claim
 from engine.delivery.context import lead_view
 from engine.models import Handoff, HandoffStatus, Lead, Stage
+from engine.settings import Settings
 from engine.workflow.runtime import Runtime
+
+
+@dataclass(frozen=True)
+class CrmTarget:
+    """Where handoffs go: the CRM webhook (None: the database row is the handoff) and its key."""
+
+    url: str | None
+    secret: str
+
+
+class HandoffContext(Protocol):
+    """What handing a lead over needs from its process; `engine.app.App` is one."""
+
+    @property
+    def sessions(self) -> sessionmaker[Session]:
+        """Where the transactions around the CRM call begin."""
+
+    @property
+    def rt(self) -> Runtime:
+        """Owner assignment rules and the clock."""
+
+    @property
+    def settings(self) -> Settings:
+        """The sender of the owner's note."""
+
+    @property
+    def channels(self) -> Mapping[str, Channel]:
+        """The email channel that carries the owner's note."""
+
+    @property
+    def crm(self) -> CrmTarget:
+        """Where the handoff goes."""
 
 
 class HandoffAttempt(StrEnum):
@@ -104,22 +139,31 @@ def claim_due_handoffs(
     return claim(session, query, Handoff, next_attempt_at=now + lease)
 
 
+def hand_over(ctx: HandoffContext, handoff_id: int) -> HandoffAttempt:
+    """Deliver a handoff to the CRM, then note it to its owner when sending.yml asks for that."""
+    attempt = deliver_handoff(ctx.sessions, ctx.rt, ctx.crm, handoff_id)
+    if attempt != HandoffAttempt.RETRY and ctx.rt.assignment.notify_owner:
+        sender = ctx.settings.notify_from
+        notify_owner(ctx.sessions, ctx.rt, ctx.channels[EMAIL], sender, handoff_id)
+    return attempt
+
+
 def deliver_handoff(
-    sessions: sessionmaker[Session], rt: Runtime, url: str | None, secret: str, handoff_id: int
+    sessions: sessionmaker[Session], rt: Runtime, crm: CrmTarget, handoff_id: int
 ) -> HandoffAttempt:
     """Deliver one handoff; 2xx marks it delivered, anything else schedules a retry with backoff."""
     with sessions.begin() as session:
         handoff = session.get_one(Handoff, handoff_id)
         if handoff.status != HandoffStatus.PENDING:
             return HandoffAttempt.DELIVERED
-        if not url:
+        if not crm.url:
             # No CRM configured: the record in the database is the handoff.
             handoff.status = HandoffStatus.DELIVERED
             handoff.delivered_at = rt.clock.now()
             handoff.next_attempt_at = None
             return HandoffAttempt.RECORDED
         payload = document(session, handoff)
-    status = post(url, secret, f"handoff-{handoff_id}", payload, rt.clock.now())
+    status = post(crm.url, crm.secret, f"handoff-{handoff_id}", payload, rt.clock.now())
     with sessions.begin() as session:
         handoff = session.get_one(Handoff, handoff_id)
         handoff.attempts += 1
@@ -170,7 +214,7 @@ def owner_email(document: dict[str, Any], from_email: str) -> Any:
 
 
 def notify_owner(
-    sessions: sessionmaker[Session], rt: Runtime, channel: Any, from_email: str, handoff_id: int
+    sessions: sessionmaker[Session], rt: Runtime, channel: Channel, from_email: str, handoff_id: int
 ) -> bool:
     """Email the owner once: marked before the send, like every delivery, so never twice."""
     with sessions.begin() as session:

@@ -15,12 +15,7 @@ from dramatiq.brokers.redis import RedisBroker
 from dramatiq.brokers.stub import StubBroker
 
 from engine.app import App
-from engine.delivery.handoff import (
-    HandoffAttempt,
-    claim_due_handoffs,
-    deliver_handoff,
-    notify_owner,
-)
+from engine.delivery.handoff import claim_due_handoffs, hand_over
 from engine.delivery.sending import expire_stuck, send_delivery
 from engine.funnel.service import Outcome, refresh, track
 from engine.runner.scheduler import (
@@ -95,11 +90,7 @@ class Tasks:
         send_delivery(self.app, delivery_id)
 
     def _deliver_handoff(self, handoff_id: int) -> None:
-        app = self.app
-        status = deliver_handoff(app.sessions, app.rt, app.crm_url, app.crm_secret, handoff_id)
-        if status != HandoffAttempt.RETRY and app.rt.assignment.notify_owner:
-            sender = app.settings.notify_from
-            notify_owner(app.sessions, app.rt, app.channels["email"], sender, handoff_id)
+        hand_over(self.app, handoff_id)
 
     def _refresh_lead(self, lead_id: int) -> None:
         app = self.app

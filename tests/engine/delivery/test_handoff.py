@@ -9,7 +9,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from engine.clock import FrozenClock
-from engine.delivery.handoff import claim_due_handoffs, deliver_handoff
+from engine.delivery.handoff import CrmTarget, HandoffAttempt, claim_due_handoffs, deliver_handoff
 from engine.funnel.lifecycle import HANDOFF_GRACE
 from engine.funnel.service import track
 from engine.models import Handoff
@@ -26,6 +26,12 @@ def crm() -> Iterator[CrmReceiver]:
         yield receiver
 
 
+def _deliver(
+    sessions: sessionmaker[Session], rt: Runtime, url: str, secret: str, handoff_id: int
+) -> HandoffAttempt:
+    return deliver_handoff(sessions, rt, CrmTarget(url, secret), handoff_id)
+
+
 def _cross(sessions: sessionmaker[Session], rt: Runtime) -> int:
     with sessions.begin() as s:
         track(s, rt, VP, "demo_requested")
@@ -38,14 +44,14 @@ def test_a_handoff_is_posted_signed_with_the_lead_score_and_reasons(
     sessions: sessionmaker[Session], rt: Runtime, crm: CrmReceiver
 ) -> None:
     handoff_id = _cross(sessions, rt)
-    assert deliver_handoff(sessions, rt, crm.endpoint, "crm-secret", handoff_id) == "delivered"
+    assert _deliver(sessions, rt, crm.endpoint, "crm-secret", handoff_id) == "delivered"
     (document,) = crm.received
     assert document["lead"]["email"] == "vp@northwind.test"
     assert document["lead"]["first_name"] == "Vera"
     assert document["score"]["total"] == 50
     assert document["reasons"]["threshold"] == "score >= 50 and fit >= 10"
     assert crm.keys == [f"handoff-{handoff_id}"]
-    assert deliver_handoff(sessions, rt, crm.endpoint, "crm-secret", handoff_id) == "delivered"
+    assert _deliver(sessions, rt, crm.endpoint, "crm-secret", handoff_id) == "delivered"
     assert len(crm.received) == 1  # delivered handoffs are never posted again
 
 
@@ -65,18 +71,18 @@ def test_a_failing_crm_is_retried_with_growing_backoff_until_it_acknowledges(
 ) -> None:
     handoff_id = _cross(sessions, rt)
     crm.then(Reply.json(500, {}), Reply.json(503, {}))
-    assert deliver_handoff(sessions, rt, crm.endpoint, "crm-secret", handoff_id) == "retry"
+    assert _deliver(sessions, rt, crm.endpoint, "crm-secret", handoff_id) == "retry"
     with sessions.begin() as s:
         assert claim_due_handoffs(s, clock.now(), 10) == []  # backing off
         first_wait = s.get_one(Handoff, handoff_id).next_attempt_at - clock.now()
     clock.advance(first_wait)
     with sessions.begin() as s:
         assert claim_due_handoffs(s, clock.now(), 10) == [handoff_id]
-    assert deliver_handoff(sessions, rt, crm.endpoint, "crm-secret", handoff_id) == "retry"
+    assert _deliver(sessions, rt, crm.endpoint, "crm-secret", handoff_id) == "retry"
     with sessions.begin() as s:
         assert s.get_one(Handoff, handoff_id).next_attempt_at - clock.now() == first_wait * 2
     clock.advance(first_wait * 2)
-    assert deliver_handoff(sessions, rt, crm.endpoint, "crm-secret", handoff_id) == "delivered"
+    assert _deliver(sessions, rt, crm.endpoint, "crm-secret", handoff_id) == "delivered"
     with sessions.begin() as s:
         handoff = s.scalars(select(Handoff)).one()
         assert (handoff.status, handoff.attempts) == ("delivered", 3)
@@ -87,13 +93,13 @@ def test_a_wrong_secret_is_refused_by_the_receiver_and_retried(
     sessions: sessionmaker[Session], rt: Runtime, crm: CrmReceiver
 ) -> None:
     handoff_id = _cross(sessions, rt)
-    assert deliver_handoff(sessions, rt, crm.endpoint, "wrong", handoff_id) == "retry"
+    assert _deliver(sessions, rt, crm.endpoint, "wrong", handoff_id) == "retry"
     assert crm.received == []
 
 
 def test_an_unreachable_crm_is_retried(sessions: sessionmaker[Session], rt: Runtime) -> None:
     handoff_id = _cross(sessions, rt)
-    assert deliver_handoff(sessions, rt, "http://127.0.0.1:9/handoffs", "s", handoff_id) == "retry"
+    assert _deliver(sessions, rt, "http://127.0.0.1:9/handoffs", "s", handoff_id) == "retry"
 
 
 def test_owners_are_assigned_by_rule_first_then_in_rotation(
