@@ -43,6 +43,7 @@ class SendGridChannel(Channel):
         clock: Clock | None = None,
     ) -> None:
         try:
+            # the optional provider SDK (extra `providers`) loads only when this adapter is used
             from sendgrid import SendGridAPIClient
         except ImportError as err:
             raise sdk_missing("sendgrid") from err
@@ -69,6 +70,7 @@ class SendGridChannel(Channel):
 
     def send(self, message: EmailMessage) -> SendResult:
         """POST /v3/mail/send; 202 (200 in sandbox mode) carries the id in X-Message-Id."""
+        # the optional provider SDK (extra `providers`) loads only when this adapter is used
         from python_http_client.exceptions import HTTPError
 
         body = self.request_body(message)

@@ -40,6 +40,7 @@ class TwilioChannel(Channel):
         environment: Mapping[str, str] | None = None,
     ) -> None:
         try:
+            # the optional provider SDK (extra `providers`) loads only when this adapter is used
             from twilio.http.http_client import TwilioHttpClient
             from twilio.rest import Client
         except ImportError as err:
@@ -71,6 +72,7 @@ class TwilioChannel(Channel):
 
     def send(self, message: SmsMessage) -> SendResult:
         """Create the message; its SM sid is what status callbacks report on."""
+        # the optional provider SDK (extra `providers`, with its requests) loads only when used
         import requests
         from twilio.base.exceptions import TwilioRestException, TwilioServiceException
 

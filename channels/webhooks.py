@@ -107,6 +107,7 @@ def parse_sendgrid_events(
 def check_sendgrid_key(key: str) -> None:
     """Fail at start-up, not on the first webhook, when the public key does not load."""
     try:
+        # the optional provider SDK (extra `providers`) loads only when this adapter is used
         from sendgrid.helpers.eventwebhook import EventWebhook
     except ImportError as error:
         raise sdk_missing("sendgrid") from error
@@ -119,6 +120,7 @@ def check_sendgrid_key(key: str) -> None:
 def _verify_sendgrid(text: str, signature: str | None, timestamp: str | None, key: str) -> None:
     """ECDSA P-256 over timestamp + raw body, checked by the SDK's own verifier."""
     try:
+        # the optional provider SDK (extra `providers`) loads only when this adapter is used
         from sendgrid.helpers.eventwebhook import EventWebhook
     except ImportError as err:
         raise sdk_missing("sendgrid") from err
@@ -175,6 +177,7 @@ def _sendgrid_event(item: Any) -> DeliveryEvent | None:
 def _verify_twilio(url: str, params: Mapping[str, str], signature: str | None, token: str) -> None:
     """HMAC-SHA1 over the public URL and sorted params, checked by the SDK's RequestValidator."""
     try:
+        # the optional provider SDK (extra `providers`) loads only when this adapter is used
         from twilio.request_validator import RequestValidator
     except ImportError as err:
         raise sdk_missing("twilio") from err
