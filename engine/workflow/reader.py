@@ -20,7 +20,8 @@ from yaml.constructor import SafeConstructor
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
 from engine.errors import ConditionError, Problem
-from engine.workflow import conditions
+from engine.workflow.conditions import parse as parse_condition
+from engine.workflow.conditions import threshold
 from engine.workflow.durations import parse_duration
 from engine.workflow.spec import Condition, Window
 
@@ -35,7 +36,7 @@ HOURS = re.compile(r"(\d{1,2}):(\d\d)\s*-\s*(\d{1,2}):(\d\d)")
 DAYS = ("monday", "tuesday", "wednesday", "thursday", "friday", "saturday", "sunday")
 _EMAIL = re.compile(r"[A-Za-z0-9._%+'-]+@[A-Za-z0-9-]+(\.[A-Za-z0-9-]+)+")
 _PHONE = re.compile(r"\+[1-9]\d{6,14}")
-FALLBACK = conditions.threshold(0)
+FALLBACK = threshold(0)
 _NOT_SCALAR = object()
 
 T = TypeVar("T")
@@ -238,7 +239,7 @@ class Reader:
             self.report(node, path, 'expected a condition, e.g. "score >= 20"')
             return FALLBACK
         try:
-            return conditions.parse(value)
+            return parse_condition(value)
         except ConditionError as err:
             self.report(node, path, str(err))
             return FALLBACK

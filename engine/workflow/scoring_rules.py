@@ -11,7 +11,7 @@ from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
 from engine.errors import ConditionError, Problem
 from engine.models import Stage
-from engine.workflow import conditions
+from engine.workflow.conditions import threshold
 from engine.workflow.durations import parse_duration
 from engine.workflow.reader import FALLBACK, Fields, Reader, compose, is_number, join, scalar
 from engine.workflow.spec import Condition, Decay, EngagementRule, FitRule, Limit, Match, Scoring
@@ -56,7 +56,7 @@ class ScoringReader(Reader):
         value = scalar(node)
         try:
             if isinstance(value, str) or is_number(value):
-                return conditions.threshold(value)
+                return threshold(value)
             self.report(node, path, "expected a number or a condition")
         except ConditionError as err:
             self.report(node, path, str(err))
