@@ -14,8 +14,8 @@ from channels import build_channels
 from channels.base import Channel
 from engine.clock import Clock, SystemClock
 from engine.db import make_engine, make_sessionmaker
-from engine.delivery.handoff import CrmTarget
 from engine.delivery.pacing import LocalPacer, Pacer, RedisPacer
+from engine.delivery.process import CrmTarget
 from engine.delivery.rendering import Renderer
 from engine.errors import Problem, WorkflowError
 from engine.settings import Settings

@@ -5,14 +5,16 @@ May import: funnel, workflow, channels and the low floors.
 
 from engine.delivery.feedback import record_delivery_event
 from engine.delivery.handoff import HandoffAttempt, deliver_handoff
+from engine.delivery.process import CrmTarget, DeliveryContext
 from engine.delivery.rendering import Renderer
-from engine.delivery.sending import SendAttempt, SendContext, send_delivery
+from engine.delivery.sending import SendAttempt, send_delivery
 
 __all__ = [
+    "CrmTarget",
+    "DeliveryContext",
     "HandoffAttempt",
     "Renderer",
     "SendAttempt",
-    "SendContext",
     "deliver_handoff",
     "record_delivery_event",
     "send_delivery",

@@ -7,12 +7,10 @@ import hmac
 import json
 import urllib.error
 import urllib.request
-from collections.abc import Mapping
-from dataclasses import dataclass
 from datetime import datetime, timedelta
 from enum import StrEnum
 from html import escape
-from typing import Any, Protocol
+from typing import Any
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
@@ -20,41 +18,9 @@ from sqlalchemy.orm import Session, sessionmaker
 from channels.base import EMAIL, Channel, EmailMessage
 from engine.db import claim
 from engine.delivery.context import lead_view
+from engine.delivery.process import CrmTarget, DeliveryContext
 from engine.models import Handoff, HandoffStatus, Lead, Stage
-from engine.settings import Settings
 from engine.workflow.runtime import Runtime
-
-
-@dataclass(frozen=True)
-class CrmTarget:
-    """Where handoffs go: the CRM webhook (None: the database row is the handoff) and its key."""
-
-    url: str | None
-    secret: str
-
-
-class HandoffContext(Protocol):
-    """What handing a lead over needs from its process; `engine.app.App` is one."""
-
-    @property
-    def sessions(self) -> sessionmaker[Session]:
-        """Where the transactions around the CRM call begin."""
-
-    @property
-    def rt(self) -> Runtime:
-        """Owner assignment rules and the clock."""
-
-    @property
-    def settings(self) -> Settings:
-        """The sender of the owner's note."""
-
-    @property
-    def channels(self) -> Mapping[str, Channel]:
-        """The email channel that carries the owner's note."""
-
-    @property
-    def crm(self) -> CrmTarget:
-        """Where the handoff goes."""
 
 
 class HandoffAttempt(StrEnum):
@@ -139,7 +105,7 @@ def claim_due_handoffs(
     return claim(session, query, Handoff, next_attempt_at=now + lease)
 
 
-def hand_over(ctx: HandoffContext, handoff_id: int) -> HandoffAttempt:
+def hand_over(ctx: DeliveryContext, handoff_id: int) -> HandoffAttempt:
     """Deliver a handoff to the CRM, then note it to its owner when sending.yml asks for that."""
     attempt = deliver_handoff(ctx.sessions, ctx.rt, ctx.crm, handoff_id)
     if attempt != HandoffAttempt.RETRY and ctx.rt.assignment.notify_owner:

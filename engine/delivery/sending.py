@@ -6,19 +6,19 @@ At most once: the `sending` state commits before the provider is called, and onl
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from enum import StrEnum
-from typing import Any, Protocol
+from typing import Any
 
 from sqlalchemy import func, select, update
-from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.orm import Session
 
-from channels.base import Channel, EmailMessage, SmsMessage
+from channels.base import EmailMessage, SmsMessage
 from engine.db import is_postgres
 from engine.delivery.context import message_context
-from engine.delivery.pacing import Pacer, PacingTimeout, rate_for
+from engine.delivery.pacing import PacingTimeout, rate_for
+from engine.delivery.process import DeliveryContext
 from engine.delivery.rendering import Renderer
 from engine.errors import ChannelError, ErrorKind, NurtureError
 from engine.models import (
@@ -46,34 +46,6 @@ class SendAttempt(StrEnum):
     FAILED = "failed"  # the provider refused it for good
     PACED = "paced"  # no sending slot soon enough: planned again for when one frees up
     NOT_SENT = "not sent"  # not due, or a guard skipped or deferred it: nothing reached a provider
-
-
-class SendContext(Protocol):
-    """What a send needs from its process; `engine.app.App` is one, a test may build another."""
-
-    @property
-    def sessions(self) -> sessionmaker[Session]:
-        """Where each of the two transactions around the provider call begins."""
-
-    @property
-    def rt(self) -> Runtime:
-        """Workflows, sending rules and the clock."""
-
-    @property
-    def settings(self) -> Settings:
-        """Public URL and secret for unsubscribe links."""
-
-    @property
-    def renderer(self) -> Renderer:
-        """The templates."""
-
-    @property
-    def channels(self) -> Mapping[str, Channel]:
-        """The adapter per channel name."""
-
-    @property
-    def pacer(self) -> Pacer | None:
-        """Send slots per sender; None sends unpaced."""
 
 
 @dataclass(frozen=True)
@@ -340,7 +312,7 @@ def expire_stuck(session: Session, now: datetime, limit: int = 1000) -> int:
     return len(stuck)
 
 
-def send_delivery(ctx: SendContext, delivery_id: str) -> SendAttempt:
+def send_delivery(ctx: DeliveryContext, delivery_id: str) -> SendAttempt:
     """Send one delivery end to end in two transactions around the provider call.
 
     The pacer gives each sender its provider's rate across all workers; a delivery that would

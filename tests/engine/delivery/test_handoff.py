@@ -9,7 +9,8 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from engine.clock import FrozenClock
-from engine.delivery.handoff import CrmTarget, HandoffAttempt, claim_due_handoffs, deliver_handoff
+from engine.delivery.handoff import HandoffAttempt, claim_due_handoffs, deliver_handoff
+from engine.delivery.process import CrmTarget
 from engine.funnel.lifecycle import HANDOFF_GRACE
 from engine.funnel.service import track
 from engine.models import Handoff
