@@ -19,9 +19,9 @@ from sqlalchemy.orm import Session
 from channels.base import EMAIL, SMS, DeliveryEvent
 from engine.delivery.sending import suppress
 from engine.errors import InvalidLeadError
-from engine.funnel.leads import normalise_email, normalise_phone
+from engine.funnel.leads import Identity, normalise_email, normalise_phone
 from engine.funnel.service import Outcome, track
-from engine.models import IDENTITY_FIELDS, Delivery, DeliveryStatus, Lead, Suppression
+from engine.models import Delivery, DeliveryStatus, Lead, Suppression
 from engine.workflow.runtime import Runtime
 
 
@@ -161,12 +161,6 @@ def _find(session: Session, event: DeliveryEvent) -> _Target | None:
     return None if lead is None else _Target(lead, None)
 
 
-def _identity(lead: Lead) -> dict[str, str]:
-    """The lead's existing identity key, so `track()` finds it and changes nothing about it."""
-    name = next(name for name in IDENTITY_FIELDS if getattr(lead, name))
-    return {name: getattr(lead, name)}
-
-
 def _properties(event: DeliveryEvent, delivery: Delivery | None) -> dict[str, Any]:
     """What scoring rules and conditions may match on: the send it came from, url, reason, body."""
     properties: dict[str, Any] = {"provider": event.provider}
@@ -207,10 +201,12 @@ def record_delivery_event(session: Session, rt: Runtime, event: DeliveryEvent) -
     if target is None:
         return FeedbackResult(False, None, None, "unknown_recipient")
     delivery_id = target.delivery.id if target.delivery is not None else None
+    # The lead's stored identity key, so `track()` finds it and changes nothing about it.
+    column, value = Identity.of(target.lead).key()
     result = track(
         session,
         rt,
-        _identity(target.lead),
+        {column: value},
         rule.event_type,
         _properties(event, target.delivery),
         occurred_at=event.occurred_at,
