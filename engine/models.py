@@ -17,6 +17,7 @@ from sqlalchemy import (
     Text,
     TypeDecorator,
     UniqueConstraint,
+    text,
 )
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.engine import Dialect
@@ -75,6 +76,22 @@ class LedgerKind(StrEnum):
     ENGAGEMENT = "engagement"
     DECAY = "decay"
     RESET = "reset"
+
+
+class EventStatus(StrEnum):
+    """Whether an event's consequences ran: failed ones stay stored and are retried with backoff."""
+
+    PENDING = "pending"
+    PROCESSED = "processed"
+    FAILED = "failed"
+
+
+class VersionKind(StrEnum):
+    """Which workflow file a stored version holds: a sequence, scoring.yml or sending.yml."""
+
+    SEQUENCE = "sequence"
+    SCORING = "scoring"
+    SENDING = "sending"
 
 
 class EnumText(TypeDecorator[_E]):
@@ -176,7 +193,16 @@ class Event(Base):
     """Something a lead did or that happened to it; the idempotency key makes repeats count once."""
 
     __tablename__ = "events"
-    __table_args__ = (Index("ix_events_lead_type_time", "lead_id", "type", "occurred_at"),)
+    __table_args__ = (
+        Index("ix_events_lead_type_time", "lead_id", "type", "occurred_at"),
+        # Partial: only the few events not yet processed, so /metrics never scans the table.
+        Index(
+            "ix_events_unprocessed",
+            "status",
+            postgresql_where=text("status <> 'processed'"),
+            sqlite_where=text("status <> 'processed'"),
+        ),
+    )
 
     id: Mapped[int] = mapped_column(primary_key=True)
     lead_id: Mapped[int] = mapped_column(ForeignKey("leads.id", ondelete="CASCADE"))
@@ -186,6 +212,12 @@ class Event(Base):
     received_at: Mapped[datetime]
     idempotency_key: Mapped[str | None] = mapped_column(String(200), unique=True)
     source: Mapped[str] = mapped_column(String(32), default="api")
+    status: Mapped[EventStatus] = mapped_column(
+        EnumText(EventStatus, 12), default=EventStatus.PENDING
+    )
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    error: Mapped[str | None] = mapped_column(Text)
+    retry_at: Mapped[datetime | None] = mapped_column(index=True)
 
 
 class ScoreEntry(Base):
@@ -275,7 +307,7 @@ class Delivery(Base):
     lead_id: Mapped[int] = mapped_column(ForeignKey("leads.id", ondelete="CASCADE"), index=True)
     sequence: Mapped[str] = mapped_column(String(100))
     milestone: Mapped[str] = mapped_column(String(100))
-    step: Mapped[str] = mapped_column(String(120))  # "<milestone>/<position>"
+    step: Mapped[str] = mapped_column(String(200))  # the step's stable id within its milestone
     pass_no: Mapped[int] = mapped_column(Integer)
     channel: Mapped[str] = mapped_column(String(8))
     template: Mapped[str] = mapped_column(String(100))
@@ -313,6 +345,39 @@ class Handoff(Base):
     next_attempt_at: Mapped[datetime | None] = mapped_column(index=True)
     delivered_at: Mapped[datetime | None]
     owner_notified_at: Mapped[datetime | None]
+
+
+class WorkflowVersion(Base):
+    """One immutable content of a workflow file, so any process can run what a lead is pinned to."""
+
+    __tablename__ = "workflow_versions"
+    __table_args__ = (UniqueConstraint("kind", "name", "hash", name="uq_workflow_version"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    kind: Mapped[VersionKind] = mapped_column(EnumText(VersionKind, 12))
+    name: Mapped[str] = mapped_column(String(100))
+    hash: Mapped[str] = mapped_column(String(64))
+    file: Mapped[str] = mapped_column(String(300))
+    source: Mapped[str] = mapped_column(Text)
+    spec: Mapped[dict[str, Any]]
+    first_seen_at: Mapped[datetime]
+
+
+class VersionMove(Base):
+    """An enrolment moved to a new version of its sequence by `nurture apply`, for its timeline."""
+
+    __tablename__ = "version_moves"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    enrolment_id: Mapped[int] = mapped_column(
+        ForeignKey("enrolments.id", ondelete="CASCADE"), index=True
+    )
+    from_version: Mapped[str] = mapped_column(String(64))
+    to_version: Mapped[str] = mapped_column(String(64))
+    from_place: Mapped[str] = mapped_column(String(300))
+    to_place: Mapped[str] = mapped_column(String(300))
+    note: Mapped[str] = mapped_column(Text)
+    moved_at: Mapped[datetime]
 
 
 class Suppression(Base):

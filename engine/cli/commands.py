@@ -15,7 +15,7 @@ from rich.progress import Progress
 from sqlalchemy import inspect, select
 
 from engine.app import App
-from engine.cli.output import console, emit_json, errors, table
+from engine.cli.output import console, emit_json, errors, quiet_engine_logs, table
 from engine.errors import NurtureError, WorkflowError
 from engine.funnel.service import recycle_lead, track, upsert_lead, win_lead
 from engine.models import Handoff, Lead
@@ -87,7 +87,7 @@ def track_command(
         properties[key] = value
     app = open_app(ctx)
     try:
-        with app.sessions.begin() as s:
+        with quiet_engine_logs(), app.sessions.begin() as s:
             result = track(
                 s,
                 app.rt,
@@ -105,9 +105,15 @@ def track_command(
         return
     if result.duplicate:
         console.print(f"duplicate: event id {event_id} was already recorded")
-        return
-    handoff = f", handed to sales (handoff {result.handoff_id})" if result.handoff_id else ""
-    console.print(f"{event} recorded: {result.points:+g} points, stage {result.stage}{handoff}")
+    elif result.failed is None:
+        handoff = f", handed to sales (handoff {result.handoff_id})" if result.handoff_id else ""
+        console.print(f"{event} recorded: {result.points:+g} points, stage {result.stage}{handoff}")
+    if result.failed is not None:
+        click.echo(
+            f"warning: {event} recorded as event {result.event_id}, but processing failed "
+            f"({result.failed}); the scheduler retries it, see `nurture lead show {email}`",
+            err=True,
+        )
 
 
 @click.group("lead")
@@ -120,7 +126,7 @@ def lead_group() -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print the lead as JSON.")
 @click.pass_context
 def lead_show(ctx: click.Context, key: str, as_json: bool) -> None:
-    """Stage, scores and why, enrolments, deliveries and handoffs of a lead."""
+    """Stage, scores and why, enrolments, deliveries, handoffs and unprocessed events of a lead."""
     app = open_app(ctx)
     try:
         with app.sessions() as s:
@@ -165,6 +171,24 @@ def lead_show(ctx: click.Context, key: str, as_json: bool) -> None:
         ["crossing", "created", "owner", "status"],
         [(h["crossing"], h["created_at"], h["owner"], h["status"]) for h in detail["handoffs"]],
     )
+    unprocessed = detail["unprocessed_events"]
+    if unprocessed:
+        table(
+            "Unprocessed events (retried by the scheduler)",
+            ["event", "type", "received", "status", "attempts", "next retry", "error"],
+            [
+                (
+                    e["id"],
+                    e["type"],
+                    e["received_at"],
+                    e["status"],
+                    e["attempts"],
+                    e["retry_at"],
+                    e["error"],
+                )
+                for e in unprocessed
+            ],
+        )
 
 
 @click.group("leads")

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+import logging
 import sys
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from typing import Any
 
 from rich.console import Console
@@ -27,3 +29,20 @@ def table(title: str, columns: Sequence[str], rows: Iterable[Sequence[Any]]) -> 
     for row in rows:
         out.add_row(*("" if cell is None else str(cell) for cell in row))
     console.print(out)
+
+
+@contextmanager
+def quiet_engine_logs() -> Iterator[None]:
+    """Keep the engine's log records (tracebacks for operators) off a person's terminal.
+
+    Without logging configured, Python prints them to stderr; a command that reports the
+    same failure in one line of its own wraps its engine call in this. Configured handlers
+    (a process's log, pytest's caplog) still receive every record.
+    """
+    handler = logging.NullHandler()
+    logger = logging.getLogger("engine")
+    logger.addHandler(handler)
+    try:
+        yield
+    finally:
+        logger.removeHandler(handler)

@@ -4,6 +4,23 @@ May import: workflow and the low floors. Never delivery, runner, read, http or c
 """
 
 from engine.funnel.leads import Identity
-from engine.funnel.service import Outcome, recycle_lead, refresh, track, upsert_lead, win_lead
+from engine.funnel.service import (
+    Outcome,
+    recycle_lead,
+    refresh,
+    reprocess,
+    track,
+    upsert_lead,
+    win_lead,
+)
 
-__all__ = ["Identity", "Outcome", "recycle_lead", "refresh", "track", "upsert_lead", "win_lead"]
+__all__ = [
+    "Identity",
+    "Outcome",
+    "recycle_lead",
+    "refresh",
+    "reprocess",
+    "track",
+    "upsert_lead",
+    "win_lead",
+]

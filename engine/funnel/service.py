@@ -6,13 +6,16 @@ what changed and what follow-up work is due, so no caller re-derives it.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, fields
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
+from sqlalchemy import select
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
 
 from engine.clock import as_utc
@@ -30,9 +33,16 @@ from engine.funnel.leads import (
 )
 from engine.funnel.lifecycle import StageOutcome, evaluate_stage, mark_customer, recycle, set_stage
 from engine.funnel.scoring import apply_decay, recompute_fit, record_activity, score_event
-from engine.models import Enrolment, Event, Handoff, Lead, Stage
+from engine.models import Enrolment, Event, EventStatus, Handoff, Lead, Stage
 from engine.workflow.runtime import Runtime
 from engine.workflow.spec import Fired
+
+log = logging.getLogger(__name__)
+
+# A failed event is retried after 1 minute, then 2, 4, ... and at least every 6 hours.
+FIRST_RETRY = timedelta(minutes=1)
+LAST_RETRY = timedelta(hours=6)
+ERROR_CHARS = 500  # the stored error is one line of at most this many characters
 
 # Events that change consent the moment they are recorded.
 CONSENT_EVENTS: dict[str, tuple[str, bool]] = {
@@ -57,6 +67,7 @@ class Outcome:
     points: float = 0.0
     handoff_id: int | None = None  # a handoff this call created: deliver it
     due_enrolments: list[int] = field(default_factory=list)  # enrolments due now: advance them
+    failed: str | None = None  # the event is stored but processing failed: the scheduler retries
 
     @classmethod
     def of(
@@ -91,6 +102,8 @@ def track(
     """Record an event for a lead (created when unknown), score it and run its consequences.
 
     Idempotent by `event_id`: the same id twice counts once, also from two processes at once.
+    Storing the event never depends on its consequences: when they fail, the event stays
+    stored, marked failed for the scheduler to retry, and the outcome says so (`failed`).
     """
     if (
         not isinstance(event_type, str)
@@ -105,8 +118,7 @@ def track(
     now = rt.clock.now()
     identity = Identity.parse(lead)
     attributes = _attributes(lead)
-    scoring = rt.workflows.scoring
-    stage = Stage.LEAD if event_type in scoring.lead_events else Stage.SUBSCRIBER
+    stage = Stage.LEAD if event_type in rt.workflows.scoring.lead_events else Stage.SUBSCRIBER
     row, created = ensure_lead(session, identity, now, stage)
     attributes_changed = apply_attributes(row, identity, attributes) or created
     event = _insert_event(
@@ -120,23 +132,103 @@ def track(
         source,
     )
     if event is None:
-        return Outcome.of(row, now, duplicate=True)
-    apply_decay(session, scoring, row, now)
-    if attributes_changed:
-        recompute_fit(session, scoring, row, now)
-    points = sum(e.points for e in score_event(session, scoring, row, event, now))
-    record_activity(row, scoring, event.occurred_at)
-    row.updated_at = now  # set late, so the flush writes the lead in one UPDATE
+        original = session.scalars(select(Event).where(Event.idempotency_key == event_id)).one()
+        return Outcome.of(row, now, duplicate=True, event_id=original.id, failed=_failure(original))
     if event_type in CONSENT_EVENTS:
+        # with the event, not its consequences: an opt-out is honoured even when those fail,
+        # and a retry never replays it over a later opt-in
         column, value = CONSENT_EVENTS[event_type]
         setattr(row, column, value)
-    if row.stage == Stage.SUBSCRIBER and event_type in scoring.lead_events:
-        set_stage(session, row, Stage.LEAD, f"event {event_type}", now)
-    outcome = evaluate_stage(session, rt, row, f"event {event_type}")
-    running = _react(session, rt, row, (Fired("event", event_type), *outcome.fired))
-    # enrol_on read the clock after `now`: ask it again for what is due
+    return _process(session, rt, row, event, fit=attributes_changed)
+
+
+def reprocess(session: Session, rt: Runtime, event_id: int) -> Outcome | None:
+    """Retry the consequences of a stored event that failed, under its lead's row lock.
+
+    An event processed meanwhile (a second scheduler, a lease that ran out) is left alone and
+    answered as a duplicate; None when the event no longer exists.
+    """
+    lead_id = session.scalar(select(Event.lead_id).where(Event.id == event_id))
+    if lead_id is None:
+        return None
+    lead = lock_lead(session, lead_id)
+    # read again under the lock: whoever held it may have processed the event
+    event = session.scalars(
+        select(Event).where(Event.id == event_id).execution_options(populate_existing=True)
+    ).one()
+    if event.status == EventStatus.PROCESSED:
+        return Outcome.of(lead, rt.clock.now(), duplicate=True, event_id=event.id)
+    return _process(session, rt, lead, event, fit=True)
+
+
+def backoff(attempts: int) -> timedelta:
+    """How long a failed event waits for its next try: doubling from a minute, capped at 6 h."""
+    return min(FIRST_RETRY * (1 << min(max(attempts - 1, 0), 16)), LAST_RETRY)
+
+
+def _process(session: Session, rt: Runtime, lead: Lead, event: Event, *, fit: bool) -> Outcome:
+    """Run an event's consequences in a savepoint, so a failure undoes only them, not the event."""
+    session.flush()  # storing the event and the lead fails here, before the savepoint
+    try:
+        with session.begin_nested():
+            outcome = _consequences(session, rt, lead, event, fit=fit)
+    except Exception as error:
+        if isinstance(error, DBAPIError) and error.connection_invalidated:
+            raise  # the connection, and the transaction that stored the event, are gone
+        # the rollback expired what the savepoint changed: lead and event reload from the row
+        event.status = EventStatus.FAILED
+        event.attempts += 1
+        event.error = _one_line(error)
+        event.retry_at = rt.clock.now() + backoff(event.attempts)
+        log.error(
+            "event %s (%s) of lead %s: processing failed (attempt %s), retry at %s",
+            event.id,
+            event.type,
+            lead.id,
+            event.attempts,
+            event.retry_at.isoformat(),
+            exc_info=error,
+        )
+        return Outcome.of(lead, rt.clock.now(), event_id=event.id, failed=event.error)
+    event.status = EventStatus.PROCESSED
+    event.error = None
+    event.retry_at = None
+    return outcome
+
+
+def _consequences(session: Session, rt: Runtime, lead: Lead, event: Event, *, fit: bool) -> Outcome:
+    """Score a stored event and run what follows: decay, fit, stages, handoff and the journey.
+
+    The one processing path of a new event and of a retry; `fit` recomputes the fit score.
+    """
+    scoring = rt.workflows.scoring
     now = rt.clock.now()
-    return Outcome.of(row, now, running, outcome.handoff, event_id=event.id, points=points)
+    apply_decay(session, scoring, lead, now)
+    if fit:
+        recompute_fit(session, scoring, lead, now)
+    points = sum(e.points for e in score_event(session, scoring, lead, event, now))
+    record_activity(lead, scoring, event.occurred_at)
+    lead.updated_at = now  # set late, so the flush writes the lead in one UPDATE
+    if lead.stage == Stage.SUBSCRIBER and event.type in scoring.lead_events:
+        set_stage(session, lead, Stage.LEAD, f"event {event.type}", now)
+    outcome = evaluate_stage(session, rt, lead, f"event {event.type}")
+    running = _react(session, rt, lead, (Fired("event", event.type), *outcome.fired))
+    # enrol_on read the clock after `now`: ask it again for what is due
+    return Outcome.of(
+        lead, rt.clock.now(), running, outcome.handoff, event_id=event.id, points=points
+    )
+
+
+def _failure(event: Event) -> str | None:
+    """The error of an event whose processing failed and awaits its retry, else None."""
+    return event.error if event.status == EventStatus.FAILED else None
+
+
+def _one_line(error: Exception) -> str:
+    """The exception's type and text on one storable line, for people and the API."""
+    text = " ".join(f"{type(error).__name__}: {error}".split())
+    text = text.replace("\x00", "\ufffd").encode("utf-8", "replace").decode("utf-8")
+    return text[:ERROR_CHARS]
 
 
 def _attributes(lead: Mapping[str, Any]) -> dict[str, Any]:

@@ -17,7 +17,7 @@ from dramatiq.brokers.redis import RedisBroker
 from fastapi import APIRouter, FastAPI, HTTPException
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST
-from sqlalchemy import select, text
+from sqlalchemy import text
 from sqlalchemy.orm import Session
 
 from engine.app import App
@@ -42,7 +42,7 @@ from engine.http.schemas import (
     lead_out,
 )
 from engine.http.validators import LeadKey, storable_text
-from engine.models import Event, Lead
+from engine.models import Lead
 from engine.read.metrics import BrokerProbe, Metrics
 from engine.read.stats import funnel
 from engine.read.views import find_by_key, lead_detail
@@ -150,7 +150,7 @@ def lead_routes(router: APIRouter, app: App, follow: FollowUps) -> None:
         tags=["leads"],
     )
     def show(key: LeadKey) -> dict[str, Any]:
-        """Stage, scores and why, enrolments, deliveries and handoffs of a lead."""
+        """Stage, scores and why, enrolments, deliveries, handoffs and unprocessed events."""
         with app.sessions() as session:
             return lead_detail(session, lookup(session, key))
 
@@ -201,16 +201,15 @@ def event_routes(router: APIRouter, app: App, follow: FollowUps) -> None:
                 event_id=event.id,
                 source="api",
             )
-            stored = result.event_id
-            if result.duplicate and event.id is not None:
-                stored = session.scalar(select(Event.id).where(Event.idempotency_key == event.id))
         if not result.duplicate:
             follow.metrics.events_ingested.inc()
         follow.after(result)
         return EventOut(
             id=event.id,
-            event_id=stored,
+            event_id=result.event_id,
             duplicate=result.duplicate,
+            processing="failed" if result.failed else "processed",
+            error=result.failed,
             lead_id=result.lead_id,
             stage=result.stage,
             points=result.points,
@@ -224,7 +223,11 @@ def event_routes(router: APIRouter, app: App, follow: FollowUps) -> None:
         tags=["events"],
     )
     def events(body: EventsIn) -> EventOut | EventBatchOut:
-        """Record one event, or a batch: all validated first, then each in its own transaction."""
+        """Record one event, or a batch: all validated first, then each in its own transaction.
+
+        A stored event is answered 200 even when its scoring or journey failed (`processing`
+        is `failed`, with the `error`): the scheduler retries it. A 5xx means it was not stored.
+        """
         if isinstance(body, EventBatch):
             _check_times(body.events, True, app.rt.clock.now())
             return EventBatchOut(events=[record(event) for event in body.events])

@@ -232,6 +232,20 @@ class HandoffOut(BaseModel):
     delivered_at: datetime | None
 
 
+class UnprocessedEventOut(BaseModel):
+    """An event that is stored but whose consequences have not run: why, and when they will."""
+
+    id: int
+    idempotency_key: str | None
+    type: str
+    occurred_at: datetime
+    received_at: datetime
+    status: str
+    attempts: int
+    error: str | None
+    retry_at: datetime | None
+
+
 class LeadDetailOut(BaseModel):
     """Everything about one lead: score and why (newest 50 ledger rows), sequences, sends."""
 
@@ -241,6 +255,7 @@ class LeadDetailOut(BaseModel):
     enrolments: list[EnrolmentOut]
     deliveries: list[DeliveryOut]
     handoffs: list[HandoffOut]
+    unprocessed_events: list[UnprocessedEventOut]
 
 
 class EventOut(BaseModel):
@@ -249,6 +264,11 @@ class EventOut(BaseModel):
     id: str | None = Field(description="The idempotency id sent, if any.")
     event_id: int | None = Field(description="The stored event (the original for a duplicate).")
     duplicate: bool
+    processing: Literal["processed", "failed"] = Field(
+        description="`failed`: the event is stored, its scoring or journey failed and the "
+        "scheduler retries it with backoff."
+    )
+    error: str | None = Field(description="Why processing failed, when it did.")
     lead_id: int
     stage: str
     points: float

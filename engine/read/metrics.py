@@ -19,12 +19,20 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
 from engine.clock import Clock
-from engine.models import Delivery, DeliveryStatus, Enrolment, EnrolmentStatus
+from engine.models import (
+    Delivery,
+    DeliveryStatus,
+    Enrolment,
+    EnrolmentStatus,
+    Event,
+    EventStatus,
+)
 
 log = logging.getLogger(__name__)
 
 NAMESPACE = "nurture"
 PROVIDERS = ("sendgrid", "twilio")
+UNPROCESSED = (EventStatus.PENDING, EventStatus.FAILED)
 
 
 class BrokerProbe:
@@ -48,7 +56,7 @@ class BrokerProbe:
 
 
 class _DatabaseGauges:
-    """Deliveries per channel and status, and scheduler lag, queried when Prometheus scrapes."""
+    """Deliveries, unprocessed events and scheduler lag, queried when Prometheus scrapes."""
 
     def __init__(self, sessions: sessionmaker[Session], clock: Clock) -> None:
         self.sessions = sessions
@@ -56,7 +64,7 @@ class _DatabaseGauges:
 
     def describe(self) -> Iterable[Metric]:
         """Names only, so registering does not query the database."""
-        return [_deliveries(), _lag()]
+        return [_deliveries(), _lag(), _unprocessed(), _failed_age()]
 
     def collect(self) -> Iterable[Metric]:
         """Fresh numbers; none (and a log line) when the database is down: never a failed scrape."""
@@ -78,6 +86,11 @@ class _DatabaseGauges:
                         Delivery.status == DeliveryStatus.PLANNED, Delivery.due_at <= now
                     )
                 )
+                events = session.execute(
+                    select(Event.status, func.count(), func.min(Event.received_at))
+                    .where(Event.status != EventStatus.PROCESSED)  # the partial index
+                    .group_by(Event.status)
+                ).all()
         except SQLAlchemyError as error:
             log.warning("metrics: database gauges unavailable: %s", error)
             return []
@@ -87,7 +100,16 @@ class _DatabaseGauges:
         oldest = min((t for t in (enrolment, delivery) if t is not None), default=None)
         lag = _lag()
         lag.add_metric([], (now - oldest).total_seconds() if oldest is not None else 0.0)
-        return [deliveries, lag]
+        by_status = {status: (int(n), first) for status, n, first in events}
+        unprocessed = _unprocessed()
+        for status in UNPROCESSED:  # zeros too, so an alert sees the series before it rises
+            unprocessed.add_metric([status], by_status.get(status, (0, None))[0])
+        first_failed = by_status.get(EventStatus.FAILED, (0, None))[1]
+        failed_age = _failed_age()
+        failed_age.add_metric(
+            [], (now - first_failed).total_seconds() if first_failed is not None else 0.0
+        )
+        return [deliveries, lag, unprocessed, failed_age]
 
 
 def _deliveries() -> GaugeMetricFamily:
@@ -102,6 +124,21 @@ def _lag() -> GaugeMetricFamily:
     return GaugeMetricFamily(
         f"{NAMESPACE}_scheduler_lag_seconds",
         "Age of the oldest due work (active enrolment or planned delivery); 0 when none is due.",
+    )
+
+
+def _unprocessed() -> GaugeMetricFamily:
+    return GaugeMetricFamily(
+        f"{NAMESPACE}_events_unprocessed",
+        "Stored events whose scoring and journey have not run, by status; failed ones are retried.",
+        labels=["status"],
+    )
+
+
+def _failed_age() -> GaugeMetricFamily:
+    return GaugeMetricFamily(
+        f"{NAMESPACE}_oldest_failed_event_age_seconds",
+        "Age of the oldest event whose processing failed (since it was received); 0 when none.",
     )
 
 

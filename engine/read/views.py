@@ -9,7 +9,7 @@ from sqlalchemy.orm import Session
 
 from engine.errors import UnknownLeadError
 from engine.funnel.leads import Identity, get_lead
-from engine.models import Delivery, Enrolment, Handoff, Lead, ScoreEntry
+from engine.models import Delivery, Enrolment, Event, EventStatus, Handoff, Lead, ScoreEntry
 
 LEDGER_ROWS = 50
 
@@ -34,7 +34,7 @@ def _iso(value: Any) -> str | None:
 
 
 def lead_detail(session: Session, lead: Lead) -> dict[str, Any]:
-    """Who the lead is, its score and why, where it is in each sequence, what it was sent."""
+    """Who the lead is, its score and why, its sequences and sends, and events not yet processed."""
     ledger = session.scalars(
         select(ScoreEntry)
         .where(ScoreEntry.lead_id == lead.id)
@@ -51,6 +51,11 @@ def lead_detail(session: Session, lead: Lead) -> dict[str, Any]:
     )
     handoffs = session.scalars(
         select(Handoff).where(Handoff.lead_id == lead.id).order_by(Handoff.id)
+    )
+    unprocessed = session.scalars(
+        select(Event)
+        .where(Event.lead_id == lead.id, Event.status != EventStatus.PROCESSED)
+        .order_by(Event.id)
     )
     return {
         "lead": {
@@ -121,5 +126,19 @@ def lead_detail(session: Session, lead: Lead) -> dict[str, Any]:
                 "delivered_at": _iso(h.delivered_at),
             }
             for h in handoffs
+        ],
+        "unprocessed_events": [
+            {
+                "id": e.id,
+                "idempotency_key": e.idempotency_key,
+                "type": e.type,
+                "occurred_at": _iso(e.occurred_at),
+                "received_at": _iso(e.received_at),
+                "status": e.status,
+                "attempts": e.attempts,
+                "error": e.error,
+                "retry_at": _iso(e.retry_at),
+            }
+            for e in unprocessed
         ],
     }

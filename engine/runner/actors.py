@@ -17,13 +17,14 @@ from dramatiq.brokers.stub import StubBroker
 from engine.app import App
 from engine.delivery.handoff import claim_due_handoffs, hand_over
 from engine.delivery.sending import expire_stuck, send_delivery
-from engine.funnel.service import Outcome, refresh, track
+from engine.funnel.service import Outcome, refresh, reprocess, track
 from engine.runner.scheduler import (
     DEFAULT_LEASE,
     advance_enrolment,
     claim_due_deliveries,
     claim_due_enrolments,
     claim_due_leads,
+    claim_failed_events,
 )
 
 # Longest idle poll of a queue, in ms: Dramatiq's default of 1000 adds up to a second to a
@@ -50,13 +51,18 @@ class Tasks:
         self.lease = lease
         declare = _declarer(broker)
         self.process_event = declare(self._process_event, "events")
+        self.retry_event = declare(self._retry_event, "events")
         self.advance_enrolment = declare(self._advance_enrolment, "journeys")
         self.send_delivery = declare(self._send_delivery, "sends")
         self.deliver_handoff = declare(self._deliver_handoff, "handoffs")
         self.refresh_lead = declare(self._refresh_lead, "maintenance")
 
     def _process_event(self, payload: dict[str, Any]) -> None:
-        """Record an event, then advance what became due and deliver a handoff at once."""
+        """Record an event, then advance what became due and deliver a handoff at once.
+
+        A failure of its consequences does not raise: the event is stored, marked failed, and
+        the scheduler retries it (`retry_event`), so Dramatiq has nothing to redeliver.
+        """
         app = self.app
         occurred = payload.get("occurred_at")
         with app.sessions.begin() as session:
@@ -71,6 +77,13 @@ class Tasks:
                 source=payload.get("source", "api"),
             )
         self.follow_up(result)
+
+    def _retry_event(self, event_id: int) -> None:
+        """Run the consequences of a failed event again; a new failure waits for its backoff."""
+        with self.app.sessions.begin() as session:
+            outcome = reprocess(session, self.app.rt, event_id)
+        if outcome is not None:
+            self.follow_up(outcome)
 
     def follow_up(self, outcome: Outcome) -> None:
         """Advance the enrolments a service call made due and deliver the handoff it created."""
@@ -103,11 +116,14 @@ class Tasks:
         app = self.app
         now = app.rt.clock.now()
         with app.sessions.begin() as session:
+            events = claim_failed_events(session, now, batch, self.lease)
             leads = claim_due_leads(session, now, batch)
             enrolments = claim_due_enrolments(session, now, batch, self.lease)
             deliveries = claim_due_deliveries(session, now, batch, self.lease)
             handoffs = claim_due_handoffs(session, now, batch, self.lease)
             expire_stuck(session, now)
+        for event_id in events:
+            self.retry_event.send(event_id)
         for lead_id in leads:
             self.refresh_lead.send(lead_id)
         for enrolment_id in enrolments:
@@ -116,7 +132,7 @@ class Tasks:
             self.send_delivery.send(delivery_id)
         for handoff_id in handoffs:
             self.deliver_handoff.send(handoff_id)
-        return len(leads) + len(enrolments) + len(deliveries) + len(handoffs)
+        return len(events) + len(leads) + len(enrolments) + len(deliveries) + len(handoffs)
 
 
 def _declarer(broker: dramatiq.Broker) -> Callable[[Callable[..., None], str], dramatiq.Actor]:  # type: ignore[type-arg]

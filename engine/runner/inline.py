@@ -10,8 +10,13 @@ from collections.abc import Callable
 
 from sqlalchemy.orm import Session, sessionmaker
 
-from engine.funnel.service import refresh
-from engine.runner.scheduler import advance_enrolment, claim_due_enrolments, claim_due_leads
+from engine.funnel.service import refresh, reprocess
+from engine.runner.scheduler import (
+    advance_enrolment,
+    claim_due_enrolments,
+    claim_due_leads,
+    claim_failed_events,
+)
 from engine.workflow.runtime import Runtime
 
 
@@ -22,7 +27,7 @@ def run_due(
     batch: int = 500,
     on_lead: Callable[[int], None] | None = None,
 ) -> int:
-    """Process everything due now in this process: decay and inactivity, then enrolment steps.
+    """Process everything due now in this process: event retries, decay, inactivity, steps.
 
     Used by the embedded runner, the simulator and tests; production splits the same work
     between the scheduler (claims) and workers (advance) over the broker.
@@ -30,6 +35,11 @@ def run_due(
     handled = 0
     while True:
         now = rt.clock.now()
+        with sessions.begin() as session:
+            event_ids = claim_failed_events(session, now, batch)
+        for event_id in event_ids:
+            with sessions.begin() as session:
+                reprocess(session, rt, event_id)
         with sessions.begin() as session:
             lead_ids = claim_due_leads(session, now, batch)
         for lead_id in lead_ids:
@@ -42,6 +52,6 @@ def run_due(
         for enrolment_id in enrolment_ids:
             with sessions.begin() as session:
                 advance_enrolment(session, rt, enrolment_id)
-        handled += len(lead_ids) + len(enrolment_ids)
-        if not lead_ids and not enrolment_ids:
+        handled += len(event_ids) + len(lead_ids) + len(enrolment_ids)
+        if not event_ids and not lead_ids and not enrolment_ids:
             return handled

@@ -10,7 +10,15 @@ from sqlalchemy.orm import Session
 from engine.db import claim
 from engine.funnel.journey import advance, lock_enrolment
 from engine.funnel.leads import lock_lead
-from engine.models import Delivery, DeliveryStatus, Enrolment, EnrolmentStatus, Lead
+from engine.models import (
+    Delivery,
+    DeliveryStatus,
+    Enrolment,
+    EnrolmentStatus,
+    Event,
+    EventStatus,
+    Lead,
+)
 from engine.workflow.runtime import Runtime
 
 # How long a claimed row belongs to the worker it was handed to before it is due again.
@@ -54,6 +62,22 @@ def claim_due_deliveries(
         .limit(limit)
     )
     return claim(session, query, Delivery, lease_until=now + lease)
+
+
+def claim_failed_events(
+    session: Session, now: datetime, limit: int, lease: timedelta = DEFAULT_LEASE
+) -> list[int]:
+    """Claim failed events whose retry is due, oldest first; the lease is `retry_at` moved on.
+
+    A retry that fails again sets its own backoff; one that is lost comes back after the lease.
+    """
+    query = (
+        select(Event.id)
+        .where(Event.status == EventStatus.FAILED, Event.retry_at <= now)
+        .order_by(Event.retry_at, Event.id)
+        .limit(limit)
+    )
+    return claim(session, query, Event, retry_at=now + lease)
 
 
 def claim_due_leads(session: Session, now: datetime, limit: int) -> list[int]:

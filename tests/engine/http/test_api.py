@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 import uuid
-from datetime import timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +32,8 @@ from engine.runner.actors import Tasks
 from engine.runner.inline import run_due
 from engine.settings import Settings
 from tests.channels.servers import SendGridSigner
+from tests.conftest import START
+from tests.engine.faults import MESSAGE, JourneyFault
 
 ROOT = Path(__file__).resolve().parents[3]
 FIXTURES = ROOT / "tests" / "engine" / "fixtures" / "workflows"
@@ -341,6 +343,104 @@ def test_a_batch_records_every_event_in_order_and_reports_each(
     assert "nurture_events_ingested_total 2.0" in metrics
 
 
+def test_an_event_whose_processing_fails_is_stored_answered_200_and_counted_once_on_retry(
+    client: TestClient, nurture: App, clock: FrozenClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    fault = JourneyFault(monkeypatch)
+
+    failed = _post(client, "form_submitted", id="evt-1")
+    again = _post(client, "form_submitted", id="evt-1")
+
+    assert (failed["processing"], failed["error"]) == ("failed", f"RuntimeError: {MESSAGE}")
+    assert (failed["duplicate"], failed["points"], failed["stage"]) == (False, 0, "lead")
+    assert (again["duplicate"], again["event_id"]) == (True, failed["event_id"])
+    assert again["processing"] == "failed"  # still awaiting its retry
+    with nurture.sessions() as s:
+        (event,) = s.scalars(select(Event))
+    assert (event.id, event.status, event.attempts) == (failed["event_id"], "failed", 1)
+
+    fault.on = False
+    clock.advance(timedelta(minutes=1))
+    run_due(nurture.sessions, nurture.rt)
+    third = _post(client, "form_submitted", id="evt-1")
+
+    assert (third["duplicate"], third["processing"], third["error"]) == (True, "processed", None)
+    assert _count(nurture, Event) == 1
+    assert _lead(nurture).engagement == 10.0
+    assert "nurture_events_ingested_total 1.0" in client.get("/metrics").text
+
+
+def test_a_batch_says_for_each_event_whether_its_processing_failed(
+    client: TestClient, nurture: App, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    JourneyFault(monkeypatch, "bo@initech.test")
+    batch = {
+        "events": [
+            _event("form_submitted", id="a"),
+            _event("form_submitted", {"email": "bo@initech.test"}, id="b"),
+            _event("email_clicked", id="c"),
+        ]
+    }
+
+    response = client.post("/v1/events", json=batch)
+
+    assert response.status_code == 200, response.text
+    results = response.json()["events"]
+    assert [(r["id"], r["processing"], r["error"], r["points"]) for r in results] == [
+        ("a", "processed", None, 10.0),
+        ("b", "failed", f"RuntimeError: {MESSAGE}", 0.0),
+        ("c", "processed", None, 6.0),
+    ]
+    assert all(r["event_id"] is not None for r in results)
+    assert _count(nurture, Event) == 3
+
+
+def test_an_event_with_lead_data_that_is_refused_is_a_422_and_stores_nothing(
+    client: TestClient, nurture: App, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _post(client, "page_viewed", lead={"email": "bo@initech.test", "phone": ANA_PHONE})
+    fault = JourneyFault(monkeypatch)
+    taken_phone = _event("form_submitted", {"email": ANA_EMAIL, "phone": ANA_PHONE}, id="e1")
+    malformed = _event("form_submitted", {"email": "ana@"}, id="e2")
+
+    refused = client.post("/v1/events", json=taken_phone)
+
+    assert refused.status_code == 422, refused.text
+    assert "belongs to another lead" in refused.json()["detail"][0]["msg"]
+    assert ["body", "lead", "email"] in _loc(client.post("/v1/events", json=malformed))
+    assert _count(nurture, Event) == 1 and _count(nurture, Lead) == 1
+    assert fault.calls == 0
+
+
+def test_the_lead_view_lists_unprocessed_events_with_error_attempts_and_next_retry(
+    client: TestClient, nurture: App, clock: FrozenClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    fault = JourneyFault(monkeypatch)
+    posted = _post(client, "form_submitted", id="evt-1")
+    clock.advance(timedelta(minutes=1))
+    run_due(nurture.sessions, nurture.rt)  # fails again: the next try in two minutes
+
+    (shown,) = client.get(f"/v1/leads/{ANA_EMAIL}").json()["unprocessed_events"]
+
+    assert {k: shown[k] for k in ("id", "idempotency_key", "type", "status", "attempts")} == {
+        "id": posted["event_id"],
+        "idempotency_key": "evt-1",
+        "type": "form_submitted",
+        "status": "failed",
+        "attempts": 2,
+    }
+    assert shown["error"] == f"RuntimeError: {MESSAGE}"
+    assert datetime.fromisoformat(shown["retry_at"]) == START + timedelta(minutes=3)
+    assert datetime.fromisoformat(shown["received_at"]) == START
+
+    fault.on = False
+    clock.advance(timedelta(minutes=2))
+    run_due(nurture.sessions, nurture.rt)
+    detail = client.get(f"/v1/leads/{ANA_EMAIL}").json()
+    assert detail["unprocessed_events"] == []
+    assert [e["rule"] for e in detail["ledger"]] == ["form"]
+
+
 def test_a_batch_of_more_than_500_events_is_refused(client: TestClient) -> None:
     batch = {"events": [_event("page_viewed")] * 501}
 
@@ -448,6 +548,37 @@ def test_metrics_count_deliveries_by_status_and_the_scheduler_lag(
     assert 'nurture_deliveries{channel="email",status="sent"} 1.0' in text
     assert "nurture_scheduler_lag_seconds 60.0" in text
     assert "nurture_queue_depth" not in text  # the stub broker has no queues to measure
+
+
+def test_metrics_count_unprocessed_events_and_the_age_of_the_oldest_failure(
+    client: TestClient, nurture: App, clock: FrozenClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def gauges() -> list[str]:
+        names = ("nurture_events_unprocessed", "nurture_oldest_failed_event_age_seconds")
+        return [line for line in client.get("/metrics").text.splitlines() if line.startswith(names)]
+
+    assert gauges() == [
+        'nurture_events_unprocessed{status="pending"} 0.0',
+        'nurture_events_unprocessed{status="failed"} 0.0',
+        "nurture_oldest_failed_event_age_seconds 0.0",
+    ]
+    fault = JourneyFault(monkeypatch)
+    _post(client, "form_submitted")
+    clock.advance(timedelta(minutes=10))
+    _post(client, "page_viewed")
+    clock.advance(timedelta(minutes=5))
+
+    assert gauges() == [
+        'nurture_events_unprocessed{status="pending"} 0.0',
+        'nurture_events_unprocessed{status="failed"} 2.0',
+        "nurture_oldest_failed_event_age_seconds 900.0",
+    ]
+    fault.on = False
+    run_due(nurture.sessions, nurture.rt)
+    assert gauges()[1:] == [
+        'nurture_events_unprocessed{status="failed"} 0.0',
+        "nurture_oldest_failed_event_age_seconds 0.0",
+    ]
 
 
 def test_metrics_report_queue_depth_for_a_redis_broker(
