@@ -131,6 +131,7 @@ def test_compose_runs_each_process_with_a_command_the_cli_accepts() -> None:
     }
     assert {name: command[0] for name, command in commands.items()} == {
         "migrate": "init",
+        "apply": "apply",
         "api": "serve",
         "worker": "worker",
         "sender": "worker",
@@ -152,9 +153,12 @@ def test_compose_runs_each_process_with_a_command_the_cli_accepts() -> None:
         assert "healthcheck" in services[name], f"{name} has no health check"
     processes = {"api", "worker", "sender", "scheduler"}
     for name in processes:
-        assert services[name]["depends_on"]["migrate"] == {
+        assert services[name]["depends_on"]["apply"] == {
             "condition": "service_completed_successfully"
         }
         assert services[name]["environment"]["NURTURE_REDIS_URL"].startswith("redis://")
+    assert services["apply"]["depends_on"]["migrate"] == {
+        "condition": "service_completed_successfully"
+    }
     dockerfile = (ROOT / "Dockerfile").read_text()
     assert 'ENTRYPOINT ["nurture"]' in dockerfile

@@ -8,6 +8,7 @@ import sys
 import threading
 import time
 from datetime import timedelta
+from pathlib import Path
 
 import click
 import dramatiq
@@ -17,12 +18,16 @@ from fastapi import FastAPI
 from engine.app import App, load
 from engine.cli.commands import open_app, register
 from engine.cli.playback import register as register_playback
+from engine.cli.rollout import apply_at_start
+from engine.cli.rollout import register as register_rollout
 from engine.db import make_engine
 from engine.errors import NurtureError, WorkflowError
 from engine.http.api import create_api
 from engine.migrations import upgrade
 from engine.runner.actors import POLL_MS, Tasks, make_broker
 from engine.settings import QUEUES, Settings
+from engine.workflow.changes import check_against
+from engine.workflow.loading import load_previous
 
 EXIT_OK, EXIT_FOUND, EXIT_USAGE = 0, 1, 2
 # Without API keys, `nurture run` serves only this machine.
@@ -71,11 +76,26 @@ def init(ctx: click.Context) -> None:
 
 
 @main.command()
+@click.option(
+    "--against",
+    type=click.Path(exists=True, path_type=Path),
+    help="A previous version (sequence file or workflows folder): check renames against it.",
+)
 @click.pass_context
-def validate(ctx: click.Context) -> None:
+def validate(ctx: click.Context, against: Path | None) -> None:
     """Check scoring, sequences, sending rules and templates; every problem with file:line."""
     try:
         workflows, _, _ = load(_settings(ctx))
+        if against is not None:
+            previous = load_previous(against)
+            problems = [
+                problem
+                for name, sequence in sorted(workflows.sequences.items())
+                if name in previous
+                for problem in check_against(previous[name], sequence)
+            ]
+            if problems:
+                raise WorkflowError(problems)
     except WorkflowError as error:
         for problem in error.problems:
             click.echo(str(problem), err=True)
@@ -194,6 +214,7 @@ def run(ctx: click.Context, host: str, port: int, interval: float, threads: int)
     """API, scheduler and worker in one process: the embedded default, or PostgreSQL/Redis."""
     app = open_app(ctx, schema=False)
     upgrade(app.engine)
+    apply_at_start(app)
     tasks = Tasks(make_broker(app.settings.redis_url), app)
     api = _api(app, tasks, allow_no_auth=host in LOOPBACK)
     process = dramatiq.Worker(tasks.broker, worker_threads=threads, worker_timeout=POLL_MS)
@@ -213,6 +234,7 @@ def run(ctx: click.Context, host: str, port: int, interval: float, threads: int)
 
 register(main)
 register_playback(main)
+register_rollout(main)
 
 if __name__ == "__main__":
     main()

@@ -144,7 +144,7 @@ def prepare(
     if delivery.status != DeliveryStatus.PLANNED or delivery.due_at > now:
         return None
     delivery.lease_until = None
-    sequence = rt.workflows.sequences.get(delivery.sequence)
+    sequence = rt.pinned(session, enrolment.sequence, enrolment.sequence_version)
     reason = (
         "stale: sequence removed" if sequence is None else _stale_reason(delivery, enrolment, lead)
     )

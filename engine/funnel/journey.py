@@ -63,7 +63,7 @@ def enrol_on(session: Session, rt: Runtime, lead: Lead, fired: Fired) -> list[En
         enrolment = Enrolment(
             lead_id=lead.id,
             sequence=sequence.name,
-            sequence_version=sequence.version,
+            sequence_version=rt.pin(session, sequence),
             status=EnrolmentStatus.ACTIVE,
             milestone=first,
             position=0,
@@ -117,9 +117,8 @@ def on_lead_changed(session: Session, rt: Runtime, lead: Lead) -> list[Enrolment
     facts = LeadFacts(session, lead, rt.clock.now())
     running = []
     for enrolment in active_enrolments(session, lead):
-        sequence = rt.workflows.sequences.get(enrolment.sequence)
+        sequence = running_version(session, rt, enrolment)
         if sequence is None:
-            exit_enrolment(session, rt, enrolment, "sequence removed")
             continue
         since = facts.since(enrolment.enrolled_at)
         rule = next((c for c in sequence.exit_when if c.evaluate(since)), None)
@@ -129,6 +128,21 @@ def on_lead_changed(session: Session, rt: Runtime, lead: Lead) -> list[Enrolment
         move_on_triggers(session, rt, enrolment, sequence, since)
         running.append(enrolment)
     return running
+
+
+def running_version(session: Session, rt: Runtime, enrolment: Enrolment) -> Sequence | None:
+    """The version the enrolment is pinned to; None, and the enrolment ended, if it has none.
+
+    Only enrolments made before versions were stored can lack one: they ran on the disk's
+    sequence, and leave when it no longer holds their milestone.
+    """
+    sequence = rt.pinned(session, enrolment.sequence, enrolment.sequence_version)
+    if sequence is None:
+        exit_enrolment(session, rt, enrolment, "sequence removed")
+    elif enrolment.milestone not in {m.id for m in sequence.milestones}:
+        exit_enrolment(session, rt, enrolment, "sequence changed")
+        return None
+    return sequence
 
 
 def move_on_triggers(
@@ -202,9 +216,8 @@ def advance(session: Session, rt: Runtime, enrolment: Enrolment) -> list[Deliver
     """Run the enrolment's steps from where it stands until a wait, the end, or an exit."""
     if enrolment.status != EnrolmentStatus.ACTIVE:
         return []
-    sequence = rt.workflows.sequences.get(enrolment.sequence)
+    sequence = running_version(session, rt, enrolment)
     if sequence is None:
-        exit_enrolment(session, rt, enrolment, "sequence removed")
         return []
     now = rt.clock.now()
     if enrolment.next_run_at is None or enrolment.next_run_at > now:
@@ -223,7 +236,8 @@ def advance(session: Session, rt: Runtime, enrolment: Enrolment) -> list[Deliver
             continue
         step = program[enrolment.position]
         if isinstance(step, Send):
-            planned.append(_plan(session, rt, enrolment, lead, sequence, step, now))
+            delivery = _plan(session, rt, enrolment, lead, sequence, step, now)
+            planned.extend([delivery] if delivery is not None else [])
             enrolment.position += 1
         elif isinstance(step, Wait):
             enrolment.position += 1
@@ -268,12 +282,23 @@ def _plan(
     sequence: Sequence,
     step: Send,
     now: datetime,
-) -> Delivery:
+) -> Delivery | None:
     """Create the delivery row for a send step, due at the first moment its window allows.
 
-    The send-time guards check again (and add frequency caps); planning in the window keeps
-    the queue free of sends that could only be deferred.
+    None when this pass already planned the step: an edit that moved a step the lead had
+    passed to ahead of it never sends it twice. The send-time guards check again (and add
+    frequency caps); planning in the window keeps the queue free of sends that could only
+    be deferred.
     """
+    planned_before = session.scalar(
+        select(Delivery.id).where(
+            Delivery.enrolment_id == enrolment.id,
+            Delivery.step == step.id,
+            Delivery.pass_no == enrolment.pass_no,
+        )
+    )
+    if planned_before is not None:
+        return None
     due = open_slot(rt.send, now, lead.timezone, sequence.send.window, step.channel)
     delivery = Delivery(
         id=str(uuid.uuid4()),
@@ -281,7 +306,7 @@ def _plan(
         lead_id=enrolment.lead_id,
         sequence=enrolment.sequence,
         milestone=enrolment.milestone,
-        step=f"{enrolment.milestone}/{enrolment.position}",
+        step=step.id,
         pass_no=enrolment.pass_no,
         channel=step.channel,
         template=step.template,

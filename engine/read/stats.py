@@ -20,6 +20,7 @@ from engine.models import (
     Stage,
 )
 from engine.workflow.runtime import Runtime
+from engine.workflow.spec import Send, Sequence
 
 # Provider feedback event types counted per step, by the delivery id they carry.
 FEEDBACK = {
@@ -88,7 +89,7 @@ def _sequence(session: Session, rt: Runtime, name: str) -> dict[str, Any]:
             {"id": m.id, "entered": int(entered.get(m.id, 0)), "now_in": int(now_in.get(m.id, 0))}
             for m in sequence.milestones
         ],
-        "steps": _steps(session, name),
+        "steps": _steps(session, sequence),
     }
 
 
@@ -97,12 +98,17 @@ def _counts(rows: Any) -> dict[Any, int]:
     return {key: int(count) for key, count in rows}
 
 
-def _steps(session: Session, name: str) -> list[dict[str, Any]]:
-    """Per step: planned and sent from deliveries; delivered, opened, clicked from feedback."""
+def _steps(session: Session, sequence: Sequence) -> list[dict[str, Any]]:
+    """Per step: planned and sent from deliveries; delivered, opened, clicked from feedback.
+
+    Steps are named `<milestone>/<step id>` and listed in the order the sequence runs them.
+    """
+    name = sequence.name
+    place = Delivery.milestone + "/" + Delivery.step
     rows = session.execute(
-        select(Delivery.step, Delivery.template, Delivery.channel, Delivery.status, func.count())
+        select(place, Delivery.template, Delivery.channel, Delivery.status, func.count())
         .where(Delivery.sequence == name)
-        .group_by(Delivery.step, Delivery.template, Delivery.channel, Delivery.status)
+        .group_by(place, Delivery.template, Delivery.channel, Delivery.status)
     ).all()
     steps: dict[str, dict[str, Any]] = {}
     for step, template, channel, status, count in rows:
@@ -127,23 +133,28 @@ def _steps(session: Session, name: str) -> list[dict[str, Any]]:
             entry[status] += int(count)
     delivery_id = Event.properties["delivery_id"].as_string()
     feedback = session.execute(
-        select(Delivery.step, Event.type, func.count(func.distinct(Delivery.id)))
+        select(place, Event.type, func.count(func.distinct(Delivery.id)))
         .join(Delivery, Delivery.id == delivery_id)
         .where(
             Event.type.in_(FEEDBACK),
             Delivery.sequence == name,
             Delivery.status == DeliveryStatus.SENT,
         )
-        .group_by(Delivery.step, Event.type)
+        .group_by(place, Event.type)
     ).all()
     counted: dict[tuple[str, str], int] = defaultdict(int)
     for step, event_type, count in feedback:
         counted[(step, FEEDBACK[event_type])] += int(count)
     for (step, kind), count in counted.items():
         steps[step][kind] = count
-    return sorted(
-        steps.values(), key=lambda s: (s["step"].split("/")[0], int(s["step"].split("/")[1]))
-    )
+    places = [
+        f"{milestone.id}/{instruction.id}"
+        for milestone in sequence.milestones
+        for instruction in milestone.program
+        if isinstance(instruction, Send)
+    ]
+    order = {place: n for n, place in enumerate(places)}
+    return sorted(steps.values(), key=lambda s: (order.get(s["step"], len(order)), s["step"]))
 
 
 def _median_days_to_sql(session: Session) -> float | None:

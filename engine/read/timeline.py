@@ -17,6 +17,7 @@ from engine.models import (
     Handoff,
     MilestoneVisit,
     StageChange,
+    VersionMove,
 )
 
 
@@ -53,6 +54,12 @@ def timeline(session: Session, lead_id: int) -> list[Entry]:
     ):
         sequence = enrolments[v.enrolment_id].sequence
         entries.append(Entry(v.entered_at, "milestone", f"{sequence}: {v.milestone} ({v.reason})"))
+    for m in session.scalars(select(VersionMove).where(VersionMove.enrolment_id.in_(enrolments))):
+        sequence = enrolments[m.enrolment_id].sequence
+        to = f"{m.to_place} (version {m.to_version})" if m.to_version else m.to_place
+        note = f"; {m.note}" if m.note else ""
+        text = f"{sequence}: {m.from_place} (version {m.from_version}) -> {to}{note}"
+        entries.append(Entry(m.moved_at, "version", text))
     for enrolment in enrolments.values():
         if enrolment.exited_at is not None:
             text = f"{enrolment.sequence}: {enrolment.exit_reason}"

@@ -1,6 +1,7 @@
-"""The YAML language marketers write: spec, conditions, durations, readers, loading.
+"""The YAML language marketers write: spec, conditions, readers, loading, versions, changes.
 
-May import: engine's low floors (errors, clock). Imported by every floor above.
+May import: engine's low floors (errors, clock; models and db for stored versions).
+Imported by every floor above.
 """
 
 from engine.workflow.loading import load_workflows

@@ -12,10 +12,10 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from engine.errors import Problem, WorkflowError
-from engine.workflow.reader import display
+from engine.workflow.reader import content_hash, display
 from engine.workflow.scoring_rules import load_scoring
 from engine.workflow.sequences import load_sequence
-from engine.workflow.spec import Scoring, Sequence, TemplateUse, Workflows
+from engine.workflow.spec import Scoring, Sequence, Source, TemplateUse, Workflows
 
 SCORING_FILE = "scoring.yml"
 OTHER_FILES = ("sending.yml",)
@@ -64,9 +64,41 @@ def load_workflows(
     if problems or scoring is None:
         raise WorkflowError(sorted(problems, key=lambda p: (p.file, p.line)))
     contents = [(path.name, path.read_bytes()) for path in paths]
+    sources = tuple(
+        Source(
+            name.removesuffix(".yml"),
+            name.removesuffix(".yml"),
+            display(directory / name),
+            content_hash(data),
+            data.decode("utf-8", errors="replace"),
+        )
+        for name, data in contents
+        if name in (SCORING_FILE, *OTHER_FILES)
+    )
     return Workflows(
         scoring=scoring,
         sequences=sequences,
         version=_version(contents),
         template_uses=tuple(uses),
+        sources=sources,
     )
+
+
+def load_previous(path: Path) -> dict[str, Sequence]:
+    """Sequences of an earlier version (a file or a folder), for `validate --against`.
+
+    Their templates are not checked: they may have left the disk since.
+    """
+    files = [path] if path.is_file() else sorted(path.glob("*.y*ml"))
+    problems: list[Problem] = []
+    found: dict[str, Sequence] = {}
+    for file in files:
+        if file.name in (SCORING_FILE, *OTHER_FILES) or file.name.startswith("."):
+            continue
+        if not file.exists():
+            problems.append(Problem(display(file), 1, "", "file not found"))
+        elif sequence := load_sequence(display(file), file.read_bytes(), None, {}, problems, []):
+            found[sequence.name] = sequence
+    if problems:
+        raise WorkflowError(problems)
+    return found

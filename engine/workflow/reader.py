@@ -7,6 +7,7 @@ so that one mistake never hides the next; the loaders raise WorkflowError once a
 from __future__ import annotations
 
 import difflib
+import hashlib
 import re
 from collections.abc import Callable, Collection, Iterable
 from dataclasses import dataclass
@@ -309,6 +310,11 @@ class Reader:
 
 
 # ---- files ------------------------------------------------------------------------------------
+
+
+def content_hash(data: bytes) -> str:
+    """The short hash that names one content of one workflow file: its version."""
+    return hashlib.sha256(data).hexdigest()[:12]
 
 
 def display(path: Path) -> str:

@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-import hashlib
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import timedelta
 from email.utils import formataddr
 from typing import Any
@@ -13,12 +12,21 @@ from yaml.nodes import MappingNode, Node, SequenceNode
 from engine.errors import Problem
 from engine.models import Stage
 from engine.workflow.durations import parse_duration
-from engine.workflow.reader import FALLBACK, Reader, compose, did_you_mean, join, scalar
+from engine.workflow.reader import (
+    FALLBACK,
+    Reader,
+    compose,
+    content_hash,
+    did_you_mean,
+    join,
+    scalar,
+)
 from engine.workflow.spec import (
     Branch,
     Enrol,
     Goto,
     Milestone,
+    OnChange,
     Send,
     SendSettings,
     Sequence,
@@ -31,6 +39,8 @@ from engine.workflow.spec import (
 
 TRIGGERS = ("slipped_back", "inactive", "recycled")
 STEPS = ("email", "sms", "wait", "branch", "goto")
+# Keys a step may carry beside its kind: its stable id and the ids it had before.
+STEP_OPTIONS = ("id", "renamed_from")
 
 _NO_STEP = Wait(timedelta(0))
 _NEVER: tuple[bool, timedelta | None] = (False, None)
@@ -52,24 +62,29 @@ class SequenceReader(Reader):
     def __init__(
         self,
         file: str,
-        templates: dict[str, set[str]],
+        templates: dict[str, set[str]] | None,
         names: dict[str, str],
     ) -> None:
         super().__init__(file)
-        self.templates = templates
+        self.templates = templates  # None: a stored version, whose templates are not checked
         self.names = names
         self.here = ""
         self.ids: dict[str, tuple[Node, str]] = {}
+        self.renames: list[tuple[str, Node, str]] = []  # milestone renamed_from, checked at end
+        # of the milestone being read: step ids, derived-id counts, step renamed_from entries
+        self.step_ids: set[str] = set()
+        self.occurrences: dict[str, int] = {}
+        self.step_renames: list[tuple[str, Node, str]] = []
         self.references: list[_Reference] = []
         self.uses: list[TemplateUse] = []
         self.can_sms = True
 
-    def read(self, root: Node, version: str) -> Sequence:
+    def read(self, root: Node, version: str, source: str) -> Sequence:
         f = self.fields(
             root,
             "",
             required=("name", "enrol", "send", "milestones"),
-            optional=("description", "exit_when"),
+            optional=("description", "exit_when", "on_change"),
         )
         send = f.read("send", self.send, SendSettings(from_email=""))
         return Sequence(
@@ -81,7 +96,14 @@ class SequenceReader(Reader):
             exit_when=f.read("exit_when", self.conditions, ()),
             send=send,
             description=f.read("description", self.text, ""),
+            on_change=f.read("on_change", self.on_change, OnChange.MIGRATE),
+            source=source,
         )
+
+    def on_change(self, node: Node, path: str) -> OnChange:
+        """`migrate` (the default: `nurture apply` moves leads) or `pin` (leads finish as begun)."""
+        value = self.choice(node, path, [c.value for c in OnChange], "on_change")
+        return OnChange(value) if value in OnChange.__members__.values() else OnChange.MIGRATE
 
     def name(self, node: Node, path: str) -> str:
         value = self.word(node, path, "name")
@@ -154,25 +176,71 @@ class SequenceReader(Reader):
         if isinstance(node, SequenceNode) and not items:
             self.report(node, path, "a sequence needs at least one milestone")
         milestones = tuple(self.milestone(n, p, first=i == 0) for i, (n, p) in enumerate(items))
+        for old, node_, path_ in self.renames:
+            if old in self.ids:
+                self.report(
+                    node_, path_, f"'{old}' is still a milestone here: rename it or drop this"
+                )
         self.check_references()
         self.check_reachable(milestones)
         return milestones
 
     def milestone(self, node: Node, path: str, first: bool) -> Milestone:
-        f = self.fields(node, path, required=("id", "steps"), optional=("enter_when", "when_done"))
+        f = self.fields(
+            node,
+            path,
+            required=("id", "steps"),
+            optional=("enter_when", "when_done", "renamed_from"),
+        )
         self.here = f.read("id", self.milestone_id, "")
+        self.step_ids, self.occurrences, self.step_renames = set(), {}, []
         enter_when = None
         if first and "enter_when" in f:
             message = "the first milestone is where leads start; enter_when is not allowed here"
             self.report(f.nodes["enter_when"], join(path, "enter_when"), message)
         else:
             enter_when = f.read("enter_when", self.condition, None)
+        renamed_from: tuple[str, ...] = f.read("renamed_from", self.old_ids, ())
+        if renamed_from:
+            at = (f.nodes["renamed_from"], join(path, "renamed_from"))
+            self.renames.extend((old, *at) for old in renamed_from)
+        steps: tuple[Step, ...] = f.read("steps", lambda n, p: self.steps(n, p, False)[0], ())
+        for old, old_node, old_path in self.step_renames:
+            if old in self.step_ids:
+                message = f"'{old}' is still a step of this milestone: rename it or drop this"
+                self.report(old_node, old_path, message)
         return Milestone(
             id=self.here,
-            steps=f.read("steps", lambda n, p: self.steps(n, p, False)[0], ()),
+            steps=steps,
             enter_when=enter_when,
             when_done=f.read("when_done", self.when_done, WhenDone()),
+            renamed_from=renamed_from,
         )
+
+    def old_ids(self, node: Node, path: str) -> tuple[str, ...]:
+        """One id or a list of ids a milestone or step had in earlier versions."""
+        items = self.items(node, path, single=True)
+        return tuple(self.text(n, p, "an earlier id") for n, p in items)
+
+    def step_id(self, id_node: Node | None, derived: str, node: Node, path: str) -> str:
+        """The step's given `id:`, else `derived` with an occurrence number from the second on.
+
+        Deliveries are unique by step id, so two steps of a milestone may not share one.
+        """
+        if id_node is not None:
+            step_id = self.word(id_node, join(path, "id"), "id")
+        else:
+            self.occurrences[derived] = count = self.occurrences.get(derived, 0) + 1
+            step_id = derived if count == 1 else f"{derived}#{count}"
+        if step_id in self.step_ids:
+            message = (
+                f"two steps of milestone '{self.here}' resolve to the id '{step_id}':"
+                " give one an explicit id"
+            )
+            self.report(id_node or node, path, message)
+        elif step_id:
+            self.step_ids.add(step_id)
+        return step_id
 
     def milestone_id(self, node: Node, path: str) -> str:
         value = self.word(node, path, "milestone id")
@@ -196,26 +264,45 @@ class SequenceReader(Reader):
 
     def step(self, node: Node, path: str, waited: bool) -> tuple[Step, bool]:
         entries = self.pairs(node, path) if isinstance(node, MappingNode) else []
-        if len(entries) != 1:
-            keys = " and ".join(key for key, _, _ in entries)
+        options = {key: value for key, _, value in entries if key in STEP_OPTIONS}
+        kinds = [entry for entry in entries if entry[0] not in STEP_OPTIONS]
+        if len(kinds) != 1:
+            keys = " and ".join(key for key, _, _ in kinds)
             message = "expected a step: email, sms, wait, branch or goto"
             self.report(node, path, f"one step per '-' item, found {keys}" if keys else message)
             return _NO_STEP, waited
-        kind, key_node, value = entries[0]
+        kind, key_node, value = kinds[0]
         at = join(path, kind)
+        renamed_from: tuple[str, ...] = ()
+        if "renamed_from" in options:
+            renamed_at = join(path, "renamed_from")
+            renamed_from = self.old_ids(options["renamed_from"], renamed_at)
+            self.step_renames.extend(
+                (old, options["renamed_from"], renamed_at) for old in renamed_from
+            )
+        id_node = options.get("id")
         if kind in ("email", "sms"):
-            return Send(kind, self.template(value, at, kind)), waited
+            template = self.template(value, at, kind)
+            step_id = self.step_id(id_node, f"{kind}:{template}", node, path)
+            return Send(kind, template, step_id, renamed_from), waited
         if kind == "wait":
-            return Wait(self.duration(value, at)), True
+            duration = self.duration(value, at)
+            return Wait(duration, self.step_id(id_node, "wait", node, path), renamed_from), True
         if kind == "branch":
-            return self.branch(value, at, waited)
+            step_id = self.step_id(id_node, "branch", node, path)  # before the steps inside it
+            branch, waited = self.branch(value, at, waited)
+            return replace(branch, id=step_id, renamed_from=renamed_from), waited
         if kind == "goto":
-            return Goto(self.goto(value, at, waited)), waited
+            target = self.goto(value, at, waited)
+            step_id = self.step_id(id_node, f"goto:{target}", node, path)
+            return Goto(target, step_id, renamed_from), waited
         self.report(key_node, path, f"unknown step '{kind}'{did_you_mean(kind, STEPS)}")
         return _NO_STEP, waited
 
     def template(self, node: Node, path: str, channel: str) -> str:
         name = self.text(node, path, "a template name")
+        if self.templates is None:
+            return name
         if name and name not in self.templates[channel]:
             self.report(node, path, self.unknown_template(name, channel))
         elif name:
@@ -227,6 +314,7 @@ class SequenceReader(Reader):
     def unknown_template(self, name: str, channel: str) -> str:
         """Say when a template exists for the other channel, else suggest a close name."""
         other = "sms" if channel == "email" else "email"
+        assert self.templates is not None
         if name in self.templates[other]:
             kind = "an SMS" if other == "sms" else "an email"
             return f"'{name}' is {kind} template: use {other}: {name}"
@@ -317,15 +405,20 @@ def _unknown_trigger(value: Any) -> str:
 def load_sequence(
     file: str,
     data: bytes,
-    templates: dict[str, set[str]],
+    templates: dict[str, set[str]] | None,
     names: dict[str, str],
     problems: list[Problem],
     uses: list[TemplateUse],
 ) -> Sequence | None:
-    """Read one sequence file from its bytes, adding its problems and the templates it uses."""
+    """Read one sequence file from its bytes, adding its problems and the templates it uses.
+
+    `templates` None reads a stored version, whose templates may since have left the disk.
+    """
     reader = SequenceReader(file, templates, names)
     root = compose(reader, data)
-    sequence = None if root is None else reader.read(root, hashlib.sha256(data).hexdigest()[:12])
+    version = content_hash(data)
+    source = data.decode("utf-8", errors="replace")
+    sequence = None if root is None else reader.read(root, version, source)
     problems.extend(reader.problems)
     uses.extend(reader.uses)
     return sequence

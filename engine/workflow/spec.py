@@ -6,6 +6,7 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import time, timedelta
+from enum import StrEnum
 from typing import Any, Protocol
 
 
@@ -187,12 +188,19 @@ class Enrol:
     again_after: timedelta | None = None
 
 
+# Every step has an `id`, stable across edits: given in the YAML, or derived from its content
+# within its milestone (kind and template, with an occurrence number), never from its position.
+# `renamed_from` lists ids the step had in earlier versions.
+
+
 @dataclass(frozen=True)
 class Send:
     """Plan one email or SMS from a template."""
 
     channel: str
     template: str
+    id: str = ""
+    renamed_from: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -200,6 +208,8 @@ class Wait:
     """Pause the drip; the due time lives in the database, not in a sleep."""
 
     duration: timedelta
+    id: str = ""
+    renamed_from: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -209,6 +219,8 @@ class Branch:
     condition: Condition
     then: tuple[Step, ...]
     otherwise: tuple[Step, ...]
+    id: str = ""
+    renamed_from: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -216,6 +228,8 @@ class Goto:
     """Move to another milestone of the sequence, or `exit`."""
 
     target: str
+    id: str = ""
+    renamed_from: tuple[str, ...] = ()
 
 
 Step = Send | Wait | Branch | Goto
@@ -234,6 +248,7 @@ class Test:
 
     condition: Condition
     otherwise: int
+    id: str = ""  # the branch's id
 
 
 Instruction = Send | Wait | Goto | Test | Jump
@@ -246,13 +261,13 @@ def compile_steps(steps: tuple[Step, ...], start: int = 0) -> list[Instruction]:
         if isinstance(step, Branch):
             then = compile_steps(step.then, start + len(program) + 1)
             test_at = len(program)
-            program.append(Test(step.condition, otherwise=-1))
+            program.append(Test(step.condition, otherwise=-1, id=step.id))
             program.extend(then)
             jump_at = len(program)
             program.append(Jump(target=-1))
             otherwise_start = start + len(program)
             program.extend(compile_steps(step.otherwise, otherwise_start))
-            program[test_at] = Test(step.condition, otherwise=otherwise_start)
+            program[test_at] = Test(step.condition, otherwise=otherwise_start, id=step.id)
             program[jump_at] = Jump(target=start + len(program))
         else:
             program.append(step)
@@ -275,6 +290,7 @@ class Milestone:
     steps: tuple[Step, ...]
     enter_when: Condition | None = None
     when_done: WhenDone = field(default_factory=WhenDone)
+    renamed_from: tuple[str, ...] = ()
 
     @property
     def program(self) -> list[Instruction]:
@@ -303,6 +319,13 @@ class SendSettings:
     sms_max_segments: int = 3
 
 
+class OnChange(StrEnum):
+    """What an edit of a sequence does to leads in it: move them by `apply`, or let them finish."""
+
+    MIGRATE = "migrate"
+    PIN = "pin"
+
+
 @dataclass(frozen=True)
 class Sequence:
     """One nurture sequence from workflows/NAME.yml, identified by name and content hash."""
@@ -315,6 +338,8 @@ class Sequence:
     exit_when: tuple[Condition, ...]
     send: SendSettings
     description: str = ""
+    on_change: OnChange = OnChange.MIGRATE
+    source: str = ""  # the file's text, stored with the version
 
     def milestone(self, milestone_id: str) -> Milestone:
         """The milestone with this id; KeyError when a stored id no longer exists."""
@@ -405,11 +430,24 @@ TemplateUse = tuple[str, str, str, int] | tuple[str, str, str, int, str]
 
 
 @dataclass(frozen=True)
+class Source:
+    """One workflow file's text as loaded: kind (sequence, scoring, sending), name and hash."""
+
+    kind: str
+    name: str
+    file: str
+    hash: str
+    text: str
+
+
+@dataclass(frozen=True)
 class Workflows:
     """Everything loaded from the workflows folder, validated together."""
 
     scoring: Scoring
     sequences: dict[str, Sequence]
     version: str
+    # The text of scoring.yml and sending.yml, stored as versions (sequences carry their own).
+    sources: tuple[Source, ...] = ()
     # Every template a step names, located, so validation can render each one.
     template_uses: tuple[TemplateUse, ...] = ()

@@ -58,7 +58,8 @@ class Sender:
 
     def deliveries(self) -> list[Delivery]:
         with self.sessions() as s:
-            return list(s.scalars(select(Delivery).order_by(Delivery.planned_at, Delivery.step)))
+            order = (Delivery.planned_at, Delivery.pass_no, Delivery.step)
+            return list(s.scalars(select(Delivery).order_by(*order)))
 
 
 @pytest.fixture

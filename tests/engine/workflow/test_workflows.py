@@ -186,9 +186,9 @@ def test_goto_when_done_and_enrol_options_are_read(tmp_path: Path) -> None:
     shutil.copy(SHIPPED / "scoring.yml", tmp_path)
     (tmp_path / "trial.yml").write_text(text)
     sequence = load(tmp_path).sequences["trial"]
-    assert sequence.milestones[1].steps[-1] == Goto("exit")
+    assert sequence.milestones[1].steps[-1] == Goto("exit", id="goto:exit")
     assert sequence.milestones[1].when_done == WhenDone(None, "awareness")
-    assert sequence.milestones[0].steps[1] == Wait(timedelta(days=2))
+    assert sequence.milestones[0].steps[1] == Wait(timedelta(days=2), id="wait")
     assert sequence.enrol.on == (Trigger("recycled"),)
     assert (sequence.enrol.again, sequence.enrol.again_after) == (True, None)
     assert [condition.text for condition in sequence.exit_when] == ["unsubscribed"]
