@@ -29,7 +29,7 @@ from engine.read.views import find_by_key
 from engine.runner.demo import persona
 from engine.runner.simulation import ScriptedEvent, Simulation
 from engine.settings import Settings
-from engine.workflow.spec import Branch, Send
+from engine.workflow.spec import Send, walk
 
 DEFAULT_START = datetime(2026, 3, 2, 9, 0, tzinfo=UTC)  # a Monday morning
 
@@ -155,20 +155,10 @@ def preview_command(ctx: click.Context, sequence: str, lead_key: str | None, out
         context = _lead_context(app, lead_key, context)
     context = {**context, "sequence": {"name": spec.name, "description": spec.description}}
 
-    def sends(steps: tuple[Any, ...]) -> list[Send]:
-        found: list[Send] = []
-        for step in steps:
-            found += (
-                [step]
-                if isinstance(step, Send)
-                else (sends(step.then) + sends(step.otherwise) if isinstance(step, Branch) else [])
-            )
-        return found
-
     out.mkdir(parents=True, exist_ok=True)
     rows = []
     for milestone in spec.milestones:
-        for step in sends(milestone.steps):
+        for step in (s for s in walk(milestone.steps) if isinstance(s, Send)):
             ctx_m = {**context, "milestone": {"id": milestone.id}}
             try:
                 if step.channel == "email":

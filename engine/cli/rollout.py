@@ -71,36 +71,36 @@ def apply_command(
     if dry_run:
         ctx.invoke(plan_command, as_json=as_json)
         return
-    plan = _plan(app)
-    if not as_json:
-        show_plan(plan)
     try:
         done = apply(app.sessions, app.rt, exit_stranded=exit_stranded, batch=batch)
     except StrandedError as error:
         if as_json:
-            emit_json({"plan": plan.as_dict(), "error": str(error)})
+            emit_json({"plan": error.plan.as_dict(), "error": str(error)})
+        else:
+            show_plan(error.plan)
         click.echo(f"error: {error}", err=True)
         sys.exit(EXIT_FOUND)
     if as_json:
-        emit_json({"plan": plan.as_dict(), "moved": done.moved, "exited": done.exited})
+        emit_json({"plan": done.plan.as_dict(), "moved": done.moved, "exited": done.exited})
     else:
+        show_plan(done.plan)
         click.echo(f"applied: {done.moved} lead(s) moved, {done.exited} exited")
 
 
 def apply_at_start(app: App) -> None:
     """`nurture run`: apply what can be applied, print the plan; stranded leads stay pinned."""
-    plan = _plan(app)
-    if plan.sequences:
-        show_plan(plan)
-    if plan.stranded:
+    try:
+        done = apply(app.sessions, app.rt)  # also stores this start's workflow versions
+    except StrandedError as error:
+        show_plan(error.plan)
         click.echo(
             "not applied: stranded leads keep running the version they are on;"
             " fix the YAML or run `nurture apply --exit-stranded`",
             err=True,
         )
         return
-    done = apply(app.sessions, app.rt)  # also stores this start's workflow versions
-    if plan.sequences:
+    if done.plan.sequences:
+        show_plan(done.plan)
         click.echo(f"applied: {done.moved} lead(s) moved, {done.exited} exited")
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
+from enum import StrEnum
 from typing import Any
 
 from sqlalchemy import func, select
@@ -37,6 +38,25 @@ STRANDED_EXIT = "sequence changed"
 
 class StrandedError(NurtureError):
     """Raised when apply would leave leads in a milestone the new version no longer has."""
+
+    def __init__(self, plan: Plan, message: str = "") -> None:
+        if not message:
+            groups = "; ".join(f"{s}: {n} lead(s) at {p}" for s, p, n in plan.stranded)
+            message = (
+                f"stranded leads, nothing applied: {groups}. Add renamed_from to the milestone"
+                " that replaces theirs, or run apply --exit-stranded to let them exit"
+            )
+        super().__init__(message)
+        self.plan = plan
+
+
+class Move(StrEnum):
+    """What apply did with one enrolment."""
+
+    MOVED = "moved"
+    EXITED = "exited"
+    STRANDED = "stranded"  # became stranded after the plan: refuse
+    UNCHANGED = "unchanged"  # ended or already moved meanwhile
 
 
 @dataclass
@@ -227,8 +247,9 @@ def _file_notes(session: Session, rt: Runtime) -> list[str]:
 
 @dataclass
 class Applied:
-    """What one apply did."""
+    """What one apply did, and the plan it followed."""
 
+    plan: Plan
     moved: int = 0
     exited: int = 0
 
@@ -242,15 +263,16 @@ def apply(
 ) -> Applied:
     """Move every in-flight enrolment to the version on disk as the plan says, batch by batch.
 
-    Refuses (StrandedError, nothing changed) while leads are stranded, unless told to exit
-    them with reason 'sequence changed'. Sequences with `on_change: pin` are left alone.
+    Refuses (StrandedError with the plan, nothing changed) while leads are stranded, unless
+    told to exit them with reason 'sequence changed'. Sequences with `on_change: pin` are left
+    alone. The files on disk are stored as versions, so the next plan compares with them.
     """
     with sessions.begin() as session:
-        store_all(session, rt.workflows, rt.clock.now())
         plan = make_plan(session, rt)
-    if plan.stranded and not exit_stranded:
-        raise StrandedError(_refusal(plan))
-    done = Applied()
+        if plan.stranded and not exit_stranded:
+            raise StrandedError(plan)
+        store_all(session, rt.workflows, rt.clock.now())
+    done = Applied(plan)
     movable = [s.name for s in plan.sequences if not s.pinned]
     after = 0
     while movable:
@@ -271,38 +293,34 @@ def apply(
                 break
             planner = Planner(session, rt)
             for enrolment_id in ids:
-                _move(session, rt, planner, enrolment_id, exit_stranded, done)
+                move = _move(session, rt, planner, enrolment_id, exit_stranded)
+                if move == Move.STRANDED:
+                    message = (
+                        f"enrolment {enrolment_id} became stranded after the plan: apply again"
+                    )
+                    raise StrandedError(plan, message)
+                if move == Move.MOVED:
+                    done.moved += 1
+                elif move == Move.EXITED:
+                    done.exited += 1
             after = ids[-1]
     return done
 
 
-def _refusal(plan: Plan) -> str:
-    groups = "; ".join(f"{s}: {n} lead(s) at {p}" for s, p, n in plan.stranded)
-    return (
-        f"stranded leads, nothing applied: {groups}. Add renamed_from to the milestone that"
-        " replaces theirs, or run apply --exit-stranded to let them exit"
-    )
-
-
 def _move(
-    session: Session,
-    rt: Runtime,
-    planner: Planner,
-    enrolment_id: int,
-    exit_stranded: bool,
-    done: Applied,
-) -> None:
+    session: Session, rt: Runtime, planner: Planner, enrolment_id: int, exit_stranded: bool
+) -> Move:
     """Move one enrolment under its locks (lead first, as every writer takes them)."""
     lead_id = session.scalar(select(Enrolment.lead_id).where(Enrolment.id == enrolment_id))
     if lead_id is None:
-        return
+        return Move.UNCHANGED
     lock_lead(session, lead_id)
     enrolment = lock_enrolment(session, enrolment_id)
-    new = planner.current(enrolment.sequence) if enrolment is not None else None
     if enrolment is None or enrolment.status != EnrolmentStatus.ACTIVE:
-        return
+        return Move.UNCHANGED
+    new = planner.current(enrolment.sequence)
     if new is not None and new.version == enrolment.sequence_version:
-        return
+        return Move.UNCHANGED
     old_version, milestone = enrolment.sequence_version, enrolment.milestone
     place, landing = planner.landing(
         enrolment.sequence, old_version, milestone, enrolment.position, enrolment.exhausted
@@ -310,11 +328,10 @@ def _move(
     now = rt.clock.now()
     if landing is None or new is None:
         if not exit_stranded:
-            raise StrandedError(f"enrolment {enrolment.id} at {place} became stranded: apply again")
+            return Move.STRANDED
         exit_enrolment(session, rt, enrolment, STRANDED_EXIT)
         _record(session, enrolment, old_version, new, place, "exited", STRANDED_EXIT, now)
-        done.exited += 1
-        return
+        return Move.EXITED
     old = planner.old(enrolment.sequence, old_version)
     assert old is not None
     _retime(enrolment, landing, old, new, now)
@@ -326,7 +343,7 @@ def _move(
     assert mapping is not None
     _carry_planned(session, enrolment, mapping, new.version)
     _record(session, enrolment, old_version, new, place, str(landing.place), landing.note(), now)
-    done.moved += 1
+    return Move.MOVED
 
 
 def _retime(

@@ -27,6 +27,7 @@ from engine.workflow.spec import (
     Step,
     Test,
     Wait,
+    walk,
 )
 
 START = "start"
@@ -101,14 +102,9 @@ def _fallbacks(steps: tuple[Step, ...], outer: list[_Anchor]) -> dict[str, list[
     return chains
 
 
-def _walk(steps: tuple[Step, ...]) -> list[Step]:
-    """Every step of a list, branches' steps included, in reading order."""
-    found: list[Step] = []
-    for step in steps:
-        found.append(step)
-        if isinstance(step, Branch):
-            found.extend(_walk(step.then) + _walk(step.otherwise))
-    return found
+def _step_names(milestone: Milestone) -> dict[str, str]:
+    """Each id a step of the milestone has or had (`renamed_from`), to its id now."""
+    return {name: s.id for s in walk(milestone.steps) for name in (s.id, *s.renamed_from)}
 
 
 class MilestoneMap:
@@ -117,12 +113,12 @@ class MilestoneMap:
     def __init__(self, old: Milestone, new: Milestone) -> None:
         self.old, self.new = old, new
         self.program = new.program
-        self.names = {name: s.id for s in _walk(new.steps) for name in (s.id, *s.renamed_from)}
+        self.names = _step_names(new)
         self.index: dict[str, int] = {}
         for n, instruction in enumerate(self.program):
             if not isinstance(instruction, Jump):
                 self.index[instruction.id] = n
-        self.steps = {s.id: s for s in _walk(new.steps)}
+        self.steps = {s.id: s for s in walk(new.steps)}
         self.chains = _fallbacks(old.steps, [_START])
 
     def land(self, place: Place, old_wait: timedelta | None) -> Landing:
@@ -194,9 +190,9 @@ def describe(old: Sequence, new: Sequence) -> list[str]:
 def _describe_steps(old: Milestone, new: Milestone) -> list[str]:
     """Steps added, removed, renamed, reordered and changed within one milestone."""
     where = f"milestone {new.id}"
-    names = {name: s.id for s in _walk(new.steps) for name in (s.id, *s.renamed_from)}
-    old_steps = {s.id: s for s in _walk(old.steps)}
-    new_steps = {s.id: s for s in _walk(new.steps)}
+    names = _step_names(new)
+    old_steps = {s.id: s for s in walk(old.steps)}
+    new_steps = {s.id: s for s in walk(new.steps)}
     matched = {old_id: names[old_id] for old_id in old_steps if old_id in names}
     lines = [f"{where}: step {old_id} removed" for old_id in old_steps if old_id not in names]
     reverse = set(matched.values())
@@ -207,8 +203,8 @@ def _describe_steps(old: Milestone, new: Milestone) -> list[str]:
         change = _step_change(old_steps[old_id], new_steps[new_id])
         if change:
             lines.append(f"{where}: step {new_id} {change}")
-    old_order = [matched[s.id] for s in _walk(old.steps) if s.id in matched]
-    new_order = [s.id for s in _walk(new.steps) if s.id in reverse]
+    old_order = [matched[s.id] for s in walk(old.steps) if s.id in matched]
+    new_order = [s.id for s in walk(new.steps) if s.id in reverse]
     if old_order != new_order:
         lines.append(f"{where}: steps reordered")
     if old.when_done != new.when_done:
@@ -286,8 +282,8 @@ def check_against(old: Sequence, new: Sequence) -> list[Problem]:
     for old_id, new_id in mapping.items():
         if new_id is None:
             continue
-        before = {s.id for s in _walk(old.milestone(old_id).steps)}
-        for step in _walk(new.milestone(new_id).steps):
+        before = {s.id for s in walk(old.milestone(old_id).steps)}
+        for step in walk(new.milestone(new_id).steps):
             for name in step.renamed_from:
                 if name not in before:
                     hint = did_you_mean(name, before)

@@ -30,15 +30,20 @@ def _version(files: Iterable[tuple[str, bytes]]) -> str:
     return digest.hexdigest()[:12]
 
 
-def load_workflows(
-    directory: Path, email_templates: set[str], sms_templates: set[str]
-) -> Workflows:
-    """Read and check every workflow file, raising one WorkflowError that lists all problems."""
-    paths = sorted(
+def _workflow_files(directory: Path) -> list[Path]:
+    """The YAML files of a workflows folder in name order; hidden files are not workflows."""
+    return sorted(
         path
         for path in directory.glob("*")
         if path.suffix in (".yml", ".yaml") and path.is_file() and not path.name.startswith(".")
     )
+
+
+def load_workflows(
+    directory: Path, email_templates: set[str], sms_templates: set[str]
+) -> Workflows:
+    """Read and check every workflow file, raising one WorkflowError that lists all problems."""
+    paths = _workflow_files(directory)
     problems: list[Problem] = []
     if directory / SCORING_FILE not in paths:
         missing = "file not found: the workflows folder needs scoring.yml with the thresholds"
@@ -89,15 +94,13 @@ def load_previous(path: Path) -> dict[str, Sequence]:
 
     Their templates are not checked: they may have left the disk since.
     """
-    files = [path] if path.is_file() else sorted(path.glob("*.y*ml"))
+    files = [path] if path.is_file() else _workflow_files(path)
     problems: list[Problem] = []
     found: dict[str, Sequence] = {}
     for file in files:
-        if file.name in (SCORING_FILE, *OTHER_FILES) or file.name.startswith("."):
+        if file.name in (SCORING_FILE, *OTHER_FILES):
             continue
-        if not file.exists():
-            problems.append(Problem(display(file), 1, "", "file not found"))
-        elif sequence := load_sequence(display(file), file.read_bytes(), None, {}, problems, []):
+        if sequence := load_sequence(display(file), file.read_bytes(), None, {}, problems, []):
             found[sequence.name] = sequence
     if problems:
         raise WorkflowError(problems)

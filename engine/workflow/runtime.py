@@ -9,7 +9,7 @@ from sqlalchemy.orm import Session
 
 from engine.clock import Clock
 from engine.workflow.spec import Assignment, Instruction, SendPolicy, Sequence, Workflows
-from engine.workflow.versions import load_version, outline, sequence_source, store
+from engine.workflow.versions import as_version, load_version, store
 
 
 @dataclass(frozen=True)
@@ -41,7 +41,7 @@ class Runtime:
         Stored every time (a no-op once there), never remembered here: a transaction that
         rolls back takes the row with it.
         """
-        store(session, [(sequence_source(sequence), outline(sequence))], self.clock.now())
+        store(session, [as_version(sequence)], self.clock.now())
         return sequence.version
 
     def pinned(self, session: Session, name: str, version: str) -> Sequence | None:

@@ -254,6 +254,16 @@ class Test:
 Instruction = Send | Wait | Goto | Test | Jump
 
 
+def walk(steps: tuple[Step, ...]) -> list[Step]:
+    """Every step of a list, the steps inside branches included, in reading order."""
+    found: list[Step] = []
+    for step in steps:
+        found.append(step)
+        if isinstance(step, Branch):
+            found.extend(walk(step.then) + walk(step.otherwise))
+    return found
+
+
 def compile_steps(steps: tuple[Step, ...], start: int = 0) -> list[Instruction]:
     """Flatten nested branches into a program addressed by index, so a step's position is an int."""
     program: list[Instruction] = []

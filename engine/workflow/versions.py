@@ -59,11 +59,12 @@ def _step_outline(step: Step) -> dict[str, Any]:
     }
 
 
-def sequence_source(sequence: Sequence) -> Source:
-    """The sequence as a version to store."""
-    return Source(
+def as_version(sequence: Sequence) -> tuple[Source, dict[str, Any]]:
+    """The sequence as a version to store: its text and its outline."""
+    source = Source(
         VersionKind.SEQUENCE, sequence.name, sequence.file, sequence.version, sequence.source
     )
+    return source, outline(sequence)
 
 
 def store(session: Session, sources: list[tuple[Source, dict[str, Any]]], now: datetime) -> None:
@@ -92,7 +93,7 @@ def store(session: Session, sources: list[tuple[Source, dict[str, Any]]], now: d
 
 def store_all(session: Session, workflows: Workflows, now: datetime) -> None:
     """Store every file of the loaded workflows as a version (plan, apply and start-up do)."""
-    sources = [(sequence_source(s), outline(s)) for s in workflows.sequences.values()]
+    sources = [as_version(s) for s in workflows.sequences.values()]
     sources.extend((source, {}) for source in workflows.sources)
     store(session, sources, now)
 
