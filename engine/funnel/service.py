@@ -190,9 +190,10 @@ def _process(session: Session, rt: Runtime, lead: Lead, event: Event, *, fit: bo
             exc_info=error,
         )
         return Outcome.of(lead, rt.clock.now(), event_id=event.id, failed=event.error)
-    event.status = EventStatus.PROCESSED
-    event.error = None
-    event.retry_at = None
+    if event.status == EventStatus.FAILED:  # a retry that worked; a new event is stored processed
+        event.status = EventStatus.PROCESSED
+        event.error = None
+        event.retry_at = None
     return outcome
 
 
@@ -248,7 +249,11 @@ def _insert_event(
     event_id: str | None,
     source: str,
 ) -> Event | None:
-    """Insert the event unless its idempotency key is taken; None means a duplicate."""
+    """Insert the event unless its idempotency key is taken; None means a duplicate.
+
+    Inserted as processed: no one sees the row before this transaction commits, and a failure
+    of its consequences marks it failed first; so success costs no second UPDATE of the row.
+    """
     values = dict(
         lead_id=lead.id,
         type=event_type,
@@ -257,6 +262,7 @@ def _insert_event(
         received_at=now,
         idempotency_key=event_id,
         source=source,
+        status=EventStatus.PROCESSED,
     )
     if event_id is None:
         event = Event(**values)
