@@ -52,14 +52,27 @@ class UnknownLeadError(NurtureError):
 
 
 class InvalidLeadError(NurtureError):
-    """Raised when lead data is unusable: no identity, a malformed email or phone number."""
+    """Raised when lead data is unusable: no identity, a malformed email or phone number.
+
+    `field` names the attribute at fault when one is; `reason` is the message without it.
+    """
+
+    def __init__(self, reason: str, field: str | None = None) -> None:
+        self.reason = reason
+        self.field = field
+        super().__init__(f"{field}: {reason}" if field else reason)
+
+
+class LeadConflictError(InvalidLeadError):
+    """Raised when an email, phone or external id given for a lead belongs to another lead."""
 
 
 class ErrorKind(StrEnum):
     """What the caller of a channel should do about its error."""
 
-    TRANSIENT = "transient"  # retry with backoff: 429, 5xx, timeouts, connection errors
+    TRANSIENT = "transient"  # retry with backoff: provably not taken (refused, 429, 500, 503)
     PERMANENT = "permanent"  # give up on this delivery: bad request, invalid address
+    UNKNOWN = "unknown"  # may have been taken (read time-out, reset after sending): never resend
     OPTED_OUT = "opted_out"  # the recipient refused: suppress the address
     CONFIGURATION = "configuration"  # bad key or sender: stop and say so loudly
 

@@ -1,23 +1,18 @@
-"""CLI commands about leads and results: track, lead show, leads import, preview, simulate,
-stats, handoffs, recycle, won."""
+"""CLI commands about leads and results: track, lead show, stats, handoffs, recycle, won."""
 
 from __future__ import annotations
 
-import csv
-import json
 import sys
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any, NoReturn
 
 import click
-from rich.progress import Progress
 from sqlalchemy import inspect, select
 
 from engine.app import App
-from engine.cli.output import console, emit_json, errors, quiet_engine_logs, table
+from engine.cli.output import console, emit_json, quiet_engine_logs, table
 from engine.errors import NurtureError, WorkflowError
-from engine.funnel.service import recycle_lead, track, upsert_lead, win_lead
+from engine.funnel.service import recycle_lead, track, win_lead
 from engine.models import Handoff, Lead
 from engine.read.stats import funnel
 from engine.read.views import find_by_key, lead_detail
@@ -145,6 +140,10 @@ def lead_show(ctx: click.Context, key: str, as_json: bool) -> None:
         f"stage [bold]{lead['stage']}[/] · score {score['total']:g} "
         f"(fit {score['fit']:g}, engagement {score['engagement']:g}) · owner {lead['owner']}"
     )
+    console.print(
+        f"email consent {'yes' if lead['email_consent'] else 'no'} · "
+        f"SMS opt-in {'yes' if lead['sms_consent'] else 'no'}"
+    )
     table(
         "Why (score ledger, newest first)",
         ["when", "rule", "points", "reason"],
@@ -171,6 +170,21 @@ def lead_show(ctx: click.Context, key: str, as_json: bool) -> None:
         ["crossing", "created", "owner", "status"],
         [(h["crossing"], h["created_at"], h["owner"], h["status"]) for h in detail["handoffs"]],
     )
+    if detail["suppressions"]:
+        table(
+            "Suppressed addresses",
+            ["channel", "address", "since", "reason"],
+            [
+                (s["channel"], s["address"], s["created_at"], s["reason"])
+                for s in detail["suppressions"]
+            ],
+        )
+    if detail["unsubscribed_topics"]:
+        table(
+            "Unsubscribed topics (their emails are skipped)",
+            ["topic", "since", "via"],
+            [(t["topic"], t["created_at"], t["source"]) for t in detail["unsubscribed_topics"]],
+        )
     unprocessed = detail["unprocessed_events"]
     if unprocessed:
         table(
@@ -189,86 +203,6 @@ def lead_show(ctx: click.Context, key: str, as_json: bool) -> None:
                 for e in unprocessed
             ],
         )
-
-
-@click.group("leads")
-def leads_group() -> None:
-    """Work with many leads."""
-
-
-def _rows(path: Path) -> list[tuple[int, dict[str, Any] | str]]:
-    """(row number, record or the reason it is unreadable) for a CSV or JSON-lines file."""
-    text = path.read_text(encoding="utf-8-sig")
-    if path.suffix.lower() in (".jsonl", ".ndjson", ".json"):
-        rows: list[tuple[int, dict[str, Any] | str]] = []
-        for number, line in enumerate(text.splitlines(), start=1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except ValueError as error:
-                rows.append((number, f"not JSON: {error}"))
-                continue
-            rows.append((number, record if isinstance(record, dict) else "not a JSON object"))
-        return rows
-    reader = csv.DictReader(text.splitlines())
-    if reader.fieldnames is None:
-        return []
-    return [
-        (
-            number,
-            {k: v for k, v in record.items() if k and v not in (None, "")}
-            if None not in record
-            else f"{len(record[None]) + len(reader.fieldnames)} columns, "
-            f"the header has {len(reader.fieldnames)}",
-        )
-        for number, record in enumerate(reader, start=2)
-    ]
-
-
-_BOOLEAN = {"true": True, "yes": True, "1": True, "false": False, "no": False, "0": False}
-
-
-def _clean(record: dict[str, Any]) -> dict[str, Any]:
-    """Consent columns as booleans; raises ValueError naming a column that is not yes/no."""
-    for column in ("email_consent", "sms_consent"):
-        if column in record and isinstance(record[column], str):
-            value = _BOOLEAN.get(record[column].strip().lower())
-            if value is None:
-                raise ValueError(f"{column} {record[column]!r} is not true/false")
-            record[column] = value
-    return record
-
-
-@leads_group.command("import")
-@click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
-@click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
-@click.pass_context
-def leads_import(ctx: click.Context, file: Path, as_json: bool) -> None:
-    """Upsert leads from CSV or JSON lines; bad rows are reported and skipped."""
-    app = open_app(ctx)
-    rows = _rows(file)
-    imported, problems = 0, []
-    with Progress(console=errors, disable=as_json) as progress:
-        task = progress.add_task(f"importing {file.name}", total=len(rows))
-        for number, record in rows:
-            try:
-                if isinstance(record, str):
-                    raise ValueError(record)
-                with app.sessions.begin() as s:
-                    upsert_lead(s, app.rt, _clean(record))
-                imported += 1
-            except (NurtureError, ValueError) as error:
-                problems.append({"row": number, "error": str(error)})
-            progress.advance(task)
-    if as_json:
-        emit_json({"imported": imported, "skipped": len(problems), "problems": problems})
-    else:
-        for problem in problems:
-            click.echo(f"{file}:{problem['row']}: {problem['error']}", err=True)
-        console.print(f"{imported} lead(s) imported, {len(problems)} row(s) skipped")
-    if problems:
-        sys.exit(EXIT_FOUND)
 
 
 @click.command("stats")
@@ -410,7 +344,6 @@ def register(group: click.Group) -> None:
     for command, name in (
         (track_command, "track"),
         (lead_group, "lead"),
-        (leads_group, "leads"),
         (stats_command, "stats"),
         (handoffs_command, "handoffs"),
         (recycle_command, "recycle"),

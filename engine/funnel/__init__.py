@@ -1,9 +1,11 @@
-"""What leads do and become: identity, facts, scoring, stages, journey, rollout of edits;
-service.py fronts it.
+"""What leads do and become: the one check of a lead record and lead files read as a stream,
+identity, facts, scoring, stages, journey, rollout of edits; service.py fronts it.
 
 May import: workflow and the low floors. Never delivery, runner, read, http or cli.
 """
 
+from engine.funnel.lead_fields import check_lead
+from engine.funnel.lead_files import LeadFile, Rejected, Row
 from engine.funnel.leads import Identity
 from engine.funnel.rollout import Plan, StrandedError, apply, make_plan
 from engine.funnel.service import (
@@ -18,10 +20,14 @@ from engine.funnel.service import (
 
 __all__ = [
     "Identity",
+    "LeadFile",
     "Outcome",
     "Plan",
+    "Rejected",
+    "Row",
     "StrandedError",
     "apply",
+    "check_lead",
     "make_plan",
     "recycle_lead",
     "refresh",

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
@@ -14,95 +13,42 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session, object_session
 
 from engine.db import is_postgres
-from engine.errors import InvalidLeadError, UnknownLeadError
+from engine.errors import InvalidLeadError, LeadConflictError, UnknownLeadError
+from engine.funnel.lead_fields import (
+    check_attribute,
+    check_identity,
+    normalise_email,
+    normalise_phone,
+    storable,
+    storable_json,
+)
 from engine.models import IDENTITY_FIELDS, STANDARD_FIELDS, Lead
 
-_EMAIL = re.compile(
-    r"^[^@\s<>()\[\],;:\"]+@[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?(?:\.[A-Za-z0-9-]+)+$"
-)
-_PHONE = re.compile(r"^\+[1-9]\d{6,14}$")
-MAX_TEXT = 200  # the length of the lead's text columns (timezone: 64)
-MAX_JSON_DEPTH = 32
-
-
-def storable(value: str, what: str, max_length: int | None = None) -> str:
-    """Text both databases keep as given: no NUL, no lone surrogates, within the column."""
-    if "\x00" in value:
-        raise InvalidLeadError(f"{what}: must not contain NUL characters")
-    try:
-        value.encode("utf-8")
-    except UnicodeEncodeError as error:
-        raise InvalidLeadError(f"{what}: must be valid Unicode text") from error
-    if max_length is not None and len(value) > max_length:
-        raise InvalidLeadError(f"{what}: must be at most {max_length} characters")
-    return value
-
-
-def storable_json(value: Any, what: str) -> Any:
-    """JSON both databases keep: storable text, finite numbers, 64-bit integers, 32 levels."""
-    stack: list[tuple[Any, int]] = [(value, 1)]
-    while stack:
-        item, depth = stack.pop()
-        if depth > MAX_JSON_DEPTH:
-            raise InvalidLeadError(f"{what}: must not nest deeper than {MAX_JSON_DEPTH} levels")
-        if isinstance(item, str):
-            storable(item, what)
-        elif isinstance(item, bool) or item is None:
-            continue
-        elif isinstance(item, int):
-            if not -(2**63) <= item < 2**63:
-                raise InvalidLeadError(f"{what}: integers must fit in 64 bits")
-        elif isinstance(item, float):
-            if item != item or item in (float("inf"), float("-inf")):
-                raise InvalidLeadError(f"{what}: numbers must be finite")
-        elif isinstance(item, dict):
-            for key, child in item.items():
-                if not isinstance(key, str):
-                    raise InvalidLeadError(f"{what}: keys must be text")
-                storable(key, what)
-                stack.append((child, depth + 1))
-        elif isinstance(item, list | tuple):
-            stack.extend((child, depth + 1) for child in item)
-        else:
-            raise InvalidLeadError(f"{what}: {type(item).__name__} is not JSON")
-    return value
+__all__ = [  # the field rules live in lead_fields; these names stay importable from here
+    "Identity",
+    "apply_attributes",
+    "check_attributes",
+    "ensure_lead",
+    "find_lead",
+    "get_lead",
+    "lock_lead",
+    "normalise_email",
+    "normalise_phone",
+    "storable",
+    "storable_json",
+]
 
 
 def check_attributes(attributes: Mapping[str, Any]) -> dict[str, Any]:
-    """Lead attributes the columns can hold; InvalidLeadError naming the first that cannot."""
-    for name, value in attributes.items():
-        if name in STANDARD_FIELDS:
-            if value is not None and not isinstance(value, str):
-                raise InvalidLeadError(f"{name}: must be text, not {type(value).__name__}")
-            if value is not None:
-                storable(value, name, 64 if name == "timezone" else MAX_TEXT)
-        elif name in ("email_consent", "sms_consent"):
-            if not isinstance(value, bool):
-                raise InvalidLeadError(f"{name}: must be true or false, not {value!r}")
-        elif name not in IDENTITY_FIELDS:
-            if not isinstance(name, str):
-                raise InvalidLeadError(f"custom field names must be text, not {name!r}")
-            storable(name, "custom field name", 100)
-            storable_json(value, name)
-    return dict(attributes)
+    """Lead attributes as stored (`lead_fields` rules); InvalidLeadError naming the first bad one.
 
-
-def normalise_email(value: str) -> str:
-    """Lower-case and trim an email address; InvalidLeadError when it is not one."""
-    email = value.strip().lower()
-    if len(email) > 320 or not _EMAIL.match(email):
-        raise InvalidLeadError(f"invalid email address {value!r}")
-    return email
-
-
-def normalise_phone(value: str) -> str:
-    """Reduce a phone number to E.164 (`+` and digits); InvalidLeadError otherwise."""
-    phone = re.sub(r"[\s().-]", "", value.strip())
-    if phone.startswith("00"):
-        phone = "+" + phone[2:]
-    if not _PHONE.match(phone):
-        raise InvalidLeadError(f"invalid phone number {value!r}: use E.164, e.g. +14155550100")
-    return phone
+    Identity keys pass through (Identity.parse checks them); a time zone of "" is not given.
+    """
+    return {
+        name: value if name in IDENTITY_FIELDS else check_attribute(name, value)
+        for name, value in attributes.items()
+        if not (name == "timezone" and value == "")
+    }
 
 
 @dataclass(frozen=True)
@@ -121,16 +67,8 @@ class Identity:
     @classmethod
     def parse(cls, data: Mapping[str, Any]) -> Identity:
         """Pick and normalise the identity keys of `data`; at least one is required."""
-        email = data.get("email")
-        phone = data.get("phone")
-        external_id = data.get("external_id")
-        identity = cls(
-            email=storable(normalise_email(str(email)), "email") if email else None,
-            external_id=storable(str(external_id).strip(), "external_id", MAX_TEXT)
-            if external_id
-            else None,
-            phone=normalise_phone(str(phone)) if phone else None,
-        )
+        given = {name: data.get(name) for name in IDENTITY_FIELDS}
+        identity = cls(**{k: check_identity(k, v) if v else None for k, v in given.items()})
         if not (identity.email or identity.external_id or identity.phone):
             raise InvalidLeadError("a lead needs an email, an external_id or a phone number")
         return identity
@@ -212,7 +150,7 @@ def _ensure_unclaimed(lead: Lead, name: str, value: str) -> None:
         else None
     )
     if owner is not None:
-        raise InvalidLeadError(f"{name} {value!r} belongs to another lead (id {owner})")
+        raise LeadConflictError(f"{value!r} belongs to another lead (id {owner})", name)
 
 
 def apply_attributes(lead: Lead, identity: Identity, attributes: Mapping[str, Any]) -> bool:

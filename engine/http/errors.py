@@ -1,4 +1,5 @@
-"""Exception handlers: engine refusals as 4xx, conflicts as 409, validation errors as 422."""
+"""Exception handlers: engine refusals as 4xx, conflicts as 409, validation errors as 422,
+and a 405 whose `Allow` names every method of the path."""
 
 from __future__ import annotations
 
@@ -6,27 +7,41 @@ import logging
 from collections.abc import Sequence
 
 from fastapi import FastAPI, Request
-from fastapi.exception_handlers import request_validation_exception_handler
+from fastapi.exception_handlers import (
+    http_exception_handler,
+    request_validation_exception_handler,
+)
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from sqlalchemy.exc import IntegrityError
+from starlette.exceptions import HTTPException
+from starlette.routing import Match, Mount
 
 from channels.webhooks import SignatureError
-from engine.errors import ConfigurationError, InvalidLeadError, NurtureError, UnknownLeadError
+from engine.errors import (
+    ConfigurationError,
+    InvalidLeadError,
+    LeadConflictError,
+    NurtureError,
+    UnknownLeadError,
+)
 from engine.http.schemas import EVENTS_PATH, EVENTS_TAGS
 
 log = logging.getLogger(__name__)
 
+_METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
 _STATUS: dict[type[NurtureError], int] = {
     UnknownLeadError: 404,
     SignatureError: 403,
+    LeadConflictError: 409,
     ConfigurationError: 503,
 }
 
 
 def _nurture_error(request: Request, error: Exception) -> Response:
-    """Refusals as 4xx: unknown lead 404, bad lead data 422, bad signature 403, the rest 400."""
-    if isinstance(error, InvalidLeadError):
+    """Refusals as 4xx: unknown lead 404, an identity another lead has 409, bad lead data 422,
+    bad signature 403, the rest 400."""
+    if isinstance(error, InvalidLeadError) and not isinstance(error, LeadConflictError):
         detail = [{"loc": ["body"], "msg": str(error), "type": "invalid_lead"}]
         return JSONResponse({"detail": detail}, status_code=422)
     status = next((s for kind, s in _STATUS.items() if isinstance(error, kind)), 400)
@@ -52,6 +67,26 @@ async def _validation_error(request: Request, error: Exception) -> Response:
     return await request_validation_exception_handler(request, RequestValidationError(errors))
 
 
+async def _http_error(request: Request, error: Exception) -> Response:
+    """Starlette's answer, but a 405 names every method the path serves in `Allow`.
+
+    Starlette answers a 405 from the first route whose path matched, so a path served by two
+    routes (GET and POST of /u/{token}) would name one method only: ask every route instead.
+    """
+    assert isinstance(error, HTTPException)
+    if error.status_code == 405:
+        routes = [r for r in request.app.router.routes if not isinstance(r, Mount)]
+        allowed = [
+            method
+            for method in _METHODS
+            if any(r.matches({**request.scope, "method": method})[0] == Match.FULL for r in routes)
+        ]
+        if allowed:
+            headers = {**(error.headers or {}), "Allow": ", ".join(allowed)}
+            error = HTTPException(405, error.detail, headers=headers)
+    return await http_exception_handler(request, error)
+
+
 def invalid(loc: Sequence[str | int], message: str) -> RequestValidationError:
     """A 422 for a value only the endpoint can judge, shaped like FastAPI's own."""
     return RequestValidationError([{"loc": tuple(loc), "msg": message, "type": "value_error"}])
@@ -62,3 +97,4 @@ def install_error_handlers(api: FastAPI) -> None:
     api.add_exception_handler(NurtureError, _nurture_error)
     api.add_exception_handler(IntegrityError, _conflict)
     api.add_exception_handler(RequestValidationError, _validation_error)
+    api.add_exception_handler(HTTPException, _http_error)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Sequence
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol
 
 import dramatiq
@@ -22,10 +22,11 @@ from sqlalchemy.orm import Session
 
 from engine.app import App
 from engine.errors import InvalidLeadError, UnknownLeadError
+from engine.funnel.lead_fields import shown
 from engine.funnel.service import Outcome, recycle_lead, track, upsert_lead, win_lead
-from engine.http.errors import invalid
 from engine.http.schemas import (
     EVENTS_PATH,
+    LEAD_LINKS,
     EventBatch,
     EventBatchOut,
     EventIn,
@@ -41,7 +42,7 @@ from engine.http.schemas import (
     error_responses,
     lead_out,
 )
-from engine.http.validators import LeadKey, storable_text
+from engine.http.validators import LeadKey
 from engine.models import Lead
 from engine.read.metrics import BrokerProbe, Metrics
 from engine.read.stats import funnel
@@ -104,22 +105,29 @@ def broker_probe(app: App, tasks: Workers | None) -> BrokerProbe | None:
 
 
 def lookup(session: Session, key: str) -> Lead:
-    """The lead a path key names: 404 when nobody has it, 422 when it cannot name anyone."""
+    """The lead a path key names; 404 when nobody has it, also when it cannot name anyone
+    (`+12` is no phone number), as the OpenAPI document lets any key through."""
     key = key.strip()
     if key.isdigit() and (not key.isascii() or int(key) > MAX_LEAD_ID):
         raise UnknownLeadError(f"no lead with id {key}")
     try:
-        return find_by_key(session, storable_text(key))
-    except (InvalidLeadError, ValueError) as error:
-        raise invalid(("path", "key"), str(error)) from error
+        return find_by_key(session, key)
+    except InvalidLeadError as error:
+        raise UnknownLeadError(f"no lead with key {shown(key)}: {error}") from error
 
 
 def _check_times(events: Sequence[EventIn], batch: bool, now: datetime) -> None:
-    """422 for any event dated more than MAX_FUTURE ahead, before any is recorded."""
+    """409 for any event dated more than MAX_FUTURE ahead, before any is recorded; then the
+    times in UTC (safe now: 9999-12-31T23:00-05:00 would overflow)."""
     for index, event in enumerate(events):
         if event.occurred_at is not None and event.occurred_at > now + MAX_FUTURE:
-            where = ("body", "events", index) if batch else ("body",)
-            raise invalid((*where, "occurred_at"), "must not be more than a day in the future")
+            where = f"events[{index}].occurred_at" if batch else "occurred_at"
+            raise HTTPException(
+                409, f"{where}: more than a day ahead of the server's clock ({now.isoformat()})"
+            )
+    for event in events:
+        if event.occurred_at is not None:
+            event.occurred_at = event.occurred_at.astimezone(UTC)
 
 
 # --- Routes ----------------------------------------------------------------------------------
@@ -131,7 +139,7 @@ def lead_routes(router: APIRouter, app: App, follow: FollowUps) -> None:
     @router.post(
         "/v1/leads",
         response_model=LeadOut,
-        responses=error_responses(400, 409, 413),
+        responses=LEAD_LINKS | error_responses(400, 409, 413),
         tags=["leads"],
     )
     def upsert(body: LeadIn) -> LeadOut:
@@ -157,7 +165,7 @@ def lead_routes(router: APIRouter, app: App, follow: FollowUps) -> None:
     @router.post(
         "/v1/leads/{key}/recycle",
         response_model=LeadOut,
-        responses=error_responses(400, 404, 409, 413),
+        responses=LEAD_LINKS | error_responses(400, 404, 409, 413),
         tags=["leads"],
     )
     def recycle(key: LeadKey, body: RecycleIn) -> LeadOut:
@@ -175,7 +183,7 @@ def lead_routes(router: APIRouter, app: App, follow: FollowUps) -> None:
     @router.post(
         "/v1/leads/{key}/won",
         response_model=LeadOut,
-        responses=error_responses(400, 404, 413),
+        responses=LEAD_LINKS | error_responses(400, 404, 413),
         tags=["leads"],
     )
     def won(key: LeadKey, body: WonIn | None = None) -> LeadOut:

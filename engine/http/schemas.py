@@ -13,15 +13,14 @@ from pydantic import (
     ConfigDict,
     Discriminator,
     Field,
+    JsonValue,
     StrictBool,
     Tag,
-    field_validator,
     model_validator,
 )
 
 from engine.http.limits import MAX_BATCH
 from engine.http.validators import (
-    RESERVED_FIELDS,
     Email,
     EventId,
     EventType,
@@ -45,6 +44,12 @@ NewStage = Literal["subscriber", "lead"]
 
 # --- Request bodies --------------------------------------------------------------------------
 
+# A lead body names the lead: one of these is given, and not as "" (which means not given).
+IDENTIFIED: list[JsonValue] = [
+    {"required": [key], "properties": {key: {"type": "string", "minLength": 1}}}
+    for key in ("email", "external_id", "phone")
+]
+
 
 class _Body(BaseModel):
     """Request bodies refuse unknown keys, so a typo is a 422 instead of silently ignored."""
@@ -53,11 +58,22 @@ class _Body(BaseModel):
 
 
 class LeadAttributes(_Body):
-    """Who a lead is (email, external_id or phone) and what is known about them."""
+    """Who a lead is (email, external_id or phone) and what is known about them.
 
-    email: Email | None = Field(None, examples=["dana@initech.example"])
-    external_id: ExternalId | None = None
-    phone: Phone | None = Field(None, description="E.164, e.g. +14155550100")
+    An email, external_id, phone or timezone of "" is not given (as if left out).
+    """
+
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"anyOf": IDENTIFIED})
+
+    email: Email | None = Field(
+        None, examples=["dana@initech.example"], description="Stored trimmed and lower-cased."
+    )
+    external_id: ExternalId | None = Field(None, description="Stored trimmed.")
+    phone: Phone | None = Field(
+        None,
+        description="E.164, e.g. +14155550100; spaces, dots, dashes and brackets between the "
+        "digits and 00 for + are accepted, and stored as E.164.",
+    )
     first_name: Short | None = None
     last_name: Short | None = None
     company: Short | None = None
@@ -68,14 +84,6 @@ class LeadAttributes(_Body):
     fields: dict[FieldName, FieldValue] = Field(
         default_factory=dict, description="Custom attributes that fit rules may read."
     )
-
-    @field_validator("fields")
-    @classmethod
-    def _not_reserved(cls, fields: dict[str, Any]) -> dict[str, Any]:
-        reserved = sorted(RESERVED_FIELDS.intersection(fields))
-        if reserved:
-            raise ValueError(f"{', '.join(reserved)}: set lead attributes at the top level")
-        return fields
 
     @model_validator(mode="after")
     def _identified(self) -> LeadAttributes:
@@ -246,6 +254,23 @@ class UnprocessedEventOut(BaseModel):
     retry_at: datetime | None
 
 
+class SuppressionOut(BaseModel):
+    """An address of the lead that is never messaged on a channel, and why."""
+
+    channel: str
+    address: str
+    reason: str
+    created_at: datetime
+
+
+class UnsubscribedTopicOut(BaseModel):
+    """An email topic the lead left: sequences with that topic send it no more emails."""
+
+    topic: str
+    source: str
+    created_at: datetime
+
+
 class LeadDetailOut(BaseModel):
     """Everything about one lead: score and why (newest 50 ledger rows), sequences, sends."""
 
@@ -256,6 +281,8 @@ class LeadDetailOut(BaseModel):
     deliveries: list[DeliveryOut]
     handoffs: list[HandoffOut]
     unprocessed_events: list[UnprocessedEventOut]
+    suppressions: list[SuppressionOut]
+    unsubscribed_topics: list[UnsubscribedTopicOut]
 
 
 class EventOut(BaseModel):
@@ -335,7 +362,7 @@ _DESCRIPTIONS = {
     401: "Missing or invalid API key",
     403: "Signature missing or wrong",
     404: "No such lead",
-    409: "Conflicts with the lead's state or another lead",
+    409: "Conflicts with the lead's state, another lead, or the server's clock",
     413: "Body larger than the limit",
     503: "A dependency is unavailable or not configured",
 }
@@ -344,6 +371,28 @@ _DESCRIPTIONS = {
 def error_responses(*codes: int) -> dict[int | str, dict[str, Any]]:
     """OpenAPI entries for the error statuses an operation may answer."""
     return {code: {"model": ErrorOut, "description": _DESCRIPTIONS[code]} for code in codes}
+
+
+def _lead_link(method: str, path: str, description: str) -> dict[str, Any]:
+    """An OpenAPI link from a response carrying a lead `id` to an operation on that lead."""
+    pointer = path.replace("~", "~0").replace("/", "~1").replace("{", "%7B").replace("}", "%7D")
+    return {
+        "operationRef": f"#/paths/{pointer}/{method}",
+        "parameters": {"key": "$response.body#/id"},
+        "description": description,
+    }
+
+
+# What a client (and a stateful fuzzer) can do next with the lead a response names.
+LEAD_LINKS: dict[int | str, dict[str, Any]] = {
+    200: {
+        "links": {
+            "ShowLead": _lead_link("get", "/v1/leads/{key}", "The lead, its score and why."),
+            "RecycleLead": _lead_link("post", "/v1/leads/{key}/recycle", "Send it back."),
+            "WinLead": _lead_link("post", "/v1/leads/{key}/won", "Mark it a customer."),
+        }
+    }
+}
 
 
 def lead_out(lead: Lead) -> LeadOut:

@@ -1,55 +1,89 @@
 """Field validators and the Annotated types request bodies are built from.
 
-What PostgreSQL and the engine can take (storable text and JSON, email and phone syntax) is
-the funnel's rule in `engine.funnel.leads`, reused here with its InvalidLeadError turned into
-the ValueError pydantic reports as a 422; only HTTP constraints (lengths, RFC 3339 times, IANA
-time zones, scalar custom fields) live in this module.
+What a lead may hold is the funnel's rule in `engine.funnel.lead_fields`, reused here with its
+InvalidLeadError turned into the ValueError pydantic reports as a 422. Each type also states
+its rule in the OpenAPI document (the patterns of emails, phones and text, the time zone names,
+number bounds), so a body the document allows is a body the server takes, and the reverse.
+Only HTTP rules (RFC 3339 times, event ids and types, reasons) live in this module.
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from datetime import UTC, datetime
-from functools import cache
-from typing import Annotated, Any, TypeVar
-from zoneinfo import available_timezones
+from datetime import datetime
+from typing import Annotated, Any
 
 from fastapi import Path
 from pydantic import (
     AfterValidator,
     AwareDatetime,
     BeforeValidator,
+    SkipValidation,
     StringConstraints,
     WithJsonSchema,
 )
+from typing_extensions import TypeAliasType
 
 from engine.errors import InvalidLeadError
-from engine.funnel.leads import normalise_email, normalise_phone, storable, storable_json
-from engine.models import IDENTITY_FIELDS, STANDARD_FIELDS
+from engine.funnel.lead_fields import (
+    EMAIL_MAX,
+    EMAIL_PATTERN,
+    EXTERNAL_ID_PATTERN,
+    FIELD_NAME_MAX,
+    FIELD_TEXT_MAX,
+    INT_MAX,
+    INT_MIN,
+    PHONE_MAX,
+    PHONE_PATTERN,
+    RESERVED_FIELDS,
+    TEXT_MAX,
+    TEXT_PATTERN,
+    ZONE_MAX,
+    check_field_name,
+    check_field_value,
+    check_zone,
+    normalise_email,
+    normalise_external_id,
+    normalise_phone,
+    storable,
+    storable_json,
+    zones,
+)
 
-MAX_FIELD_TEXT = 2000
-# Custom field names that would shadow a lead column or an attribute rules read.
-RESERVED_FIELDS = frozenset(
-    {*IDENTITY_FIELDS, *STANDARD_FIELDS, "email_consent", "sms_consent", "stage", "owner"}
-    | {"fields", "email_domain"}
+# RFC 3339 with a zone, written in 1970 or later (the OpenAPI `format` checks the calendar).
+RFC3339_PATTERN = (
+    r"^(?:19[7-9][0-9]|[2-9][0-9]{3})-(?:0[1-9]|1[0-2])-(?:0[1-9]|[12][0-9]|3[01])"
+    r"[Tt](?:[01][0-9]|2[0-3]):[0-5][0-9]:[0-5][0-9](?:\.[0-9]{1,9})?"
+    r"(?:[Zz]|[+-](?:[01][0-9]|2[0-3]):[0-5][0-9])$"
 )
-_J = TypeVar("_J")
-_RFC3339 = re.compile(
-    r"\d{4}-\d{2}-\d{2}[Tt]\d{2}:\d{2}:\d{2}(\.\d{1,9})?([Zz]|[+-]\d{2}:\d{2})", re.ASCII
-)
+_RFC3339 = re.compile(RFC3339_PATTERN)
 # What the funnel's messages are prefixed with; a 422 names the field in its loc instead.
 _WHAT = "value"
+NO_NUL = {"not": {"pattern": "\\x00"}}  # a JSON Schema for text without NUL characters
+
+
+def _or_empty(pattern: str) -> str:
+    """An anchored pattern that also matches "" (not given)."""
+    return f"^(?:{pattern.removeprefix('^').removesuffix('$')})?$"
+
+
+def _text_schema(max_length: int, pattern: str = TEXT_PATTERN, min_length: int = 0) -> Any:
+    """The OpenAPI entry of a string the server checks with `pattern` and these lengths."""
+    schema: dict[str, Any] = {"type": "string", "maxLength": max_length, "pattern": pattern}
+    if min_length:
+        schema["minLength"] = min_length
+    return WithJsonSchema(schema)
 
 
 @contextmanager
 def _as_value_error() -> Iterator[None]:
-    """Re-raise the funnel's InvalidLeadError as a ValueError, without the `value: ` prefix."""
+    """Re-raise the funnel's InvalidLeadError as a ValueError, its reason without the field."""
     try:
         yield
     except InvalidLeadError as error:
-        raise ValueError(str(error).removeprefix(f"{_WHAT}: ")) from error
+        raise ValueError(error.reason) from error
 
 
 def storable_text(value: str) -> str:
@@ -58,113 +92,143 @@ def storable_text(value: str) -> str:
         return storable(value, _WHAT)
 
 
-def _storable_json(value: _J) -> _J:
-    """JSON both databases keep as sent: storable text, finite numbers, 64-bit ints, 32 deep."""
+def _unless_empty(check: Callable[[str], str]) -> Callable[[str], str]:
+    """A funnel rule for a value that may be "" (not given), as a pydantic validator."""
+
+    def validate(value: str) -> str:
+        if value == "":
+            return value
+        with _as_value_error():
+            return check(value)
+
+    validate.__doc__ = check.__doc__
+    return validate
+
+
+def _field_name(name: str) -> str:
+    """A custom field name: storable, 1 to 100 characters, not a lead attribute's."""
+    with _as_value_error():
+        return check_field_name(name)
+
+
+def _field_value(value: Any) -> Any:
+    """A custom field is one value fit rules can compare: text, a number, true/false or null."""
+    with _as_value_error():
+        return check_field_value(value, _WHAT)
+
+
+def _properties(value: Any) -> dict[str, Any]:
+    """An object both databases keep as sent: storable text, numbers in range, 32 levels deep."""
+    if not isinstance(value, dict):
+        raise ValueError("must be an object")
     with _as_value_error():
         storable_json(value, _WHAT)
     return value
 
 
-def _email(value: str) -> str:
-    """A storable email address, trimmed and lower-cased."""
-    with _as_value_error():
-        return normalise_email(storable(value, _WHAT))
-
-
-def _phone(value: str) -> str:
-    """A storable phone number, reduced to E.164."""
-    with _as_value_error():
-        return normalise_phone(storable(value, _WHAT))
-
-
-def _external_id(value: str) -> str:
-    """A storable external id, trimmed and not blank."""
-    value = storable_text(value).strip()
-    if not value:
-        raise ValueError("must not be blank")
-    return value
-
-
-@cache
-def _zones() -> frozenset[str]:
-    """The IANA time zone names this system knows."""
-    return frozenset(available_timezones())
-
-
-def _timezone(value: str) -> str:
-    """An IANA time zone name."""
-    if value not in _zones():
-        raise ValueError(f"unknown time zone {value!r}: use an IANA name, e.g. Europe/Berlin")
-    return value
-
-
-def _scalar(value: Any) -> Any:
-    """A custom field is one value fit rules can compare: text, a number, true/false or null."""
-    if isinstance(value, str) and len(value) > MAX_FIELD_TEXT:
-        raise ValueError(f"text must be at most {MAX_FIELD_TEXT} characters")
-    if not (value is None or isinstance(value, str | int | float)):
-        raise ValueError("must be a string, a number, true, false or null")
-    return _storable_json(value)
-
-
 def _rfc3339(value: Any) -> Any:
-    """Refuse a time without a zone or in any other format than RFC 3339, before parsing."""
+    """Refuse a time without a zone, before 1970 or in any other format than RFC 3339."""
     if isinstance(value, datetime):
         return value
     if not isinstance(value, str) or not _RFC3339.fullmatch(value):
-        raise ValueError("must be ISO 8601 with a time zone, e.g. 2026-03-02T10:00:00Z")
+        raise ValueError(
+            "must be ISO 8601 with a time zone, from 1970 on, e.g. 2026-03-02T10:00:00Z"
+        )
     return value
 
 
-def _since_1970(value: datetime) -> datetime:
-    """The time in UTC, no earlier than 1970."""
-    try:
-        utc = value.astimezone(UTC)
-    except OverflowError as error:
-        raise ValueError("is out of range") from error
-    if utc.year < 1970:
-        raise ValueError("must not be before 1970")
-    return utc
+_JSON_NUMBER = {"type": "number", "minimum": INT_MIN, "maximum": INT_MAX}
 
-
-Short = Annotated[str, StringConstraints(max_length=200), AfterValidator(storable_text)]
+Short = Annotated[
+    str,
+    StringConstraints(max_length=TEXT_MAX),
+    AfterValidator(storable_text),
+    _text_schema(TEXT_MAX),
+]
 Reason = Annotated[
-    str, StringConstraints(min_length=1, max_length=500), AfterValidator(storable_text)
+    str,
+    StringConstraints(min_length=1, max_length=500),
+    AfterValidator(storable_text),
+    _text_schema(500, min_length=1),
 ]
 EventId = Annotated[
-    str, StringConstraints(min_length=1, max_length=200), AfterValidator(storable_text)
+    str,
+    StringConstraints(min_length=1, max_length=200),
+    AfterValidator(storable_text),
+    _text_schema(200, min_length=1),
 ]
-Email = Annotated[str, StringConstraints(max_length=320), AfterValidator(_email)]
-Phone = Annotated[str, StringConstraints(max_length=32), AfterValidator(_phone)]
+Email = Annotated[
+    str,
+    StringConstraints(max_length=EMAIL_MAX),
+    AfterValidator(_unless_empty(normalise_email)),
+    _text_schema(EMAIL_MAX, _or_empty(EMAIL_PATTERN)),
+]
+Phone = Annotated[
+    str,
+    StringConstraints(max_length=PHONE_MAX),
+    AfterValidator(_unless_empty(normalise_phone)),
+    _text_schema(PHONE_MAX, _or_empty(PHONE_PATTERN)),
+]
 ExternalId = Annotated[
-    str, StringConstraints(min_length=1, max_length=200), AfterValidator(_external_id)
+    str,
+    StringConstraints(max_length=TEXT_MAX),
+    AfterValidator(_unless_empty(normalise_external_id)),
+    _text_schema(TEXT_MAX, _or_empty(EXTERNAL_ID_PATTERN)),
 ]
-TimeZone = Annotated[str, StringConstraints(max_length=64), AfterValidator(_timezone)]
+TimeZone = Annotated[
+    str,
+    StringConstraints(max_length=ZONE_MAX),
+    AfterValidator(_unless_empty(check_zone)),
+    WithJsonSchema({"type": "string", "enum": ["", *sorted(zones())]}),
+]
 EventType = Annotated[str, StringConstraints(pattern=r"^[A-Za-z][A-Za-z0-9_]*$", max_length=64)]
 FieldName = Annotated[
-    str, StringConstraints(min_length=1, max_length=100), AfterValidator(storable_text)
+    str,
+    AfterValidator(_field_name),
+    WithJsonSchema(
+        {
+            "type": "string",
+            "minLength": 1,
+            "maxLength": FIELD_NAME_MAX,
+            "not": {"anyOf": [NO_NUL["not"], {"enum": sorted(RESERVED_FIELDS)}]},
+        }
+    ),
 ]
 FieldValue = Annotated[
     Any,
-    AfterValidator(_scalar),
+    AfterValidator(_field_value),
     WithJsonSchema(
         {
             "anyOf": [
-                {"type": "string", "maxLength": MAX_FIELD_TEXT},
-                {"type": "integer", "minimum": -(2**63), "maximum": 2**63 - 1},
-                {"type": "number"},
+                {"type": "string", "maxLength": FIELD_TEXT_MAX, "pattern": TEXT_PATTERN},
+                _JSON_NUMBER,
                 {"type": "boolean"},
                 {"type": "null"},
             ]
         }
     ),
 ]
-Properties = Annotated[dict[str, Any], AfterValidator(_storable_json)]
-OccurredAt = Annotated[AwareDatetime, BeforeValidator(_rfc3339), AfterValidator(_since_1970)]
+# JSON as both databases keep it, for the OpenAPI document (validated by `_properties`).
+_JsonText = Annotated[str, WithJsonSchema({"type": "string", "pattern": TEXT_PATTERN})]
+_JsonKey = Annotated[str, WithJsonSchema({"type": "string", **NO_NUL})]
+_JsonNumber = Annotated[float, WithJsonSchema(_JSON_NUMBER)]
+JsonValue = TypeAliasType(
+    "JsonValue",
+    "_JsonText | _JsonNumber | bool | None | list[JsonValue] | dict[_JsonKey, JsonValue]",
+)
+Properties = Annotated[SkipValidation[dict[_JsonKey, JsonValue]], AfterValidator(_properties)]
+# Converted to UTC by the route, once it is known not to lie beyond the server's tomorrow.
+OccurredAt = Annotated[
+    AwareDatetime,
+    BeforeValidator(_rfc3339),
+    WithJsonSchema({"type": "string", "format": "date-time", "pattern": RFC3339_PATTERN}),
+]
 LeadKey = Annotated[
     str,
     Path(
+        min_length=1,
         max_length=320,
-        description="A numeric lead id, an email address, a +E.164 phone number or an external id.",
+        description="A numeric lead id, an email address, a +E.164 phone number or an external "
+        "id; a key that names nobody (or cannot name anyone) is a 404.",
     ),
 ]

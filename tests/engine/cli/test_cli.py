@@ -6,12 +6,15 @@ import json
 import shutil
 import subprocess
 import sys
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
 from click.testing import CliRunner, Result
 
 from engine.cli.main import main
+from engine.db import make_engine, make_sessionmaker
+from engine.models import Suppression
 from tests.engine.faults import MESSAGE, JourneyFault
 
 ROOT = Path(__file__).resolve().parents[3]
@@ -189,7 +192,7 @@ def test_bad_input_gets_a_clear_message_and_the_right_exit_code(nurture) -> None
     bad_email = nurture("track", "not-an-email", "form_submitted")
     assert (bad_email.exit_code, bad_email.output.strip()) == (
         2,
-        "error: invalid email address 'not-an-email'",
+        "error: email: invalid email address 'not-an-email'",
     )
     bad_time = nurture("track", "a@b.test", "form_submitted", "--at", "yesterday")
     assert bad_time.exit_code == 2 and "--at 'yesterday' is not an ISO 8601 time" in bad_time.output
@@ -210,10 +213,12 @@ def test_leads_import_lands_good_rows_and_reports_bad_ones_by_row_number(
     )
     result = nurture("leads", "import", str(csv))
     assert result.exit_code == 1
-    assert f"{csv}:3: invalid email address 'not-an-email'" in result.output
-    assert f"{csv}:4: invalid phone number '12': use E.164, e.g. +14155550100" in result.output
-    assert f"{csv}:5: sms_consent 'maybe' is not true/false" in result.output
-    assert "2 lead(s) imported, 3 row(s) skipped" in result.output
+    assert f"{csv}:3: email: invalid email address 'not-an-email'" in result.output
+    assert f"{csv}:4: phone: invalid phone number '12': use E.164, e.g. +14155550100" in (
+        result.output
+    )
+    assert f"{csv}:5: sms_consent: 'maybe' is not true/false or yes/no" in result.output
+    assert "2 lead(s) imported, 3 row(s) rejected" in result.output
     ann = json.loads(nurture("lead", "show", "ann@initech.test", "--json").output)
     assert ann["lead"]["sms_consent"] is True and ann["score"]["fit"] == 10
 
@@ -222,19 +227,20 @@ def test_an_import_row_giving_a_lead_another_leads_phone_is_reported_not_a_crash
     nurture,
     tmp_path: Path,  # type: ignore[no-untyped-def]
 ) -> None:
+    (tmp_path / "first.csv").write_text("email,phone\nann@initech.test,+14155550100\n")
+    assert nurture("leads", "import", str(tmp_path / "first.csv")).exit_code == 0
     csv = tmp_path / "leads.csv"
     csv.write_text(
         "email,phone\n"
-        "ann@initech.test,+14155550100\n"
         "bob@initech.test,+14155550100\n"
         "cat@globex.test,+14155550101\n"
     )
     result = nurture("leads", "import", str(csv))
     assert result.exit_code == 1
-    assert f"{csv}:3: phone '+14155550100' belongs to another lead (id 1)" in result.output, (
+    assert f"{csv}:2: phone: '+14155550100' belongs to another lead (id 1)" in result.output, (
         result.output
     )
-    assert "2 lead(s) imported, 1 row(s) skipped" in result.output
+    assert "1 lead(s) imported, 1 row(s) rejected" in result.output
 
 
 def test_jsonl_import_reports_lines_that_are_not_json(nurture, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
@@ -242,7 +248,7 @@ def test_jsonl_import_reports_lines_that_are_not_json(nurture, tmp_path: Path) -
     jsonl.write_text('{"email": "a@x.test"}\n{oops\n["list"]\n')
     result = nurture("leads", "import", str(jsonl), "--json")
     summary = json.loads(result.output)
-    assert (result.exit_code, summary["imported"], summary["skipped"]) == (1, 1, 2)
+    assert (result.exit_code, summary["imported"], summary["rejected"]) == (1, 1, 2)
     assert [p["row"] for p in summary["problems"]] == [2, 3]
 
 
@@ -300,3 +306,31 @@ def test_preview_renders_every_step_and_writes_html_files(nurture, tmp_path: Pat
     assert "GSM-7" in result.output
     unknown = nurture("preview", "nope")
     assert unknown.exit_code == 2 and "unknown sequence 'nope'" in unknown.output
+
+
+def test_lead_show_lists_suppressed_addresses_and_unsubscribed_topics(  # type: ignore[no-untyped-def]
+    nurture, tmp_path: Path
+) -> None:
+    nurture("track", "ana@northwind.test", "form_submitted")
+    left = nurture("track", "ana@northwind.test", "topic_unsubscribed", "--prop", "topic=webinars")
+    assert left.exit_code == 0, left.output
+    engine = make_engine(f"sqlite:///{tmp_path / 'cli.db'}")
+    with make_sessionmaker(engine).begin() as s:
+        reason, at = "bounced: mailbox unavailable", datetime(2026, 3, 2, tzinfo=UTC)
+        s.add(
+            Suppression(channel="email", address="ana@northwind.test", reason=reason, created_at=at)
+        )
+    engine.dispose()
+
+    shown = json.loads(nurture("lead", "show", "ana@northwind.test", "--json").output)
+    table = nurture("lead", "show", "ana@northwind.test").output
+
+    assert [(s["channel"], s["address"], s["reason"]) for s in shown["suppressions"]] == [
+        ("email", "ana@northwind.test", "bounced: mailbox unavailable")
+    ]
+    assert [(t["topic"], t["source"]) for t in shown["unsubscribed_topics"]] == [
+        ("webinars", "cli")
+    ]
+    assert "Suppressed addresses" in table and "mailbox" in table
+    assert "Unsubscribed topics" in table and "webinars" in table
+    assert "email consent yes" in table
