@@ -391,3 +391,19 @@ class Suppression(Base):
     address: Mapped[str] = mapped_column(String(320))
     reason: Mapped[str] = mapped_column(Text)
     created_at: Mapped[datetime]
+
+
+class TopicOptOut(Base):
+    """An email topic a lead left (the unsubscribe page, or a `topic_unsubscribed` event).
+
+    Sends of sequences with that topic are skipped; the lead keeps getting the others.
+    """
+
+    __tablename__ = "topic_opt_outs"
+    __table_args__ = (UniqueConstraint("lead_id", "topic", name="uq_topic_opt_out"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    lead_id: Mapped[int] = mapped_column(ForeignKey("leads.id", ondelete="CASCADE"))
+    topic: Mapped[str] = mapped_column(String(100))
+    source: Mapped[str] = mapped_column(String(32))  # the event's source: unsubscribe, api, ...
+    created_at: Mapped[datetime]

@@ -23,9 +23,9 @@ MENTIONABLE = (
 RECENT = 5
 
 
-def unsubscribe_url(settings: Settings, lead_id: int, list_name: str) -> str:
-    """The one-click unsubscribe link for a lead and list, signed so it cannot be forged."""
-    return f"{settings.public_url}/u/{make_token(settings.secret_key, lead_id, list_name)}"
+def unsubscribe_url(settings: Settings, lead_id: int, topic: str) -> str:
+    """The one-click unsubscribe link for a lead and an email topic, signed against forgery."""
+    return f"{settings.public_url}/u/{make_token(settings.secret_key, lead_id, topic)}"
 
 
 def lead_view(lead: Lead) -> dict[str, Any]:
@@ -82,7 +82,7 @@ def message_context(
         "sequence": {"name": sequence.name, "description": sequence.description},
         "milestone": {"id": delivery.milestone},
         "recent_activity": recent_activity(session, lead),
-        "unsubscribe_url": unsubscribe_url(settings, lead.id, sequence.name),
+        "unsubscribe_url": unsubscribe_url(settings, lead.id, sequence.topic),
         "sender": {
             "name": sequence.send.from_name,
             "email": sequence.send.from_email,

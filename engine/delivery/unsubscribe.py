@@ -1,4 +1,8 @@
-"""Signed unsubscribe tokens: the link names lead and list, and cannot be forged or altered."""
+"""Signed unsubscribe tokens: the link names lead and email topic, and cannot be forged or altered.
+
+Links sent before topics existed name their sequence instead; `topic_named` reads those as
+the topic that sequence sends under now.
+"""
 
 from __future__ import annotations
 
@@ -7,6 +11,7 @@ import hashlib
 import hmac
 
 from engine.errors import NurtureError
+from engine.workflow.spec import Workflows
 
 
 class InvalidTokenError(NurtureError):
@@ -21,15 +26,15 @@ def _unb64(text: str) -> bytes:
     return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
 
 
-def make_token(secret: str, lead_id: int, list_name: str) -> str:
-    """A URL-safe token `<lead>.<list>.<signature>` signed with HMAC-SHA256."""
-    payload = f"{lead_id}.{_b64(list_name.encode())}"
+def make_token(secret: str, lead_id: int, topic: str) -> str:
+    """A URL-safe token `<lead>.<topic>.<signature>` signed with HMAC-SHA256."""
+    payload = f"{lead_id}.{_b64(topic.encode())}"
     signature = hmac.new(secret.encode(), payload.encode(), hashlib.sha256).digest()[:16]
     return f"{payload}.{_b64(signature)}"
 
 
 def read_token(secret: str, token: str) -> tuple[int, str]:
-    """The (lead id, list) a token names; InvalidTokenError when it was not signed by us."""
+    """The (lead id, topic) a token names; InvalidTokenError when it was not signed by us."""
     try:
         lead_part, list_part, signature = token.split(".")
         expected = hmac.new(
@@ -42,3 +47,12 @@ def read_token(secret: str, token: str) -> tuple[int, str]:
         return int(lead_part), _unb64(list_part).decode()
     except (ValueError, UnicodeDecodeError) as error:
         raise InvalidTokenError(f"malformed unsubscribe token: {error}") from error
+
+
+def topic_named(workflows: Workflows, name: str) -> str:
+    """The topic a token's name means: the name itself, unless no loaded sequence sends under it
+    but one is called so (a link from before topics, which named its sequence)."""
+    if any(sequence.topic == name for sequence in workflows.sequences.values()):
+        return name
+    sequence = workflows.sequences.get(name)
+    return sequence.topic if sequence is not None else name

@@ -33,6 +33,7 @@ from engine.funnel.leads import (
 )
 from engine.funnel.lifecycle import StageOutcome, evaluate_stage, mark_customer, recycle, set_stage
 from engine.funnel.scoring import apply_decay, recompute_fit, record_activity, score_event
+from engine.funnel.topics import TOPIC_EVENT, leave_topic, topic_of
 from engine.models import Enrolment, Event, EventStatus, Handoff, Lead, Stage
 from engine.workflow.runtime import Runtime
 from engine.workflow.spec import Fired
@@ -115,6 +116,7 @@ def track(
     if event_id is not None:
         storable(event_id, "event id", 200)
     properties = storable_json(dict(properties or {}), "properties")
+    left_topic = topic_of(properties) if event_type == TOPIC_EVENT else None
     now = rt.clock.now()
     identity = Identity.parse(lead)
     attributes = _attributes(lead)
@@ -139,6 +141,8 @@ def track(
         # and a retry never replays it over a later opt-in
         column, value = CONSENT_EVENTS[event_type]
         setattr(row, column, value)
+    if left_topic is not None:  # the same for leaving one email topic
+        leave_topic(session, row, left_topic, source, now)
     return _process(session, rt, row, event, fit=attributes_changed)
 
 

@@ -2,14 +2,25 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import and_, or_, select
 from sqlalchemy.orm import Session
 
 from engine.errors import UnknownLeadError
 from engine.funnel.leads import Identity, get_lead
-from engine.models import Delivery, Enrolment, Event, EventStatus, Handoff, Lead, ScoreEntry
+from engine.models import (
+    Delivery,
+    Enrolment,
+    Event,
+    EventStatus,
+    Handoff,
+    Lead,
+    ScoreEntry,
+    Suppression,
+    TopicOptOut,
+)
 
 LEDGER_ROWS = 50
 
@@ -34,7 +45,8 @@ def _iso(value: Any) -> str | None:
 
 
 def lead_detail(session: Session, lead: Lead) -> dict[str, Any]:
-    """Who the lead is, its score and why, its sequences and sends, and events not yet processed."""
+    """Who the lead is, its score and why, its sequences and sends, and events not yet processed;
+    the suppressions of its addresses and the email topics it left: why a send was skipped."""
     ledger = session.scalars(
         select(ScoreEntry)
         .where(ScoreEntry.lead_id == lead.id)
@@ -56,6 +68,19 @@ def lead_detail(session: Session, lead: Lead) -> dict[str, Any]:
         select(Event)
         .where(Event.lead_id == lead.id, Event.status != EventStatus.PROCESSED)
         .order_by(Event.id)
+    )
+    addresses = [
+        and_(Suppression.channel == channel, Suppression.address == address)
+        for channel, address in (("email", lead.email), ("sms", lead.phone))
+        if address
+    ]
+    suppressions: Iterable[Suppression] = (
+        session.scalars(select(Suppression).where(or_(*addresses)).order_by(Suppression.id))
+        if addresses
+        else ()
+    )
+    topics = session.scalars(
+        select(TopicOptOut).where(TopicOptOut.lead_id == lead.id).order_by(TopicOptOut.id)
     )
     return {
         "lead": {
@@ -140,5 +165,17 @@ def lead_detail(session: Session, lead: Lead) -> dict[str, Any]:
                 "retry_at": _iso(e.retry_at),
             }
             for e in unprocessed
+        ],
+        "suppressions": [
+            {
+                "channel": s.channel,
+                "address": s.address,
+                "reason": s.reason,
+                "created_at": _iso(s.created_at),
+            }
+            for s in suppressions
+        ],
+        "unsubscribed_topics": [
+            {"topic": t.topic, "source": t.source, "created_at": _iso(t.created_at)} for t in topics
         ],
     }

@@ -24,7 +24,7 @@ from engine.errors import ConditionError, Problem
 from engine.workflow.conditions import parse as parse_condition
 from engine.workflow.conditions import threshold
 from engine.workflow.durations import parse_duration
-from engine.workflow.spec import Condition, Window
+from engine.workflow.spec import TOPIC, Condition, Window
 
 _ID = (re.compile(r"[a-z0-9_-]+"), "use lower-case letters, digits, _ and -")
 _WORDS = {
@@ -32,6 +32,7 @@ _WORDS = {
     "milestone id": _ID,
     "name": (re.compile(r"[a-z0-9][a-z0-9-]*"), "use lower-case letters, digits and -"),
     "event type": (re.compile(r"[a-z][a-z0-9_]*"), "use lower_snake_case like form_submitted"),
+    "topic": (TOPIC, "use lower-case letters, digits and -, at most 100, like product-news"),
 }
 HOURS = re.compile(r"(\d{1,2}):(\d\d)\s*-\s*(\d{1,2}):(\d\d)")
 DAYS = ("monday", "tuesday", "wednesday", "thursday", "friday", "saturday", "sunday")

@@ -22,6 +22,7 @@ from engine.workflow.reader import (
     scalar,
 )
 from engine.workflow.spec import (
+    DEFAULT_TOPIC,
     Branch,
     Enrol,
     Goto,
@@ -84,7 +85,7 @@ class SequenceReader(Reader):
             root,
             "",
             required=("name", "enrol", "send", "milestones"),
-            optional=("description", "exit_when", "on_change"),
+            optional=("description", "topic", "exit_when", "on_change"),
         )
         send = f.read("send", self.send, SendSettings(from_email=""))
         return Sequence(
@@ -98,7 +99,12 @@ class SequenceReader(Reader):
             description=f.read("description", self.text, ""),
             on_change=f.read("on_change", self.on_change, OnChange.MIGRATE),
             source=source,
+            topic=f.read("topic", self.topic, DEFAULT_TOPIC),
         )
+
+    def topic(self, node: Node, path: str) -> str:
+        """What the emails are about, e.g. product-news: a lead may unsubscribe from it alone."""
+        return self.word(node, path, "topic")
 
     def on_change(self, node: Node, path: str) -> OnChange:
         """`migrate` (the default: `nurture apply` moves leads) or `pin` (leads finish as begun)."""

@@ -329,6 +329,13 @@ class SendSettings:
     sms_max_segments: int = 3
 
 
+# A topic: what a sequence's emails are about, and what a lead may unsubscribe from alone.
+# Sequences without `topic:` share the default one, so a deployment that declares no topics
+# still stops all its nurture emails when a lead leaves the topic of one of them.
+TOPIC = re.compile(r"[a-z0-9][a-z0-9-]{0,99}")
+DEFAULT_TOPIC = "marketing"
+
+
 class OnChange(StrEnum):
     """What an edit of a sequence does to leads in it: move them by `apply`, or let them finish."""
 
@@ -350,6 +357,7 @@ class Sequence:
     description: str = ""
     on_change: OnChange = OnChange.MIGRATE
     source: str = ""  # the file's text, stored with the version
+    topic: str = DEFAULT_TOPIC  # what its emails are about, named in its unsubscribe links
 
     def milestone(self, milestone_id: str) -> Milestone:
         """The milestone with this id; KeyError when a stored id no longer exists."""

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from sqlalchemy import Engine, inspect
+from sqlalchemy import Engine, inspect, select, text
 
-from engine.db import make_engine
+from engine.db import make_engine, make_sessionmaker
+from engine.funnel.topics import has_left, leave_topic
 from engine.migrations import upgrade
-from engine.models import Base
+from engine.models import Base, Lead, TopicOptOut
+from tests.conftest import START
 
 TABLES = {t.name for t in Base.metadata.sorted_tables}
 
@@ -31,3 +33,53 @@ def test_an_empty_sqlite_file_upgrades_to_head_and_matches_the_models(tmp_path: 
     for table in Base.metadata.sorted_tables:
         assert {c["name"] for c in inspector.get_columns(table.name)} == set(table.columns.keys())
     engine.dispose()
+
+
+def _upgrade_with_a_lead_to_unsubscribe_topics(engine: Engine) -> None:
+    """From 0002 with a lead in it to head: the lead's topic choices can be recorded, once."""
+    upgrade(engine, "0002")
+    with engine.begin() as connection:
+        assert "topic_opt_outs" not in inspect(connection).get_table_names()
+        connection.execute(
+            text(
+                "INSERT INTO leads (id, email, fields, email_consent, sms_consent, stage, fit,"
+                " engagement, fit_rules, sql_crossings, created_at, updated_at) VALUES (7,"
+                " 'ana@northwind.test', '{}', true, false, 'lead', 0, 0, '{}', 0, :at, :at)"
+            ),
+            {"at": START},
+        )
+    upgrade(engine)
+    columns = {c["name"] for c in inspect(engine).get_columns("topic_opt_outs")}
+    assert columns == {"id", "lead_id", "topic", "source", "created_at"}
+    with make_sessionmaker(engine).begin() as session:
+        lead = session.get_one(Lead, 7)
+        leave_topic(session, lead, "webinars", "unsubscribe", START)
+        leave_topic(session, lead, "webinars", "unsubscribe", START)
+    with make_sessionmaker(engine)() as session:
+        assert has_left(session, 7, "webinars") and not has_left(session, 7, "marketing")
+        assert session.scalars(select(TopicOptOut.topic)).all() == ["webinars"]
+
+
+def test_a_sqlite_database_at_0002_upgrades_to_record_unsubscribe_topics(tmp_path: Path) -> None:
+    engine = make_engine(f"sqlite:///{tmp_path / 'at-0002.db'}")
+    _upgrade_with_a_lead_to_unsubscribe_topics(engine)
+    engine.dispose()
+
+
+def test_a_postgres_database_at_0002_upgrades_to_record_unsubscribe_topics(
+    postgres_engine: Engine,
+) -> None:
+    schema = "migrate_0003"
+    with postgres_engine.begin() as connection:
+        connection.execute(text(f"DROP SCHEMA IF EXISTS {schema} CASCADE"))
+        connection.execute(text(f"CREATE SCHEMA {schema}"))
+    engine = make_engine(
+        postgres_engine.url.render_as_string(hide_password=False),
+        connect_args={"options": f"-csearch_path={schema}"},
+    )
+    try:
+        _upgrade_with_a_lead_to_unsubscribe_topics(engine)
+    finally:
+        engine.dispose()
+        with postgres_engine.begin() as connection:
+            connection.execute(text(f"DROP SCHEMA {schema} CASCADE"))
