@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import http.client
 import json
+import ssl
 import urllib.error
 from collections.abc import Mapping
 from email.utils import parseaddr, parsedate_to_datetime
@@ -25,6 +26,9 @@ from engine.clock import Clock, SystemClock
 from engine.errors import ChannelError, ConfigurationError, ErrorKind
 
 DEFAULT_HOST = "https://api.sendgrid.com"
+# SendGrid's own answers that it did not take the request: 429 and its 500/503 (retry later).
+# Other 5xx (a gateway's 502/504) do not prove the API behind it did not take the message.
+RETRY_STATUSES = frozenset({429, 500, 503})
 
 
 class SendGridChannel(Channel):
@@ -69,7 +73,12 @@ class SendGridChannel(Channel):
         )
 
     def send(self, message: EmailMessage) -> SendResult:
-        """POST /v3/mail/send; 202 (200 in sandbox mode) carries the id in X-Message-Id."""
+        """POST /v3/mail/send; 202 (200 in sandbox mode) carries the id in X-Message-Id.
+
+        At most once: only a failure that proves SendGrid did not take the message is
+        TRANSIENT; one after the request went out whole (no answer in time, connection reset
+        or closed while waiting) is UNKNOWN, and is never resent.
+        """
         # the optional provider SDK (extra `providers`) loads only when this adapter is used
         from python_http_client.exceptions import HTTPError
 
@@ -78,9 +87,21 @@ class SendGridChannel(Channel):
             response = self._api.send(body)
         except HTTPError as err:
             raise self._http_error(err) from err
-        except (urllib.error.URLError, http.client.HTTPException, OSError) as err:
-            reason = getattr(err, "reason", err)
-            raise ChannelError(f"sendgrid: {reason}", ErrorKind.TRANSIENT) from err
+        except urllib.error.URLError as err:
+            # urllib wraps in URLError only what fails before the request is written whole
+            # (DNS, connecting, TLS, sending): SendGrid cannot have taken the message.
+            reason = err.reason
+            kind = (
+                ErrorKind.CONFIGURATION
+                if isinstance(reason, ssl.SSLCertVerificationError)
+                else ErrorKind.TRANSIENT
+            )
+            raise ChannelError(f"sendgrid: {reason}", kind) from err
+        except (http.client.HTTPException, OSError) as err:
+            # Raised waiting for or reading the answer: the request went out, SendGrid may
+            # have taken it.
+            reason = f"{type(err).__name__}: {err}" if str(err) else type(err).__name__
+            raise ChannelError(f"sendgrid: outcome unknown: {reason}", ErrorKind.UNKNOWN) from err
         return SendResult(self.name, response.headers.get("X-Message-Id"), ACCEPTED)
 
     def request_body(self, message: EmailMessage) -> dict[str, Any]:
@@ -117,8 +138,10 @@ class SendGridChannel(Channel):
         elif status == 429:
             kind = ErrorKind.TRANSIENT
             retry_after = self._retry_after(err.headers)
-        elif status >= 500:
+        elif status in RETRY_STATUSES:
             kind = ErrorKind.TRANSIENT
+        elif status >= 500:
+            kind = ErrorKind.UNKNOWN
         else:
             kind = ErrorKind.PERMANENT
         return ChannelError(message, kind, status=status, retry_after=retry_after)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import smtplib
 import ssl
 from collections.abc import Mapping
+from typing import TYPE_CHECKING
 
 from channels.base import (
     ACCEPTED,
@@ -18,6 +19,9 @@ from channels.base import (
 )
 from engine.clock import Clock, SystemClock
 from engine.errors import ChannelError, ConfigurationError, ErrorKind
+
+if TYPE_CHECKING:
+    from _typeshed import ReadableBuffer
 
 
 class SmtpChannel(Channel):
@@ -62,10 +66,16 @@ class SmtpChannel(Channel):
         )
 
     def send(self, message: EmailMessage) -> SendResult:
-        """Relay the message; errors after the relay accepted it (on QUIT) are not failures."""
+        """Relay the message; errors after the relay accepted it (on QUIT) are not failures.
+
+        At most once: the relay takes responsibility only with its reply to the end of DATA,
+        so a lost connection or a time-out before the message went out is TRANSIENT, and
+        one after it, with no reply, is UNKNOWN (never resent).
+        """
         mime = build_mime(message, self._clock.now())
+        smtp: _Client | None = None
         try:
-            smtp = smtplib.SMTP(self.host, self.port, timeout=self.timeout)
+            smtp = _Client(self.host, self.port, timeout=self.timeout)
             try:
                 if self.starttls:
                     smtp.starttls(context=self._ssl_context)
@@ -75,8 +85,21 @@ class SmtpChannel(Channel):
             finally:
                 _quit(smtp)
         except (smtplib.SMTPException, OSError) as err:
-            raise _channel_error(err) from err
+            raise _channel_error(err, smtp is not None and smtp.message_sent) from err
         return SendResult(self.name, mime["Message-ID"], ACCEPTED)
+
+
+class _Client(smtplib.SMTP):
+    """smtplib's client, noting when the message itself went out: DATA's payload, which alone
+    ends with CRLF "." CRLF (commands are single lines). Past that, only the relay's reply
+    says whether it took the message."""
+
+    message_sent = False
+
+    def send(self, s: ReadableBuffer | str) -> None:
+        super().send(s)
+        if isinstance(s, bytes) and s.endswith(b"\r\n.\r\n"):
+            self.message_sent = True
 
 
 def _quit(smtp: smtplib.SMTP) -> None:
@@ -87,8 +110,12 @@ def _quit(smtp: smtplib.SMTP) -> None:
         smtp.close()
 
 
-def _channel_error(err: smtplib.SMTPException | OSError) -> ChannelError:
-    """What an SMTP failure means: 4xx and lost connections pass, 5xx stay, ours to fix."""
+def _channel_error(err: smtplib.SMTPException | OSError, message_sent: bool) -> ChannelError:
+    """What an SMTP failure means: 4xx and lost connections pass, 5xx stay, ours to fix; a
+    connection lost or timed out after the message went out, with no reply, is unknown."""
+    if message_sent and not isinstance(err, smtplib.SMTPResponseException):
+        reason = f"{type(err).__name__}: {err}"
+        return ChannelError(f"smtp: outcome unknown after DATA: {reason}", ErrorKind.UNKNOWN)
     if isinstance(err, smtplib.SMTPRecipientsRefused):
         code, reply = next(iter(err.recipients.values()))
         kind = ErrorKind.TRANSIENT if 400 <= code < 500 else ErrorKind.PERMANENT

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+import ssl
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 from channels.base import (
@@ -21,6 +22,9 @@ from engine.errors import ChannelError, ConfigurationError, ErrorKind
 OPTED_OUT_CODES = frozenset({21610})  # the recipient replied STOP: suppress the number
 AUTH_CODES = frozenset({20003})
 RATE_LIMIT_CODES = frozenset({20429})
+# Twilio's own answers that it did not take the request; another 5xx (a gateway's 502/504)
+# does not prove the API behind it did not create the message.
+RETRY_STATUSES = frozenset({429, 500, 503})
 _MESSAGING_SERVICE = re.compile(r"MG[0-9a-fA-F]{32}")
 
 
@@ -71,7 +75,12 @@ class TwilioChannel(Channel):
         )
 
     def send(self, message: SmsMessage) -> SendResult:
-        """Create the message; its SM sid is what status callbacks report on."""
+        """Create the message; its SM sid is what status callbacks report on.
+
+        At most once: only a failure that proves Twilio did not take the message (no
+        connection made, 429, 500, 503) is TRANSIENT; a read time-out or a connection lost
+        after the request went out is UNKNOWN and is never resent.
+        """
         # the optional provider SDK (extra `providers`, with its requests) loads only when used
         import requests
         from twilio.base.exceptions import TwilioRestException, TwilioServiceException
@@ -88,10 +97,8 @@ class TwilioChannel(Channel):
             )
         except (TwilioRestException, TwilioServiceException) as err:
             raise _rest_error(err) from err
-        except (requests.ConnectionError, requests.Timeout) as err:
-            raise ChannelError(f"twilio: {err}", ErrorKind.TRANSIENT) from err
         except requests.RequestException as err:
-            raise ChannelError(f"twilio: {err}", ErrorKind.CONFIGURATION) from err
+            raise _transport_error(err) from err
         status = ACCEPTED if created.status == "accepted" else QUEUED
         return SendResult(self.name, created.sid, status)
 
@@ -113,8 +120,10 @@ def _rest_error(err: Any) -> ChannelError:
         kind = ErrorKind.OPTED_OUT
     elif code in AUTH_CODES or status in (401, 403):
         kind = ErrorKind.CONFIGURATION
-    elif code in RATE_LIMIT_CODES or status == 429 or status >= 500:
+    elif code in RATE_LIMIT_CODES or status in RETRY_STATUSES:
         kind = ErrorKind.TRANSIENT
+    elif status >= 500:
+        kind = ErrorKind.UNKNOWN
     else:
         kind = ErrorKind.PERMANENT  # 21xxx recipient/number errors and other 4xx
     return ChannelError(
@@ -123,3 +132,48 @@ def _rest_error(err: Any) -> ChannelError:
         status=status,
         code=None if code is None else str(code),
     )
+
+
+def _transport_error(err: Exception) -> ChannelError:
+    """What a failure without an answer means for the message.
+
+    requests raises ConnectionError both for a connection never made and for one lost after
+    the request went out ("Connection aborted"), so the urllib3 reason decides: only a
+    connection that was never made (refused, DNS, connect time-out) proves nothing was sent.
+    """
+    # the optional provider SDK's requests and urllib3 load only when this adapter is used
+    import requests
+    from urllib3.exceptions import ConnectTimeoutError
+
+    causes = list(_causes(err))
+    if any(isinstance(e, ssl.SSLCertVerificationError) for e in causes):
+        return ChannelError(f"twilio: {err}", ErrorKind.CONFIGURATION)  # refused at handshake
+    if isinstance(err, requests.ConnectTimeout) or any(
+        isinstance(e, ConnectTimeoutError) for e in causes  # NewConnectionError is one too
+    ):
+        return ChannelError(f"twilio: {err}", ErrorKind.TRANSIENT)
+    not_made = (
+        requests.exceptions.InvalidURL,
+        requests.exceptions.InvalidSchema,
+        requests.exceptions.MissingSchema,
+        requests.exceptions.InvalidHeader,
+        requests.exceptions.URLRequired,
+    )
+    if isinstance(err, not_made):  # refused before any connection: a bad base URL or header
+        return ChannelError(f"twilio: {err}", ErrorKind.CONFIGURATION)
+    return ChannelError(f"twilio: outcome unknown: {err}", ErrorKind.UNKNOWN)
+
+
+def _causes(err: BaseException) -> Iterator[BaseException]:
+    """The error and what it wraps: urllib3 reasons, exception arguments, causes, contexts."""
+    seen: set[int] = set()
+    pending = [err]
+    while pending and len(seen) < 20:
+        current = pending.pop()
+        if id(current) in seen:
+            continue
+        seen.add(id(current))
+        yield current
+        wrapped = [getattr(current, "reason", None), current.__cause__, current.__context__]
+        wrapped += list(current.args)
+        pending += [e for e in wrapped if isinstance(e, BaseException)]

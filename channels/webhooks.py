@@ -3,6 +3,9 @@
 Decisions: SendGrid `processed` and `deferred` and Twilio `queued`/`sent`-like states change
 nothing for a lead and produce no event; `group_resubscribe` is `opted_in` (email). A bounce of
 type `blocked` is still `bounced`, with the type in `detail` so suppression can tell them apart.
+A `dropped` is `failed` (the message was refused) unless its reason says the address itself is
+refused (bounced before, invalid, reported spam, unsubscribed): then it is the kind of that
+refusal, so the address is suppressed here too; `detail["event"]` still says `dropped`.
 Malformed SendGrid items are skipped and logged (one bad item must not make SendGrid retry the
 whole batch for a day); a body that is not a JSON array raises PayloadError.
 """
@@ -37,6 +40,16 @@ SENDGRID_KINDS = {
     "group_resubscribe": "opted_in",
 }
 SENDGRID_IGNORED = frozenset({"processed", "deferred"})
+# `dropped` reasons that are about the address, not the message (SendGrid drops to addresses
+# on its suppression lists); any other reason (spam content, an invalid SMTPAPI header, the
+# plan's quota) refuses only this message.
+SENDGRID_ADDRESS_DROPS = {
+    "bounced address": "bounced",
+    "invalid": "bounced",
+    "invalid address": "bounced",
+    "spam reporting address": "complained",
+    "unsubscribed address": "unsubscribed",
+}
 _SENDGRID_DETAIL = (
     "response",
     "attempt",
@@ -157,6 +170,8 @@ def _sendgrid_event(item: Any) -> DeliveryEvent | None:
     message_id = item.get("sg_message_id")
     delivery_id = item.get("delivery_id")
     reason = item.get("reason")
+    if name == "dropped":
+        kind = SENDGRID_ADDRESS_DROPS.get(str(reason or "").strip().lower(), kind)
     return DeliveryEvent(
         kind=kind,
         channel=EMAIL,

@@ -4,6 +4,7 @@ answering 429 then 500 then 202. Afterwards every delivery is final and none was
 from __future__ import annotations
 
 import collections
+import json
 import os
 import shutil
 import signal
@@ -19,16 +20,29 @@ import dramatiq
 import pytest
 import redis
 from dramatiq.brokers.redis import RedisBroker
+from dramatiq.brokers.stub import StubBroker
 from sqlalchemy import Engine, func, select
 
+from channels import build_channel
+from channels.sendgrid import SendGridChannel
+from channels.webhooks import parse_sendgrid_events
 from engine.app import App
 from engine.clock import FrozenClock
+from engine.delivery.feedback import record_delivery_event
 from engine.delivery.sending import send_delivery
 from engine.funnel.service import track
 from engine.models import Delivery
 from engine.runner.actors import Tasks
 from engine.settings import Settings
-from tests.channels.servers import Reply, Request, SendGridServer, sendgrid_errors
+from tests.channels.servers import (
+    Reply,
+    Request,
+    SendGridServer,
+    SendGridSigner,
+    free_port,
+    sendgrid_errors,
+)
+from tests.conftest import START
 
 ROOT = Path(__file__).resolve().parent.parent
 FIXTURES = ROOT / "tests" / "engine" / "fixtures" / "workflows"
@@ -236,3 +250,137 @@ def test_a_provider_answering_429_then_500_then_202_sends_once(
     with app.sessions() as s:
         delivery = s.get_one(Delivery, delivery_id)
         assert (delivery.status, delivery.attempts) == ("sent", 3)
+
+
+# --- At most once: retry only what provably did not reach the provider -----------------------
+
+
+def _app_sending_to(host: str, workflows: Path, engine: Engine, clock: FrozenClock) -> App:
+    """An app on PostgreSQL whose SendGrid adapter (the real SDK) posts to `host`, and answers
+    that take longer than half a second time out."""
+    from tests.conftest import POSTGRES_URL, _truncate
+
+    _truncate(engine)
+    environ = {
+        **os.environ,
+        "NURTURE_DATABASE_URL": POSTGRES_URL,
+        "NURTURE_REDIS_URL": "",
+        "NURTURE_WORKFLOWS": str(workflows),
+        "NURTURE_TEMPLATES": str(ROOT / "templates"),
+        "NURTURE_PUBLIC_URL": "https://nurture.acme.test",
+    }
+    channels = {
+        "email": SendGridChannel("SG.test-key", host=host, timeout=0.5, clock=clock),
+        "sms": build_channel("console", environ, channel="sms", clock=clock),
+    }
+    settings = Settings.from_env(environ)
+    return App.create(settings, clock=clock, environ=environ, channels=channels, engine=engine)
+
+
+def _planned_welcome(app: App) -> str:
+    with app.sessions.begin() as s:
+        track(s, app.rt, {"email": "once@fault.test"}, "form_submitted")
+    from engine.runner.inline import run_due
+
+    run_due(app.sessions, app.rt)
+    with app.sessions() as s:
+        return s.scalars(select(Delivery.id)).one()
+
+
+def _work(broker: StubBroker, worker: dramatiq.Worker) -> None:
+    """Let the worker finish every queued send."""
+    broker.join("sends", timeout=10_000)
+    worker.join()
+
+
+def test_a_send_whose_answer_times_out_is_unknown_and_never_sent_again(
+    postgres_engine: Engine, workflows: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("NO_PROXY", "127.0.0.1,localhost")
+    clock = FrozenClock(START)
+    broker = StubBroker()
+    with SendGridServer() as server:
+        app = _app_sending_to(server.url, workflows, postgres_engine, clock)
+        delivery_id = _planned_welcome(app)
+        # SendGrid takes the message, and its answer comes after the client gave up.
+        server.then(Reply(202, headers={"X-Message-Id": "msg-late"}, delay=1.5))
+        tasks = Tasks(broker, app, timedelta(seconds=2))
+        worker = dramatiq.Worker(broker, worker_threads=2)
+        worker.start()
+        try:
+            tasks.send_delivery.send(delivery_id)
+            _work(broker, worker)
+            tasks.send_delivery.send(delivery_id)  # a redelivered message
+            for _ in range(3):  # leases and every backoff run out; the scheduler looks again
+                clock.advance(timedelta(minutes=15))
+                tasks.tick()
+                _work(broker, worker)
+        finally:
+            worker.stop()
+        assert len(server.requests) == 1
+        with app.sessions() as s:
+            delivery = s.get_one(Delivery, delivery_id)
+            assert (delivery.status, delivery.attempts) == ("unknown", 1)
+            assert delivery.detail.startswith("unknown: sendgrid: outcome unknown")
+
+        # Later SendGrid's event webhook reports on it, with our delivery id: settled as sent.
+        signer = SendGridSigner()
+        body = json.dumps(
+            [
+                {
+                    "email": "once@fault.test",
+                    "timestamp": int(clock.now().timestamp()),
+                    "event": "delivered",
+                    "sg_event_id": "evt-delivered-late",
+                    "sg_message_id": "msg-late.recvd-1-0",
+                    "delivery_id": delivery_id,
+                }
+            ]
+        ).encode()
+        stamp = str(int(clock.now().timestamp()))
+        (event,) = parse_sendgrid_events(
+            body, signature=signer.sign(stamp, body), timestamp=stamp, public_key=signer.public_key
+        )
+        with app.sessions.begin() as s:
+            record_delivery_event(s, app.rt, event)
+        tasks.tick()
+    assert len(server.requests) == 1
+    with app.sessions() as s:
+        delivery = s.get_one(Delivery, delivery_id)
+        assert (delivery.status, delivery.provider, delivery.provider_message_id) == (
+            "sent",
+            "sendgrid",
+            "msg-late",
+        )
+
+
+def test_a_refused_connection_is_retried_and_sent_once(
+    postgres_engine: Engine, workflows: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("NO_PROXY", "127.0.0.1,localhost")
+    clock = FrozenClock(START)
+    port = free_port()  # nobody listens yet: the connection is refused
+    app = _app_sending_to(f"http://127.0.0.1:{port}", workflows, postgres_engine, clock)
+    delivery_id = _planned_welcome(app)
+    broker = StubBroker()
+    tasks = Tasks(broker, app, timedelta(seconds=2))
+    worker = dramatiq.Worker(broker, worker_threads=2)
+    worker.start()
+    try:
+        tasks.send_delivery.send(delivery_id)
+        _work(broker, worker)
+        with app.sessions() as s:
+            delivery = s.get_one(Delivery, delivery_id)
+            assert (delivery.status, delivery.attempts) == ("planned", 1)
+        with SendGridServer(port=port) as server:  # SendGrid is back
+            for _ in range(3):
+                clock.advance(timedelta(minutes=15))
+                tasks.tick()
+                _work(broker, worker)
+    finally:
+        worker.stop()
+    assert len(server.requests) == len(server.accepted) == 1
+    with app.sessions() as s:
+        delivery = s.get_one(Delivery, delivery_id)
+        assert (delivery.status, delivery.attempts) == ("sent", 2)
+        assert delivery.provider_message_id == server.message_ids[0]

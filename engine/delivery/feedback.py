@@ -2,7 +2,9 @@
 
 Every provider event becomes a lead event recorded through `track()` with the idempotency id
 `<provider>:<provider_event_id>`, so a webhook retried by the provider counts once, and
-consequences (suppression, consent, skipped sends) run only the first time.
+consequences (suppression, consent, skipped sends) run only the first time. Feedback on a
+send also proves the provider took it: a delivery whose send outcome was `unknown` is settled
+as `sent`, with the provider's message id.
 """
 
 from __future__ import annotations
@@ -46,6 +48,7 @@ class _Target:
 
 _Effect = Callable[[Session, _Target, DeliveryEvent, datetime], None]
 _CONSENT = {EMAIL: "email_consent", SMS: "sms_consent"}
+_UNSETTLED = (DeliveryStatus.SENDING, DeliveryStatus.UNKNOWN)
 
 
 @dataclass(frozen=True)
@@ -127,6 +130,19 @@ RULES: dict[tuple[str, str], _Rule] = {
 }
 
 
+def _settle(delivery: Delivery, event: DeliveryEvent) -> None:
+    """The provider reports on this send, so it took it: an `unknown` delivery (or one still
+    `sending`, its worker lost or not yet done recording) is `sent`, never to be resent."""
+    if delivery.channel != event.channel or delivery.status not in _UNSETTLED:
+        return
+    delivery.status = DeliveryStatus.SENT
+    delivery.sent_at = delivery.sent_at or event.occurred_at
+    delivery.provider = event.provider
+    delivery.provider_message_id = delivery.provider_message_id or event.provider_message_id
+    delivery.lease_until = None
+    delivery.detail = f"settled as sent by {event.provider} feedback ({event.kind})"
+
+
 def _rule(event: DeliveryEvent) -> _Rule | None:
     """The rule for an event, or None when its kind means nothing on its channel."""
     # A SendGrid `blocked` bounce refuses this message (reputation, content), not the address:
@@ -201,6 +217,8 @@ def record_delivery_event(session: Session, rt: Runtime, event: DeliveryEvent) -
     if target is None:
         return FeedbackResult(False, None, None, "unknown_recipient")
     delivery_id = target.delivery.id if target.delivery is not None else None
+    if target.delivery is not None:
+        _settle(target.delivery, event)
     # The lead's stored identity key, so `track()` finds it and changes nothing about it.
     column, value = Identity.of(target.lead).key()
     result = track(

@@ -1,7 +1,10 @@
 """Sending one delivery: guards, render, then planned -> sending -> sent | failed | skipped.
 
 At most once: the `sending` state commits before the provider is called, and only a
-`planned` delivery is ever picked up, so a retry or a duplicate message never resends.
+`planned` delivery is ever picked up, so a retry or a duplicate message never resends. Only
+an error that proves the provider did not take the message (TRANSIENT) plans it again; one
+whose outcome is unknown (read time-out, connection lost after sending) marks it `unknown`,
+and a provider webhook carrying its delivery id settles it later (`feedback.py`).
 """
 
 from __future__ import annotations
@@ -10,6 +13,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from enum import StrEnum
 from typing import Any
+from urllib.parse import urlencode, urlsplit
 
 from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
@@ -21,6 +25,7 @@ from engine.delivery.pacing import PacingTimeout, rate_for
 from engine.delivery.process import DeliveryContext
 from engine.delivery.rendering import Renderer
 from engine.errors import ChannelError, ErrorKind, NurtureError
+from engine.funnel.topics import has_left
 from engine.models import (
     OUT_OF_NURTURE,
     Delivery,
@@ -43,6 +48,7 @@ class SendAttempt(StrEnum):
 
     SENT = "sent"  # the provider took it
     PLANNED = "planned"  # the provider could not take it now: planned again, later
+    UNKNOWN = "unknown"  # the provider may have taken it: never resent, a webhook settles it
     FAILED = "failed"  # the provider refused it for good
     PACED = "paced"  # no sending slot soon enough: planned again for when one frees up
     NOT_SENT = "not sent"  # not due, or a guard skipped or deferred it: nothing reached a provider
@@ -156,6 +162,10 @@ def prepare(
     if _suppressed(session, delivery.channel, address):
         _skip(delivery, f"suppressed: {address}")
         return None
+    # Topics are an email matter (the unsubscribe link is in emails); SMS has STOP.
+    if delivery.channel == "email" and has_left(session, lead.id, sequence.topic):
+        _skip(delivery, f"unsubscribed from topic {sequence.topic}")
+        return None
     window, channel = sequence.send.window, delivery.channel
     slot = open_slot(policy, now, lead.timezone, window, channel)
     cap_at = _cap_opens_at(session, lead, channel, policy.caps.get(channel), now)
@@ -219,6 +229,7 @@ def _render(
             to_phone=address,
             from_phone=sequence.send.sms_from or "",
             body=sms.body,
+            status_callback=status_callback(settings, delivery.id),
         )
     except NurtureError as error:
         delivery.status = DeliveryStatus.FAILED
@@ -226,13 +237,24 @@ def _render(
         return None
 
 
+def status_callback(settings: Settings, delivery_id: str) -> str | None:
+    """Where Twilio reports on an SMS, the delivery id in the URL, so that a status callback
+    maps back even to a send whose answer was lost; None for a local public URL."""
+    if urlsplit(settings.public_url).hostname in (None, "localhost", "127.0.0.1", "::1"):
+        return None
+    query = urlencode({"delivery_id": delivery_id})
+    return f"{settings.public_url}/webhooks/twilio/status?{query}"
+
+
 def record_success(
     session: Session, rt: Runtime, delivery_id: str, provider: str, message_id: str | None
 ) -> None:
-    """The provider accepted the message: the delivery is sent for good."""
+    """The provider accepted the message: the delivery is sent for good (also when its lease
+    ran out mid-call and the sweep already called it `unknown`: the answer settles it)."""
+    unsettled = (DeliveryStatus.SENDING, DeliveryStatus.UNKNOWN)
     session.execute(
         update(Delivery)
-        .where(Delivery.id == delivery_id, Delivery.status == DeliveryStatus.SENDING)
+        .where(Delivery.id == delivery_id, Delivery.status.in_(unsettled))
         .values(
             status=DeliveryStatus.SENT,
             sent_at=rt.clock.now(),
@@ -256,6 +278,11 @@ def record_failure(
         return SendAttempt.NOT_SENT  # settled meanwhile (expired as unknown): leave it be
     delivery.lease_until = None
     detail = f"{error.kind}: {error}"
+    if error.kind == ErrorKind.UNKNOWN:
+        # The request went out and no answer came back: sending again could send it twice.
+        delivery.status = DeliveryStatus.UNKNOWN
+        delivery.detail = f"{detail}; not resent, a provider webhook settles it"
+        return SendAttempt.UNKNOWN
     if error.kind in (ErrorKind.TRANSIENT, ErrorKind.CONFIGURATION) and (
         delivery.attempts < policy.max_attempts
     ):

@@ -14,6 +14,7 @@ import html
 from collections.abc import Callable, Mapping, Sequence
 from typing import Annotated, Any
 from urllib.parse import parse_qsl
+from xml.sax.saxutils import escape as xml_escape
 
 from fastapi import APIRouter, Header, HTTPException, Request
 from fastapi.responses import HTMLResponse, Response
@@ -34,14 +35,19 @@ from channels.webhooks import (
 from engine.app import App
 from engine.delivery.feedback import record_delivery_event
 from engine.delivery.sending import suppress
-from engine.delivery.unsubscribe import InvalidTokenError, read_token
+from engine.delivery.unsubscribe import InvalidTokenError, read_token, topic_named
 from engine.funnel.leads import Identity
 from engine.funnel.service import Outcome, track
+from engine.funnel.topics import TOPIC_EVENT
 from engine.http.schemas import error_responses
 from engine.models import Lead
 from engine.read.metrics import Metrics
 
 TWIML_EMPTY = '<?xml version="1.0" encoding="UTF-8"?><Response/>'
+STOP_CONFIRMATION = (
+    "You are unsubscribed from {company} messages. No more messages will be sent. "
+    "Reply START to resubscribe."
+)
 TWILIO_FIELDS = ("MessageSid", "AccountSid", "MessagingServiceSid", "From", "To", "Body")
 AfterTrack = Callable[[Outcome], None]
 
@@ -178,27 +184,66 @@ def webhook_router(
         "/twilio/inbound",
         response_class=Response,
         responses={
-            200: {"content": {"text/xml": {}}, "description": "Empty TwiML"},
+            200: {
+                "content": {"text/xml": {}},
+                "description": "TwiML: the answer to HELP or STOP, else empty",
+            },
             **responses,
         },
         openapi_extra={"requestBody": _twilio_body("NumMedia", "NumSegments", "OptOutType")},
     )
     async def twilio_inbound(request: Request, signature: TwilioSignature = None) -> Response:
-        """Inbound SMS: STOP/START/HELP keywords change consent, anything else is a reply."""
+        """Inbound SMS: STOP/START/HELP keywords change consent, anything else is a reply.
+
+        HELP is answered with the help text, STOP with one confirmation. A redelivered
+        webhook (same MessageSid) is answered empty, so nobody gets a second confirmation.
+        With Twilio's Advanced Opt-Out, Twilio answers the keywords itself (the request then
+        carries `OptOutType`), and the answer here is empty.
+        """
         token = require_token()
         params = _form(await request.body())
         url = twilio_url("/twilio/inbound", request)
 
-        def handle() -> None:
+        def handle() -> str | None:
             event = parse_twilio_inbound(
                 url, params, signature, token, received_at=app.rt.clock.now()
             )
-            record("twilio", [event])
+            counts = record("twilio", [event])
+            answered = bool(params.get("OptOutType"))
+            return _keyword_answer(app, event, counts, twilio_answered=answered)
 
-        await run_in_threadpool(handle)
-        return Response(TWIML_EMPTY, media_type="text/xml")
+        answer = await run_in_threadpool(handle)
+        return Response(_twiml(answer), media_type="text/xml")
 
     return router
+
+
+def _keyword_answer(
+    app: App, event: DeliveryEvent, counts: WebhookOut, *, twilio_answered: bool
+) -> str | None:
+    """The SMS reply to an inbound keyword, once: HELP gets the help text, a STOP recorded
+    for a lead gets the confirmation; a duplicate, or what Twilio answered itself, gets none.
+
+    A STOP from a number no lead has is not confirmed: nothing was recorded, so a
+    redelivery could not be told from the first and would confirm twice.
+    """
+    if counts.duplicates or twilio_answered:
+        return None
+    if event.kind == "help":
+        return app.settings.sms_help_text
+    if event.kind == "opted_out" and counts.recorded:
+        return STOP_CONFIRMATION.format(company=app.settings.company_name)
+    return None
+
+
+def _twiml(message: str | None) -> str:
+    """TwiML with one reply SMS, its text XML-escaped, or the empty answer (no reply)."""
+    if not message:
+        return TWIML_EMPTY
+    return (
+        '<?xml version="1.0" encoding="UTF-8"?>'
+        f"<Response><Message>{xml_escape(message)}</Message></Response>"
+    )
 
 
 def _page(title: str, body: str, status: int = 200) -> HTMLResponse:
@@ -217,79 +262,115 @@ def _page(title: str, body: str, status: int = 200) -> HTMLResponse:
 _INVALID = ("Link not valid", "<p>This unsubscribe link is not valid.</p>")
 _HTML_RESPONSES: Mapping[int | str, dict[str, Any]] = {
     200: {"content": {"text/html": {}}, "description": "An HTML page"},
-    400: {"content": {"text/html": {}}, "description": "The token is not ours"},
-    404: {"content": {"text/html": {}}, "description": "The lead no longer exists"},
+    404: {
+        "content": {"text/html": {}},
+        "description": "The token is not one we signed, or its lead no longer exists",
+    },
+}
+_UNSUBSCRIBE_BODY = {
+    "content": {
+        "application/x-www-form-urlencoded": {
+            "schema": {
+                "type": "object",
+                "properties": {
+                    "List-Unsubscribe": {
+                        "type": "string",
+                        "description": "One-Click (RFC 8058): leave the topic of the email",
+                    },
+                    "choice": {
+                        "type": "string",
+                        "enum": ["topic", "all"],
+                        "description": "From the page: `topic` (the default) or `all` emails",
+                    },
+                },
+            }
+        }
+    }
 }
 
 
 def unsubscribe_router(app: App, after: AfterTrack) -> APIRouter:
-    """GET shows a confirmation page and changes nothing (scanners prefetch links); POST acts."""
+    """GET shows a confirmation page and changes nothing (scanners prefetch links); POST acts.
+
+    A link names the lead and the topic of the email it was in. RFC 8058 one-click (or the
+    page's first button) leaves that topic: later emails of sequences with that topic are
+    skipped, the others still go. The page's `choice=all` leaves every email, as unsubscribing
+    always did: email consent off and the address suppressed. Each is recorded once per link.
+    """
     router = APIRouter(prefix="/u", tags=["unsubscribe"])
     company = html.escape(app.settings.company_name)
 
     def read(token: str) -> tuple[int, str] | None:
+        """The lead and the topic a genuine token names; None for anything else."""
         try:
-            return read_token(app.settings.secret_key, token)
+            lead_id, name = read_token(app.settings.secret_key, token)
         except InvalidTokenError:
             return None
+        return lead_id, topic_named(app.rt.workflows, name)
+
+    def choices(topic: str | None) -> str:
+        """A form posting back to this URL: leave `topic` (escaped; when given) or everything."""
+        button = '<p><button type="submit" name="choice" value="{}">{}</button></p>'
+        leave_topic = button.format("topic", f"Unsubscribe from {topic}") if topic else ""
+        leave_all = button.format("all", "Unsubscribe from all emails")
+        return f'<form method="post">{leave_topic}{leave_all}</form>'
 
     @router.get("/{token}", response_class=HTMLResponse, responses=dict(_HTML_RESPONSES))
     def confirm(token: str) -> HTMLResponse:
-        """A page with one button that posts the one-click form back to this URL."""
-        if read(token) is None:
-            return _page(*_INVALID, status=400)
-        form = (
-            f"<p>Stop receiving these emails from {company}?</p>"
-            '<form method="post">'
-            '<input type="hidden" name="List-Unsubscribe" value="One-Click">'
-            '<button type="submit">Unsubscribe</button></form>'
-        )
-        return _page("Unsubscribe", form)
+        """A page whose form posts a choice back to this URL: leave this topic, or everything."""
+        named = read(token)
+        if named is None:
+            return _page(*_INVALID, status=404)
+        topic = html.escape(named[1])
+        text = f"<p>You get <strong>{topic}</strong> emails from {company}.</p>"
+        return _page("Unsubscribe", text + choices(topic))
 
     @router.post(
         "/{token}",
         response_class=HTMLResponse,
         responses=dict(_HTML_RESPONSES),
-        openapi_extra={
-            "requestBody": {
-                "content": {
-                    "application/x-www-form-urlencoded": {
-                        "schema": {
-                            "type": "object",
-                            "properties": {"List-Unsubscribe": {"type": "string"}},
-                        }
-                    }
-                }
-            }
-        },
+        openapi_extra={"requestBody": _UNSUBSCRIBE_BODY},
     )
-    def unsubscribe(token: str) -> HTMLResponse:
-        """RFC 8058 one-click: record `unsubscribed` once, suppress the address, answer 200."""
+    async def unsubscribe(token: str, request: Request) -> HTMLResponse:
+        """Leave the email's topic (RFC 8058 one-click, `choice=topic`) or all (`choice=all`)."""
         named = read(token)
         if named is None:
-            return _page(*_INVALID, status=400)
-        lead_id, list_name = named
-        with app.sessions.begin() as session:
-            lead = session.get(Lead, lead_id)
-            if lead is None:
-                return _page("Not found", "<p>There is nothing left to unsubscribe.</p>", 404)
-            column, value = Identity.of(lead).key()
-            result = track(
-                session,
-                app.rt,
-                {column: value},
-                "unsubscribed",
-                {"list": list_name, "via": "one-click"},
-                event_id=f"unsubscribe:{token}",
-                source="unsubscribe",
+            return _page(*_INVALID, status=404)
+        lead_id, topic = named
+        form = dict(parse_qsl((await request.body()).decode("utf-8", "replace")))
+        everything = form.get("choice") == "all"
+        via = "page" if "choice" in form else "one-click"
+
+        def handle() -> HTMLResponse:
+            with app.sessions.begin() as session:
+                lead = session.get(Lead, lead_id)
+                if lead is None:
+                    return _page("Not found", "<p>There is nothing left to unsubscribe.</p>", 404)
+                column, value = Identity.of(lead).key()
+                result = track(
+                    session,
+                    app.rt,
+                    {column: value},
+                    "unsubscribed" if everything else TOPIC_EVENT,
+                    {"topic": topic, "via": via},
+                    # one event per link and choice: a repeat is a duplicate and changes nothing
+                    event_id=f"unsubscribe:{token}" if everything else f"unsubscribe-topic:{token}",
+                    source="unsubscribe",
+                )
+                if everything and not result.duplicate and lead.email:
+                    reason = f"unsubscribed from all emails (link in a {topic} email)"
+                    suppress(session, EMAIL, lead.email, reason, app.rt.clock.now())
+            after(result)
+            shown = html.escape(topic)
+            if everything:
+                text = f"<p>You will get no more emails from {company}.</p>"
+                return _page("You are unsubscribed", text)
+            text = (
+                f"<p>You will get no more <strong>{shown}</strong> emails from {company}."
+                " Other emails from us still reach you; to stop them too:</p>"
             )
-            if not result.duplicate and lead.email:
-                reason = f"one-click unsubscribe from {list_name}"
-                suppress(session, EMAIL, lead.email, reason, app.rt.clock.now())
-        after(result)
-        return _page(
-            "You are unsubscribed",
-            f"<p>You will get no more of these emails from {company}.</p>",
-        )
+            return _page(f"You left {topic}", text + choices(None))
+
+        return await run_in_threadpool(handle)
 
     return router

@@ -7,6 +7,7 @@ the next answers (429, 500, ...). Nothing here imports pytest: benchmarks use th
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import collections
 import ipaddress
@@ -94,8 +95,8 @@ class _Handler(BaseHTTPRequestHandler):
 class _Server(ThreadingHTTPServer):
     daemon_threads = True
 
-    def __init__(self, provider: FakeProvider) -> None:
-        super().__init__(("127.0.0.1", 0), _Handler)
+    def __init__(self, provider: FakeProvider, port: int = 0) -> None:
+        super().__init__(("127.0.0.1", port), _Handler)
         self.provider = provider
 
     def handle_error(self, request: Any, client_address: Any) -> None:
@@ -105,13 +106,13 @@ class _Server(ThreadingHTTPServer):
 
 
 class FakeProvider:
-    """A threaded HTTP server on a free port with a queue of scripted next answers."""
+    """A threaded HTTP server on a free port (or `port`) with a queue of scripted next answers."""
 
-    def __init__(self) -> None:
+    def __init__(self, port: int = 0) -> None:
         self._lock = threading.Lock()
         self._script: collections.deque[Reply] = collections.deque()
         self.requests: list[Request] = []
-        self._server = _Server(self)
+        self._server = _Server(self, port)
         self._thread = threading.Thread(
             target=self._server.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True
         )
@@ -186,8 +187,8 @@ def sendgrid_errors(
 class SendGridServer(FakeProvider):
     """POST /v3/mail/send with the checks of the real API; 202 + X-Message-Id when valid."""
 
-    def __init__(self, api_key: str = "SG.test-key") -> None:
-        super().__init__()
+    def __init__(self, api_key: str = "SG.test-key", port: int = 0) -> None:
+        super().__init__(port)
         self.api_key = api_key
         self.accepted: list[dict[str, Any]] = []
         self.message_ids: list[str] = []
@@ -459,16 +460,35 @@ class Received:
 
 
 class _SmtpHandler:
-    """Records messages; scripted replies answer RCPT or DATA first (e.g. "550 ...", "421 ...")."""
+    """Records messages; scripted replies answer RCPT or DATA first (e.g. "550 ...", "421 ...").
+
+    Scripted faults: `rcpt_faults` ("hang up") drop the connection before any message was
+    sent; `data_faults` take the message (it is recorded as received), then "stall" (answer
+    after `stall` seconds, past a client's time-out) or "hang up" without answering.
+    """
 
     def __init__(self) -> None:
         self.received: list[Received] = []
         self.rcpt_replies: collections.deque[str] = collections.deque()
         self.data_replies: collections.deque[str] = collections.deque()
+        self.rcpt_faults: collections.deque[str] = collections.deque()
+        self.data_faults: collections.deque[str] = collections.deque()
+        self.stall = 1.0
+
+    async def _fault(self, server: SMTP, fault: str) -> None:
+        if fault == "stall":
+            await asyncio.sleep(self.stall)
+        elif fault == "hang up":
+            assert server.transport is not None
+            server.transport.close()
+        else:
+            raise ValueError(f"unknown SMTP fault {fault!r}")
 
     async def handle_RCPT(
         self, server: SMTP, session: Session, envelope: Envelope, address: str, options: list[str]
     ) -> str:
+        if self.rcpt_faults:
+            await self._fault(server, self.rcpt_faults.popleft())
         if self.rcpt_replies:
             return self.rcpt_replies.popleft()
         envelope.rcpt_tos.append(address)
@@ -479,6 +499,8 @@ class _SmtpHandler:
             return self.data_replies.popleft()
         content = envelope.original_content or b""
         self.received.append(Received(envelope.mail_from or "", tuple(envelope.rcpt_tos), content))
+        if self.data_faults:
+            await self._fault(server, self.data_faults.popleft())
         return "250 Message accepted for delivery"
 
 

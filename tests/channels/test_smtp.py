@@ -145,6 +145,30 @@ def test_a_closed_port_is_transient() -> None:
     assert caught.value.kind == ErrorKind.TRANSIENT
 
 
+def test_a_relay_that_hangs_up_before_the_message_was_sent_is_transient(
+    smtp_server: SmtpServer,
+) -> None:
+    smtp_server.handler.rcpt_faults.append("hang up")
+
+    with pytest.raises(ChannelError) as caught:
+        SmtpChannel("127.0.0.1", smtp_server.port, timeout=2).send(MESSAGE)
+
+    assert caught.value.kind == ErrorKind.TRANSIENT
+    assert smtp_server.received == []
+
+
+@pytest.mark.parametrize("fault", ["stall", "hang up"])
+def test_no_answer_after_the_message_was_sent_leaves_the_outcome_unknown(
+    smtp_server: SmtpServer, fault: str
+) -> None:
+    smtp_server.handler.data_faults.append(fault)
+
+    with pytest.raises(ChannelError) as caught:
+        SmtpChannel("127.0.0.1", smtp_server.port, timeout=0.3).send(MESSAGE)
+
+    assert caught.value.kind == ErrorKind.UNKNOWN
+    assert len(smtp_server.received) == 1  # the relay has it: sending again would send twice
+
 def test_settings_come_from_the_environment() -> None:
     channel = SmtpChannel.from_env(
         {

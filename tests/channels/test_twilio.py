@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import re
+import socket
+import threading
 
 import pytest
 
@@ -111,6 +113,7 @@ def test_a_number_that_replied_stop_is_opted_out(twilio_server: TwilioServer) ->
         (twilio_error(400, 20429, "Too Many Requests"), ErrorKind.TRANSIENT),
         (twilio_error(500, 20500, "Internal Server Error"), ErrorKind.TRANSIENT),
         (Reply(503, b"<html>down</html>"), ErrorKind.TRANSIENT),
+        (Reply(504, b"<html>gateway timeout</html>"), ErrorKind.UNKNOWN),
         (twilio_error(404, 20404, "Not found"), ErrorKind.PERMANENT),
         (twilio_error(400, 30007, "Message filtered"), ErrorKind.PERMANENT),
         (
@@ -148,6 +151,7 @@ def test_a_number_that_replied_stop_is_opted_out(twilio_server: TwilioServer) ->
         "20429-code",
         "500",
         "503-html",
+        "504-gateway",
         "404",
         "other-4xx",
         "rfc9457-21211",
@@ -214,7 +218,22 @@ def test_a_closed_port_is_transient(local_network: None) -> None:
     assert caught.value.kind == ErrorKind.TRANSIENT
 
 
-def test_a_slow_answer_times_out_as_transient(twilio_server: TwilioServer) -> None:
+def test_a_host_that_does_not_resolve_is_transient(
+    local_network: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for name in ("NO_PROXY", "no_proxy"):
+        monkeypatch.setenv(name, "*")  # a proxy would answer for the missing host
+    channel = TwilioChannel("AC" + "0" * 32, "t", base_url="http://no-such-host.invalid")
+
+    with pytest.raises(ChannelError) as caught:
+        channel.send(MESSAGE)
+
+    assert caught.value.kind == ErrorKind.TRANSIENT
+
+
+def test_a_slow_answer_after_the_request_arrived_leaves_the_outcome_unknown(
+    twilio_server: TwilioServer,
+) -> None:
     channel = TwilioChannel(
         twilio_server.account_sid,
         twilio_server.auth_token,
@@ -226,7 +245,29 @@ def test_a_slow_answer_times_out_as_transient(twilio_server: TwilioServer) -> No
     with pytest.raises(ChannelError) as caught:
         channel.send(MESSAGE)
 
-    assert caught.value.kind == ErrorKind.TRANSIENT
+    assert caught.value.kind == ErrorKind.UNKNOWN
+    assert len(twilio_server.requests) == 1
+
+
+def test_a_server_that_hangs_up_after_reading_the_request_leaves_the_outcome_unknown(
+    local_network: None,
+) -> None:
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen()
+        base_url = f"http://127.0.0.1:{listener.getsockname()[1]}"
+        channel = TwilioChannel("AC" + "0" * 32, "t", base_url=base_url)
+
+        def hang_up() -> None:
+            connection, _ = listener.accept()
+            connection.recv(65536)
+            connection.close()
+
+        threading.Thread(target=hang_up, daemon=True).start()
+        with pytest.raises(ChannelError) as caught:
+            channel.send(MESSAGE)
+
+    assert caught.value.kind == ErrorKind.UNKNOWN
 
 
 def test_an_edge_setting_with_a_redirected_base_url_is_refused(twilio_server: TwilioServer) -> None:

@@ -63,7 +63,7 @@ def test_a_signed_batch_maps_every_event_name(signer: SendGridSigner) -> None:
         sg_event("open", useragent="Mozilla", ip="203.0.113.7"),
         sg_event("click", url="https://acme.test/pricing"),
         sg_event("bounce", reason="550 5.1.1 no such user", status="5.1.1", type="bounce"),
-        sg_event("dropped", reason="Bounced Address"),
+        sg_event("dropped", reason="Spam Content (if spam checker app enabled)"),
         sg_event("spamreport"),
         sg_event("unsubscribe"),
         sg_event("group_unsubscribe", asm_group_id=42),
@@ -86,7 +86,7 @@ def test_a_signed_batch_maps_every_event_name(signer: SendGridSigner) -> None:
     click, bounce, dropped = events[2], events[3], events[4]
     assert click.url == "https://acme.test/pricing"
     assert bounce.reason == "550 5.1.1 no such user"
-    assert dropped.reason == "Bounced Address"
+    assert dropped.reason == "Spam Content (if spam checker app enabled)"
     for event in events:
         assert (event.channel, event.provider) == ("email", "sendgrid")
         assert event.delivery_id == "d-1"
@@ -105,6 +105,29 @@ def test_a_blocked_bounce_is_a_bounce_that_keeps_its_type_and_reason(
     assert event.kind == "bounced"
     assert event.reason == "IP blocklisted"
     assert event.detail["type"] == "blocked"
+
+
+@pytest.mark.parametrize(
+    ("reason", "kind"),
+    [
+        ("Bounced Address", "bounced"),
+        ("Invalid", "bounced"),
+        ("Spam Reporting Address", "complained"),
+        ("Unsubscribed Address", "unsubscribed"),
+        ("Invalid SMTPAPI header", "failed"),
+        ("Spam Content (if spam checker app enabled)", "failed"),
+        ("Recipient List over Package Quota", "failed"),
+        (None, "failed"),
+    ],
+)
+def test_a_drop_refusing_the_address_is_that_refusal_and_one_refusing_the_message_a_failure(
+    signer: SendGridSigner, reason: str | None, kind: str
+) -> None:
+    item = sg_event("dropped") | ({"reason": reason} if reason else {})
+
+    (event,) = parse_sendgrid_events(**signed(signer, [item]))
+
+    assert (event.kind, event.reason, event.detail["event"]) == (kind, reason, "dropped")
 
 
 def test_processed_and_deferred_and_unknown_events_produce_nothing(signer: SendGridSigner) -> None:

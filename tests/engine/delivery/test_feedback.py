@@ -9,15 +9,17 @@ from typing import Any
 import pytest
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
+from twilio.request_validator import RequestValidator
 
 from channels.base import EMAIL, SMS, DeliveryEvent
-from channels.webhooks import parse_sendgrid_events, sms_keyword_kind
+from channels.webhooks import parse_sendgrid_events, parse_twilio_status, sms_keyword_kind
 from engine.clock import FrozenClock
 from engine.delivery.feedback import FeedbackResult, record_delivery_event
 from engine.funnel.service import track
 from engine.models import Delivery, Event, Lead, ScoreEntry, Suppression
 from engine.runner.inline import run_due
 from engine.workflow.runtime import Runtime
+from tests.channels.servers import SendGridSigner
 
 ANA = {"email": "ana@northwind.test", "phone": "+15005550001", "sms_consent": True}
 
@@ -303,3 +305,129 @@ def test_a_late_click_is_scored_at_the_time_it_happened(
         entry = s.scalars(select(ScoreEntry).where(ScoreEntry.rule == "click")).one()
         assert (entry.occurred_at, entry.recorded_at) == (clicked_at, clock.now())
         assert _lead(s).last_activity_at == clicked_at
+
+
+def _signed_sendgrid(clock: FrozenClock, **item: Any) -> DeliveryEvent:
+    """One event as SendGrid's signed Event Webhook posts it, parsed with its signature checked."""
+    signer = SendGridSigner()
+    stamp = int(clock.now().timestamp())
+    fields = {"email": ANA["email"], "timestamp": stamp, "sg_event_id": "evt-1"} | item
+    body = json.dumps([fields]).encode()
+    signature = signer.sign(str(stamp), body)
+    (event,) = parse_sendgrid_events(
+        body, signature=signature, timestamp=str(stamp), public_key=signer.public_key
+    )
+    return event
+
+
+@pytest.mark.parametrize(
+    ("reason", "event_type"),
+    [
+        ("Bounced Address", "bounced"),
+        ("Invalid", "bounced"),
+        ("Spam Reporting Address", "spam_reported"),
+        ("Unsubscribed Address", "unsubscribed"),
+    ],
+)
+def test_a_drop_because_of_the_address_suppresses_it_and_skips_the_planned_email(
+    sessions: sessionmaker[Session], rt: Runtime, clock: FrozenClock, reason: str, event_type: str
+) -> None:
+    _enrol(sessions, rt)
+    delivery_id = _mark_sent(sessions, "welcome", "msg-1")
+    clock.advance(timedelta(days=2))
+    run_due(sessions, rt)  # case_study planned
+    dropped = _signed_sendgrid(clock, event="dropped", reason=reason, delivery_id=delivery_id)
+    assert _record(sessions, rt, dropped).action in ("suppressed", "opted_out")
+    with sessions.begin() as s:
+        assert not _lead(s).email_consent
+        assert _suppressions(s) == [("email", "ana@northwind.test")]
+        assert [e.properties["reason"] for e in _events(s, event_type)] == [reason]
+        assert _statuses(s)["case_study"][0] == "skipped"
+
+
+@pytest.mark.parametrize(
+    "reason",
+    [
+        "Invalid SMTPAPI header",
+        "Spam Content (if spam checker app enabled)",
+        "Recipient List over Package Quota",
+    ],
+)
+def test_a_drop_because_of_the_message_suppresses_nothing(
+    sessions: sessionmaker[Session], rt: Runtime, clock: FrozenClock, reason: str
+) -> None:
+    _enrol(sessions, rt)
+    delivery_id = _mark_sent(sessions, "welcome", "msg-1")
+    clock.advance(timedelta(days=2))
+    run_due(sessions, rt)  # case_study planned
+    dropped = _signed_sendgrid(clock, event="dropped", reason=reason, delivery_id=delivery_id)
+    assert _record(sessions, rt, dropped).action == "failed"
+    with sessions.begin() as s:
+        assert _lead(s).email_consent and not _suppressions(s)
+        assert _statuses(s) == {
+            "welcome": ("sent", f"failed after sending: {reason}"),
+            "case_study": ("planned", None),
+        }
+
+
+def _mark_unknown(sessions: sessionmaker[Session], template: str) -> str:
+    """The send went out and its answer was lost, as `record_failure` records an UNKNOWN error."""
+    with sessions.begin() as s:
+        delivery = _delivery(s, template)
+        delivery.status, delivery.attempts = "unknown", 1
+        delivery.detail = "unknown: outcome unknown: TimeoutError; not resent"
+        return delivery.id
+
+
+@pytest.mark.parametrize("event", ["delivered", "open", "bounce"])
+def test_sendgrid_feedback_on_an_unknown_send_settles_it_as_sent_with_the_message_id(
+    sessions: sessionmaker[Session], rt: Runtime, clock: FrozenClock, event: str
+) -> None:
+    _enrol(sessions, rt)
+    delivery_id = _mark_unknown(sessions, "welcome")
+    clock.advance(timedelta(minutes=5))
+    feedback = _signed_sendgrid(
+        clock, event=event, sg_message_id="msg-7.filter0001.1.0", delivery_id=delivery_id
+    )
+    assert _record(sessions, rt, feedback).delivery_id == delivery_id
+    with sessions.begin() as s:
+        delivery = s.get_one(Delivery, delivery_id)
+        assert (delivery.status, delivery.provider, delivery.provider_message_id) == (
+            "sent",
+            "sendgrid",
+            "msg-7",
+        )
+        assert delivery.sent_at == clock.now()
+
+
+def test_a_twilio_status_callback_settles_an_unknown_sms_by_the_delivery_id_in_its_url(
+    sessions: sessionmaker[Session], rt: Runtime, clock: FrozenClock
+) -> None:
+    _enrol_to_the_sms_step(sessions, rt, clock)
+    delivery_id = _mark_unknown(sessions, "quick_question")
+    url = f"https://nurture.acme.test/webhooks/twilio/status?delivery_id={delivery_id}"
+    params = {"MessageSid": "SM" + "5" * 32, "MessageStatus": "delivered", "To": ANA["phone"]}
+    signature = RequestValidator("token").compute_signature(url, params)
+    event = parse_twilio_status(url, params, signature, "token", received_at=clock.now())
+    assert event is not None
+    _record(sessions, rt, event)
+    with sessions.begin() as s:
+        delivery = s.get_one(Delivery, delivery_id)
+        assert (delivery.status, delivery.provider, delivery.provider_message_id) == (
+            "sent",
+            "twilio",
+            "SM" + "5" * 32,
+        )
+
+
+def test_feedback_never_turns_a_failed_or_skipped_delivery_into_a_sent_one(
+    sessions: sessionmaker[Session], rt: Runtime, clock: FrozenClock
+) -> None:
+    _enrol(sessions, rt)
+    with sessions.begin() as s:
+        delivery = _delivery(s, "welcome")
+        delivery.status, delivery.detail = "failed", "permanent: sendgrid 400"
+        delivery_id = delivery.id
+    _record(sessions, rt, _signed_sendgrid(clock, event="delivered", delivery_id=delivery_id))
+    with sessions.begin() as s:
+        assert _statuses(s)["welcome"] == ("failed", "permanent: sendgrid 400")

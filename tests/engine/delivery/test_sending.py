@@ -7,16 +7,19 @@ import email.policy
 from dataclasses import replace
 from datetime import UTC, datetime, time, timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
+from channels.base import SendResult
 from channels.outbox import OutboxChannel
 from engine.clock import FrozenClock
 from engine.delivery.pacing import Pacer, PacingTimeout
 from engine.delivery.rendering import Renderer
 from engine.delivery.sending import send_delivery, suppress
+from engine.errors import ChannelError, ErrorKind
 from engine.funnel.service import track
 from engine.models import Delivery
 from engine.runner.inline import run_due
@@ -257,3 +260,44 @@ def test_a_provider_adapter_waits_for_its_pacing_slot(
     with sessions() as s:
         delivery = s.get_one(Delivery, delivery_id)
         assert (delivery.status, delivery.attempts) == ("planned", 0)
+
+
+class AnswerLost(OutboxChannel):
+    """A provider that takes the message (the outbox file is written) and whose answer is lost."""
+
+    def send(self, message: Any) -> SendResult:
+        super().send(message)
+        raise ChannelError("outcome unknown: TimeoutError: timed out", ErrorKind.UNKNOWN)
+
+
+def test_a_send_whose_outcome_is_unknown_is_marked_unknown_and_never_sent_again(
+    sender: Sender, sessions: sessionmaker[Session], rt: Runtime, clock: FrozenClock
+) -> None:
+    sender.channels = {"email": AnswerLost(sender.outbox, "email", rt.clock)}
+    with sessions.begin() as s:
+        track(s, rt, LEAD, "form_submitted")
+    assert sender.due() == ["unknown"]
+    (delivery,) = sender.deliveries()
+    assert (delivery.status, delivery.attempts, delivery.lease_until) == ("unknown", 1, None)
+    assert delivery.detail == (
+        "unknown: outcome unknown: TimeoutError: timed out; not resent, a provider webhook "
+        "settles it"
+    )
+    clock.advance(timedelta(hours=1))  # past every backoff and lease
+    assert sender.due() == []
+    assert send_delivery(sender, delivery.id) == "not sent"  # a redelivered message
+    assert len(list((sender.outbox / "email").glob("*.eml"))) == 1
+
+
+def test_an_sms_asks_twilio_to_report_its_status_with_the_delivery_id(
+    sender: Sender, sessions: sessionmaker[Session], rt: Runtime, clock: FrozenClock
+) -> None:
+    with sessions.begin() as s:
+        track(s, rt, {**LEAD, "sms_consent": True}, "form_submitted")
+    for days in (0, 2, 3):
+        clock.advance(timedelta(days=days))
+        sender.due()
+    (sms,) = [d for d in sender.deliveries() if d.channel == "sms"]
+    text = (sender.outbox / "sms" / f"{sms.id}.txt").read_text()
+    callback = f"https://nurture.acme.test/webhooks/twilio/status?delivery_id={sms.id}"
+    assert f"Status-Callback: {callback}\n" in text
