@@ -4,8 +4,9 @@ WORKDIR /app
 COPY pyproject.toml README.md ./
 COPY engine ./engine
 COPY channels ./channels
-RUN pip install --no-cache-dir '.[providers]'
+# The examples ship inside the package too (`nurture init`), so they are copied before install.
 COPY workflows ./workflows
 COPY templates ./templates
+RUN pip install --no-cache-dir '.[providers]'
 ENV NURTURE_WORKFLOWS=/app/workflows NURTURE_TEMPLATES=/app/templates
 ENTRYPOINT ["nurture"]

@@ -62,7 +62,7 @@ from tests.crm import CrmReceiver
 
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_REDIS = "redis://127.0.0.1:6379/14"
-API_KEY = "bench-reaction-api-key"
+API_KEY = "bench-reaction-api-key-0123456789abcdef"
 CRM_SECRET = "bench-crm-secret"
 NOOP_PATH = "/bench/noop"
 GOOD_FIT = {"title": "VP Marketing", "company_size": 200}  # fit 10 + 10

@@ -63,7 +63,7 @@ from engine.workflow.windows import next_open_slot
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/nurture_bench"
 DEFAULT_REDIS = "redis://127.0.0.1:6379/14"
-API_KEY = "bench-soak-key-0123456789"
+API_KEY = "bench-soak-key-0123456789-0123456789"
 WARMUP = 0.1  # share of the run before the first sample: pools, caches, first leads
 FINAL = ("sent", "failed", "skipped", "unknown")
 ERRORS = ("failed", "unknown")

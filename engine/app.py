@@ -20,6 +20,7 @@ from engine.delivery.rendering import Renderer
 from engine.errors import Problem, WorkflowError
 from engine.settings import Settings
 from engine.workflow.loading import load_workflows
+from engine.workflow.reader import display
 from engine.workflow.runtime import Runtime
 from engine.workflow.sending_rules import load_policy
 from engine.workflow.spec import Policy, Workflows
@@ -27,6 +28,22 @@ from engine.workflow.spec import Policy, Workflows
 
 def load(settings: Settings) -> tuple[Workflows, Renderer, Policy]:
     """Load everything a process runs on; one WorkflowError lists every problem found."""
+    missing = [
+        Problem(
+            display(folder),
+            1,
+            "",
+            f"{what} folder not found: run `nurture init` to create a project with the "
+            f"example {what}, or point NURTURE_{what.upper()} at yours",
+        )
+        for what, folder in (
+            ("workflows", settings.workflows_dir),
+            ("templates", settings.templates_dir),
+        )
+        if not folder.is_dir()
+    ]
+    if missing:
+        raise WorkflowError(missing)
     renderer = Renderer(settings.templates_dir)
     problems: list[Problem] = []
     workflows = None

@@ -39,7 +39,7 @@ pytestmark = pytest.mark.postgres
 ROOT = Path(__file__).resolve().parent.parent
 FIXTURES = ROOT / "tests" / "engine" / "fixtures" / "workflows"
 FINAL = {"sent", "unknown", "failed", "skipped"}
-KEY = "concurrency-key-0123456789"
+KEY = "concurrency-key-0123456789-0123456789"
 
 
 class Recorder(Channel):

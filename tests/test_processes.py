@@ -21,6 +21,7 @@ import yaml
 from click.testing import CliRunner
 
 from engine.cli.main import main
+from engine.safety import new_secret
 from engine.settings import QUEUES
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -101,6 +102,7 @@ def test_serve_refuses_to_start_an_api_without_keys(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.delenv("NURTURE_API_KEYS", raising=False)
+    monkeypatch.setenv("NURTURE_SECRET_KEY", new_secret())
     monkeypatch.setenv("NURTURE_DATABASE_URL", f"sqlite:///{tmp_path / 'serve.db'}")
     monkeypatch.setenv("NURTURE_REDIS_URL", "redis://127.0.0.1:6379/15")
     monkeypatch.setenv("NURTURE_WORKFLOWS", str(FIXTURES))
@@ -115,6 +117,7 @@ def test_run_refuses_an_open_api_beyond_this_machine(
 ) -> None:
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("NURTURE_API_KEYS", raising=False)
+    monkeypatch.setenv("NURTURE_SECRET_KEY", new_secret())
     monkeypatch.delenv("NURTURE_REDIS_URL", raising=False)
     monkeypatch.setenv("NURTURE_WORKFLOWS", str(FIXTURES))
     monkeypatch.setenv("NURTURE_TEMPLATES", str(ROOT / "templates"))

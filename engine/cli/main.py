@@ -13,19 +13,23 @@ from pathlib import Path
 import click
 import dramatiq
 import uvicorn
+from dotenv import load_dotenv
 from fastapi import FastAPI
 
 from engine.app import App, load
 from engine.cli.commands import open_app, register
+from engine.cli.imports import register as register_imports
 from engine.cli.playback import register as register_playback
+from engine.cli.project import init_command
 from engine.cli.rollout import apply_at_start
 from engine.cli.rollout import register as register_rollout
-from engine.db import make_engine
-from engine.errors import NurtureError, WorkflowError
+from engine.errors import ConfigurationError, NurtureError, WorkflowError
 from engine.http.api import create_api
 from engine.migrations import upgrade
 from engine.runner.actors import POLL_MS, Tasks, make_broker
+from engine.safety import refuse_unsafe
 from engine.settings import QUEUES, Settings
+from engine.starter import ENV_FILE
 from engine.workflow.changes import check_against
 from engine.workflow.loading import load_previous
 
@@ -56,6 +60,8 @@ def main(
     templates: str | None,
 ) -> None:
     """nurture: lead scoring, nurture sequences and SQL handoff."""
+    # A project's .env (as `nurture init` writes it); variables already set win.
+    load_dotenv(Path.cwd() / ENV_FILE, override=False)
     overrides = {
         "NURTURE_DATABASE_URL": database_url,
         "NURTURE_REDIS_URL": redis_url,
@@ -63,16 +69,6 @@ def main(
         "NURTURE_TEMPLATES": templates,
     }
     ctx.obj = Settings.from_env({**os.environ, **{k: v for k, v in overrides.items() if v}})
-
-
-@main.command()
-@click.pass_context
-def init(ctx: click.Context) -> None:
-    """Create or upgrade the database schema."""
-    settings = _settings(ctx)
-    engine = make_engine(settings.database_url)
-    upgrade(engine)
-    click.echo(f"database ready: {engine.url.render_as_string(hide_password=True)}")
 
 
 @main.command()
@@ -105,6 +101,15 @@ def validate(ctx: click.Context, against: Path | None) -> None:
     click.echo(f"ok: scoring and {len(workflows.sequences)} sequence(s) valid ({names})")
 
 
+def _refuse_unsafe() -> None:
+    """Exit 2 naming every weak or published secret: a production process never starts on one."""
+    try:
+        refuse_unsafe(os.environ)
+    except ConfigurationError as error:
+        click.echo(f"error: {error}", err=True)
+        sys.exit(EXIT_USAGE)
+
+
 def _until_signalled() -> threading.Event:
     """An event set by SIGTERM or SIGINT, so processes stop cleanly under an orchestrator."""
     stop = threading.Event()
@@ -128,6 +133,7 @@ def worker(ctx: click.Context, threads: int, queues: str) -> None:
     if not chosen or not chosen <= set(QUEUES):
         click.echo(f"error: --queues takes some of {', '.join(QUEUES)}", err=True)
         sys.exit(EXIT_USAGE)
+    _refuse_unsafe()
     app = open_app(ctx, schema=False)
     if not app.settings.redis_url:
         click.echo("error: a worker needs NURTURE_REDIS_URL (or use `nurture run`)", err=True)
@@ -172,6 +178,7 @@ _port = click.option("--port", default=8000, show_default=True, help="Port to li
 @click.pass_context
 def scheduler(ctx: click.Context, interval: float, batch: int, lease: float) -> None:
     """Claim due work from the database and enqueue it; several may run at once."""
+    _refuse_unsafe()
     app = open_app(ctx, schema=False)
     if not app.settings.redis_url:
         click.echo("error: a scheduler needs NURTURE_REDIS_URL (or use `nurture run`)", err=True)
@@ -196,6 +203,7 @@ def _api(app: App, tasks: Tasks | None, *, allow_no_auth: bool = False) -> FastA
 @click.pass_context
 def serve(ctx: click.Context, host: str, port: int) -> None:
     """Serve the HTTP API (needs NURTURE_API_KEYS and NURTURE_REDIS_URL)."""
+    _refuse_unsafe()
     app = open_app(ctx, schema=False)
     if not app.settings.redis_url:
         click.echo("error: the API needs NURTURE_REDIS_URL (or use `nurture run`)", err=True)
@@ -212,6 +220,8 @@ def serve(ctx: click.Context, host: str, port: int) -> None:
 @click.pass_context
 def run(ctx: click.Context, host: str, port: int, interval: float, threads: int) -> None:
     """API, scheduler and worker in one process: the embedded default, or PostgreSQL/Redis."""
+    if host not in LOOPBACK:
+        _refuse_unsafe()
     app = open_app(ctx, schema=False)
     upgrade(app.engine)
     apply_at_start(app)
@@ -232,7 +242,9 @@ def run(ctx: click.Context, host: str, port: int, interval: float, threads: int)
         process.stop()
 
 
+main.add_command(init_command)
 register(main)
+register_imports(main)
 register_playback(main)
 register_rollout(main)
 

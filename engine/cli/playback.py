@@ -29,6 +29,7 @@ from engine.read.views import find_by_key
 from engine.runner.demo import persona
 from engine.runner.simulation import ScriptedEvent, Simulation
 from engine.settings import Settings
+from engine.starter import examples
 from engine.workflow.spec import Send, walk
 
 DEFAULT_START = datetime(2026, 3, 2, 9, 0, tzinfo=UTC)  # a Monday morning
@@ -152,7 +153,7 @@ def preview_command(ctx: click.Context, sequence: str, lead_key: str | None, out
         )
     context = sample_context()
     if lead_key:
-        context = _lead_context(app, lead_key, context)
+        context = _lead_context(app, lead_key, context, spec.topic)
     context = {**context, "sequence": {"name": spec.name, "description": spec.description}}
 
     out.mkdir(parents=True, exist_ok=True)
@@ -196,7 +197,7 @@ def preview_command(ctx: click.Context, sequence: str, lead_key: str | None, out
         sys.exit(EXIT_FOUND)
 
 
-def _lead_context(app: App, key: str, sample: dict[str, Any]) -> dict[str, Any]:
+def _lead_context(app: App, key: str, sample: dict[str, Any], topic: str) -> dict[str, Any]:
     try:
         with app.sessions() as s:
             lead = find_by_key(s, key)
@@ -205,11 +206,24 @@ def _lead_context(app: App, key: str, sample: dict[str, Any]) -> dict[str, Any]:
                 "lead": lead_view(lead),
                 "score": {"total": lead.score, "fit": lead.fit, "engagement": lead.engagement},
                 "recent_activity": recent_activity(s, lead),
-                "unsubscribe_url": unsubscribe_url(app.settings, lead.id, "preview"),
+                "unsubscribe_url": unsubscribe_url(app.settings, lead.id, topic),
             }
     except NurtureError as error:
         fail(str(error))
         raise
+
+
+def _demo_project(settings: Settings, *, quiet: bool) -> Settings:
+    """This folder's workflows and templates when it has them, else the bundled examples."""
+    if settings.workflows_dir.exists():
+        return settings
+    bundled = examples()
+    if not quiet:
+        errors.print(
+            f"no {settings.workflows_dir} here: playing the bundled examples "
+            "(`nurture init` copies them into a project of your own)"
+        )
+    return replace(settings, workflows_dir=bundled.workflows, templates_dir=bundled.templates)
 
 
 @click.command("demo")
@@ -234,7 +248,9 @@ def demo_command(
     personas = [persona(rng, i, DEFAULT_START) for i in range(count)]
     if (out / "outbox").exists():
         shutil.rmtree(out / "outbox")
-    settings = replace(ctx.obj, database_url=f"sqlite:///{out / 'simulation.db'}")
+    settings = replace(
+        _demo_project(ctx.obj, quiet=as_json), database_url=f"sqlite:///{out / 'simulation.db'}"
+    )
     sim = _simulation(settings, DEFAULT_START, out)
     until = DEFAULT_START + timedelta(days=days)
     started = time.monotonic()

@@ -7,16 +7,20 @@ the scheduler. Decisions:
 
 - Auth: bearer API keys from `NURTURE_API_KEYS` (comma separated), compared in constant time.
   With no keys configured `create_api` raises ConfigurationError unless `allow_no_auth=True`
-  (the embedded demo), so a forgotten variable never serves an open API. Keys shorter than
-  16 characters are refused. `/healthz`, `/webhooks/*` (signed instead) and `/u/*` (signed
-  tokens) need no key; `/metrics` does, since delivery counts are business data.
+  (the embedded demo), so a forgotten variable never serves an open API. Weak keys (shorter
+  than 32 characters, or a published placeholder) are refused; several keys let one rotate.
+  `/healthz`, `/webhooks/*` (signed instead) and `/u/*` (signed tokens) need no key;
+  `/metrics` does, since delivery counts are business data.
 - `POST /v1/events` takes one event or `{"events": [...]}` (at most 500). The whole body is
   validated first (422 before anything is written), then each event is recorded in its own
   transaction, in order, so a big batch never holds many lead locks at once. If recording
   fails midway the events before stay recorded: send ids, and a retry counts each once.
-- Validation is stricter than JSON Schema can say (email and phone syntax, time zones, text
-  PostgreSQL can store, occurred_at with a zone and at most a day ahead): all of it is 422
-  with the field's path, never a 500.
+- The OpenAPI document states what the server enforces (`engine.funnel.lead_fields`: email
+  and phone patterns, time zone names, text without NUL, number bounds, a lead named by one of
+  email, external_id or phone), so a body it allows is taken and one it forbids is a 422 with
+  the field's path, never a 500. What it cannot state: an identity that belongs to another
+  lead and an occurred_at more than a day ahead of the server's clock are 409s; a path key
+  that cannot name a lead is a 404 like one that names nobody.
 
 This module only assembles the app; the pieces are `validators` and `schemas` (what a body
 may hold), `limits` (body size), `auth` (keys), `errors` (exception handlers), `routes` and
@@ -31,7 +35,7 @@ from collections.abc import Mapping, Sequence
 from fastapi import APIRouter, Depends, FastAPI
 
 from engine.app import App
-from engine.http.auth import api_keys_from, authoriser, check_keys
+from engine.http.auth import authoriser, check_keys
 from engine.http.errors import install_error_handlers
 from engine.http.limits import MAX_BODY_BYTES, BodyLimit
 from engine.http.routes import (
@@ -46,6 +50,7 @@ from engine.http.routes import (
 from engine.http.schemas import error_responses
 from engine.http.webhooks import unsubscribe_router, webhook_router
 from engine.read.metrics import Metrics
+from engine.safety import api_keys_from
 
 
 def create_api(

@@ -3,32 +3,28 @@
 from __future__ import annotations
 
 import hmac
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from typing import Annotated
 
 from fastapi import Depends, HTTPException
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from engine.errors import ConfigurationError
+from engine.safety import weakness
 
-MIN_KEY_LENGTH = 16
 BEARER = HTTPBearer(auto_error=False, description="An API key from NURTURE_API_KEYS.")
 
 
-def api_keys_from(environ: Mapping[str, str]) -> list[str]:
-    """NURTURE_API_KEYS split on commas, blanks dropped."""
-    return [key.strip() for key in environ.get("NURTURE_API_KEYS", "").split(",") if key.strip()]
-
-
 def check_keys(keys: Sequence[str], allow_no_auth: bool) -> None:
-    """ConfigurationError for no keys (unless `allow_no_auth`) or for a key that is too short."""
+    """ConfigurationError for no keys (unless `allow_no_auth`) or for a weak key."""
     if not keys and not allow_no_auth:
         raise ConfigurationError(
             "NURTURE_API_KEYS is not set: the API refuses to run without keys "
             "(allow_no_auth=True is for the local demo only)"
         )
-    if any(len(key) < MIN_KEY_LENGTH for key in keys):
-        raise ConfigurationError(f"API keys must be at least {MIN_KEY_LENGTH} characters long")
+    for key in keys:
+        if why := weakness(key):
+            raise ConfigurationError(f"an API key in NURTURE_API_KEYS {why}")
 
 
 def authoriser(keys: Sequence[str]) -> Callable[..., None]:

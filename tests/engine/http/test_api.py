@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import uuid
+from dataclasses import replace
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -27,7 +28,7 @@ from engine.delivery.sending import send_delivery
 from engine.delivery.unsubscribe import make_token
 from engine.errors import ConfigurationError
 from engine.http.api import create_api
-from engine.models import Delivery, Enrolment, Event, Lead, Suppression
+from engine.models import Delivery, Enrolment, Event, Lead, Suppression, TopicOptOut
 from engine.runner.actors import Tasks
 from engine.runner.inline import run_due
 from engine.settings import Settings
@@ -37,7 +38,7 @@ from tests.engine.faults import MESSAGE, JourneyFault
 
 ROOT = Path(__file__).resolve().parents[3]
 FIXTURES = ROOT / "tests" / "engine" / "fixtures" / "workflows"
-KEY = "test-key-0123456789abcdef"
+KEY = "test-key-0123456789abcdef-0123456789"
 AUTH = {"Authorization": f"Bearer {KEY}"}
 PUBLIC_URL = "https://nurture.acme.test"
 SECRET = "unsubscribe-secret"
@@ -135,10 +136,10 @@ def test_requests_without_a_key_or_with_a_wrong_key_are_refused(client: TestClie
 
 
 def test_any_of_several_configured_keys_is_accepted(nurture: App) -> None:
-    keys = "first-key-0123456789, second-key-0123456789"
+    keys = "first-key-0123456789-0123456789-01, second-key-0123456789-0123456789-0"
     api = create_api(nurture, environ={"NURTURE_API_KEYS": keys})
     with TestClient(api) as client:
-        for key in ("first-key-0123456789", "second-key-0123456789"):
+        for key in ("first-key-0123456789-0123456789-01", "second-key-0123456789-0123456789-0"):
             response = client.get("/v1/leads/1", headers={"Authorization": f"Bearer {key}"})
             assert response.status_code == 404  # past the key check: there is no lead 1
 
@@ -148,8 +149,10 @@ def test_the_api_refuses_to_start_without_keys_unless_told_it_is_a_local_demo(
 ) -> None:
     with pytest.raises(ConfigurationError, match="NURTURE_API_KEYS"):
         create_api(nurture, environ={})
-    with pytest.raises(ConfigurationError, match="at least 16"):
+    with pytest.raises(ConfigurationError, match="at least 32"):
         create_api(nurture, api_keys=["short"], environ={})
+    with pytest.raises(ConfigurationError, match="placeholder"):
+        create_api(nurture, api_keys=["change-me-to-a-long-random-key"], environ={})
 
     open_api = TestClient(create_api(nurture, allow_no_auth=True, environ={}))
     assert open_api.post("/v1/leads", json={"email": "dana@initech.test"}).status_code == 200
@@ -189,7 +192,10 @@ def test_upserting_a_lead_returns_it_with_identity_stage_and_score(client: TestC
         ({"email": "not-an-address"}, ["body", "email"]),
         ({"email": "dana@initech.test", "phone": "555-CALL-NOW"}, ["body", "phone"]),
         ({"email": "dana@initech.test", "timezone": "Mars/Olympus"}, ["body", "timezone"]),
-        ({"email": "dana@initech.test", "fields": {"stage": "sql"}}, ["body", "fields"]),
+        (
+            {"email": "dana@initech.test", "fields": {"stage": "sql"}},
+            ["body", "fields", "stage", "[key]"],
+        ),
         ({"email": "dana@initech.test", "sms_consent": "yes"}, ["body", "sms_consent"]),
         ({"email": "dana@initech.test", "title": "VP\x00"}, ["body", "title"]),
         ({"email": "dana@initech.test", "nickname": "D"}, ["body", "nickname"]),
@@ -201,6 +207,25 @@ def test_invalid_lead_data_is_a_422_naming_the_field(
 ) -> None:
     assert loc in _loc(client.post("/v1/leads", json=body))
     assert _count(nurture, Lead) == 0
+
+
+def test_an_empty_email_phone_external_id_or_time_zone_is_taken_as_not_given(
+    client: TestClient,
+) -> None:
+    body = {"email": "dana@initech.test", "phone": "", "external_id": "", "timezone": ""}
+
+    created = client.post("/v1/leads", json=body)
+    kept = client.post(
+        "/v1/leads", json={**body, "email": "", "external_id": "crm-1", "timezone": "Asia/Tokyo"}
+    )
+    again = client.post("/v1/leads", json={"external_id": "crm-1", "timezone": ""})
+
+    assert created.status_code == 200, created.text
+    lead = created.json()
+    assert (lead["phone"], lead["external_id"], lead["timezone"]) == (None, None, None)
+    assert kept.json()["id"] == again.json()["id"] != lead["id"]
+    assert again.json()["timezone"] == "Asia/Tokyo"
+    assert _loc(client.post("/v1/leads", json={"email": "", "phone": ""})) == [["body"]]
 
 
 def test_a_lead_is_shown_by_email_phone_or_id_with_ledger_enrolments_and_deliveries(
@@ -224,10 +249,13 @@ def test_a_lead_is_shown_by_email_phone_or_id_with_ledger_enrolments_and_deliver
     assert detail["handoffs"] == []
 
 
-def test_an_unknown_lead_is_a_404_and_a_malformed_key_a_422(client: TestClient) -> None:
+def test_a_key_that_names_nobody_or_cannot_name_anyone_is_a_404(client: TestClient) -> None:
     for key in ("nobody@initech.test", "+15005550999", "42", "99999999999999", "crm-7"):
         assert client.get(f"/v1/leads/{key}").status_code == 404, key
-    assert _loc(client.get("/v1/leads/+12")) == [["path", "key"]]
+    for key in ("+12", "nurture@localhost", "x" * 300, "%00"):  # the document allows each
+        response = client.get(f"/v1/leads/{key}")
+        assert response.status_code == 404, (key, response.text)
+        assert response.json()["detail"].startswith("no lead with key")
 
 
 def test_recycling_a_lead_that_is_not_qualified_is_a_409_with_the_engine_message(
@@ -288,7 +316,7 @@ def test_the_same_event_id_twice_is_recorded_once(client: TestClient, nurture: A
     [
         ({"lead": ANA}, ["body", "type"]),
         (_event("form_submitted", occurred_at="2026-03-02T09:00:00"), ["body", "occurred_at"]),
-        (_event("form_submitted", occurred_at="2026-03-09T09:00:00Z"), ["body", "occurred_at"]),
+        (_event("form_submitted", occurred_at="1969-12-31T23:59:59Z"), ["body", "occurred_at"]),
         (_event("form submitted"), ["body", "type"]),
         (_event("form_submitted", lead={"email": "ana@"}), ["body", "lead", "email"]),
         (_event("page_viewed", properties={"url": float("nan")}), ["body", "properties"]),
@@ -303,6 +331,21 @@ def test_an_invalid_event_is_a_422_naming_the_field(
     response = client.post("/v1/events", content=content, headers=headers)
 
     assert loc in _loc(response)
+    assert _count(nurture, Event) == 0
+
+
+def test_an_event_dated_more_than_a_day_ahead_of_the_servers_clock_is_a_409_and_not_stored(
+    client: TestClient, nurture: App
+) -> None:
+    ahead = _event("form_submitted", occurred_at="2026-03-09T09:00:00Z")
+    far = _event("form_submitted", occurred_at="9999-12-31T23:00:00-05:00")  # beyond year 9999 UTC
+
+    refused = client.post("/v1/events", json=ahead)
+    batch = client.post("/v1/events", json={"events": [_event("page_viewed"), far]})
+
+    assert (refused.status_code, batch.status_code) == (409, 409), (refused.text, batch.text)
+    assert refused.json()["detail"].startswith("occurred_at: more than a day ahead")
+    assert batch.json()["detail"].startswith("events[1].occurred_at: more than a day ahead")
     assert _count(nurture, Event) == 0
 
 
@@ -395,7 +438,7 @@ def test_a_batch_says_for_each_event_whether_its_processing_failed(
     assert _count(nurture, Event) == 3
 
 
-def test_an_event_with_lead_data_that_is_refused_is_a_422_and_stores_nothing(
+def test_an_event_giving_another_leads_phone_is_a_409_and_stores_nothing(
     client: TestClient, nurture: App, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     _post(client, "page_viewed", lead={"email": "bo@initech.test", "phone": ANA_PHONE})
@@ -405,8 +448,8 @@ def test_an_event_with_lead_data_that_is_refused_is_a_422_and_stores_nothing(
 
     refused = client.post("/v1/events", json=taken_phone)
 
-    assert refused.status_code == 422, refused.text
-    assert "belongs to another lead" in refused.json()["detail"][0]["msg"]
+    assert refused.status_code == 409, refused.text
+    assert refused.json()["detail"] == "phone: '+15005550001' belongs to another lead (id 1)"
     assert ["body", "lead", "email"] in _loc(client.post("/v1/events", json=malformed))
     assert _count(nurture, Event) == 1 and _count(nurture, Lead) == 1
     assert fault.calls == 0
@@ -701,7 +744,18 @@ def test_a_signed_twilio_status_callback_is_recorded_against_its_delivery(
     assert types == {"form_submitted", "sms_delivered"}
 
 
-def test_an_inbound_stop_turns_sms_consent_off_and_answers_empty_twiml(
+TWIML_EMPTY = '<?xml version="1.0" encoding="UTF-8"?><Response/>'
+STOPPED = (
+    "You are unsubscribed from Acme Analytics messages. No more messages will be sent. "
+    "Reply START to resubscribe."
+)
+
+
+def _twiml_reply(text: str) -> str:
+    return f'<?xml version="1.0" encoding="UTF-8"?><Response><Message>{text}</Message></Response>'
+
+
+def test_an_inbound_stop_turns_sms_consent_off_and_is_confirmed_once(
     client: TestClient, nurture: App
 ) -> None:
     _post(client, "form_submitted")
@@ -712,14 +766,67 @@ def test_an_inbound_stop_turns_sms_consent_off_and_answers_empty_twiml(
     assert _lead(nurture).sms_consent is True
 
     response = _twilio(client, "inbound", stop | {"Body": "stop"})
+    replayed = _twilio(client, "inbound", stop | {"Body": "stop"})  # Twilio redelivers it
 
-    assert response.status_code == 200
+    assert response.status_code == replayed.status_code == 200
     assert response.headers["content-type"].startswith("text/xml")
-    assert response.text == '<?xml version="1.0" encoding="UTF-8"?><Response/>'
+    assert response.text == _twiml_reply(STOPPED)
+    assert replayed.text == TWIML_EMPTY  # no second confirmation
     assert _lead(nurture).sms_consent is False
     with nurture.sessions() as s:
         suppressed = s.scalars(select(Suppression)).one()
+        assert s.scalar(select(func.count()).where(Event.type == "sms_opted_out")) == 1
     assert (suppressed.channel, suppressed.address) == ("sms", ANA_PHONE)
+
+
+def test_an_inbound_help_is_answered_with_the_configured_help_text_escaped_once(
+    nurture: App, signer: SendGridSigner
+) -> None:
+    help_text = "Ben & Jerry's <Ice Cream>: reply STOP to opt out."
+    settings = replace(nurture.settings, sms_help_text=help_text)
+    client = _client(replace(nurture, settings=settings), signer)
+    _post(client, "form_submitted")
+    help_ = {"MessageSid": "SM" + "4" * 32, "From": ANA_PHONE, "Body": " help "}
+
+    response = _twilio(client, "inbound", help_)
+    replayed = _twilio(client, "inbound", help_)
+
+    assert response.text == _twiml_reply(
+        "Ben &amp; Jerry's &lt;Ice Cream&gt;: reply STOP to opt out."
+    )
+    assert replayed.text == TWIML_EMPTY
+    assert _lead(nurture).sms_consent is True
+
+
+def test_the_default_help_text_names_the_company() -> None:
+    settings = Settings.from_env({"NURTURE_COMPANY_NAME": "Northwind"})
+    assert settings.sms_help_text == "Northwind: reply STOP to opt out. Msg&data rates may apply."
+    custom = Settings.from_env({"NURTURE_SMS_HELP_TEXT": "Call 555-0100 for help."})
+    assert custom.sms_help_text == "Call 555-0100 for help."
+
+
+def test_keywords_twilio_answered_itself_with_advanced_opt_out_get_no_second_answer(
+    client: TestClient, nurture: App
+) -> None:
+    _post(client, "form_submitted")
+    base = {"From": ANA_PHONE, "To": "+15005550006"}
+    stop = base | {"MessageSid": "SM" + "6" * 32, "Body": "Stop", "OptOutType": "STOP"}
+    help_ = base | {"MessageSid": "SM" + "7" * 32, "Body": "Help", "OptOutType": "HELP"}
+
+    assert _twilio(client, "inbound", stop).text == TWIML_EMPTY
+    assert _twilio(client, "inbound", help_).text == TWIML_EMPTY
+    assert _lead(nurture).sms_consent is False  # the opt-out itself still counts
+
+
+def test_a_reply_and_a_stop_from_an_unknown_number_get_no_answer(
+    client: TestClient, nurture: App
+) -> None:
+    reply = {"MessageSid": "SM" + "8" * 32, "From": ANA_PHONE, "Body": "Sounds good"}
+    stranger = {"MessageSid": "SM" + "9" * 32, "From": "+15005559999", "Body": "STOP"}
+    _post(client, "form_submitted")
+
+    assert _twilio(client, "inbound", reply).text == TWIML_EMPTY
+    assert _twilio(client, "inbound", stranger).text == TWIML_EMPTY
 
 
 def test_twilio_posts_are_refused_when_no_auth_token_is_configured(nurture: App) -> None:
@@ -746,27 +853,26 @@ def test_opening_the_unsubscribe_link_shows_a_page_and_changes_nothing(
     assert page.status_code == 200
     assert page.headers["content-type"].startswith("text/html")
     assert '<form method="post">' in page.text  # no action: back to this very URL
-    assert 'name="List-Unsubscribe" value="One-Click"' in page.text
+    assert 'name="choice" value="topic"' in page.text
+    assert 'name="choice" value="all"' in page.text
     assert _lead(nurture).email_consent is True
     assert _count(nurture, Suppression) == 0
+    assert _count(nurture, TopicOptOut) == 0
 
 
-def test_one_click_unsubscribe_opts_out_suppresses_and_ends_the_sequence_once(
+def test_leaving_every_email_on_the_page_opts_out_suppresses_and_ends_the_sequence_once(
     client: TestClient, nurture: App
 ) -> None:
     _enrol_and_send(client, nurture)
     token = make_token(SECRET, _lead(nurture).id, "drip")
-    one_click = {"Content-Type": "application/x-www-form-urlencoded", "Authorization": ""}
+    form = {"Content-Type": "application/x-www-form-urlencoded", "Authorization": ""}
 
     for _ in range(2):
         response = client.post(
-            f"/u/{token}",
-            content=b"List-Unsubscribe=One-Click",
-            headers=one_click,
-            follow_redirects=False,
+            f"/u/{token}", content=b"choice=all", headers=form, follow_redirects=False
         )
         assert response.status_code == 200
-        assert "unsubscribed" in response.text
+        assert "You are unsubscribed" in response.text
         assert "set-cookie" not in response.headers
 
     lead = _lead(nurture)
@@ -788,8 +894,8 @@ def test_a_forged_unsubscribe_token_is_refused_and_changes_nothing(
     altered = genuine.replace(f"{lead_id}.", f"{lead_id + 1}.", 1)
 
     for token in (forged, altered, "garbage"):
-        assert client.get(f"/u/{token}").status_code == 400
-        assert client.post(f"/u/{token}", content=b"List-Unsubscribe=One-Click").status_code == 400
+        assert client.get(f"/u/{token}").status_code == 404
+        assert client.post(f"/u/{token}", content=b"List-Unsubscribe=One-Click").status_code == 404
 
     assert _lead(nurture).email_consent is True
     assert _count(nurture, Suppression) == 0
