@@ -13,6 +13,7 @@ from engine.safety import DEV_SECRET
 # the API's broker probe all name them from here.
 QUEUES = ("events", "journeys", "sends", "handoffs", "maintenance")
 DEFAULT_DATABASE_URL = "sqlite:///nurture.db"
+HELP_TEXT = "{company}: reply STOP to opt out. Msg&data rates may apply."
 
 
 @dataclass(frozen=True)
@@ -29,12 +30,13 @@ class Settings:
     company_name: str = "Acme Analytics"
     postal_address: str = "Acme Analytics, 1 Example Street, Springfield"
     # The answer to an SMS HELP (unless Twilio's Advanced Opt-Out answers keywords itself).
-    sms_help_text: str = "Acme Analytics: reply STOP to opt out. Msg&data rates may apply."
+    sms_help_text: str = HELP_TEXT.format(company="Acme Analytics")
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
         """Read NURTURE_* variables; unset ones fall back to a local SQLite setup."""
         env = os.environ if environ is None else environ
+        company = env.get("NURTURE_COMPANY_NAME") or "Acme Analytics"
         return cls(
             database_url=env.get("NURTURE_DATABASE_URL") or DEFAULT_DATABASE_URL,
             redis_url=env.get("NURTURE_REDIS_URL") or None,
@@ -43,10 +45,8 @@ class Settings:
             public_url=(env.get("NURTURE_PUBLIC_URL") or "http://localhost:8000").rstrip("/"),
             secret_key=env.get("NURTURE_SECRET_KEY") or DEV_SECRET,
             notify_from=env.get("NURTURE_NOTIFY_FROM") or "nurture@localhost",
-            company_name=env.get("NURTURE_COMPANY_NAME") or "Acme Analytics",
+            company_name=company,
             postal_address=env.get("NURTURE_POSTAL_ADDRESS")
             or "Acme Analytics, 1 Example Street, Springfield",
-            sms_help_text=env.get("NURTURE_SMS_HELP_TEXT")
-            or f"{env.get('NURTURE_COMPANY_NAME') or 'Acme Analytics'}: reply STOP to opt out."
-            " Msg&data rates may apply.",
+            sms_help_text=env.get("NURTURE_SMS_HELP_TEXT") or HELP_TEXT.format(company=company),
         )

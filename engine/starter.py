@@ -86,6 +86,14 @@ def examples() -> Examples:
     raise ConfigurationError("this installation of nurture carries no example workflows")
 
 
+@dataclass(frozen=True)
+class Scaffold:
+    """What `nurture init` wrote, and what it found and left as it was."""
+
+    written: list[Path]
+    kept: list[Path]
+
+
 def _files(source: Path) -> list[Path]:
     """The example files below `source`, relative to it: YAML and Jinja2 templates only."""
     return sorted(
@@ -95,35 +103,38 @@ def _files(source: Path) -> list[Path]:
     )
 
 
-def scaffold(workflows: Path, templates: Path, root: Path, *, force: bool = False) -> list[Path]:
-    """Copy the examples and write a project's files, all or none; the files written.
+def scaffold(workflows: Path, templates: Path, root: Path, *, force: bool = False) -> Scaffold:
+    """Copy the examples into a missing workflows or templates folder, and write the project's
+    README, .gitignore and .env.example where they are missing.
 
-    Existing files are a conflict (ConfigurationError naming them, nothing written) unless
-    `force`. The `.env` is not among them: `write_env` makes it, and never replaces one.
+    An existing folder is kept as it is, unless `force`: then the example files are written
+    over the files of the same name in it. The README, .gitignore and .env.example are never
+    replaced (they are the project's own once there); nor is `.env` (see `write_env`).
     """
     source = examples()
-    copies = [(source.workflows / f, workflows / f) for f in _files(source.workflows)]
-    copies += [(source.templates / f, templates / f) for f in _files(source.templates)]
+    written: list[Path] = []
+    kept: list[Path] = []
+    for origin, target in ((source.workflows, workflows), (source.templates, templates)):
+        if target.exists() and not force:
+            kept.append(target)
+            continue
+        for name in _files(origin):
+            (target / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(origin / name, target / name)
+            written.append(target / name)
     texts = {
         root / ".env.example": ENV_EXAMPLE,
         root / ".gitignore": GITIGNORE,
         root / "README.md": README.format(name=root.resolve().name),
     }
-    targets = [target for _, target in copies] + list(texts)
-    existing = [path for path in targets if path.exists()]
-    if existing and not force:
-        names = ", ".join(str(path) for path in existing)
-        raise ConfigurationError(
-            f"{len(existing)} file(s) already exist: {names}; nothing was written "
-            "(use --force to overwrite them with the examples)"
-        )
-    for origin, target in copies:
-        target.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(origin, target)
     for path, text in texts.items():
+        if path.exists():
+            kept.append(path)
+            continue
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(text, encoding="utf-8")
-    return targets
+        written.append(path)
+    return Scaffold(written, kept)
 
 
 def write_env(root: Path) -> Path | None:

@@ -1,5 +1,5 @@
 """Run the CLI as `python -m engine.cli`."""
 
-from engine.cli.main import main
+from engine.cli.main import cli
 
-main()
+cli()

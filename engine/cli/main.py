@@ -1,4 +1,4 @@
-"""The `nurture` command: set up the database, validate workflows, run the production processes."""
+"""The `nurture` command: validate workflows, run the production processes; the rest attached."""
 
 from __future__ import annotations
 
@@ -60,8 +60,6 @@ def main(
     templates: str | None,
 ) -> None:
     """nurture: lead scoring, nurture sequences and SQL handoff."""
-    # A project's .env (as `nurture init` writes it); variables already set win.
-    load_dotenv(Path.cwd() / ENV_FILE, override=False)
     overrides = {
         "NURTURE_DATABASE_URL": database_url,
         "NURTURE_REDIS_URL": redis_url,
@@ -248,5 +246,13 @@ register_imports(main)
 register_playback(main)
 register_rollout(main)
 
+
+def cli() -> None:
+    """The `nurture` executable: the project's .env joins this process's environment (variables
+    already set win), then the command runs. Calling `main` in-process leaves os.environ alone."""
+    load_dotenv(Path.cwd() / ENV_FILE, override=False)
+    main(prog_name="nurture")
+
+
 if __name__ == "__main__":
-    main()
+    cli()

@@ -10,6 +10,7 @@ from contextlib import contextmanager
 from typing import Any
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 console = Console()
@@ -22,12 +23,12 @@ def emit_json(data: Any) -> None:
 
 
 def table(title: str, columns: Sequence[str], rows: Iterable[Sequence[Any]]) -> None:
-    """Print a table; empty cells for None."""
+    """Print a table; empty cells for None, cell text shown as written (never rich markup)."""
     out = Table(title=title, title_justify="left")
     for column in columns:
         out.add_column(column)
     for row in rows:
-        out.add_row(*("" if cell is None else str(cell) for cell in row))
+        out.add_row(*("" if cell is None else escape(str(cell)) for cell in row))
     console.print(out)
 
 

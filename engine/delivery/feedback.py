@@ -69,6 +69,11 @@ def _recipient(event: DeliveryEvent) -> str | None:
         return None
 
 
+def _reason(event: DeliveryEvent) -> str:
+    """Why an address is suppressed, as the provider said it."""
+    return f"{event.provider} {event.kind}" + (f": {event.reason}" if event.reason else "")
+
+
 def _address(target: _Target, event: DeliveryEvent) -> str | None:
     """The address the provider reported on; the lead's own when the report's is unusable."""
     return _recipient(event) or (target.lead.email if event.channel == EMAIL else target.lead.phone)
@@ -78,8 +83,7 @@ def _withdraw(session: Session, target: _Target, event: DeliveryEvent, now: date
     """The address refused mail (bounce, spam report, unsubscribe, STOP): never send to it again."""
     address = _address(target, event)
     if address:
-        reason = f"{event.provider} {event.kind}" + (f": {event.reason}" if event.reason else "")
-        suppress(session, event.channel, address, reason, now)
+        suppress(session, event.channel, address, _reason(event), now)
     setattr(target.lead, _CONSENT[event.channel], False)
     session.execute(
         update(Delivery)
@@ -153,14 +157,17 @@ def _rule(event: DeliveryEvent) -> _Rule | None:
 
 
 def _delivery(session: Session, event: DeliveryEvent) -> Delivery | None:
-    """The delivery the event reports on: by our delivery id, else by the provider's message id."""
+    """The delivery the event reports on: by our delivery id, else by the provider's message id.
+
+    Locked, since a worker may be recording the same send's outcome at this moment.
+    """
     if event.delivery_id:
-        delivery = session.get(Delivery, event.delivery_id)
+        delivery = session.get(Delivery, event.delivery_id, with_for_update=True)
         if delivery is not None:
             return delivery
     if event.provider_message_id:
         query = select(Delivery).where(Delivery.provider_message_id == event.provider_message_id)
-        return session.scalars(query.limit(1)).first()
+        return session.scalars(query.limit(1).with_for_update()).first()
     return None
 
 
@@ -208,13 +215,19 @@ def record_delivery_event(session: Session, rt: Runtime, event: DeliveryEvent) -
 
     `action` is "ignored" for a duplicate (`duplicate` says so) and for a kind that means
     nothing on its channel, "unknown_recipient" when no delivery or lead matches: feedback
-    never creates a lead. The caller owns the transaction.
+    never creates a lead. A refusal from an address no lead has (a STOP from a number not yet
+    imported) still suppresses it: "suppressed", a duplicate when it already was.
+    The caller owns the transaction.
     """
     rule = _rule(event)
     if rule is None:
         return FeedbackResult(False, None, None, "ignored")
     target = _find(session, event)
     if target is None:
+        address = _recipient(event)
+        if rule.effect is _withdraw and address:
+            added = suppress(session, event.channel, address, _reason(event), rt.clock.now())
+            return FeedbackResult(not added, None, None, "suppressed")
         return FeedbackResult(False, None, None, "unknown_recipient")
     delivery_id = target.delivery.id if target.delivery is not None else None
     if target.delivery is not None:

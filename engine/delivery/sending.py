@@ -70,10 +70,12 @@ def _suppressed(session: Session, channel: str, address: str) -> bool:
     return session.scalar(query) is not None
 
 
-def suppress(session: Session, channel: str, address: str, reason: str, now: datetime) -> None:
-    """Add an address to the suppression list once; later sends to it are skipped."""
-    if not _suppressed(session, channel, address):
-        session.add(Suppression(channel=channel, address=address, reason=reason, created_at=now))
+def suppress(session: Session, channel: str, address: str, reason: str, now: datetime) -> bool:
+    """Add an address to the suppression list once (True then); later sends to it are skipped."""
+    if _suppressed(session, channel, address):
+        return False
+    session.add(Suppression(channel=channel, address=address, reason=reason, created_at=now))
+    return True
 
 
 def _skip(delivery: Delivery, reason: str) -> None:
@@ -273,7 +275,8 @@ def record_failure(
     """Decide what a provider error means for the delivery: planned again, or failed."""
     now = rt.clock.now()
     policy = rt.send
-    delivery = session.get_one(Delivery, delivery_id)
+    # Locked: a provider webhook may be settling it at this moment (`feedback._settle`).
+    delivery = session.get_one(Delivery, delivery_id, with_for_update=True)
     if delivery.status != DeliveryStatus.SENDING:
         return SendAttempt.NOT_SENT  # settled meanwhile (expired as unknown): leave it be
     delivery.lease_until = None

@@ -11,7 +11,7 @@ import hashlib
 import hmac
 
 from engine.errors import NurtureError
-from engine.workflow.spec import Workflows
+from engine.workflow.spec import DEFAULT_TOPIC, TOPIC, Workflows
 
 
 class InvalidTokenError(NurtureError):
@@ -51,8 +51,11 @@ def read_token(secret: str, token: str) -> tuple[int, str]:
 
 def topic_named(workflows: Workflows, name: str) -> str:
     """The topic a token's name means: the name itself, unless no loaded sequence sends under it
-    but one is called so (a link from before topics, which named its sequence)."""
+    but one is called so (a link from before topics, which named its sequence); a name that
+    cannot be a topic (an old link to a sequence since removed) means the default topic."""
     if any(sequence.topic == name for sequence in workflows.sequences.values()):
         return name
     sequence = workflows.sequences.get(name)
-    return sequence.topic if sequence is not None else name
+    if sequence is not None:
+        return sequence.topic
+    return name if TOPIC.fullmatch(name) else DEFAULT_TOPIC

@@ -179,8 +179,8 @@ def _csv_records(text: io.TextIOWrapper) -> Iterator[tuple[int, dict[str, str] |
                 continue
             yield (
                 number,
-                {
-                    name: value
+                {  # cells trimmed: `a, b` in a hand-written file means "a" and "b"
+                    name: value.strip()
                     for name, value in zip(columns, cells, strict=False)
                     if name and value.strip()
                 },

@@ -52,7 +52,6 @@ from engine.settings import QUEUES
 log = logging.getLogger(__name__)
 
 MAX_FUTURE = timedelta(days=1)  # clock skew we tolerate on occurred_at
-MAX_LEAD_ID = 2**31 - 1  # leads.id is a 32-bit integer on PostgreSQL
 
 
 # --- Follow-up work ---------------------------------------------------------------------------
@@ -107,9 +106,6 @@ def broker_probe(app: App, tasks: Workers | None) -> BrokerProbe | None:
 def lookup(session: Session, key: str) -> Lead:
     """The lead a path key names; 404 when nobody has it, also when it cannot name anyone
     (`+12` is no phone number), as the OpenAPI document lets any key through."""
-    key = key.strip()
-    if key.isdigit() and (not key.isascii() or int(key) > MAX_LEAD_ID):
-        raise UnknownLeadError(f"no lead with id {key}")
     try:
         return find_by_key(session, key)
     except InvalidLeadError as error:

@@ -118,11 +118,11 @@ def webhook_router(
                 result = record_delivery_event(session, app.rt, event)
             if result.duplicate:
                 counts["duplicates"] += 1
-            elif result.track is None:
-                counts["ignored"] += 1
-            else:
+            elif result.track is not None:
                 counts["recorded"] += 1
                 after(result.track)
+            else:
+                counts["recorded" if result.action == "suppressed" else "ignored"] += 1
         metrics.webhooks.labels(provider).inc()
         return WebhookOut(received=len(events), **counts)
 
@@ -224,8 +224,7 @@ def _keyword_answer(
     """The SMS reply to an inbound keyword, once: HELP gets the help text, a STOP recorded
     for a lead gets the confirmation; a duplicate, or what Twilio answered itself, gets none.
 
-    A STOP from a number no lead has is not confirmed: nothing was recorded, so a
-    redelivery could not be told from the first and would confirm twice.
+    A STOP from a number no lead has suppresses it and is confirmed the first time only.
     """
     if counts.duplicates or twilio_answered:
         return None

@@ -43,12 +43,6 @@ def load_workflows(
     directory: Path, email_templates: set[str], sms_templates: set[str]
 ) -> Workflows:
     """Read and check every workflow file, raising one WorkflowError that lists all problems."""
-    if not directory.is_dir():
-        missing = (
-            "workflows folder not found: run `nurture init` to create a project with the "
-            "example workflows, or point NURTURE_WORKFLOWS at yours"
-        )
-        raise WorkflowError([Problem(display(directory), 1, "", missing)])
     paths = _workflow_files(directory)
     problems: list[Problem] = []
     if directory / SCORING_FILE not in paths:

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -24,8 +27,7 @@ def environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
         "NURTURE_CRM_WEBHOOK_SECRET",
         "NURTURE_REDIS_URL",
     ):
-        monkeypatch.setenv(name, "")  # so that teardown also undoes what a .env file sets
-        monkeypatch.delenv(name)
+        monkeypatch.delenv(name, raising=False)
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("NURTURE_DATABASE_URL", f"sqlite:///{tmp_path / 'safety.db'}")
     monkeypatch.setenv("NURTURE_WORKFLOWS", str(ROOT / "workflows"))
@@ -82,10 +84,17 @@ def test_strong_secrets_pass_and_the_process_goes_on_to_its_next_check(
     assert "NURTURE_SECRET_KEY" not in result.output
 
 
+def _nurture(folder: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    """The `nurture` executable in a process of its own, in `folder`."""
+    command = [sys.executable, "-m", "engine.cli", *args]
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    return subprocess.run(command, cwd=folder, env=env, capture_output=True, text=True)
+
+
 def test_a_projects_env_file_supplies_the_secrets(environment: Path) -> None:
     (environment / ".env").write_text(f"NURTURE_SECRET_KEY={STRONG}\n")
-    result = CliRunner().invoke(main, ["scheduler"])
-    assert "a scheduler needs NURTURE_REDIS_URL" in result.output
+    result = _nurture(environment, "scheduler")
+    assert "a scheduler needs NURTURE_REDIS_URL" in result.stderr
 
 
 def test_the_environment_wins_over_the_env_file(
@@ -93,8 +102,17 @@ def test_the_environment_wins_over_the_env_file(
 ) -> None:
     (environment / ".env").write_text(f"NURTURE_SECRET_KEY={STRONG}\n")
     monkeypatch.setenv("NURTURE_SECRET_KEY", "change-me-to-a-long-random-string")
+    result = _nurture(environment, "scheduler")
+    assert "NURTURE_SECRET_KEY is a placeholder" in result.stderr
+
+
+def test_calling_the_command_in_process_leaves_the_environment_alone(
+    environment: Path,
+) -> None:
+    (environment / ".env").write_text(f"NURTURE_SECRET_KEY={STRONG}\n")
     result = CliRunner().invoke(main, ["scheduler"])
-    assert "NURTURE_SECRET_KEY is a placeholder" in result.output
+    assert "NURTURE_SECRET_KEY is not set" in result.output
+    assert "NURTURE_SECRET_KEY" not in os.environ
 
 
 def test_every_problem_is_listed_at_once() -> None:

@@ -29,8 +29,7 @@ NURTURE_VARIABLES = (
 def folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """An empty working folder outside the repository, with no nurture settings at all."""
     for name in NURTURE_VARIABLES:
-        monkeypatch.setenv(name, "")  # so that teardown also undoes what a .env file sets
-        monkeypatch.delenv(name)
+        monkeypatch.delenv(name, raising=False)
     monkeypatch.chdir(tmp_path)
     return tmp_path
 
@@ -78,30 +77,37 @@ def test_the_env_example_carries_no_usable_secret() -> None:
     assert (ROOT / ".env.example").read_text() == ENV_EXAMPLE
 
 
-def test_init_refuses_to_overwrite_a_file_and_writes_nothing(folder: Path) -> None:
+def test_init_overwrites_nothing_and_fills_in_what_is_missing(folder: Path) -> None:
     project = folder / "acme"
-    project.mkdir()
+    (project / "workflows").mkdir(parents=True)
+    (project / "workflows" / "scoring.yml").write_text("# ours\n")
     (project / "README.md").write_text("our own readme\n")
     result = nurture("init", "acme")
-    assert result.exit_code == 1
-    assert "README.md" in result.output and "--force" in result.output
+    assert result.exit_code == 0, result.output
+    assert (project / "workflows" / "scoring.yml").read_text() == "# ours\n"
+    assert not (project / "workflows" / "lead-nurture.yml").exists()
     assert (project / "README.md").read_text() == "our own readme\n"
-    assert not (project / "workflows").exists()
-    assert not (project / ".env").exists()
+    assert "kept acme/workflows" in result.output
+    assert (project / "templates" / "email" / "welcome.j2").is_file()
+    assert (project / ".gitignore").is_file()
+    assert unsafe_settings(settings_in(project / ".env")) == []
 
 
-def test_init_force_overwrites_the_examples_but_keeps_the_env(folder: Path) -> None:
+def test_init_force_writes_the_examples_over_the_workflows_but_keeps_the_projects_files(
+    folder: Path,
+) -> None:
     nurture("init", "acme")
     project = folder / "acme"
     secrets = (project / ".env").read_text()
     scoring = project / "workflows" / "scoring.yml"
     original = scoring.read_text()
     scoring.write_text("# edited\n")
+    (project / "README.md").write_text("our own readme\n")
     result = nurture("init", "acme", "--force")
     assert result.exit_code == 0, result.output
     assert scoring.read_text() == original
     assert (project / ".env").read_text() == secrets
-    assert "kept" in result.output
+    assert (project / "README.md").read_text() == "our own readme\n"
 
 
 def test_init_in_a_project_keeps_its_workflows_and_upgrades_the_database(folder: Path) -> None:
@@ -110,9 +116,18 @@ def test_init_in_a_project_keeps_its_workflows_and_upgrades_the_database(folder:
     result = nurture("init")
     assert result.exit_code == 0, result.output
     assert (folder / "workflows" / "scoring.yml").read_text() == "# ours\n"
-    assert not (folder / "templates").exists()
     assert "leads" in inspect(create_engine("sqlite:///nurture.db")).get_table_names()
     assert unsafe_settings(settings_in(folder / ".env")) == []
+
+
+def test_init_writes_no_env_where_the_secret_comes_from_the_environment(
+    folder: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("NURTURE_SECRET_KEY", "x" * 40)
+    result = nurture("init")
+    assert result.exit_code == 0, result.output
+    assert not (folder / ".env").exists()
+    assert (folder / "workflows" / "scoring.yml").is_file()
 
 
 def test_validate_without_a_workflows_folder_says_to_run_init(folder: Path) -> None:

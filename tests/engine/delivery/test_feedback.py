@@ -272,7 +272,7 @@ def test_a_sentence_with_stop_in_it_is_a_reply_and_changes_no_consent(
 
 @pytest.mark.parametrize(
     ("channel", "kind", "recipient"),
-    [(EMAIL, "bounced", "nobody@northwind.test"), (SMS, "opted_out", "+15005559999")],
+    [(EMAIL, "opened", "nobody@northwind.test"), (SMS, "replied", "+15005559999")],
 )
 def test_an_event_for_an_unknown_address_changes_nothing(
     sessions: sessionmaker[Session],
@@ -290,6 +290,29 @@ def test_an_event_for_an_unknown_address_changes_nothing(
         assert s.scalar(select(func.count()).select_from(Lead)) == 1
         assert s.scalar(select(func.count()).select_from(Event)) == 1  # the form only
         assert not _suppressions(s)
+        assert _statuses(s) == {"welcome": ("planned", None)}
+
+
+@pytest.mark.parametrize(
+    ("channel", "kind", "recipient"),
+    [(EMAIL, "bounced", "nobody@northwind.test"), (SMS, "opted_out", "+15005559999")],
+)
+def test_a_refusal_from_an_unknown_address_suppresses_it_once_and_creates_no_lead(
+    sessions: sessionmaker[Session],
+    rt: Runtime,
+    clock: FrozenClock,
+    channel: str,
+    kind: str,
+    recipient: str,
+) -> None:
+    _enrol(sessions, rt)
+    event = _event(kind, clock.now(), channel=channel, recipient=recipient, delivery_id="no-such")
+    assert _record(sessions, rt, event) == FeedbackResult(False, None, None, "suppressed")
+    assert _record(sessions, rt, event) == FeedbackResult(True, None, None, "suppressed")
+    with sessions.begin() as s:
+        assert s.scalar(select(func.count()).select_from(Lead)) == 1
+        assert s.scalar(select(func.count()).select_from(Event)) == 1  # the form only
+        assert _suppressions(s) == [(channel, recipient)]
         assert _statuses(s) == {"welcome": ("planned", None)}
 
 

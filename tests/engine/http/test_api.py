@@ -818,15 +818,26 @@ def test_keywords_twilio_answered_itself_with_advanced_opt_out_get_no_second_ans
     assert _lead(nurture).sms_consent is False  # the opt-out itself still counts
 
 
-def test_a_reply_and_a_stop_from_an_unknown_number_get_no_answer(
-    client: TestClient, nurture: App
-) -> None:
+def test_a_reply_gets_no_answer(client: TestClient, nurture: App) -> None:
     reply = {"MessageSid": "SM" + "8" * 32, "From": ANA_PHONE, "Body": "Sounds good"}
-    stranger = {"MessageSid": "SM" + "9" * 32, "From": "+15005559999", "Body": "STOP"}
     _post(client, "form_submitted")
 
     assert _twilio(client, "inbound", reply).text == TWIML_EMPTY
-    assert _twilio(client, "inbound", stranger).text == TWIML_EMPTY
+
+
+def test_a_stop_from_a_number_no_lead_has_suppresses_it_and_is_confirmed_once(
+    client: TestClient, nurture: App
+) -> None:
+    stranger = {"MessageSid": "SM" + "9" * 32, "From": "+15005559999", "Body": "STOP"}
+
+    first = _twilio(client, "inbound", stranger).text
+    replayed = _twilio(client, "inbound", stranger).text
+
+    assert "You are unsubscribed" in first
+    assert replayed == TWIML_EMPTY
+    with nurture.sessions() as s:
+        rows = s.execute(select(Suppression.channel, Suppression.address)).all()
+    assert [tuple(r) for r in rows] == [("sms", "+15005559999")]
 
 
 def test_twilio_posts_are_refused_when_no_auth_token_is_configured(nurture: App) -> None:

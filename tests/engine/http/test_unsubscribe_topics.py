@@ -260,6 +260,19 @@ def test_a_link_from_before_topics_leaves_the_topic_its_sequence_sends_under(
     assert _later(nurture, clock)["demo_invite"] == ("skipped", "unsubscribed from topic webinars")
 
 
+def test_a_link_to_a_removed_sequence_whose_name_is_no_topic_leaves_the_default_topic(
+    client: TestClient, nurture: App
+) -> None:
+    legacy = make_token(SECRET, _lead(nurture).id, "Old_Newsletter")
+
+    response = client.post(f"/u/{legacy}", content=ONE_CLICK, headers=FORM)
+
+    assert response.status_code == 200
+    assert "You left marketing" in response.text
+    with nurture.sessions() as s:
+        assert s.scalars(select(TopicOptOut.topic)).all() == ["marketing"]
+
+
 def test_a_sequence_without_a_topic_sends_under_the_marketing_topic(
     db: Engine, clock: FrozenClock, tmp_path: Path
 ) -> None:
