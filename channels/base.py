@@ -32,10 +32,12 @@ SMS = "sms"
 # "queued" = the provider queued it (Twilio); "sent" = the adapter's job is done (outbox, console).
 ACCEPTED, QUEUED, SENT = "accepted", "queued", "sent"
 
-# What provider feedback normalises to. Provider states that change nothing for a lead
-# (SendGrid processed/deferred, Twilio queued/sent) produce no event at all.
+# What provider feedback normalises to. `accepted` (SendGrid processed, Twilio queued/sent)
+# changes nothing for a lead; it only proves the provider took a send whose answer was lost.
+# SendGrid deferred and Twilio's other in-flight states produce no event at all.
 EVENT_KINDS = frozenset(
     {
+        "accepted",
         "delivered",
         "opened",
         "clicked",

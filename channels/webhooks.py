@@ -29,6 +29,7 @@ SENDGRID_TIMESTAMP_HEADER = "X-Twilio-Email-Event-Webhook-Timestamp"
 TWILIO_SIGNATURE_HEADER = "X-Twilio-Signature"
 
 SENDGRID_KINDS = {
+    "processed": "accepted",
     "delivered": "delivered",
     "open": "opened",
     "click": "clicked",
@@ -39,7 +40,7 @@ SENDGRID_KINDS = {
     "group_unsubscribe": "unsubscribed",
     "group_resubscribe": "opted_in",
 }
-SENDGRID_IGNORED = frozenset({"processed", "deferred"})
+SENDGRID_IGNORED = frozenset({"deferred"})
 # `dropped` reasons that are about the address, not the message (SendGrid drops to addresses
 # on its suppression lists); any other reason (spam content, an invalid SMTPAPI header, the
 # plan's quota) refuses only this message.
@@ -220,7 +221,7 @@ def parse_twilio_status(
     *,
     received_at: datetime | None = None,
 ) -> DeliveryEvent | None:
-    """A status callback as `delivered`/`failed`/`opted_out`, or None for in-flight states.
+    """A status callback as `accepted`/`delivered`/`failed`/`opted_out`, or None otherwise.
 
     Twilio sends no event time, so `received_at` (default now) stands in. The delivery id is
     read from a `delivery_id` query parameter of the callback URL when the sender put one there.
@@ -232,8 +233,10 @@ def parse_twilio_status(
         kind = "delivered"
     elif status in ("undelivered", "failed"):
         kind = "opted_out" if error_code in TWILIO_OPTED_OUT_CODES else "failed"
+    elif status in ("queued", "sent"):
+        kind = "accepted"  # Twilio has the message: settles a send whose answer was lost
     else:
-        return None  # accepted, queued, sending, sent, scheduled, read, canceled: nothing to do
+        return None  # accepted, sending, scheduled, read, canceled: nothing to do
     reason = None
     if error_code:
         reason = f"{error_code}: {TWILIO_ERRORS.get(error_code, 'see twilio.com/docs/errors')}"

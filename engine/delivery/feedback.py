@@ -210,6 +210,16 @@ def _text(value: str) -> str:
     return value.replace("\x00", "\ufffd").encode("utf-8", "replace").decode("utf-8")
 
 
+def _accepted(session: Session, event: DeliveryEvent) -> FeedbackResult:
+    """The provider says it has the message: settle its delivery if the send's answer was lost;
+    nothing else happens, so no lead event is recorded (one per send would add nothing)."""
+    delivery = _delivery(session, event)
+    if delivery is None or delivery.status not in _UNSETTLED:
+        return FeedbackResult(False, None, None, "ignored")
+    _settle(delivery, event)
+    return FeedbackResult(False, delivery.lead_id, delivery.id, "settled")
+
+
 def record_delivery_event(session: Session, rt: Runtime, event: DeliveryEvent) -> FeedbackResult:
     """Record one provider event against its delivery's lead and apply what it means, once.
 
@@ -219,6 +229,8 @@ def record_delivery_event(session: Session, rt: Runtime, event: DeliveryEvent) -
     imported) still suppresses it: "suppressed", a duplicate when it already was.
     The caller owns the transaction.
     """
+    if event.kind == "accepted":
+        return _accepted(session, event)
     rule = _rule(event)
     if rule is None:
         return FeedbackResult(False, None, None, "ignored")

@@ -130,10 +130,16 @@ def test_a_drop_refusing_the_address_is_that_refusal_and_one_refusing_the_messag
     assert (event.kind, event.reason, event.detail["event"]) == (kind, reason, "dropped")
 
 
-def test_processed_and_deferred_and_unknown_events_produce_nothing(signer: SendGridSigner) -> None:
-    items = [sg_event("processed"), sg_event("deferred", attempt="2"), sg_event("machine_open")]
+def test_deferred_and_unknown_events_produce_nothing(signer: SendGridSigner) -> None:
+    items = [sg_event("deferred", attempt="2"), sg_event("machine_open")]
 
     assert parse_sendgrid_events(**signed(signer, items)) == []
+
+
+def test_processed_is_an_accepted_event(signer: SendGridSigner) -> None:
+    (event,) = parse_sendgrid_events(**signed(signer, [sg_event("processed")]))
+
+    assert (event.kind, event.detail["event"]) == ("accepted", "processed")
 
 
 def test_malformed_items_are_skipped_and_logged(
@@ -281,7 +287,16 @@ def test_failed_deliveries_carry_their_error(
     assert (event.kind, event.reason) == (kind, reason)
 
 
-@pytest.mark.parametrize("status", ["accepted", "queued", "sending", "sent", "read", "canceled"])
+@pytest.mark.parametrize("status", ["queued", "sent"])
+def test_statuses_after_twilio_took_the_message_are_accepted_events(status: str) -> None:
+    params = status_params(status)
+
+    event = parse_twilio_status(STATUS_URL, params, twilio_signature(STATUS_URL, params), TOKEN)
+
+    assert event is not None and event.kind == "accepted"
+
+
+@pytest.mark.parametrize("status", ["accepted", "sending", "read", "canceled"])
 def test_in_flight_statuses_produce_no_event(status: str) -> None:
     params = status_params(status)
 

@@ -402,7 +402,7 @@ def _mark_unknown(sessions: sessionmaker[Session], template: str) -> str:
         return delivery.id
 
 
-@pytest.mark.parametrize("event", ["delivered", "open", "bounce"])
+@pytest.mark.parametrize("event", ["processed", "delivered", "open", "bounce"])
 def test_sendgrid_feedback_on_an_unknown_send_settles_it_as_sent_with_the_message_id(
     sessions: sessionmaker[Session], rt: Runtime, clock: FrozenClock, event: str
 ) -> None:
@@ -423,13 +423,14 @@ def test_sendgrid_feedback_on_an_unknown_send_settles_it_as_sent_with_the_messag
         assert delivery.sent_at == clock.now()
 
 
+@pytest.mark.parametrize("status", ["queued", "sent", "delivered"])
 def test_a_twilio_status_callback_settles_an_unknown_sms_by_the_delivery_id_in_its_url(
-    sessions: sessionmaker[Session], rt: Runtime, clock: FrozenClock
+    sessions: sessionmaker[Session], rt: Runtime, clock: FrozenClock, status: str
 ) -> None:
     _enrol_to_the_sms_step(sessions, rt, clock)
     delivery_id = _mark_unknown(sessions, "quick_question")
     url = f"https://nurture.acme.test/webhooks/twilio/status?delivery_id={delivery_id}"
-    params = {"MessageSid": "SM" + "5" * 32, "MessageStatus": "delivered", "To": ANA["phone"]}
+    params = {"MessageSid": "SM" + "5" * 32, "MessageStatus": status, "To": ANA["phone"]}
     signature = RequestValidator("token").compute_signature(url, params)
     event = parse_twilio_status(url, params, signature, "token", received_at=clock.now())
     assert event is not None
@@ -441,6 +442,19 @@ def test_a_twilio_status_callback_settles_an_unknown_sms_by_the_delivery_id_in_i
             "twilio",
             "SM" + "5" * 32,
         )
+
+
+def test_an_accepted_report_settles_a_send_and_records_nothing_for_the_lead(
+    sessions: sessionmaker[Session], rt: Runtime, clock: FrozenClock
+) -> None:
+    _enrol(sessions, rt)
+    delivery_id = _mark_unknown(sessions, "welcome")
+    processed = _signed_sendgrid(clock, event="processed", delivery_id=delivery_id)
+    assert _record(sessions, rt, processed).action == "settled"
+    assert _record(sessions, rt, processed).action == "ignored"  # settled already
+    with sessions.begin() as s:
+        assert s.scalar(select(func.count()).select_from(Event)) == 1  # the form only
+        assert _statuses(s)["welcome"][0] == "sent"
 
 
 def test_feedback_never_turns_a_failed_or_skipped_delivery_into_a_sent_one(
