@@ -167,6 +167,19 @@ class Channel(ABC):
         return TypeError(f"the {self.channel} {self.name} cannot send {type(message).__name__}")
 
 
+# A provider API's own answers that it took nothing (retry later). Another 5xx (a gateway's
+# 502/504) does not prove the API behind it did not take the message.
+RETRY_STATUSES = frozenset({429, 500, 503})
+
+
+def status_kind(status: int) -> ErrorKind:
+    """What an HTTP error answer means once the provider's own cases are ruled out: retry
+    only what the provider says it did not take, never resend what it may have taken."""
+    if status in RETRY_STATUSES:
+        return ErrorKind.TRANSIENT
+    return ErrorKind.UNKNOWN if status >= 500 else ErrorKind.PERMANENT
+
+
 def sdk_missing(package: str) -> ConfigurationError:
     """The error for an adapter whose provider SDK is not installed, naming the extra."""
     return ConfigurationError(

@@ -21,14 +21,12 @@ from channels.base import (
     env_flag,
     require_env,
     sdk_missing,
+    status_kind,
 )
 from engine.clock import Clock, SystemClock
 from engine.errors import ChannelError, ConfigurationError, ErrorKind
 
 DEFAULT_HOST = "https://api.sendgrid.com"
-# SendGrid's own answers that it did not take the request: 429 and its 500/503 (retry later).
-# Other 5xx (a gateway's 502/504) do not prove the API behind it did not take the message.
-RETRY_STATUSES = frozenset({429, 500, 503})
 
 
 class SendGridChannel(Channel):
@@ -138,12 +136,8 @@ class SendGridChannel(Channel):
         elif status == 429:
             kind = ErrorKind.TRANSIENT
             retry_after = self._retry_after(err.headers)
-        elif status in RETRY_STATUSES:
-            kind = ErrorKind.TRANSIENT
-        elif status >= 500:
-            kind = ErrorKind.UNKNOWN
         else:
-            kind = ErrorKind.PERMANENT
+            kind = status_kind(status)
         return ChannelError(message, kind, status=status, retry_after=retry_after)
 
     def _retry_after(self, headers: Any) -> float | None:

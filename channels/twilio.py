@@ -16,15 +16,13 @@ from channels.base import (
     SmsMessage,
     require_env,
     sdk_missing,
+    status_kind,
 )
 from engine.errors import ChannelError, ConfigurationError, ErrorKind
 
 OPTED_OUT_CODES = frozenset({21610})  # the recipient replied STOP: suppress the number
 AUTH_CODES = frozenset({20003})
 RATE_LIMIT_CODES = frozenset({20429})
-# Twilio's own answers that it did not take the request; another 5xx (a gateway's 502/504)
-# does not prove the API behind it did not create the message.
-RETRY_STATUSES = frozenset({429, 500, 503})
 _MESSAGING_SERVICE = re.compile(r"MG[0-9a-fA-F]{32}")
 
 
@@ -120,12 +118,10 @@ def _rest_error(err: Any) -> ChannelError:
         kind = ErrorKind.OPTED_OUT
     elif code in AUTH_CODES or status in (401, 403):
         kind = ErrorKind.CONFIGURATION
-    elif code in RATE_LIMIT_CODES or status in RETRY_STATUSES:
+    elif code in RATE_LIMIT_CODES:
         kind = ErrorKind.TRANSIENT
-    elif status >= 500:
-        kind = ErrorKind.UNKNOWN
     else:
-        kind = ErrorKind.PERMANENT  # 21xxx recipient/number errors and other 4xx
+        kind = status_kind(status)  # 21xxx recipient/number errors and other 4xx: permanent
     return ChannelError(
         f"twilio {status} ({code}): {text}",
         kind,

@@ -12,7 +12,6 @@ from engine.cli.commands import EXIT_USAGE, fail
 from engine.db import make_engine
 from engine.errors import ConfigurationError
 from engine.migrations import upgrade
-from engine.safety import SECRET_VARIABLES
 from engine.settings import DEFAULT_DATABASE_URL, Settings
 from engine.starter import ENV_FILE, scaffold, write_env
 
@@ -54,7 +53,7 @@ def init_command(ctx: click.Context, folder: Path | None, force: bool) -> None:
     if made.written:
         click.echo(f"{len(made.written)} file(s) written in {root}")
     # A deploy's migration step has its secrets in the environment: no .env to write there.
-    if not os.environ.get(SECRET_VARIABLES[0]):
+    if not os.environ.get("NURTURE_SECRET_KEY"):
         env = write_env(root)
         if env is None:
             click.echo(f"kept {root / ENV_FILE}: its secrets sign links already sent")

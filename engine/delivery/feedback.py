@@ -19,9 +19,10 @@ from sqlalchemy import delete, select, update
 from sqlalchemy.orm import Session
 
 from channels.base import EMAIL, SMS, DeliveryEvent
-from engine.delivery.sending import suppress
+from engine.delivery.sending import UNSETTLED, suppress
 from engine.errors import InvalidLeadError
-from engine.funnel.leads import Identity, normalise_email, normalise_phone
+from engine.funnel.lead_fields import normalise_email, normalise_phone
+from engine.funnel.leads import Identity
 from engine.funnel.service import Outcome, track
 from engine.models import Delivery, DeliveryStatus, Lead, Suppression
 from engine.workflow.runtime import Runtime
@@ -48,7 +49,6 @@ class _Target:
 
 _Effect = Callable[[Session, _Target, DeliveryEvent, datetime], None]
 _CONSENT = {EMAIL: "email_consent", SMS: "sms_consent"}
-_UNSETTLED = (DeliveryStatus.SENDING, DeliveryStatus.UNKNOWN)
 
 
 @dataclass(frozen=True)
@@ -134,17 +134,19 @@ RULES: dict[tuple[str, str], _Rule] = {
 }
 
 
-def _settle(delivery: Delivery, event: DeliveryEvent) -> None:
+def _settle(delivery: Delivery, event: DeliveryEvent) -> bool:
     """The provider reports on this send, so it took it: an `unknown` delivery (or one still
-    `sending`, its worker lost or not yet done recording) is `sent`, never to be resent."""
-    if delivery.channel != event.channel or delivery.status not in _UNSETTLED:
-        return
+    `sending`, its worker lost or not yet done recording) is `sent`, never to be resent.
+    True when this settled it."""
+    if delivery.channel != event.channel or delivery.status not in UNSETTLED:
+        return False
     delivery.status = DeliveryStatus.SENT
     delivery.sent_at = delivery.sent_at or event.occurred_at
     delivery.provider = event.provider
     delivery.provider_message_id = delivery.provider_message_id or event.provider_message_id
     delivery.lease_until = None
     delivery.detail = f"settled as sent by {event.provider} feedback ({event.kind})"
+    return True
 
 
 def _rule(event: DeliveryEvent) -> _Rule | None:
@@ -214,9 +216,8 @@ def _accepted(session: Session, event: DeliveryEvent) -> FeedbackResult:
     """The provider says it has the message: settle its delivery if the send's answer was lost;
     nothing else happens, so no lead event is recorded (one per send would add nothing)."""
     delivery = _delivery(session, event)
-    if delivery is None or delivery.status not in _UNSETTLED:
+    if delivery is None or not _settle(delivery, event):
         return FeedbackResult(False, None, None, "ignored")
-    _settle(delivery, event)
     return FeedbackResult(False, delivery.lead_id, delivery.id, "settled")
 
 

@@ -248,15 +248,19 @@ def status_callback(settings: Settings, delivery_id: str) -> str | None:
     return f"{settings.public_url}/webhooks/twilio/status?{query}"
 
 
+# A send whose outcome is still open: its worker is at the provider, or the answer was lost.
+# The provider's answer or its later feedback settles it as sent.
+UNSETTLED = (DeliveryStatus.SENDING, DeliveryStatus.UNKNOWN)
+
+
 def record_success(
     session: Session, rt: Runtime, delivery_id: str, provider: str, message_id: str | None
 ) -> None:
     """The provider accepted the message: the delivery is sent for good (also when its lease
     ran out mid-call and the sweep already called it `unknown`: the answer settles it)."""
-    unsettled = (DeliveryStatus.SENDING, DeliveryStatus.UNKNOWN)
     session.execute(
         update(Delivery)
-        .where(Delivery.id == delivery_id, Delivery.status.in_(unsettled))
+        .where(Delivery.id == delivery_id, Delivery.status.in_(UNSETTLED))
         .values(
             status=DeliveryStatus.SENT,
             sent_at=rt.clock.now(),

@@ -32,6 +32,7 @@ MAX_JSON_DEPTH = 32
 # numbers as doubles agrees: 2**63 - 1024 is the largest double below 2**63.
 INT_MIN, INT_MAX = -(2**63), 2**63 - 1024
 CONSENTS = ("email_consent", "sms_consent")
+NO_IDENTITY = "a lead needs an email, an external_id or a phone number"
 NEW_STAGES = ("subscriber", "lead")  # a new lead's stage; later stages come from scoring
 # Custom field names that would shadow a lead column or an attribute rules read.
 RESERVED_FIELDS = frozenset(
@@ -239,8 +240,18 @@ def check_lead(record: Mapping[str, Any]) -> dict[str, Any]:
         else:
             lead[name] = check_attribute(name, value)
     if not any(name in lead for name in IDENTITY_FIELDS):
-        raise InvalidLeadError("a lead needs an email, an external_id or a phone number")
+        raise InvalidLeadError(NO_IDENTITY)
     return lead
+
+
+def check_attributes(record: Mapping[str, Any]) -> dict[str, Any]:
+    """Every attribute of a lead record but its identity keys, as stored (a time zone of ""
+    is not given); InvalidLeadError naming the first bad one."""
+    return {
+        name: check_attribute(name, value)
+        for name, value in record.items()
+        if name not in IDENTITY_FIELDS and (name != "timezone" or _given(value))
+    }
 
 
 def identity_keys(lead: Mapping[str, Any]) -> list[tuple[str, str]]:

@@ -14,41 +14,8 @@ from sqlalchemy.orm import Session, object_session
 
 from engine.db import is_postgres
 from engine.errors import InvalidLeadError, LeadConflictError, UnknownLeadError
-from engine.funnel.lead_fields import (
-    check_attribute,
-    check_identity,
-    normalise_email,
-    normalise_phone,
-    storable,
-    storable_json,
-)
+from engine.funnel.lead_fields import NO_IDENTITY, check_identity
 from engine.models import IDENTITY_FIELDS, STANDARD_FIELDS, Lead
-
-__all__ = [  # the field rules live in lead_fields; these names stay importable from here
-    "Identity",
-    "apply_attributes",
-    "check_attributes",
-    "ensure_lead",
-    "find_lead",
-    "get_lead",
-    "lock_lead",
-    "normalise_email",
-    "normalise_phone",
-    "storable",
-    "storable_json",
-]
-
-
-def check_attributes(attributes: Mapping[str, Any]) -> dict[str, Any]:
-    """Lead attributes as stored (`lead_fields` rules); InvalidLeadError naming the first bad one.
-
-    Identity keys pass through (Identity.parse checks them); a time zone of "" is not given.
-    """
-    return {
-        name: value if name in IDENTITY_FIELDS else check_attribute(name, value)
-        for name, value in attributes.items()
-        if not (name == "timezone" and value == "")
-    }
 
 
 @dataclass(frozen=True)
@@ -70,7 +37,7 @@ class Identity:
         given = {name: data.get(name) for name in IDENTITY_FIELDS}
         identity = cls(**{k: check_identity(k, v) if v else None for k, v in given.items()})
         if not (identity.email or identity.external_id or identity.phone):
-            raise InvalidLeadError("a lead needs an email, an external_id or a phone number")
+            raise InvalidLeadError(NO_IDENTITY)
         return identity
 
     def key(self) -> tuple[str, str]:

@@ -22,15 +22,8 @@ from engine.clock import as_utc
 from engine.db import is_postgres
 from engine.errors import InvalidLeadError
 from engine.funnel.journey import enrol_on, on_lead_changed
-from engine.funnel.leads import (
-    Identity,
-    apply_attributes,
-    check_attributes,
-    ensure_lead,
-    lock_lead,
-    storable,
-    storable_json,
-)
+from engine.funnel.lead_fields import check_attributes, storable, storable_json
+from engine.funnel.leads import Identity, apply_attributes, ensure_lead, lock_lead
 from engine.funnel.lifecycle import StageOutcome, evaluate_stage, mark_customer, recycle, set_stage
 from engine.funnel.scoring import apply_decay, recompute_fit, record_activity, score_event
 from engine.funnel.topics import TOPIC_EVENT, leave_topic, topic_of
@@ -119,7 +112,7 @@ def track(
     left_topic = topic_of(properties) if event_type == TOPIC_EVENT else None
     now = rt.clock.now()
     identity = Identity.parse(lead)
-    attributes = _attributes(lead)
+    attributes = check_attributes(lead)
     stage = Stage.LEAD if event_type in rt.workflows.scoring.lead_events else Stage.SUBSCRIBER
     row, created = ensure_lead(session, identity, now, stage)
     attributes_changed = apply_attributes(row, identity, attributes) or created
@@ -236,13 +229,6 @@ def _one_line(error: Exception) -> str:
     return text[:ERROR_CHARS]
 
 
-def _attributes(lead: Mapping[str, Any]) -> dict[str, Any]:
-    """The attributes of a lead mapping, checked before anything is written."""
-    return check_attributes(
-        {k: v for k, v in lead.items() if k not in ("email", "external_id", "phone")}
-    )
-
-
 def _insert_event(
     session: Session,
     lead: Lead,
@@ -300,7 +286,7 @@ def upsert_lead(session: Session, rt: Runtime, data: Mapping[str, Any]) -> Outco
     stage = data.get("stage") or Stage.LEAD
     if stage not in (Stage.SUBSCRIBER, Stage.LEAD):
         raise InvalidLeadError(f"stage {stage!r} cannot be set on upsert: use subscriber or lead")
-    attributes = {k: v for k, v in _attributes(data).items() if k != "stage"}
+    attributes = {k: v for k, v in check_attributes(data).items() if k != "stage"}
     lead, created = ensure_lead(session, identity, now, Stage(stage))
     if apply_attributes(lead, identity, attributes) or created:
         lead.updated_at = now

@@ -41,11 +41,11 @@ _STATUS: dict[type[NurtureError], int] = {
 def _nurture_error(request: Request, error: Exception) -> Response:
     """Refusals as 4xx: unknown lead 404, an identity another lead has 409, bad lead data 422,
     bad signature 403, the rest 400."""
-    if isinstance(error, InvalidLeadError) and not isinstance(error, LeadConflictError):
+    status = next((s for kind, s in _STATUS.items() if isinstance(error, kind)), None)
+    if status is None and isinstance(error, InvalidLeadError):
         detail = [{"loc": ["body"], "msg": str(error), "type": "invalid_lead"}]
         return JSONResponse({"detail": detail}, status_code=422)
-    status = next((s for kind, s in _STATUS.items() if isinstance(error, kind)), 400)
-    return JSONResponse({"detail": str(error)}, status_code=status)
+    return JSONResponse({"detail": str(error)}, status_code=status or 400)
 
 
 def _conflict(request: Request, error: Exception) -> Response:

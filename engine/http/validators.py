@@ -59,7 +59,8 @@ RFC3339_PATTERN = (
     r"(?:[Zz]|[+-](?:[01][0-9]|2[0-3]):[0-5][0-9])$"
 )
 _RFC3339 = re.compile(RFC3339_PATTERN)
-# What the funnel's messages are prefixed with; a 422 names the field in its loc instead.
+# The field name funnel rules are given here: a 422 names the field in its loc, and shows only
+# the reason (InvalidLeadError.reason).
 _WHAT = "value"
 NO_NUL = {"not": {"pattern": "\\x00"}}  # a JSON Schema for text without NUL characters
 
