@@ -28,8 +28,6 @@ from twilio.request_validator import RequestValidator
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 from yaml.representer import SafeRepresenter
 
-from channels.base import EMAIL, SMS
-from channels.outbox import OutboxChannel
 from engine.app import App
 from engine.clock import FrozenClock
 from engine.delivery.sending import send_delivery
@@ -39,15 +37,14 @@ from engine.funnel.service import track, upsert_lead
 from engine.http.api import create_api
 from engine.models import Delivery, Event, Lead, Suppression, TopicOptOut
 from engine.runner.inline import run_due
-from engine.settings import Settings
 from engine.workflow.loading import load_workflows
 from engine.workflow.sending_rules import load_policy
+from tests.apps import outbox_app
 from tests.channels.servers import SendGridSigner
 from tests.conftest import START
 
 ROOT = Path(__file__).resolve().parent.parent
 SHIPPED = ROOT / "workflows"
-FIXTURES = ROOT / "tests" / "engine" / "fixtures" / "workflows"
 EMAIL_TEMPLATES = {
     "welcome", "case_study", "pricing_guide", "demo_invite", "customer_story", "win_back",
     "whats_new", "last_chance",
@@ -420,17 +417,9 @@ def rt_app(db: Engine, tmp_path: Path) -> App:
 
 
 def _app(db: Engine, clock: FrozenClock, tmp_path: Path) -> App:
-    settings = Settings.from_env(
-        {
-            "NURTURE_WORKFLOWS": str(FIXTURES),
-            "NURTURE_TEMPLATES": str(ROOT / "templates"),
-            "NURTURE_PUBLIC_URL": PUBLIC_URL,
-            "NURTURE_SECRET_KEY": SECRET,
-        }
+    return outbox_app(
+        db, clock, tmp_path, NURTURE_PUBLIC_URL=PUBLIC_URL, NURTURE_SECRET_KEY=SECRET
     )
-    outbox = tmp_path / "outbox"
-    channels = {EMAIL: OutboxChannel(outbox, EMAIL, clock), SMS: OutboxChannel(outbox, SMS, clock)}
-    return App.create(settings, clock=clock, environ={}, channels=channels, engine=db, paced=False)
 
 
 def _check_stored(app: App, email: str, attributes: dict[str, Any]) -> None:

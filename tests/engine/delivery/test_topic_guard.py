@@ -10,8 +10,6 @@ from pathlib import Path
 import pytest
 from sqlalchemy import Engine, func, select
 
-from channels.base import EMAIL, SMS
-from channels.outbox import OutboxChannel
 from engine.app import App
 from engine.clock import FrozenClock
 from engine.delivery.sending import send_delivery
@@ -19,7 +17,7 @@ from engine.errors import InvalidLeadError
 from engine.funnel.service import track
 from engine.models import Delivery, Event, Lead, TopicOptOut
 from engine.runner.inline import run_due
-from engine.settings import Settings
+from tests.apps import outbox_app
 
 ROOT = Path(__file__).resolve().parents[3]
 FIXTURES = ROOT / "tests" / "engine" / "fixtures" / "workflows"
@@ -52,12 +50,7 @@ def nurture(db: Engine, clock: FrozenClock, tmp_path: Path) -> App:
     shutil.copy(FIXTURES / "scoring.yml", folder / "scoring.yml")
     (folder / "news.yml").write_text(NEWS)
     (folder / "webinars.yml").write_text(WEBINARS)
-    settings = Settings.from_env(
-        {"NURTURE_WORKFLOWS": str(folder), "NURTURE_TEMPLATES": str(ROOT / "templates")}
-    )
-    outbox = tmp_path / "outbox"
-    channels = {EMAIL: OutboxChannel(outbox, EMAIL, clock), SMS: OutboxChannel(outbox, SMS, clock)}
-    app = App.create(settings, clock=clock, environ={}, channels=channels, engine=db, paced=False)
+    app = outbox_app(db, clock, tmp_path, folder)
     with app.sessions.begin() as s:
         track(s, app.rt, LEAD, "form_submitted")
     return app

@@ -15,8 +15,6 @@ from dramatiq.brokers.stub import StubBroker
 from sqlalchemy import Engine, func, select
 from sqlalchemy.orm import Session, sessionmaker
 
-from channels.base import EMAIL, SMS
-from channels.outbox import OutboxChannel
 from engine.app import App
 from engine.clock import FrozenClock
 from engine.errors import InvalidLeadError
@@ -25,12 +23,10 @@ from engine.models import Enrolment, Event, EventStatus, Lead, ScoreEntry
 from engine.runner.actors import Tasks
 from engine.runner.inline import run_due
 from engine.runner.scheduler import claim_failed_events
-from engine.settings import Settings
 from engine.workflow.runtime import Runtime
-from tests.engine.conftest import FIXTURES
+from tests.apps import outbox_app
 from tests.engine.faults import MESSAGE, JourneyFault
 
-ROOT = Path(__file__).resolve().parents[3]
 ANA = {"email": "ana@northwind.test", "title": "VP Sales"}  # fit 10 with the test scoring
 ERROR = f"RuntimeError: {MESSAGE}"
 
@@ -316,12 +312,7 @@ def test_two_retries_of_one_event_at_once_count_it_once(
 @pytest.fixture
 def nurture(db: Engine, clock: FrozenClock, tmp_path: Path) -> App:
     """An App on the test database with the test workflows and the outbox for both channels."""
-    settings = Settings.from_env(
-        {"NURTURE_WORKFLOWS": str(FIXTURES), "NURTURE_TEMPLATES": str(ROOT / "templates")}
-    )
-    outbox = tmp_path / "outbox"
-    channels = {EMAIL: OutboxChannel(outbox, EMAIL, clock), SMS: OutboxChannel(outbox, SMS, clock)}
-    return App.create(settings, clock=clock, environ={}, channels=channels, engine=db, paced=False)
+    return outbox_app(db, clock, tmp_path)
 
 
 def _drain(broker: StubBroker, worker: dramatiq.Worker) -> None:

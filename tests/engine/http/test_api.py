@@ -20,8 +20,6 @@ from fastapi.testclient import TestClient
 from sqlalchemy import Engine, func, select
 from twilio.request_validator import RequestValidator
 
-from channels.base import EMAIL, SMS
-from channels.outbox import OutboxChannel
 from engine.app import App
 from engine.clock import FrozenClock
 from engine.delivery.sending import send_delivery
@@ -32,12 +30,11 @@ from engine.models import Delivery, Enrolment, Event, Lead, Suppression, TopicOp
 from engine.runner.actors import Tasks
 from engine.runner.inline import run_due
 from engine.settings import Settings
+from tests.apps import outbox_app
 from tests.channels.servers import SendGridSigner
 from tests.conftest import START
 from tests.engine.faults import MESSAGE, JourneyFault
 
-ROOT = Path(__file__).resolve().parents[3]
-FIXTURES = ROOT / "tests" / "engine" / "fixtures" / "workflows"
 KEY = "test-key-0123456789abcdef-0123456789"
 AUTH = {"Authorization": f"Bearer {KEY}"}
 PUBLIC_URL = "https://nurture.acme.test"
@@ -55,17 +52,9 @@ def signer() -> SendGridSigner:
 @pytest.fixture
 def nurture(db: Engine, clock: FrozenClock, tmp_path: Path) -> App:
     """An App on the test database, with the test workflows and the outbox for both channels."""
-    settings = Settings.from_env(
-        {
-            "NURTURE_WORKFLOWS": str(FIXTURES),
-            "NURTURE_TEMPLATES": str(ROOT / "templates"),
-            "NURTURE_PUBLIC_URL": PUBLIC_URL,
-            "NURTURE_SECRET_KEY": SECRET,
-        }
+    return outbox_app(
+        db, clock, tmp_path, NURTURE_PUBLIC_URL=PUBLIC_URL, NURTURE_SECRET_KEY=SECRET
     )
-    outbox = tmp_path / "outbox"
-    channels = {EMAIL: OutboxChannel(outbox, EMAIL, clock), SMS: OutboxChannel(outbox, SMS, clock)}
-    return App.create(settings, clock=clock, environ={}, channels=channels, engine=db, paced=False)
 
 
 def _client(

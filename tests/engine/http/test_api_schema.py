@@ -21,14 +21,10 @@ from schemathesis.core import NotSet
 from schemathesis.engine import Status, events, from_schema
 from sqlalchemy import Engine
 
-from channels.base import EMAIL, SMS
-from channels.outbox import OutboxChannel
-from engine.app import App
 from engine.clock import FrozenClock
 from engine.http.api import create_api
-from engine.settings import Settings
+from tests.apps import outbox_app
 
-ROOT = Path(__file__).resolve().parents[3]
 KEY = "schema-key-0123456789abcdef-0123456789"
 AUTH = {"Authorization": f"Bearer {KEY}"}
 EXAMPLES = 60  # per operation and phase: about 15 s a database
@@ -39,17 +35,7 @@ SEED = int(os.environ.get("NURTURE_SCHEMA_SEED") or random.getrandbits(64))
 @pytest.fixture
 def api(db: Engine, clock: FrozenClock, tmp_path: Path) -> FastAPI:
     """The API over the test database."""
-    settings_ = Settings.from_env(
-        {
-            "NURTURE_WORKFLOWS": str(ROOT / "tests" / "engine" / "fixtures" / "workflows"),
-            "NURTURE_TEMPLATES": str(ROOT / "templates"),
-        }
-    )
-    channels = {
-        EMAIL: OutboxChannel(tmp_path / "outbox", EMAIL, clock),
-        SMS: OutboxChannel(tmp_path / "outbox", SMS, clock),
-    }
-    app = App.create(settings_, clock=clock, environ={}, channels=channels, engine=db, paced=False)
+    app = outbox_app(db, clock, tmp_path)
     # Unsigned SendGrid posts are allowed so the fuzzer reaches the event parser.
     return create_api(app, None, api_keys=[KEY], environ={}, allow_unsigned_webhooks=True)
 

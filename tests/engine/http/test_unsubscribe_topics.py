@@ -15,7 +15,7 @@ import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import Engine, func, select
 
-from channels.base import EMAIL, SMS
+from channels.base import EMAIL
 from channels.outbox import OutboxChannel
 from engine.app import App
 from engine.clock import FrozenClock
@@ -25,7 +25,7 @@ from engine.funnel.service import track
 from engine.http.api import create_api
 from engine.models import Delivery, Enrolment, Event, Lead, Suppression, TopicOptOut
 from engine.runner.inline import run_due
-from engine.settings import Settings
+from tests.apps import outbox_app
 
 ROOT = Path(__file__).resolve().parents[3]
 FIXTURES = ROOT / "tests" / "engine" / "fixtures" / "workflows"
@@ -66,17 +66,9 @@ def _app(db: Engine, clock: FrozenClock, tmp_path: Path, files: dict[str, str]) 
     shutil.copy(FIXTURES / "scoring.yml", folder / "scoring.yml")
     for name, text in files.items():
         (folder / name).write_text(text)
-    settings = Settings.from_env(
-        {
-            "NURTURE_WORKFLOWS": str(folder),
-            "NURTURE_TEMPLATES": str(ROOT / "templates"),
-            "NURTURE_PUBLIC_URL": PUBLIC_URL,
-            "NURTURE_SECRET_KEY": SECRET,
-        }
+    return outbox_app(
+        db, clock, tmp_path, folder, NURTURE_PUBLIC_URL=PUBLIC_URL, NURTURE_SECRET_KEY=SECRET
     )
-    outbox = tmp_path / "outbox"
-    channels = {EMAIL: OutboxChannel(outbox, EMAIL, clock), SMS: OutboxChannel(outbox, SMS, clock)}
-    return App.create(settings, clock=clock, environ={}, channels=channels, engine=db, paced=False)
 
 
 @pytest.fixture
