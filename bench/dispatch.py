@@ -47,7 +47,7 @@ from engine.clock import FrozenClock
 from engine.db import make_engine
 from engine.funnel.service import track
 from engine.models import Base, Delivery, Enrolment, Event, Lead
-from engine.runner.actors import Tasks
+from engine.runner.actors import CHUNK, Tasks
 from engine.runner.scheduler import advance_enrolment
 from engine.settings import Settings
 
@@ -229,14 +229,15 @@ def statuses(app: App) -> Counter[str]:
 
 
 def run_sends(
-    app: App, actor: dramatiq.Actor[[str], None], ids: list[str], timeout: float
+    app: App, actor: dramatiq.Actor[[list[str]], None], ids: list[str], timeout: float
 ) -> float:
-    """Enqueue one send_delivery message per id; seconds until every delivery is final."""
+    """Enqueue the ids as the scheduler does, in messages of CHUNK; seconds until every
+    delivery is final."""
     before = statuses(app)
     target = sum(before[s] for s in FINAL) + len(ids)
     started = time.perf_counter()
-    for delivery_id in ids:
-        actor.send(delivery_id)
+    for offset in range(0, len(ids), CHUNK):
+        actor.send(ids[offset : offset + CHUNK])
     while True:
         counts = statuses(app)
         if sum(counts[s] for s in FINAL) >= target:
@@ -307,11 +308,11 @@ def main() -> None:
     noop_seconds = send_seconds = 0.0
     try:
         run_noops(noop, countdown, warmup, timeout)
-        run_sends(app, tasks.send_delivery, warm_ids, timeout)
+        run_sends(app, tasks.send_deliveries, warm_ids, timeout)
         for r in range(args.rounds):
             chunk = ids[r :: args.rounds]
             noop_seconds += run_noops(noop, countdown, len(chunk), timeout)
-            send_seconds += run_sends(app, tasks.send_delivery, chunk, timeout)
+            send_seconds += run_sends(app, tasks.send_deliveries, chunk, timeout)
     finally:
         worker.stop()
         broker.close()

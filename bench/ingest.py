@@ -16,7 +16,7 @@ from sqlalchemy import text
 from bench.common import Figure, report, reset_database
 from engine.clock import FrozenClock
 from engine.db import make_engine, make_sessionmaker
-from engine.funnel.service import track
+from engine.funnel.service import NewEvent, record, track
 from engine.workflow.loading import load_workflows
 from engine.workflow.runtime import Runtime
 
@@ -77,13 +77,14 @@ def main() -> None:
     batch = 500
 
     def nurture(items: list, per_transaction: int, tag: str) -> float:  # type: ignore[type-arg]
+        """The engine's own path: `track` for one event, `record` for a batch in one pass."""
         started = time.perf_counter()
         for offset in range(0, len(items), per_transaction):
+            chunk = items[offset : offset + per_transaction]
+            clock.set(max(clock.now(), chunk[-1][3]))
             with sessions.begin() as s:
-                for i, (email, kind, props, at) in enumerate(
-                    items[offset : offset + per_transaction]
-                ):
-                    clock.set(max(clock.now(), at))
+                if per_transaction == 1:
+                    email, kind, props, at = chunk[0]
                     track(
                         s,
                         rt,
@@ -91,8 +92,17 @@ def main() -> None:
                         kind,
                         props,
                         occurred_at=at,
-                        event_id=f"{tag}-{offset + i}",
+                        event_id=tag + str(offset),
                     )
+                    continue
+                record(
+                    s,
+                    rt,
+                    [
+                        NewEvent({"email": email}, kind, props, at, f"{tag}-{offset + i}")
+                        for i, (email, kind, props, at) in enumerate(chunk)
+                    ],
+                )
         return len(items) / (time.perf_counter() - started)
 
     def bare(items: list, per_transaction: int, tag: str) -> float:  # type: ignore[type-arg]
@@ -132,7 +142,7 @@ def main() -> None:
             nurture(batched, batch, "b"),
             bare(batched, batch, "b"),
             "events/s",
-            "(no goal)",
+            "ratio >= 0.2",
         ),
     ]
     report("ingest", figures)

@@ -20,6 +20,7 @@ leased (what the last, empty pass of a phase scans).
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import statistics
 import time
@@ -153,8 +154,9 @@ def reset(app: App, broker: RedisBroker) -> None:
 
 
 def enqueued(broker: RedisBroker, queue: str) -> int:
-    """Messages waiting on a queue of the Redis broker."""
-    return int(broker.client.hlen(f"{broker.namespace}:{queue}.msgs"))
+    """Ids waiting on a queue of the Redis broker: each message carries a batch of them."""
+    messages = broker.client.hvals(f"{broker.namespace}:{queue}.msgs")
+    return sum(len(json.loads(message)["args"][0]) for message in messages)
 
 
 def tick_until_idle(tasks: Tasks, batch: int) -> list[float]:
@@ -244,7 +246,7 @@ def run_once(case: Case, due: int, batch: int) -> None:
         case.rss_kib.append(peak - before)
     got = enqueued(case.broker, "journeys")
     if got != due:
-        raise RuntimeError(f"{case.name}: enqueued {got} advance_enrolment messages, not {due}")
+        raise RuntimeError(f"{case.name}: enqueued {got} enrolments to advance, not {due}")
     reset(case.app, case.broker)
     started = time.perf_counter()
     claimed = claim_until_idle(case.app, batch)

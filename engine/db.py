@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+from functools import cache
 from typing import Any
 
-from sqlalchemy import Engine, Select, create_engine, event, update
+from sqlalchemy import Engine, Select, Update, bindparam, create_engine, event, update
 from sqlalchemy.orm import Session, sessionmaker
 
 
@@ -48,14 +49,37 @@ def is_postgres(session: Session) -> bool:
     return session.get_bind().dialect.name == "postgresql"
 
 
-def claim(session: Session, query: Select[Any], model: Any, **lease: Any) -> list[Any]:
-    """The ids `query` selects, row-locked with SKIP LOCKED on PostgreSQL, `lease` set on them.
+def claim(
+    session: Session,
+    query: Select[Any],
+    params: dict[str, Any],
+    model: Any = None,
+    lease: str | None = None,
+) -> list[Any]:
+    """The ids the prebuilt `query` selects with `params`, row-locked with SKIP LOCKED on
+    PostgreSQL, and the `lease` column of those rows set to the `lease` parameter.
 
-    Several schedulers can claim at once; each row goes to one of them.
+    Several schedulers can claim at once; each row goes to one of them. Statements are built
+    once per process (`_skip_locked`, `_leasing`), so a claim costs its round trips only.
     """
     if is_postgres(session):
-        query = query.with_for_update(skip_locked=True)
-    ids = list(session.scalars(query))
-    if ids and lease:
-        session.execute(update(model).where(model.id.in_(ids)).values(**lease))
+        query = _skip_locked(query)
+    ids = list(session.scalars(query, params))
+    if ids and lease is not None:
+        session.execute(_leasing(model, lease), {"ids": ids, "lease": params["lease"]})
     return ids
+
+
+@cache
+def _skip_locked(query: Select[Any]) -> Select[Any]:
+    return query.with_for_update(skip_locked=True)
+
+
+@cache
+def _leasing(model: Any, column: str) -> Update:
+    return (
+        update(model)
+        .where(model.id.in_(bindparam("ids", expanding=True)))
+        .values({column: bindparam("lease")})
+        .execution_options(synchronize_session=False)
+    )

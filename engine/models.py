@@ -21,7 +21,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.engine import Dialect
-from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
 from engine.clock import as_utc
 
@@ -291,6 +291,8 @@ class MilestoneVisit(Base):
     milestone: Mapped[str] = mapped_column(String(100))
     reason: Mapped[str] = mapped_column(Text)
     entered_at: Mapped[datetime]
+    # set on a visit of an enrolment not yet flushed: the unit of work inserts both in order
+    enrolment: Mapped[Enrolment] = relationship(lazy="raise")
 
 
 class Delivery(Base):

@@ -354,7 +354,7 @@ class Spy:
         self.actor, self.log = actor, log
 
     def send(self, *args: Any) -> Any:
-        self.log.append(args[0])
+        self.log.extend(args[0])
         return self.actor.send(*args)
 
 
@@ -414,8 +414,8 @@ def test_two_schedulers_and_four_workers_send_every_delivery_of_a_population_exa
                 lock.release()
 
     for process in schedulers:
-        spy = Spy(process.tasks.advance_enrolment, process.claimed)
-        process.tasks.advance_enrolment = spy  # type: ignore[assignment]
+        spy = Spy(process.tasks.advance_enrolments, process.claimed)
+        process.tasks.advance_enrolments = spy  # type: ignore[assignment]
     threads = [
         threading.Thread(target=schedule, args=(p, lock), daemon=True)
         for p, lock in zip(schedulers, ticking, strict=True)
@@ -453,7 +453,7 @@ def test_two_schedulers_and_four_workers_send_every_delivery_of_a_population_exa
             process.worker.start()
         for thread in threads:
             thread.start()
-        ingest = schedulers[0].tasks.process_event
+        ingest = schedulers[0].tasks.process_events
         for n, email in enumerate(texters + mailers + vips):
             lead: dict[str, Any] = {"email": email}
             if email in texters:
@@ -466,7 +466,7 @@ def test_two_schedulers_and_four_workers_send_every_delivery_of_a_population_exa
                 (second, f"second-{n}"),
                 ("form_submitted", f"form-{n}"),  # a client retry: the same event again
             ):
-                ingest.send({"lead": lead, "type": event_type, "id": event_id, "properties": {}})
+                ingest.send([{"lead": lead, "type": event_type, "id": event_id, "properties": {}}])
 
         settle({"sent": 48})  # the welcome email, at once
         claimed_before = next_phase(timedelta(days=2))

@@ -559,8 +559,8 @@ def test_connections_dropped_at_random_under_workers_lose_nothing_and_send_nothi
                 lead = {"email": email, **(VP if email in vips else {})}
                 second = "demo_requested" if email in vips else "content_downloaded"
                 for kind in ("form_submitted", second):
-                    scheduler.process_event.send(
-                        {"lead": lead, "type": kind, "properties": {}, "id": f"{kind}-{n}"}
+                    scheduler.process_events.send(
+                        [{"lead": lead, "type": kind, "properties": {}, "id": f"{kind}-{n}"}]
                     )
             started = time.monotonic()
             while time.monotonic() - started < 8 and (

@@ -67,8 +67,8 @@ class Pipeline:
 
     def track(self, event: str, properties: dict[str, object] | None = None) -> None:
         """Post an event the way the API does: through the events queue."""
-        self.tasks.process_event.send(
-            {"lead": LEAD, "type": event, "properties": properties or {}, "id": str(uuid.uuid4())}
+        self.tasks.process_events.send(
+            [{"lead": LEAD, "type": event, "properties": properties or {}, "id": str(uuid.uuid4())}]
         )
         self.drain()
 

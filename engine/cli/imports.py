@@ -26,7 +26,7 @@ from engine.cli.commands import EXIT_FOUND, EXIT_USAGE, fail, open_app
 from engine.cli.output import console, errors, quiet_engine_logs
 from engine.errors import InvalidLeadError, NurtureError
 from engine.funnel.lead_files import LeadFile, Rejected, Row
-from engine.funnel.service import upsert_lead
+from engine.funnel.service import upsert_lead, upsert_leads
 
 BATCH = 500  # rows per transaction
 _REFUSED = (NurtureError, IntegrityError, DataError)  # what one row can cause
@@ -81,8 +81,7 @@ def write(app: App, window: Sequence[Row | Rejected], report: Report) -> None:
     problems = [item for item in window if isinstance(item, Rejected)]
     try:
         with app.sessions.begin() as session:
-            for row in rows:
-                upsert_lead(session, app.rt, row.lead)
+            upsert_leads(session, app.rt, [row.lead for row in rows])
         report.imported += len(rows)
     except _BATCH_REFUSED:
         for row in rows:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import bindparam, select
 from sqlalchemy.orm import Session
 
 from engine.delivery.unsubscribe import make_token
@@ -46,14 +46,17 @@ def lead_view(lead: Lead) -> dict[str, Any]:
     }
 
 
+_RECENT = (
+    select(Event.type, Event.occurred_at, Event.properties)
+    .where(Event.lead_id == bindparam("lead"), Event.type.in_(MENTIONABLE))
+    .order_by(Event.occurred_at.desc(), Event.id.desc())
+    .limit(RECENT)
+)
+
+
 def recent_activity(session: Session, lead: Lead) -> list[dict[str, Any]]:
     """The lead's latest mentionable events, with a human title when the event carried one."""
-    events = session.scalars(
-        select(Event)
-        .where(Event.lead_id == lead.id, Event.type.in_(MENTIONABLE))
-        .order_by(Event.occurred_at.desc(), Event.id.desc())
-        .limit(RECENT)
-    )
+    events = session.execute(_RECENT, {"lead": lead.id})
     return [
         {
             "type": e.type,

@@ -12,7 +12,7 @@ from enum import StrEnum
 from html import escape
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import bindparam, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from channels.base import EMAIL, Channel, EmailMessage
@@ -89,20 +89,23 @@ def post(
         return 0
 
 
+_DUE_HANDOFFS = (
+    select(Handoff.id)
+    .where(
+        Handoff.status == HandoffStatus.PENDING,
+        Handoff.next_attempt_at <= bindparam("now"),  # delivered ones hold NULL: out of range
+    )
+    .order_by(Handoff.next_attempt_at)
+    .limit(bindparam("limit"))
+)
+
+
 def claim_due_handoffs(
     session: Session, now: datetime, limit: int, lease: timedelta = timedelta(minutes=2)
 ) -> list[int]:
     """Pending handoffs whose next attempt is due, leased so one worker delivers each."""
-    query = (
-        select(Handoff.id)
-        .where(
-            Handoff.status == HandoffStatus.PENDING,
-            Handoff.next_attempt_at <= now,  # delivered ones hold NULL: out of the index range
-        )
-        .order_by(Handoff.next_attempt_at)
-        .limit(limit)
-    )
-    return claim(session, query, Handoff, next_attempt_at=now + lease)
+    params = {"now": now, "limit": limit, "lease": now + lease}
+    return claim(session, _DUE_HANDOFFS, params, Handoff, "next_attempt_at")
 
 
 def hand_over(ctx: DeliveryContext, handoff_id: int) -> HandoffAttempt:

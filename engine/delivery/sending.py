@@ -9,16 +9,18 @@ and a provider webhook carrying its delivery id settles it later (`feedback.py`)
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Sequence as Many
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from enum import StrEnum
 from typing import Any
 from urllib.parse import urlencode, urlsplit
 
-from sqlalchemy import func, select, update
+from sqlalchemy import and_, bindparam, func, or_, select, update
 from sqlalchemy.orm import Session
 
-from channels.base import EmailMessage, SmsMessage
+from channels.base import EmailMessage, SendResult, SmsMessage
 from engine.db import is_postgres
 from engine.delivery.context import message_context
 from engine.delivery.pacing import PacingTimeout, rate_for
@@ -39,6 +41,8 @@ from engine.settings import Settings
 from engine.workflow.runtime import Runtime
 from engine.workflow.spec import Cap, Sequence
 from engine.workflow.windows import open_slot
+
+log = logging.getLogger(__name__)
 
 SENT_STATES = (DeliveryStatus.SENDING, DeliveryStatus.SENT, DeliveryStatus.UNKNOWN)
 
@@ -63,11 +67,42 @@ class Prepared:
     message: Any
 
 
-def _suppressed(session: Session, channel: str, address: str) -> bool:
-    query = select(Suppression.id).where(
-        Suppression.channel == channel, Suppression.address == address
+_SUPPRESSED = select(Suppression.id).where(
+    Suppression.channel == bindparam("channel"), Suppression.address == bindparam("address")
+)
+# Sends to the lead on the channel since a moment, newest first; one being sent right now (by
+# this batch or another worker) counts as sent now.
+_SENT_AT = func.coalesce(Delivery.sent_at, bindparam("now"))
+_SENT_SINCE = (
+    select(_SENT_AT)
+    .where(
+        Delivery.lead_id == bindparam("lead"),
+        Delivery.channel == bindparam("channel"),
+        Delivery.status.in_(SENT_STATES),
+        or_(
+            Delivery.sent_at > bindparam("since"),
+            and_(Delivery.status == DeliveryStatus.SENDING, Delivery.sent_at.is_(None)),
+        ),
     )
-    return session.scalar(query) is not None
+    .order_by(_SENT_AT.desc())
+    .limit(bindparam("count"))
+)
+_SMS_SENT = select(func.count()).where(
+    Delivery.lead_id == bindparam("lead"),
+    Delivery.channel == "sms",
+    Delivery.status.in_(SENT_STATES),
+)
+_DUE = (
+    select(Delivery, Enrolment, Lead)
+    .join(Enrolment, Enrolment.id == Delivery.enrolment_id)
+    .join(Lead, Lead.id == Delivery.lead_id)
+    .where(Delivery.id == bindparam("id"))
+)
+_DUE_LOCKED = _DUE.with_for_update(of=Delivery, skip_locked=True)
+
+
+def _suppressed(session: Session, channel: str, address: str) -> bool:
+    return session.scalar(_SUPPRESSED, {"channel": channel, "address": address}) is not None
 
 
 def suppress(session: Session, channel: str, address: str, reason: str, now: datetime) -> bool:
@@ -111,46 +146,55 @@ def _cap_opens_at(
     """When the frequency cap allows the next send, or None when it allows one now."""
     if cap is None:
         return None
-    sent: list[datetime] = [
-        t
-        for t in session.scalars(
-            select(Delivery.sent_at)
-            .where(
-                Delivery.lead_id == lead.id,
-                Delivery.channel == channel,
-                Delivery.status.in_(SENT_STATES),
-                Delivery.sent_at > now - cap.per,
-            )
-            .order_by(Delivery.sent_at.desc())
-            .limit(cap.count)
-        )
-        if t is not None
-    ]
+    params = {
+        "lead": lead.id,
+        "channel": channel,
+        "since": now - cap.per,
+        "count": cap.count,
+        "now": now,
+    }
+    sent: list[datetime] = [t for t in session.scalars(_SENT_SINCE, params) if t is not None]
     if len(sent) < cap.count:
         return None
     return sent[-1] + cap.per
 
 
 def prepare(
-    session: Session, rt: Runtime, settings: Settings, renderer: Renderer, delivery_id: str
+    session: Session,
+    rt: Runtime,
+    settings: Settings,
+    renderer: Renderer,
+    delivery_id: str,
+    wait: timedelta = timedelta(0),
 ) -> Prepared | None:
-    """Guard and render a due delivery and mark it `sending`; None when not to send now."""
+    """Guard and render a due delivery and mark it `sending`, leased for the send lease plus
+    `wait` (how long it may wait behind others of its batch); None when not to send now."""
     now = rt.clock.now()
-    policy = rt.send
-    query = (
-        select(Delivery, Enrolment, Lead)
-        .join(Enrolment, Enrolment.id == Delivery.enrolment_id)
-        .join(Lead, Lead.id == Delivery.lead_id)
-        .where(Delivery.id == delivery_id)
-    )
-    if is_postgres(session):
-        query = query.with_for_update(of=Delivery, skip_locked=True)
-    row = session.execute(query).one_or_none()
+    query = _DUE_LOCKED if is_postgres(session) else _DUE
+    row = session.execute(query, {"id": delivery_id}).one_or_none()
     if row is None:
         return None
     delivery, enrolment, lead = row._tuple()
     if delivery.status != DeliveryStatus.PLANNED or delivery.due_at > now:
         return None
+    with session.no_autoflush:  # the guards only read: the row is written once, at the end
+        prepared = _guard_and_render(session, rt, settings, renderer, delivery, enrolment, lead)
+    if prepared is not None:
+        delivery.lease_until = now + rt.send.lease + wait
+    return prepared
+
+
+def _guard_and_render(
+    session: Session,
+    rt: Runtime,
+    settings: Settings,
+    renderer: Renderer,
+    delivery: Delivery,
+    enrolment: Enrolment,
+    lead: Lead,
+) -> Prepared | None:
+    """The guards and the render of `prepare`, on the locked, due delivery."""
+    now, policy = rt.clock.now(), rt.send
     delivery.lease_until = None
     sequence = rt.pinned(session, enrolment.sequence, enrolment.sequence_version)
     reason = (
@@ -182,7 +226,6 @@ def prepare(
         return None
     delivery.status = DeliveryStatus.SENDING
     delivery.attempts += 1
-    delivery.lease_until = now + policy.lease
     return Prepared(delivery.id, delivery.channel, message)
 
 
@@ -217,13 +260,7 @@ def _render(
                 unsubscribe_url=context["unsubscribe_url"],
                 categories=(sequence.name, delivery.template),
             )
-        first = not session.scalar(
-            select(func.count()).where(
-                Delivery.lead_id == lead.id,
-                Delivery.channel == "sms",
-                Delivery.status.in_(SENT_STATES),
-            )
-        )
+        first = not session.scalar(_SMS_SENT, {"lead": lead.id})
         sms = renderer.render_sms(delivery.template, context, first_message=first)
         delivery.subject = sms.body[:80]
         return SmsMessage(
@@ -312,10 +349,11 @@ def record_failure(
 
 
 def repace(session: Session, rt: Runtime, delivery_id: str, retry_after: float) -> None:
-    """No free send slot in time: back to planned, unsent and not counted as an attempt."""
+    """No free send slot in time: back to planned, unsent and not counted as an attempt (also
+    when the sweep called it unknown meanwhile: it provably never reached a provider)."""
     session.execute(
         update(Delivery)
-        .where(Delivery.id == delivery_id, Delivery.status == DeliveryStatus.SENDING)
+        .where(Delivery.id == delivery_id, Delivery.status.in_(UNSETTLED))
         .values(
             status=DeliveryStatus.PLANNED,
             due_at=rt.clock.now() + timedelta(seconds=retry_after),
@@ -327,51 +365,94 @@ def repace(session: Session, rt: Runtime, delivery_id: str, retry_after: float) 
     )
 
 
+_STUCK = (
+    select(Delivery.id)
+    .where(Delivery.status == DeliveryStatus.SENDING, Delivery.lease_until <= bindparam("now"))
+    .limit(bindparam("limit"))
+)
+_EXPIRE = (
+    update(Delivery)
+    .where(
+        Delivery.id.in_(bindparam("ids", expanding=True)),
+        Delivery.status == DeliveryStatus.SENDING,
+    )
+    .values(status=DeliveryStatus.UNKNOWN, detail="worker lost during send; not resent")
+    .execution_options(synchronize_session=False)
+)
+
+
 def expire_stuck(session: Session, now: datetime, limit: int = 1000) -> int:
     """Deliveries left `sending` past their lease become `unknown`: never resent blindly."""
-    stuck = list(
-        session.scalars(
-            select(Delivery.id)
-            .where(Delivery.status == DeliveryStatus.SENDING, Delivery.lease_until <= now)
-            .limit(limit)
-        )
-    )
+    stuck = list(session.scalars(_STUCK, {"now": now, "limit": limit}))
     if stuck:
-        session.execute(
-            update(Delivery)
-            .where(Delivery.id.in_(stuck), Delivery.status == DeliveryStatus.SENDING)
-            .values(status=DeliveryStatus.UNKNOWN, detail="worker lost during send; not resent")
-            .execution_options(synchronize_session=False)
-        )
+        session.execute(_EXPIRE, {"ids": stuck})
     return len(stuck)
 
 
 def send_delivery(ctx: DeliveryContext, delivery_id: str) -> SendAttempt:
-    """Send one delivery end to end in two transactions around the provider call.
+    """Send one delivery end to end: a batch of one (`send_deliveries`)."""
+    return send_deliveries(ctx, [delivery_id])[0]
 
-    The pacer gives each sender its provider's rate across all workers; a delivery that would
-    wait too long for its slot goes back to planned for the time the slot frees up.
+
+def send_deliveries(ctx: DeliveryContext, delivery_ids: Many[str]) -> list[SendAttempt]:
+    """Send deliveries in two transactions around the provider calls, whatever their number.
+
+    All are guarded, rendered and marked `sending` in the first transaction: that commit is
+    the at-most-once line, drawn for the batch at once. Every answer is recorded in the
+    second. The pacer gives each sender its provider's rate across all workers; a delivery
+    that would wait too long for its slot goes back to planned for when the slot frees up.
+    Returns what happened to each delivery, in order.
     """
-    sessions, rt, pacer, policy = ctx.sessions, ctx.rt, ctx.pacer, ctx.rt.send
+    sessions, rt = ctx.sessions, ctx.rt
+    # Each may wait for its pacing slot behind those before it: its lease covers the wait.
+    slot = timedelta(seconds=rt.send.pace_timeout if ctx.pacer is not None else 0)
     with sessions.begin() as session:
-        prepared = prepare(session, rt, ctx.settings, ctx.renderer, delivery_id)
-    if prepared is None:
-        return SendAttempt.NOT_SENT
-    channel = ctx.channels[prepared.channel]
+        prepared = [
+            prepare(session, rt, ctx.settings, ctx.renderer, delivery_id, slot * index)
+            for index, delivery_id in enumerate(delivery_ids)
+        ]
+    answers = [_call(ctx, p) if p is not None else None for p in prepared]
+    attempts = []
+    with sessions.begin() as session:
+        for delivery_id, answer in zip(delivery_ids, answers, strict=True):
+            attempts.append(_record(session, rt, delivery_id, answer))
+    return attempts
+
+
+def _call(ctx: DeliveryContext, prepared: Prepared) -> SendResult | ChannelError | float:
+    """Hand one prepared message to its channel, paced: the provider's result or error, or
+    the seconds until a send slot frees up when none came in time."""
+    channel, pacer, policy = ctx.channels[prepared.channel], ctx.pacer, ctx.rt.send
     if pacer is not None and getattr(channel, "paced", True):
         sender = getattr(prepared.message, "from_phone", "") or channel.name
         rate = rate_for(prepared.channel, sender, policy.rates) * policy.pace_headroom
         try:
             pacer.acquire(f"{prepared.channel}:{sender}", rate, timeout=policy.pace_timeout)
         except PacingTimeout as error:
-            with sessions.begin() as session:
-                repace(session, rt, delivery_id, error.retry_after)
-            return SendAttempt.PACED
+            return error.retry_after
     try:
-        result = channel.send(prepared.message)
+        return channel.send(prepared.message)
     except ChannelError as error:
-        with sessions.begin() as session:
-            return record_failure(session, rt, delivery_id, error)
-    with sessions.begin() as session:
-        record_success(session, rt, delivery_id, result.provider, result.provider_message_id)
+        return error
+    except Exception as error:  # noqa: BLE001 - a bug in one adapter call strands no other send
+        log.exception("delivery %s: the %s channel failed", prepared.delivery_id, channel.name)
+        # it may have reached the provider: never resent, like any other unknown outcome
+        return ChannelError(f"{type(error).__name__}: {error}", ErrorKind.UNKNOWN)
+
+
+def _record(
+    session: Session,
+    rt: Runtime,
+    delivery_id: str,
+    answer: SendResult | ChannelError | float | None,
+) -> SendAttempt:
+    """Write down what the channel answered for one delivery (None: it was not sent)."""
+    if answer is None:
+        return SendAttempt.NOT_SENT
+    if isinstance(answer, float):
+        repace(session, rt, delivery_id, answer)
+        return SendAttempt.PACED
+    if isinstance(answer, ChannelError):
+        return record_failure(session, rt, delivery_id, answer)
+    record_success(session, rt, delivery_id, answer.provider, answer.provider_message_id)
     return SendAttempt.SENT

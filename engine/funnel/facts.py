@@ -6,11 +6,18 @@ from copy import copy
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import bindparam, func, select
 from sqlalchemy.orm import Session
 
 from engine.clock import as_utc
+from engine.funnel.memo import memo_of
 from engine.models import Event, Lead
+
+_LATEST = (
+    select(Event.type, func.max(Event.occurred_at))
+    .where(Event.lead_id == bindparam("lead"), Event.occurred_at <= bindparam("now"))
+    .group_by(Event.type)
+)
 
 
 class LeadFacts:
@@ -54,10 +61,11 @@ class LeadFacts:
 
     def _latest_by_type(self) -> dict[str, datetime]:
         if self._latest is None:
-            rows = self._session.execute(
-                select(Event.type, func.max(Event.occurred_at))
-                .where(Event.lead_id == self._lead.id, Event.occurred_at <= self._now)
-                .group_by(Event.type)
-            )
-            self._latest = {kind: as_utc(moment) for kind, moment in rows}
+            memo = memo_of(self._session)
+            remembered = memo.latest_of(self._lead.id) if memo is not None else None
+            if remembered is not None:
+                self._latest = remembered
+            else:
+                rows = self._session.execute(_LATEST, {"lead": self._lead.id, "now": self._now})
+                self._latest = {kind: as_utc(moment) for kind, moment in rows}
         return self._latest

@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import uuid
+from collections.abc import Collection
 from datetime import datetime
 
-from sqlalchemy import select, update
+from sqlalchemy import bindparam, select, update
 from sqlalchemy.orm import Session
 
 from engine.db import is_postgres
 from engine.funnel.facts import LeadFacts
+from engine.funnel.memo import memo_of
 from engine.models import (
     OUT_OF_NURTURE,
     Delivery,
@@ -27,14 +29,50 @@ from engine.workflow.windows import open_slot
 MAX_INSTRUCTIONS = 500
 
 
-def active_enrolments(session: Session, lead: Lead) -> list[Enrolment]:
-    """The lead's enrolments still running, oldest first."""
-    query = (
-        select(Enrolment)
-        .where(Enrolment.lead_id == lead.id, Enrolment.status == EnrolmentStatus.ACTIVE)
-        .order_by(Enrolment.id)
+_ACTIVE = (
+    select(Enrolment)
+    .where(Enrolment.lead_id == bindparam("lead"), Enrolment.status == EnrolmentStatus.ACTIVE)
+    .order_by(Enrolment.id)
+)
+_LATEST_IN = (
+    select(Enrolment)
+    .where(Enrolment.lead_id == bindparam("lead"), Enrolment.sequence == bindparam("sequence"))
+    .order_by(Enrolment.enrolled_at.desc())
+    .limit(1)
+)
+_PLANNED_BEFORE = select(Delivery.id).where(
+    Delivery.enrolment_id == bindparam("enrolment"),
+    Delivery.step == bindparam("step"),
+    Delivery.pass_no == bindparam("pass_no"),
+)
+_ENROLMENT = select(Enrolment).where(Enrolment.id == bindparam("id"))
+_ENROLMENT_LOCKED = _ENROLMENT.with_for_update()
+_ENROLMENTS = (
+    select(Enrolment)
+    .where(Enrolment.id.in_(bindparam("ids", expanding=True)))
+    .order_by(Enrolment.id)
+)
+_ENROLMENTS_LOCKED = _ENROLMENTS.with_for_update()
+_SKIP_PLANNED = (
+    update(Delivery)
+    .where(
+        Delivery.enrolment_id == bindparam("enrolment"),
+        Delivery.status == DeliveryStatus.PLANNED,
     )
-    return list(session.scalars(query))
+    .values(status=DeliveryStatus.SKIPPED, detail=bindparam("reason"))
+    .execution_options(synchronize_session="fetch")
+)
+
+
+def active_enrolments(session: Session, lead: Lead) -> list[Enrolment]:
+    """The lead's enrolments still running, oldest first.
+
+    Checked again in memory: one that ended in this transaction may not be flushed yet.
+    """
+    memo = memo_of(session)
+    remembered = memo.enrolments_of(lead.id) if memo is not None else None
+    rows = remembered if remembered is not None else session.scalars(_ACTIVE, {"lead": lead.id})
+    return [e for e in rows if e.status == EnrolmentStatus.ACTIVE]
 
 
 def enrol_on(session: Session, rt: Runtime, lead: Lead, fired: Fired) -> list[Enrolment]:
@@ -63,7 +101,7 @@ def enrol_on(session: Session, rt: Runtime, lead: Lead, fired: Fired) -> list[En
         enrolment = Enrolment(
             lead_id=lead.id,
             sequence=sequence.name,
-            sequence_version=rt.pin(session, sequence),
+            sequence_version=_pin(session, rt, sequence),
             status=EnrolmentStatus.ACTIVE,
             milestone=first,
             position=0,
@@ -74,11 +112,14 @@ def enrol_on(session: Session, rt: Runtime, lead: Lead, fired: Fired) -> list[En
             milestone_entered_at=now,
             trigger=str(fired),
         )
-        session.add(enrolment)
-        session.flush()
+        session.add(enrolment)  # flushed with the rest of the batch; the visit follows it
+        memo = memo_of(session)
+        remembered = memo.enrolments_of(lead.id) if memo is not None else None
+        if remembered is not None:
+            remembered.append(enrolment)
         session.add(
             MilestoneVisit(
-                enrolment_id=enrolment.id,
+                enrolment=enrolment,
                 milestone=first,
                 reason=f"enrolled on {fired}",
                 entered_at=now,
@@ -89,13 +130,26 @@ def enrol_on(session: Session, rt: Runtime, lead: Lead, fired: Fired) -> list[En
     return created
 
 
+def _pin(session: Session, rt: Runtime, sequence: Sequence) -> str:
+    """`rt.pin`, once per version in a batch of events (the memo remembers what it stored)."""
+    memo = memo_of(session)
+    if memo is not None and sequence.version in memo.pinned.get(sequence.name, ()):
+        return sequence.version
+    version = rt.pin(session, sequence)
+    if memo is not None:
+        memo.pinned.setdefault(sequence.name, set()).add(version)
+    return version
+
+
 def _may_enrol(session: Session, sequence: Sequence, lead: Lead, now: datetime) -> bool:
     """Apply the re-enrolment policy: never twice at once, again only when the sequence allows."""
-    previous = session.scalars(
-        select(Enrolment)
-        .where(Enrolment.lead_id == lead.id, Enrolment.sequence == sequence.name)
-        .order_by(Enrolment.enrolled_at.desc())
-    ).first()
+    memo = memo_of(session)
+    remembered = memo.enrolments_of(lead.id) if memo is not None else None
+    if remembered is not None:
+        mine = [e for e in remembered if e.sequence == sequence.name]
+        previous = max(mine, key=lambda e: (e.enrolled_at, e.id)) if mine else None
+    else:
+        previous = session.scalars(_LATEST_IN, {"lead": lead.id, "sequence": sequence.name}).first()
     if previous is None:
         return True
     if previous.status == EnrolmentStatus.ACTIVE:
@@ -164,7 +218,8 @@ def enter_milestone(
 ) -> None:
     """Start a milestone's steps now; planned sends of the milestone left behind go stale."""
     now = rt.clock.now()
-    _skip_planned(session, enrolment, f"lead moved to milestone {milestone}")
+    if enrolment.id is not None:  # a new enrolment has no sends yet
+        _skip_planned(session, enrolment, f"lead moved to milestone {milestone}")
     enrolment.milestone = milestone
     enrolment.position = 0
     enrolment.pass_no += 1
@@ -172,9 +227,7 @@ def enter_milestone(
     enrolment.milestone_entered_at = now
     enrolment.next_run_at = now
     session.add(
-        MilestoneVisit(
-            enrolment_id=enrolment.id, milestone=milestone, reason=reason, entered_at=now
-        )
+        MilestoneVisit(enrolment=enrolment, milestone=milestone, reason=reason, entered_at=now)
     )
 
 
@@ -196,24 +249,25 @@ def end_all(session: Session, rt: Runtime, lead: Lead, reason: str) -> list[Enro
 
 
 def _skip_planned(session: Session, enrolment: Enrolment, reason: str) -> None:
-    session.execute(
-        update(Delivery)
-        .where(Delivery.enrolment_id == enrolment.id, Delivery.status == DeliveryStatus.PLANNED)
-        .values(status=DeliveryStatus.SKIPPED, detail=reason)
-        .execution_options(synchronize_session="fetch")
-    )
+    session.execute(_SKIP_PLANNED, {"enrolment": enrolment.id, "reason": reason})
+
+
+def lock_enrolments(session: Session, enrolment_ids: Collection[int]) -> dict[int, Enrolment]:
+    """Load enrolments holding their row locks (the caller holds their leads' locks first)."""
+    query = _ENROLMENTS_LOCKED if is_postgres(session) else _ENROLMENTS
+    rows = session.scalars(query, {"ids": sorted(set(enrolment_ids))})
+    return {enrolment.id: enrolment for enrolment in rows}
 
 
 def lock_enrolment(session: Session, enrolment_id: int) -> Enrolment | None:
     """Load an enrolment holding its row lock so two workers never advance it at once."""
-    query = select(Enrolment).where(Enrolment.id == enrolment_id)
-    if is_postgres(session):
-        query = query.with_for_update()
-    return session.scalars(query).one_or_none()
+    query = _ENROLMENT_LOCKED if is_postgres(session) else _ENROLMENT
+    return session.scalars(query, {"id": enrolment_id}).one_or_none()
 
 
-def advance(session: Session, rt: Runtime, enrolment: Enrolment) -> list[Delivery]:
-    """Run the enrolment's steps from where it stands until a wait, the end, or an exit."""
+def advance(session: Session, rt: Runtime, enrolment: Enrolment, lead: Lead) -> list[Delivery]:
+    """Run the enrolment's steps from where it stands until a wait, the end, or an exit;
+    the caller holds the row locks of the enrolment and of its `lead`."""
     if enrolment.status != EnrolmentStatus.ACTIVE:
         return []
     sequence = running_version(session, rt, enrolment)
@@ -223,7 +277,6 @@ def advance(session: Session, rt: Runtime, enrolment: Enrolment) -> list[Deliver
     if enrolment.next_run_at is None or enrolment.next_run_at > now:
         return []  # not due: a duplicate message or a lead that already moved on
     enrolment.lease_until = None
-    lead = session.get_one(Lead, enrolment.lead_id)
     planned: list[Delivery] = []
     if enrolment.exhausted:
         _finish_milestone(session, rt, enrolment, sequence, timed_out=True)
@@ -290,14 +343,16 @@ def _plan(
     frequency caps); planning in the window keeps the queue free of sends that could only
     be deferred.
     """
-    planned_before = session.scalar(
-        select(Delivery.id).where(
-            Delivery.enrolment_id == enrolment.id,
-            Delivery.step == step.id,
-            Delivery.pass_no == enrolment.pass_no,
-        )
-    )
-    if planned_before is not None:
+    key = (enrolment.id, step.id, enrolment.pass_no)
+    memo = memo_of(session)
+    if memo is not None and memo.planned is not None:
+        if key in memo.planned:
+            return None
+        memo.planned.add(key)
+    elif (
+        session.scalar(_PLANNED_BEFORE, {"enrolment": key[0], "step": key[1], "pass_no": key[2]})
+        is not None
+    ):
         return None
     due = open_slot(rt.send, now, lead.timezone, sequence.send.window, step.channel)
     delivery = Delivery(

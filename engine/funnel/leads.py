@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from functools import cache
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import Select, bindparam, select
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session, object_session
@@ -49,13 +50,31 @@ class Identity:
         return "phone", self.phone or ""
 
 
+# Leads whose column is one of the `values` parameter, in id order (the order locks are taken).
+_BY = {
+    name: select(Lead)
+    .where(getattr(Lead, name).in_(bindparam("values", expanding=True)))
+    .order_by(Lead.id)
+    for name in IDENTITY_FIELDS
+}
+_BY_ID = select(Lead).where(Lead.id == bindparam("id"))
+_BY_IDS = select(Lead).where(Lead.id.in_(bindparam("ids", expanding=True))).order_by(Lead.id)
+
+
+@cache
+def _locked(query: Select[tuple[Lead]]) -> Select[tuple[Lead]]:
+    return query.with_for_update()
+
+
+def _query(session: Session, query: Select[tuple[Lead]], lock: bool) -> Select[tuple[Lead]]:
+    return _locked(query) if lock and is_postgres(session) else query
+
+
 def find_lead(session: Session, identity: Identity, *, lock: bool = False) -> Lead | None:
     """The lead with this identity, row-locked on PostgreSQL when `lock` (None if unknown)."""
     column, value = identity.key()
-    query = select(Lead).where(getattr(Lead, column) == value)
-    if lock and is_postgres(session):
-        query = query.with_for_update()
-    return session.scalars(query).one_or_none()
+    query = _query(session, _BY[column], lock)
+    return session.scalars(query, {"values": [value]}).one_or_none()
 
 
 def get_lead(session: Session, identity: Identity, *, lock: bool = False) -> Lead:
@@ -69,21 +88,82 @@ def get_lead(session: Session, identity: Identity, *, lock: bool = False) -> Lea
 
 def lock_lead(session: Session, lead_id: int) -> Lead:
     """Load a lead by id holding its row lock, so one process at a time changes its score."""
-    query = select(Lead).where(Lead.id == lead_id)
-    if is_postgres(session):
-        query = query.with_for_update()
-    return session.scalars(query).one()
+    return session.scalars(_query(session, _BY_ID, True), {"id": lead_id}).one()
+
+
+def lock_leads(session: Session, lead_ids: Collection[int]) -> dict[int, Lead]:
+    """Load leads by id holding their row locks, taken in id order in one statement."""
+    query = _query(session, _BY_IDS, True)
+    return {lead.id: lead for lead in session.scalars(query, {"ids": sorted(set(lead_ids))})}
 
 
 def ensure_lead(
     session: Session, identity: Identity, now: datetime, stage: str
 ) -> tuple[Lead, bool]:
     """Find or create the lead race-free (insert-if-absent), row-locked; True when created."""
-    existing = find_lead(session, identity, lock=True)
-    if existing is not None:  # the common case: one locking read, no insert attempted
-        return existing, False
-    column, value = identity.key()
-    values = {
+    return ensure_leads(session, [(identity, stage)], now)[0]
+
+
+def ensure_leads(
+    session: Session, wanted: Sequence[tuple[Identity, str]], now: datetime
+) -> list[tuple[Lead, bool]]:
+    """Find or create the leads of many (identity, stage) pairs at once, row-locked.
+
+    One locking read per identity column in id order, one multi-row insert-if-absent for the
+    unknown ones (each with the stage of the first pair naming it), one read of those. A lead
+    is `created` (True) for the first pair only, as if the pairs came one by one.
+    """
+    keys = [identity.key() for identity, _ in wanted]
+    found = _load(session, keys)
+    missing: dict[tuple[str, str], str] = {}
+    for key, (_, stage) in zip(keys, wanted, strict=True):
+        if key not in found:
+            missing.setdefault(key, stage)
+    created: set[tuple[str, str]] = set()
+    if missing:
+        created = _insert(session, missing, now)
+        found.update(_load(session, list(missing)))
+    result = []
+    for key in keys:
+        if key not in found:  # a conflicting insert that then vanished: deleted meanwhile
+            raise UnknownLeadError(f"no lead with {key[0]} {key[1]!r}")
+        result.append((found[key], key in created))
+        created.discard(key)
+    return result
+
+
+def _load(session: Session, keys: Sequence[tuple[str, str]]) -> dict[tuple[str, str], Lead]:
+    """The leads these (column, value) keys name, locked, one statement per column."""
+    found: dict[tuple[str, str], Lead] = {}
+    for column in IDENTITY_FIELDS:
+        values = sorted({value for name, value in keys if name == column})
+        if values:
+            rows = session.scalars(_query(session, _BY[column], True), {"values": values})
+            found.update(((column, getattr(lead, column)), lead) for lead in rows)
+    return found
+
+
+def _insert(
+    session: Session, missing: dict[tuple[str, str], str], now: datetime
+) -> set[tuple[str, str]]:
+    """Insert the missing leads unless another transaction just did; the keys inserted here."""
+    insert = pg_insert if is_postgres(session) else sqlite_insert
+    inserted: set[tuple[str, str]] = set()
+    for column in IDENTITY_FIELDS:
+        rows = [
+            _new_lead(column, value, stage, now)
+            for (name, value), stage in sorted(missing.items())
+            if name == column
+        ]
+        if rows:
+            statement = insert(Lead).on_conflict_do_nothing(index_elements=[column])
+            values = session.scalars(statement.returning(getattr(Lead, column)), rows)
+            inserted.update((column, value) for value in values)
+    return inserted
+
+
+def _new_lead(column: str, value: str, stage: str, now: datetime) -> dict[str, Any]:
+    return {
         column: value,
         "stage": stage,
         "fields": {},
@@ -96,15 +176,6 @@ def ensure_lead(
         "engagement": 0.0,
         "sql_crossings": 0,
     }
-    insert = pg_insert if is_postgres(session) else sqlite_insert
-    statement = (
-        insert(Lead)
-        .values(**values)
-        .on_conflict_do_nothing(index_elements=[column])
-        .returning(Lead.id)
-    )
-    created = session.scalar(statement) is not None
-    return get_lead(session, identity, lock=True), created
 
 
 def _ensure_unclaimed(lead: Lead, name: str, value: str) -> None:

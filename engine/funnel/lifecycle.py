@@ -71,6 +71,7 @@ def hand_off(session: Session, rt: Runtime, lead: Lead, cause: str) -> Handoff:
     when the journey next sees the lead (`journey.on_lead_changed`), in the same transaction.
     """
     now = rt.clock.now()
+    session.flush()  # the breakdown sums the ledger: every row of it, in the database
     if lead.stage != Stage.MQL:
         lead.mql_at = lead.mql_at or now
     set_stage(session, lead, Stage.SQL, f"{rt.workflows.scoring.sql.text} ({cause})", now)

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from datetime import datetime, timedelta
 
-from sqlalchemy import func, select
+from sqlalchemy import bindparam, func, select
 from sqlalchemy.orm import Session
 
+from engine.funnel.memo import memo_of
 from engine.models import Event, Lead, LedgerKind, ScoreEntry
 from engine.workflow.spec import EngagementRule, Scoring
 
@@ -38,10 +39,16 @@ def score_event(
 ) -> list[ScoreEntry]:
     """Apply every engagement rule that matches the event and is still under its limit."""
     entries = []
+    memo = memo_of(session)
     for rule in scoring.engagement:
         if not rule.applies_to(event.type, event.properties or {}):
             continue
-        if _over_limit(session, lead, rule, event.occurred_at):
+        times = memo.scored_times(lead.id, rule.id) if memo and rule.limit else None
+        if times is not None:
+            if _over(times, rule, event.occurred_at):
+                continue
+            times.append(event.occurred_at)
+        elif _over_limit(session, lead, rule, event.occurred_at):
             continue
         entry = _entry(
             lead,
@@ -59,6 +66,14 @@ def score_event(
     return entries
 
 
+_SCORED = select(func.count()).where(
+    ScoreEntry.lead_id == bindparam("lead"), ScoreEntry.rule == bindparam("rule")
+)
+_SCORED_NEAR = _SCORED.where(
+    ScoreEntry.occurred_at > bindparam("after"), ScoreEntry.occurred_at < bindparam("before")
+)
+
+
 def _over_limit(session: Session, lead: Lead, rule: EngagementRule, at: datetime) -> bool:
     """True when the rule already scored `count` times within `per` of `at` (either side).
 
@@ -66,13 +81,19 @@ def _over_limit(session: Session, lead: Lead, rule: EngagementRule, at: datetime
     """
     if rule.limit is None:
         return False
-    query = select(func.count()).where(ScoreEntry.lead_id == lead.id, ScoreEntry.rule == rule.id)
-    if rule.limit.per is not None:
-        query = query.where(
-            ScoreEntry.occurred_at > at - rule.limit.per,
-            ScoreEntry.occurred_at < at + rule.limit.per,
-        )
-    return (session.scalar(query) or 0) >= rule.limit.count
+    params: dict[str, object] = {"lead": lead.id, "rule": rule.id}
+    if rule.limit.per is None:
+        return (session.scalar(_SCORED, params) or 0) >= rule.limit.count
+    params.update(after=at - rule.limit.per, before=at + rule.limit.per)
+    return (session.scalar(_SCORED_NEAR, params) or 0) >= rule.limit.count
+
+
+def _over(times: list[datetime], rule: EngagementRule, at: datetime) -> bool:
+    """`_over_limit` on the remembered ledger times of the rule."""
+    assert rule.limit is not None
+    per = rule.limit.per
+    near = len(times) if per is None else sum(1 for t in times if at - per < t < at + per)
+    return near >= rule.limit.count
 
 
 def recompute_fit(

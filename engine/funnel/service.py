@@ -7,12 +7,13 @@ what changed and what follow-up work is due, so no caller re-derives it.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import bindparam, select
+from sqlalchemy import insert as sa_insert
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import DBAPIError
@@ -23,8 +24,9 @@ from engine.db import is_postgres
 from engine.errors import InvalidLeadError
 from engine.funnel.journey import enrol_on, on_lead_changed
 from engine.funnel.lead_fields import check_attributes, storable, storable_json
-from engine.funnel.leads import Identity, apply_attributes, ensure_lead, lock_lead
+from engine.funnel.leads import Identity, apply_attributes, ensure_leads, lock_lead, lock_leads
 from engine.funnel.lifecycle import StageOutcome, evaluate_stage, mark_customer, recycle, set_stage
+from engine.funnel.memo import Memo, remembering
 from engine.funnel.scoring import apply_decay, recompute_fit, record_activity, score_event
 from engine.funnel.topics import TOPIC_EVENT, leave_topic, topic_of
 from engine.models import Enrolment, Event, EventStatus, Handoff, Lead, Stage
@@ -50,7 +52,8 @@ CONSENT_EVENTS: dict[str, tuple[str, bool]] = {
 class Outcome:
     """What one service call changed, and the follow-up work it made due.
 
-    `lead` is for use inside the caller's transaction; the plain fields outlive it.
+    `lead` is for use inside the caller's transaction; the plain fields outlive it, and so
+    does `due_enrolments` once the service call returned (it flushes, giving new ones ids).
     """
 
     lead: Lead
@@ -60,8 +63,13 @@ class Outcome:
     duplicate: bool = False
     points: float = 0.0
     handoff_id: int | None = None  # a handoff this call created: deliver it
-    due_enrolments: list[int] = field(default_factory=list)  # enrolments due now: advance them
     failed: str | None = None  # the event is stored but processing failed: the scheduler retries
+    due: list[Enrolment] = field(default_factory=list, repr=False)  # due now: advance them
+
+    @property
+    def due_enrolments(self) -> list[int]:
+        """The ids of the enrolments that were due when the call saw them."""
+        return [enrolment.id for enrolment in self.due]
 
     @classmethod
     def of(
@@ -73,13 +81,43 @@ class Outcome:
         **changed: Any,
     ) -> Outcome:
         """The outcome for `lead`, with the running enrolments that are due at `now`."""
-        due = [e.id for e in running if e.next_run_at is not None and e.next_run_at <= now]
+        due = [e for e in running if e.next_run_at is not None and e.next_run_at <= now]
         handoff_id = handoff.id if handoff is not None else None
-        return cls(lead, lead.id, lead.stage, handoff_id=handoff_id, due_enrolments=due, **changed)
+        return cls(lead, lead.id, lead.stage, handoff_id=handoff_id, due=due, **changed)
 
     def summary(self) -> dict[str, Any]:
-        """The plain fields, for JSON output: everything but the lead row."""
-        return {f.name: getattr(self, f.name) for f in fields(self) if f.name != "lead"}
+        """The plain fields, for JSON output: everything but the rows."""
+        plain = {f.name: getattr(self, f.name) for f in fields(self) if f.name not in _ROWS}
+        return plain | {"due_enrolments": self.due_enrolments}
+
+
+_ROWS = ("lead", "due")
+
+
+@dataclass(frozen=True)
+class NewEvent:
+    """One event to record: who did it (identity and attributes), what, and when."""
+
+    lead: Mapping[str, Any]
+    type: str
+    properties: Mapping[str, Any] | None = None
+    occurred_at: datetime | None = None
+    event_id: str | None = None
+    source: str = "api"
+
+
+@dataclass
+class _Checked:
+    """A new event after its checks: normalised identity, storable fields."""
+
+    identity: Identity
+    attributes: dict[str, Any]
+    type: str
+    properties: dict[str, Any]
+    occurred_at: datetime
+    event_id: str | None
+    source: str
+    left_topic: str | None
 
 
 def track(
@@ -93,50 +131,80 @@ def track(
     event_id: str | None = None,
     source: str = "api",
 ) -> Outcome:
-    """Record an event for a lead (created when unknown), score it and run its consequences.
+    """Record one event for a lead (created when unknown): a batch of one (`record`)."""
+    new = NewEvent(lead, event_type, properties, occurred_at, event_id, source)
+    return record(session, rt, [new])[0]
 
-    Idempotent by `event_id`: the same id twice counts once, also from two processes at once.
-    Storing the event never depends on its consequences: when they fail, the event stays
-    stored, marked failed for the scheduler to retry, and the outcome says so (`failed`).
+
+def record(session: Session, rt: Runtime, events: Sequence[NewEvent]) -> list[Outcome]:
+    """Record events for leads (created when unknown), score them and run their consequences.
+
+    Many events are one pass: the leads are found or created and locked in id order, the
+    events stored with one insert-if-absent per kind of key, and then scored in the order
+    given, each seeing only what came before it, as if it came alone. The attributes a batch
+    carries are applied before its events are scored.
+
+    Idempotent by `event_id`: the same id twice counts once, within a batch, across batches
+    and from two processes at once. Storing an event never depends on its consequences: when
+    they fail, the event stays stored, marked failed for the scheduler to retry, and its
+    outcome says so (`failed`). Returns one outcome per event, in order.
     """
-    if (
-        not isinstance(event_type, str)
-        or not event_type.replace("_", "").isalnum()
-        or not event_type.isascii()
-        or len(event_type) > 64
-    ):
-        raise InvalidLeadError(f"invalid event type {event_type!r}: up to 64 letters, digits and _")
-    if event_id is not None:
-        storable(event_id, "event id", 200)
-    properties = storable_json(dict(properties or {}), "properties")
-    left_topic = topic_of(properties) if event_type == TOPIC_EVENT else None
     now = rt.clock.now()
-    identity = Identity.parse(lead)
-    attributes = check_attributes(lead)
-    stage = Stage.LEAD if event_type in rt.workflows.scoring.lead_events else Stage.SUBSCRIBER
-    row, created = ensure_lead(session, identity, now, stage)
-    attributes_changed = apply_attributes(row, identity, attributes) or created
-    event = _insert_event(
-        session,
-        row,
-        event_type,
-        dict(properties or {}),
-        as_utc(occurred_at or now),
-        now,
-        event_id,
-        source,
+    checked = [_check(event, now) for event in events]
+    lead_events = rt.workflows.scoring.lead_events
+    wanted = [
+        (c.identity, Stage.LEAD if c.type in lead_events else Stage.SUBSCRIBER) for c in checked
+    ]
+    leads = ensure_leads(session, wanted, now)
+    fit: dict[int, bool] = {}
+    for c, (lead, created) in zip(checked, leads, strict=True):
+        changed = apply_attributes(lead, c.identity, c.attributes) or created
+        fit[lead.id] = fit.get(lead.id, False) or changed
+    limited = {rule.id for rule in rt.workflows.scoring.engagement if rule.limit is not None}
+    # read before the batch is stored: each event then sees only those before it
+    memo = Memo.load(session, fit.keys(), limited, now)
+    stored = _insert_events(session, [lead for lead, _ in leads], checked, now)
+    turns = [(lead, event, c) for c, (lead, _), event in zip(checked, leads, stored, strict=True)]
+    with remembering(session, memo):
+        outcomes = _process_all(session, rt, memo, turns, fit)
+    session.flush()  # everything the batch changed, in one go: new enrolments get their ids
+    return outcomes
+
+
+def _check(event: NewEvent, now: datetime) -> _Checked:
+    """Check one new event; InvalidLeadError names what is wrong."""
+    kind = event.type
+    if (
+        not isinstance(kind, str)
+        or not kind.replace("_", "").isalnum()
+        or not kind.isascii()
+        or len(kind) > 64
+    ):
+        raise InvalidLeadError(f"invalid event type {kind!r}: up to 64 letters, digits and _")
+    if event.event_id is not None:
+        storable(event.event_id, "event id", 200)
+    properties = storable_json(dict(event.properties or {}), "properties")
+    return _Checked(
+        identity=Identity.parse(event.lead),
+        attributes=check_attributes(event.lead),
+        type=kind,
+        properties=properties,
+        occurred_at=as_utc(event.occurred_at or now),
+        event_id=event.event_id,
+        source=event.source,
+        left_topic=topic_of(properties) if kind == TOPIC_EVENT else None,
     )
-    if event is None:
-        original = session.scalars(select(Event).where(Event.idempotency_key == event_id)).one()
-        return Outcome.of(row, now, duplicate=True, event_id=original.id, failed=_failure(original))
-    if event_type in CONSENT_EVENTS:
+
+
+def _with_event(session: Session, lead: Lead, event: _Checked, now: datetime) -> None:
+    """What an event changes the moment it is stored, before and whatever its consequences."""
+    if event.type in CONSENT_EVENTS:
         # with the event, not its consequences: an opt-out is honoured even when those fail,
         # and a retry never replays it over a later opt-in
-        column, value = CONSENT_EVENTS[event_type]
-        setattr(row, column, value)
-    if left_topic is not None:  # the same for leaving one email topic
-        leave_topic(session, row, left_topic, source, now)
-    return _process(session, rt, row, event, fit=attributes_changed)
+        column, value = CONSENT_EVENTS[event.type]
+        setattr(lead, column, value)
+    if event.left_topic is not None:  # the same for leaving one email topic
+        leave_topic(session, lead, event.left_topic, event.source, now)
 
 
 def reprocess(session: Session, rt: Runtime, event_id: int) -> Outcome | None:
@@ -155,7 +223,7 @@ def reprocess(session: Session, rt: Runtime, event_id: int) -> Outcome | None:
     ).one()
     if event.status == EventStatus.PROCESSED:
         return Outcome.of(lead, rt.clock.now(), duplicate=True, event_id=event.id)
-    return _process(session, rt, lead, event, fit=True)
+    return _process(session, rt, None, lead, event, {lead.id: True})
 
 
 def backoff(attempts: int) -> timedelta:
@@ -163,15 +231,64 @@ def backoff(attempts: int) -> timedelta:
     return min(FIRST_RETRY * (1 << min(max(attempts - 1, 0), 16)), LAST_RETRY)
 
 
-def _process(session: Session, rt: Runtime, lead: Lead, event: Event, *, fit: bool) -> Outcome:
+_Turn = tuple[Lead, "Event | tuple[int, str | None]", _Checked]
+
+
+def _process_all(
+    session: Session, rt: Runtime, memo: Memo, turns: list[_Turn], fit: dict[int, bool]
+) -> list[Outcome]:
+    """Run the consequences of stored events in order in one savepoint; when that fails, run
+    them again one savepoint each, so a failure undoes only its own event's consequences.
+
+    What an event changes the moment it is stored (consent, topics) is applied at its turn,
+    and again outside the per-event savepoints when they run: a failure never undoes an
+    opt-out. A duplicate is answered at its turn, with the lead as the events before it left it.
+    """
+    session.flush()  # storing the events and the leads fails here, before any savepoint
+    before, again = memo.copy(), dict(fit)
+    if sum(isinstance(event, Event) for _, event, _ in turns) > 1:
+        try:
+            with session.begin_nested():
+                return [_turn(session, rt, memo, turn, fit, alone=False) for turn in turns]
+        except Exception as error:
+            if isinstance(error, DBAPIError) and error.connection_invalidated:
+                raise
+            memo.restore(before)
+            fit.clear()
+            fit.update(again)
+    return [_turn(session, rt, memo, turn, fit, alone=True) for turn in turns]
+
+
+def _turn(
+    session: Session, rt: Runtime, memo: Memo, turn: _Turn, fit: dict[int, bool], *, alone: bool
+) -> Outcome:
+    """One event's turn in a batch: its immediate changes, then its consequences (in their
+    own savepoint when `alone`); a duplicate answers with the original's id and error."""
+    lead, event, checked = turn
+    now = rt.clock.now()
+    if not isinstance(event, Event):
+        original_id, failed = event
+        return Outcome.of(lead, now, duplicate=True, event_id=original_id, failed=failed)
+    _with_event(session, lead, checked, now)
+    if alone:
+        return _process(session, rt, memo, lead, event, fit)
+    return _consequences(session, rt, memo, lead, event, fit)
+
+
+def _process(
+    session: Session, rt: Runtime, memo: Memo | None, lead: Lead, event: Event, fit: dict[int, bool]
+) -> Outcome:
     """Run an event's consequences in a savepoint, so a failure undoes only them, not the event."""
-    session.flush()  # storing the event and the lead fails here, before the savepoint
+    session.flush()
+    before = memo.copy() if memo is not None else None
     try:
         with session.begin_nested():
-            outcome = _consequences(session, rt, lead, event, fit=fit)
+            outcome = _consequences(session, rt, memo, lead, event, fit)
     except Exception as error:
         if isinstance(error, DBAPIError) and error.connection_invalidated:
             raise  # the connection, and the transaction that stored the event, are gone
+        if memo is not None and before is not None:
+            memo.restore(before)
         # the rollback expired what the savepoint changed: lead and event reload from the row
         event.status = EventStatus.FAILED
         event.attempts += 1
@@ -194,15 +311,39 @@ def _process(session: Session, rt: Runtime, lead: Lead, event: Event, *, fit: bo
     return outcome
 
 
-def _consequences(session: Session, rt: Runtime, lead: Lead, event: Event, *, fit: bool) -> Outcome:
+def _consequences(
+    session: Session,
+    rt: Runtime,
+    memo: Memo | None,
+    lead: Lead,
+    event: Event,
+    fit: dict[int, bool],
+) -> Outcome:
     """Score a stored event and run what follows: decay, fit, stages, handoff and the journey.
 
-    The one processing path of a new event and of a retry; `fit` recomputes the fit score.
+    The one processing path of a new event and of a retry. The fit score is recomputed for
+    the first event of a lead whose attributes changed (`fit`, emptied as it goes). Nothing
+    is flushed on the way (no autoflush): the ledger rows and lead updates of a whole batch
+    go to the database together; what reads the database meanwhile flushes what it needs.
     """
+    with session.no_autoflush:
+        return _consequences_of(session, rt, memo, lead, event, fit)
+
+
+def _consequences_of(
+    session: Session,
+    rt: Runtime,
+    memo: Memo | None,
+    lead: Lead,
+    event: Event,
+    fit: dict[int, bool],
+) -> Outcome:
     scoring = rt.workflows.scoring
     now = rt.clock.now()
+    if memo is not None:
+        memo.saw(lead.id, event.type, event.occurred_at)
     apply_decay(session, scoring, lead, now)
-    if fit:
+    if fit.pop(lead.id, False):
         recompute_fit(session, scoring, lead, now)
     points = sum(e.points for e in score_event(session, scoring, lead, event, now))
     record_activity(lead, scoring, event.occurred_at)
@@ -217,11 +358,6 @@ def _consequences(session: Session, rt: Runtime, lead: Lead, event: Event, *, fi
     )
 
 
-def _failure(event: Event) -> str | None:
-    """The error of an event whose processing failed and awaits its retry, else None."""
-    return event.error if event.status == EventStatus.FAILED else None
-
-
 def _one_line(error: Exception) -> str:
     """The exception's type and text on one storable line, for people and the API."""
     text = " ".join(f"{type(error).__name__}: {error}".split())
@@ -229,43 +365,73 @@ def _one_line(error: Exception) -> str:
     return text[:ERROR_CHARS]
 
 
-def _insert_event(
-    session: Session,
-    lead: Lead,
-    event_type: str,
-    properties: dict[str, Any],
-    occurred_at: datetime,
-    now: datetime,
-    event_id: str | None,
-    source: str,
-) -> Event | None:
-    """Insert the event unless its idempotency key is taken; None means a duplicate.
+def _insert_events(
+    session: Session, leads: Sequence[Lead], events: Sequence[_Checked], now: datetime
+) -> list[Event | tuple[int, str | None]]:
+    """Store the events unless their idempotency key is taken: one insert-if-absent for those
+    with a key, one insert for those without. Per event in order: the stored Event, or for a
+    duplicate (taken key, or a key repeated in the batch) the original's id and error.
 
-    Inserted as processed: no one sees the row before this transaction commits, and a failure
-    of its consequences marks it failed first; so success costs no second UPDATE of the row.
+    Inserted as processed: no one sees the rows before this transaction commits, and a failure
+    of their consequences marks them failed first; so success costs no second UPDATE.
     """
-    values = dict(
-        lead_id=lead.id,
-        type=event_type,
-        properties=properties,
-        occurred_at=occurred_at,
-        received_at=now,
-        idempotency_key=event_id,
-        source=source,
-        status=EventStatus.PROCESSED,
-    )
-    if event_id is None:
-        event = Event(**values)
-        session.add(event)
-        session.flush()
-        return event
-    insert = pg_insert if is_postgres(session) else sqlite_insert
-    return session.scalars(
-        insert(Event)
-        .values(**values)
-        .on_conflict_do_nothing(index_elements=["idempotency_key"])
-        .returning(Event)
-    ).one_or_none()
+    rows = [
+        dict(
+            lead_id=lead.id,
+            type=event.type,
+            properties=event.properties,
+            occurred_at=event.occurred_at,
+            received_at=now,
+            idempotency_key=event.event_id,
+            source=event.source,
+            status=EventStatus.PROCESSED,
+        )
+        for lead, event in zip(leads, events, strict=True)
+    ]
+    first: dict[str, int] = {}  # a key's first event in the batch; later ones are duplicates
+    keyed, plain = [], []
+    for index, event in enumerate(events):
+        if event.event_id is None:
+            plain.append(index)
+        elif first.setdefault(event.event_id, index) == index:
+            keyed.append(index)
+    by_key: dict[str, Event] = {}
+    if keyed:
+        insert = pg_insert if is_postgres(session) else sqlite_insert
+        if_absent = insert(Event).on_conflict_do_nothing(index_elements=["idempotency_key"])
+        inserted = session.scalars(if_absent.returning(Event), [rows[i] for i in keyed])
+        by_key = {str(row.idempotency_key): row for row in inserted}
+    result: list[Event | tuple[int, str | None]] = [(0, None)] * len(events)
+    if plain:
+        statement = sa_insert(Event).returning(Event, sort_by_parameter_order=True)
+        created = session.scalars(statement, [rows[i] for i in plain]).all()
+        for index, row in zip(plain, created, strict=True):
+            result[index] = row
+    taken = sorted({key for key in first if key not in by_key})
+    originals = {
+        key: (event_id, _failure_of(status, error))
+        for key, event_id, status, error in (
+            session.execute(_BY_KEYS, {"keys": taken}) if taken else ()
+        )
+    }
+    for index in keyed:
+        key = str(events[index].event_id)
+        result[index] = by_key[key] if key in by_key else originals[key]
+    for index, event in enumerate(events):
+        if event.event_id is not None and first[event.event_id] != index:
+            original = result[first[event.event_id]]
+            result[index] = (original.id, None) if isinstance(original, Event) else original
+    return result
+
+
+_BY_KEYS = select(Event.idempotency_key, Event.id, Event.status, Event.error).where(
+    Event.idempotency_key.in_(bindparam("keys", expanding=True))
+)
+
+
+def _failure_of(status: EventStatus, error: str | None) -> str | None:
+    """The error of an event whose processing failed and awaits its retry, else None."""
+    return error if status == EventStatus.FAILED else None
 
 
 def _react(session: Session, rt: Runtime, lead: Lead, fired: tuple[Fired, ...]) -> list[Enrolment]:
@@ -280,26 +446,63 @@ def _react(session: Session, rt: Runtime, lead: Lead, fired: tuple[Fired, ...]) 
 
 
 def upsert_lead(session: Session, rt: Runtime, data: Mapping[str, Any]) -> Outcome:
-    """Create or update a lead from attributes; fit is recomputed and stages follow."""
+    """Create or update a lead from attributes: a batch of one (`upsert_leads`)."""
+    return upsert_leads(session, rt, [data])[0]
+
+
+def upsert_leads(session: Session, rt: Runtime, rows: Sequence[Mapping[str, Any]]) -> list[Outcome]:
+    """Create or update leads from attributes; fit is recomputed and stages follow.
+
+    All rows are checked first (InvalidLeadError names the first bad one), then the leads are
+    found or created together (`ensure_leads`), then each row applied in order.
+    """
     now = rt.clock.now()
+    checked = [_check_upsert(data) for data in rows]
+    leads = ensure_leads(session, [(identity, stage) for identity, stage, _ in checked], now)
+    outcomes = []
+    for (identity, _, attributes), (lead, created) in zip(checked, leads, strict=True):
+        if apply_attributes(lead, identity, attributes) or created:
+            lead.updated_at = now
+            if recompute_fit(session, rt.workflows.scoring, lead, now):
+                outcome = evaluate_stage(session, rt, lead, "attributes changed")
+                running = _react(session, rt, lead, outcome.fired)
+                outcomes.append(Outcome.of(lead, rt.clock.now(), running, outcome.handoff))
+                continue
+        outcomes.append(Outcome.of(lead, now))
+    session.flush()  # new enrolments get their ids
+    return outcomes
+
+
+def _check_upsert(data: Mapping[str, Any]) -> tuple[Identity, Stage, dict[str, Any]]:
+    """The identity, the stage of a new lead and the attributes of an upsert row."""
     identity = Identity.parse(data)
     stage = data.get("stage") or Stage.LEAD
     if stage not in (Stage.SUBSCRIBER, Stage.LEAD):
         raise InvalidLeadError(f"stage {stage!r} cannot be set on upsert: use subscriber or lead")
     attributes = {k: v for k, v in check_attributes(data).items() if k != "stage"}
-    lead, created = ensure_lead(session, identity, now, Stage(stage))
-    if apply_attributes(lead, identity, attributes) or created:
-        lead.updated_at = now
-        if recompute_fit(session, rt.workflows.scoring, lead, now):
-            outcome = evaluate_stage(session, rt, lead, "attributes changed")
-            running = _react(session, rt, lead, outcome.fired)
-            return Outcome.of(lead, rt.clock.now(), running, outcome.handoff)
-    return Outcome.of(lead, now)
+    return identity, Stage(stage), attributes
 
 
 def refresh(session: Session, rt: Runtime, lead_id: int) -> Outcome:
-    """Apply the clock to a lead: decay that fell due, slipping back, inactivity."""
-    lead = lock_lead(session, lead_id)
+    """Apply the clock to a lead: a batch of one (`refresh_leads`)."""
+    return refresh_leads(session, rt, [lead_id])[0]
+
+
+def refresh_leads(session: Session, rt: Runtime, lead_ids: list[int]) -> list[Outcome]:
+    """Apply the clock to leads: decay that fell due, slipping back, inactivity.
+
+    The leads are locked in id order in one statement, what conditions read of them is read
+    once (a `Memo`), and nothing is flushed until the end, as for a batch of events.
+    """
+    leads = lock_leads(session, lead_ids)
+    memo = Memo.load(session, leads, (), rt.clock.now())
+    with remembering(session, memo), session.no_autoflush:
+        outcomes = [_refresh(session, rt, leads[lead_id]) for lead_id in sorted(leads)]
+    session.flush()  # new enrolments get their ids
+    return outcomes
+
+
+def _refresh(session: Session, rt: Runtime, lead: Lead) -> Outcome:
     now = rt.clock.now()
     fired: list[Fired] = []
     outcome = StageOutcome()
@@ -322,6 +525,7 @@ def recycle_lead(session: Session, rt: Runtime, lead_id: int, reason: str) -> Ou
         )
     outcome = recycle(session, rt, lead, reason)
     running = _react(session, rt, lead, outcome.fired)
+    session.flush()  # new enrolments get their ids
     return Outcome.of(lead, rt.clock.now(), running)
 
 

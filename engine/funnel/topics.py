@@ -12,7 +12,7 @@ from collections.abc import Mapping
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import bindparam, select
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
@@ -46,7 +46,11 @@ def leave_topic(session: Session, lead: Lead, topic: str, source: str, now: date
     )
 
 
+_LEFT = select(TopicOptOut.id).where(
+    TopicOptOut.lead_id == bindparam("lead"), TopicOptOut.topic == bindparam("topic")
+)
+
+
 def has_left(session: Session, lead_id: int, topic: str) -> bool:
     """True when the lead left this topic."""
-    query = select(TopicOptOut.id).where(TopicOptOut.lead_id == lead_id, TopicOptOut.topic == topic)
-    return session.scalar(query) is not None
+    return session.scalar(_LEFT, {"lead": lead_id, "topic": topic}) is not None

@@ -23,7 +23,7 @@ from sqlalchemy.orm import Session
 from engine.app import App
 from engine.errors import InvalidLeadError, UnknownLeadError
 from engine.funnel.lead_fields import shown
-from engine.funnel.service import Outcome, recycle_lead, track, upsert_lead, win_lead
+from engine.funnel.service import NewEvent, Outcome, record, recycle_lead, upsert_lead, win_lead
 from engine.http.schemas import (
     EVENTS_PATH,
     LEAD_LINKS,
@@ -193,32 +193,40 @@ def lead_routes(router: APIRouter, app: App, follow: FollowUps) -> None:
 def event_routes(router: APIRouter, app: App, follow: FollowUps) -> None:
     """Record events, one or a batch."""
 
-    def record(event: EventIn) -> EventOut:
-        with app.sessions.begin() as session:
-            result = track(
-                session,
-                app.rt,
+    def record_all(events: Sequence[EventIn]) -> list[EventOut]:
+        """Record the events in one transaction and one pass (`record`), answer each."""
+        new = [
+            NewEvent(
                 event.lead.engine_data(),
                 event.type,
                 event.properties,
-                occurred_at=event.occurred_at,
-                event_id=event.id,
-                source="api",
+                event.occurred_at,
+                event.id,
+                "api",
             )
-        if not result.duplicate:
-            follow.metrics.events_ingested.inc()
-        follow.after(result)
-        return EventOut(
-            id=event.id,
-            event_id=result.event_id,
-            duplicate=result.duplicate,
-            processing="failed" if result.failed else "processed",
-            error=result.failed,
-            lead_id=result.lead_id,
-            stage=result.stage,
-            points=result.points,
-            handoff_id=result.handoff_id,
-        )
+            for event in events
+        ]
+        with app.sessions.begin() as session:
+            outcomes = record(session, app.rt, new)
+        answers = []
+        for event, result in zip(events, outcomes, strict=True):
+            if not result.duplicate:
+                follow.metrics.events_ingested.inc()
+            follow.after(result)
+            answers.append(
+                EventOut(
+                    id=event.id,
+                    event_id=result.event_id,
+                    duplicate=result.duplicate,
+                    processing="failed" if result.failed else "processed",
+                    error=result.failed,
+                    lead_id=result.lead_id,
+                    stage=result.stage,
+                    points=result.points,
+                    handoff_id=result.handoff_id,
+                )
+            )
+        return answers
 
     @router.post(
         EVENTS_PATH,
@@ -227,16 +235,17 @@ def event_routes(router: APIRouter, app: App, follow: FollowUps) -> None:
         tags=["events"],
     )
     def events(body: EventsIn) -> EventOut | EventBatchOut:
-        """Record one event, or a batch: all validated first, then each in its own transaction.
+        """Record one event, or a batch: all validated first, then stored together in one
+        transaction (all or none), each answered on its own.
 
         A stored event is answered 200 even when its scoring or journey failed (`processing`
-        is `failed`, with the `error`): the scheduler retries it. A 5xx means it was not stored.
+        is `failed`, with the `error`): the scheduler retries it. A 5xx means none was stored.
         """
         if isinstance(body, EventBatch):
             _check_times(body.events, True, app.rt.clock.now())
-            return EventBatchOut(events=[record(event) for event in body.events])
+            return EventBatchOut(events=record_all(body.events))
         _check_times([body], False, app.rt.clock.now())
-        return record(body)
+        return record_all([body])[0]
 
 
 def report_routes(router: APIRouter, app: App, metrics: Metrics) -> None:

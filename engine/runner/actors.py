@@ -6,26 +6,43 @@ process chooses Redis or the in-process stub broker before any actor exists.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from datetime import datetime, timedelta
-from typing import Any
+from functools import partial
+from typing import Any, TypeVar
 
 import dramatiq
 from dramatiq.brokers.redis import RedisBroker
 from dramatiq.brokers.stub import StubBroker
+from sqlalchemy.orm import Session
 
 from engine.app import App
 from engine.delivery.handoff import claim_due_handoffs, hand_over
-from engine.delivery.sending import expire_stuck, send_delivery
-from engine.funnel.service import Outcome, refresh, reprocess, track
+from engine.delivery.sending import expire_stuck, send_deliveries, send_delivery
+from engine.funnel.service import NewEvent, Outcome, record, refresh, refresh_leads, reprocess
 from engine.runner.scheduler import (
     DEFAULT_LEASE,
+    Horizon,
     advance_enrolment,
+    advance_enrolments,
     claim_due_deliveries,
     claim_due_enrolments,
     claim_due_leads,
     claim_failed_events,
+    horizon,
 )
+
+# Ids per message: a worker does one batch in one transaction, and a batch of this size keeps
+# a message's work well under a second while paying the transaction once for many rows.
+CHUNK = 100
+# Sends per message: a batch of sends is marked `sending` in one commit before its first
+# provider call, so a worker killed mid-batch leaves at most this many `unknown` per thread.
+SEND_CHUNK = 20
+_Item = TypeVar("_Item")
+_R = TypeVar("_R")
+
+log = logging.getLogger(__name__)
 
 # Longest idle poll of a queue, in ms: Dramatiq's default of 1000 adds up to a second to a
 # handoff; 100 costs about ten Redis polls a second per idle queue.
@@ -50,33 +67,24 @@ class Tasks:
         self.app = app
         self.lease = lease
         declare = _declarer(broker)
-        self.process_event = declare(self._process_event, "events")
+        self.process_events = declare(self._process_events, "events")
         self.retry_event = declare(self._retry_event, "events")
-        self.advance_enrolment = declare(self._advance_enrolment, "journeys")
-        self.send_delivery = declare(self._send_delivery, "sends")
+        self.advance_enrolments = declare(self._advance_enrolments, "journeys")
+        self.send_deliveries = declare(self._send_deliveries, "sends")
         self.deliver_handoff = declare(self._deliver_handoff, "handoffs")
-        self.refresh_lead = declare(self._refresh_lead, "maintenance")
+        self.refresh_leads = declare(self._refresh_leads, "maintenance")
 
-    def _process_event(self, payload: dict[str, Any]) -> None:
-        """Record an event, then advance what became due and deliver a handoff at once.
+    def _process_events(self, payloads: list[dict[str, Any]]) -> None:
+        """Record a batch of events in one pass, then advance what became due and deliver
+        the handoffs they made at once.
 
-        A failure of its consequences does not raise: the event is stored, marked failed, and
-        the scheduler retries it (`retry_event`), so Dramatiq has nothing to redeliver.
+        A failure of an event's consequences does not raise: the event is stored, marked
+        failed, and the scheduler retries it (`retry_event`), so Dramatiq has nothing to
+        redeliver but a batch that was not stored at all.
         """
-        app = self.app
-        occurred = payload.get("occurred_at")
-        with app.sessions.begin() as session:
-            result = track(
-                session,
-                app.rt,
-                payload["lead"],
-                payload["type"],
-                payload.get("properties"),
-                occurred_at=datetime.fromisoformat(occurred) if occurred else None,
-                event_id=payload.get("id"),
-                source=payload.get("source", "api"),
-            )
-        self.follow_up(result)
+        with self.app.sessions.begin() as session:
+            outcomes = record(session, self.app.rt, [_new_event(p) for p in payloads])
+        self.follow_up(*outcomes)
 
     def _retry_event(self, event_id: int) -> None:
         """Run the consequences of a failed event again; a new failure waits for its backoff."""
@@ -85,54 +93,150 @@ class Tasks:
         if outcome is not None:
             self.follow_up(outcome)
 
-    def follow_up(self, outcome: Outcome) -> None:
-        """Advance the enrolments a service call made due and deliver the handoff it created."""
-        for enrolment_id in outcome.due_enrolments:
-            self.advance_enrolment.send(enrolment_id)
-        if outcome.handoff_id is not None:
-            self.deliver_handoff.send(outcome.handoff_id)
+    def follow_up(self, *outcomes: Outcome) -> None:
+        """Advance the enrolments service calls made due and deliver the handoffs they created."""
+        due = sorted({e for outcome in outcomes for e in outcome.due_enrolments})
+        for chunk in _chunks(due):
+            self.advance_enrolments.send(chunk)
+        for outcome in outcomes:
+            if outcome.handoff_id is not None:
+                self.deliver_handoff.send(outcome.handoff_id)
 
-    def _advance_enrolment(self, enrolment_id: int) -> None:
-        """Run an enrolment's due steps and hand the sends they planned to the send queue."""
-        with self.app.sessions.begin() as session:
-            planned = advance_enrolment(session, self.app.rt, enrolment_id)
-        for delivery_id in planned:
-            self.send_delivery.send(delivery_id)
+    def _advance_enrolments(self, enrolment_ids: list[int]) -> None:
+        """Run enrolments' due steps and hand the sends they planned to the send queue."""
+        rt = self.app.rt
+        planned = self._together(
+            enrolment_ids,
+            lambda s, ids: advance_enrolments(s, rt, ids),
+            lambda s, one: advance_enrolment(s, rt, one),
+            "advance",
+        )
+        for chunk in _chunks(planned, SEND_CHUNK):
+            self.send_deliveries.send(chunk)
 
-    def _send_delivery(self, delivery_id: str) -> None:
-        send_delivery(self.app, delivery_id)
+    def _send_deliveries(self, delivery_ids: list[str]) -> None:
+        """Send a batch: one transaction marks them all `sending`, one records the answers."""
+        try:
+            send_deliveries(self.app, delivery_ids)
+        except Exception:
+            if len(delivery_ids) == 1:
+                raise
+            log.exception("a batch of %s sends failed: sending each alone", len(delivery_ids))
+            for delivery_id in delivery_ids:
+                self._alone(partial(send_delivery, self.app, delivery_id), "send", delivery_id)
 
     def _deliver_handoff(self, handoff_id: int) -> None:
         hand_over(self.app, handoff_id)
 
-    def _refresh_lead(self, lead_id: int) -> None:
-        app = self.app
-        with app.sessions.begin() as session:
-            outcome = refresh(session, app.rt, lead_id)
-        self.follow_up(outcome)
+    def _refresh_leads(self, lead_ids: list[int]) -> None:
+        """Apply the clock (decay, slipping back, inactivity) to leads, in id order."""
+        rt = self.app.rt
+        outcomes = self._together(
+            lead_ids,
+            lambda s, ids: refresh_leads(s, rt, ids),
+            lambda s, one: [refresh(s, rt, one)],
+            "refresh",
+        )
+        self.follow_up(*outcomes)
+
+    def _together(
+        self,
+        items: list[_Item],
+        whole: Callable[[Session, list[_Item]], list[_R]],
+        each: Callable[[Session, _Item], list[_R]],
+        what: str,
+    ) -> list[_R]:
+        """`whole` on the batch in one transaction; when that fails, `each` on every item in
+        its own, so one failing item holds up no other: it is due again when its lease runs
+        out. A batch of one that fails raises, for Dramatiq to retry it with backoff.
+        """
+        try:
+            with self.app.sessions.begin() as session:
+                return whole(session, items)
+        except Exception:
+            if len(items) == 1:
+                raise
+            log.exception("a batch of %s failed: doing each alone", len(items))
+        results: list[_R] = []
+        for item in items:
+
+            def one(item: _Item = item) -> list[_R]:
+                with self.app.sessions.begin() as session:
+                    return each(session, item)
+
+            results.extend(self._alone(one, what, item) or [])
+        return results
+
+    @staticmethod
+    def _alone(work: Callable[[], _R], what: str, item: object) -> _R | None:
+        """Run one item of a failed batch; its failure is logged, not raised."""
+        try:
+            return work()
+        except Exception:
+            log.exception("%s of %s failed: it is due again when its lease runs out", what, item)
+            return None
 
     def tick(self, batch: int = 500) -> int:
         """One scheduler pass: claim everything due and enqueue it; returns how much it enqueued."""
+        return self.scheduler_pass(batch)[0]
+
+    def scheduler_pass(self, batch: int = 500) -> tuple[int, Horizon]:
+        """One scheduler pass: one statement says which kinds of work are due, and only those
+        are claimed and enqueued. Returns how much it enqueued and the horizon it saw."""
         app = self.app
         now = app.rt.clock.now()
         with app.sessions.begin() as session:
-            events = claim_failed_events(session, now, batch, self.lease)
-            leads = claim_due_leads(session, now, batch)
-            enrolments = claim_due_enrolments(session, now, batch, self.lease)
-            deliveries = claim_due_deliveries(session, now, batch, self.lease)
-            handoffs = claim_due_handoffs(session, now, batch, self.lease)
-            expire_stuck(session, now)
+            seen = horizon(session)
+            due = partial(seen.due, now=now)
+            events = (
+                claim_failed_events(session, now, batch, self.lease) if due(seen.events) else []
+            )
+            leads = claim_due_leads(session, now, batch) if due(seen.leads) else []
+            enrolments = (
+                claim_due_enrolments(session, now, batch, self.lease)
+                if due(seen.enrolments)
+                else []
+            )
+            deliveries = (
+                claim_due_deliveries(session, now, batch, self.lease)
+                if due(seen.deliveries)
+                else []
+            )
+            handoffs = (
+                claim_due_handoffs(session, now, batch, self.lease) if due(seen.handoffs) else []
+            )
+            if due(seen.stuck):
+                expire_stuck(session, now)
         for event_id in events:
             self.retry_event.send(event_id)
-        for lead_id in leads:
-            self.refresh_lead.send(lead_id)
-        for enrolment_id in enrolments:
-            self.advance_enrolment.send(enrolment_id)
-        for delivery_id in deliveries:
-            self.send_delivery.send(delivery_id)
+        for lead_chunk in _chunks(leads):
+            self.refresh_leads.send(lead_chunk)
+        for enrolment_chunk in _chunks(enrolments):
+            self.advance_enrolments.send(enrolment_chunk)
+        for delivery_chunk in _chunks(deliveries, SEND_CHUNK):
+            self.send_deliveries.send(delivery_chunk)
         for handoff_id in handoffs:
             self.deliver_handoff.send(handoff_id)
-        return len(events) + len(leads) + len(enrolments) + len(deliveries) + len(handoffs)
+        enqueued = len(events) + len(leads) + len(enrolments) + len(deliveries) + len(handoffs)
+        return enqueued, seen
+
+
+def _chunks(items: list[_Item], size: int = CHUNK) -> list[list[_Item]]:
+    """`items` in messages of at most `size`."""
+    return [items[i : i + size] for i in range(0, len(items), size)]
+
+
+def _new_event(payload: dict[str, Any]) -> NewEvent:
+    """An event as a message carries it (JSON: the time as ISO 8601 text)."""
+    occurred = payload.get("occurred_at")
+    return NewEvent(
+        payload["lead"],
+        payload["type"],
+        payload.get("properties"),
+        datetime.fromisoformat(occurred) if occurred else None,
+        payload.get("id"),
+        payload.get("source", "api"),
+    )
 
 
 def _declarer(broker: dramatiq.Broker) -> Callable[[Callable[..., None], str], dramatiq.Actor]:  # type: ignore[type-arg]

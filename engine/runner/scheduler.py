@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+from dataclasses import astuple, dataclass
 from datetime import datetime, timedelta
+from typing import Any
 
-from sqlalchemy import or_, select
+from sqlalchemy import bindparam, func, or_, select
 from sqlalchemy.orm import Session
 
+from engine.clock import as_utc
 from engine.db import claim
-from engine.funnel.journey import advance, lock_enrolment
-from engine.funnel.leads import lock_lead
+from engine.funnel.journey import advance, lock_enrolments
+from engine.funnel.leads import lock_leads
+from engine.funnel.memo import Memo, remembering
 from engine.models import (
     Delivery,
     DeliveryStatus,
@@ -17,12 +21,96 @@ from engine.models import (
     EnrolmentStatus,
     Event,
     EventStatus,
+    Handoff,
+    HandoffStatus,
     Lead,
 )
 from engine.workflow.runtime import Runtime
 
 # How long a claimed row belongs to the worker it was handed to before it is due again.
 DEFAULT_LEASE = timedelta(minutes=5)
+
+
+@dataclass(frozen=True)
+class Horizon:
+    """The earliest moment each kind of scheduled work falls due (None: nothing of that kind)."""
+
+    events: datetime | None  # failed events awaiting their retry
+    leads: datetime | None  # decay or inactivity
+    enrolments: datetime | None
+    deliveries: datetime | None
+    handoffs: datetime | None
+    stuck: datetime | None  # sends whose lease runs out
+
+    def due(self, moment: datetime | None, now: datetime) -> bool:
+        """True when `moment` (one of the fields) has come by `now`."""
+        return moment is not None and moment <= now
+
+    def earliest(self) -> datetime | None:
+        """The first moment anything falls due."""
+        moments = [m for m in astuple(self) if m is not None]
+        return min(moments) if moments else None
+
+
+def _earliest(column: Any, *where: Any) -> Any:
+    return select(func.min(column)).where(*where).scalar_subquery()
+
+
+# One statement tells a scheduler pass which kinds of work to claim, and the simulation when
+# to stop the clock next; each minimum reads the first entry of an index.
+_HORIZON = select(
+    _earliest(Event.retry_at, Event.status == EventStatus.FAILED),
+    _earliest(Lead.decay_due_at),
+    _earliest(Lead.inactive_due_at),
+    _earliest(Enrolment.next_run_at, Enrolment.status == EnrolmentStatus.ACTIVE),
+    _earliest(Delivery.due_at, Delivery.status == DeliveryStatus.PLANNED),
+    _earliest(Handoff.next_attempt_at, Handoff.status == HandoffStatus.PENDING),
+    _earliest(Delivery.lease_until, Delivery.status == DeliveryStatus.SENDING),
+)
+
+
+def horizon(session: Session) -> Horizon:
+    """When each kind of work falls due next, in one statement (leases aside: a claim skips
+    leased rows, so a kind may be due and still claim nothing)."""
+    events, decay, inactive, enrolments, deliveries, handoffs, stuck = (
+        as_utc(m) if m is not None else None for m in session.execute(_HORIZON).one()
+    )
+    leads = min((m for m in (decay, inactive) if m is not None), default=None)
+    return Horizon(events, leads, enrolments, deliveries, handoffs, stuck)
+
+
+# Claims are built once: `now`, `limit` and `lease` are parameters of each pass.
+_DUE_ENROLMENTS = (
+    select(Enrolment.id)
+    .where(
+        Enrolment.next_run_at <= bindparam("now"),
+        Enrolment.status == EnrolmentStatus.ACTIVE,
+        or_(Enrolment.lease_until.is_(None), Enrolment.lease_until <= bindparam("now")),
+    )
+    .order_by(Enrolment.next_run_at)
+    .limit(bindparam("limit"))
+)
+_DUE_DELIVERIES = (
+    select(Delivery.id)
+    .where(
+        Delivery.status == DeliveryStatus.PLANNED,
+        Delivery.due_at <= bindparam("now"),
+        or_(Delivery.lease_until.is_(None), Delivery.lease_until <= bindparam("now")),
+    )
+    .order_by(Delivery.due_at)
+    .limit(bindparam("limit"))
+)
+_FAILED_EVENTS = (
+    select(Event.id)
+    .where(Event.status == EventStatus.FAILED, Event.retry_at <= bindparam("now"))
+    .order_by(Event.retry_at, Event.id)
+    .limit(bindparam("limit"))
+)
+_DUE_LEADS = (
+    select(Lead.id)
+    .where(or_(Lead.decay_due_at <= bindparam("now"), Lead.inactive_due_at <= bindparam("now")))
+    .limit(bindparam("limit"))
+)
 
 
 def claim_due_enrolments(
@@ -34,34 +122,16 @@ def claim_due_enrolments(
     A message lost after the claim (broker flushed, worker killed) makes the row due again
     once the lease runs out.
     """
-    query = (
-        select(Enrolment.id)
-        .where(
-            Enrolment.next_run_at <= now,
-            Enrolment.status == EnrolmentStatus.ACTIVE,
-            or_(Enrolment.lease_until.is_(None), Enrolment.lease_until <= now),
-        )
-        .order_by(Enrolment.next_run_at)
-        .limit(limit)
-    )
-    return claim(session, query, Enrolment, lease_until=now + lease)
+    params = {"now": now, "limit": limit, "lease": now + lease}
+    return claim(session, _DUE_ENROLMENTS, params, Enrolment, "lease_until")
 
 
 def claim_due_deliveries(
     session: Session, now: datetime, limit: int, lease: timedelta = DEFAULT_LEASE
 ) -> list[str]:
     """Claim planned deliveries that are due, like enrolments: SKIP LOCKED, leased, by index."""
-    query = (
-        select(Delivery.id)
-        .where(
-            Delivery.status == DeliveryStatus.PLANNED,
-            Delivery.due_at <= now,
-            or_(Delivery.lease_until.is_(None), Delivery.lease_until <= now),
-        )
-        .order_by(Delivery.due_at)
-        .limit(limit)
-    )
-    return claim(session, query, Delivery, lease_until=now + lease)
+    params = {"now": now, "limit": limit, "lease": now + lease}
+    return claim(session, _DUE_DELIVERIES, params, Delivery, "lease_until")
 
 
 def claim_failed_events(
@@ -71,40 +141,41 @@ def claim_failed_events(
 
     A retry that fails again sets its own backoff; one that is lost comes back after the lease.
     """
-    query = (
-        select(Event.id)
-        .where(Event.status == EventStatus.FAILED, Event.retry_at <= now)
-        .order_by(Event.retry_at, Event.id)
-        .limit(limit)
-    )
-    return claim(session, query, Event, retry_at=now + lease)
+    params = {"now": now, "limit": limit, "lease": now + lease}
+    return claim(session, _FAILED_EVENTS, params, Event, "retry_at")
 
 
 def claim_due_leads(session: Session, now: datetime, limit: int) -> list[int]:
     """Leads whose decay or inactivity fell due, by index; locked but not leased, since a
     refresh that runs twice finds nothing due the second time."""
-    query = (
-        select(Lead.id)
-        .where(or_(Lead.decay_due_at <= now, Lead.inactive_due_at <= now))
-        .limit(limit)
-    )
-    return claim(session, query, Lead)
+    return claim(session, _DUE_LEADS, {"now": now, "limit": limit})
+
+
+_LEADS_OF = select(Enrolment.id, Enrolment.lead_id).where(
+    Enrolment.id.in_(bindparam("ids", expanding=True))
+)
 
 
 def advance_enrolment(session: Session, rt: Runtime, enrolment_id: int) -> list[str]:
-    """Advance one claimed enrolment under its row lock; returns the ids of sends due now.
+    """Advance one claimed enrolment: a batch of one (`advance_enrolments`)."""
+    return advance_enrolments(session, rt, [enrolment_id])
 
-    The lead's row is locked first, in the order event processing takes them (lead, then
-    its enrolments): planning a send references the lead, and taking the two locks the other
-    way round deadlocks against an event for the same lead.
+
+def advance_enrolments(session: Session, rt: Runtime, enrolment_ids: list[int]) -> list[str]:
+    """Advance claimed enrolments together under their row locks; the ids of sends due now.
+
+    The leads' rows are locked first, in id order, then the enrolments: the order event
+    processing takes them (lead, then its enrolments), so the two never wait on each other in
+    a circle. What the steps read (planned sends, the leads' events) is read once for all.
     """
-    lead_id = session.scalar(select(Enrolment.lead_id).where(Enrolment.id == enrolment_id))
-    if lead_id is None:
-        return []
-    lock_lead(session, lead_id)
-    enrolment = lock_enrolment(session, enrolment_id)
-    if enrolment is None:
-        return []
-    planned = advance(session, rt, enrolment)
-    now = rt.clock.now()
+    lead_of = dict(session.execute(_LEADS_OF, {"ids": enrolment_ids}).tuples().all())
+    leads = lock_leads(session, lead_of.values())
+    enrolments = lock_enrolments(session, lead_of)
+    memo = Memo.load(session, leads, (), rt.clock.now(), advancing=enrolments)
+    planned: list[Delivery] = []
+    with remembering(session, memo):
+        for enrolment_id in sorted(enrolments, key=lambda e: (lead_of[e], e)):
+            enrolment = enrolments[enrolment_id]
+            planned.extend(advance(session, rt, enrolment, leads[enrolment.lead_id]))
+    now = rt.clock.now()  # after planning: a send planned for "now" on a real clock is due
     return [d.id for d in planned if d.due_at <= now]

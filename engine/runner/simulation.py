@@ -12,22 +12,19 @@ from typing import Any
 
 import dramatiq
 from dramatiq.brokers.stub import StubBroker
-from sqlalchemy import Engine, Select, func, select
+from sqlalchemy import Engine, select
 
 from engine.app import App
-from engine.clock import FrozenClock, as_utc
+from engine.clock import FrozenClock
 from engine.db import make_engine
 from engine.models import (
     Base,
     Delivery,
     DeliveryStatus,
-    Enrolment,
-    EnrolmentStatus,
-    Handoff,
-    HandoffStatus,
     Lead,
 )
 from engine.runner.actors import Tasks
+from engine.runner.scheduler import Horizon
 from engine.settings import QUEUES, Settings
 
 
@@ -83,26 +80,30 @@ class Simulation:
         self.worker.stop()
         self.app.engine.dispose()
 
-    def drain(self) -> None:
-        """Run what is queued, then one scheduler pass and everything that pass causes."""
-        self._join()
-        if self.tasks.tick():
+    def settle(self) -> Horizon:
+        """Run what is queued, then scheduler passes and their work until a pass finds nothing
+        due; the horizon that pass saw (when the next work falls due)."""
+        while True:
             self._join()
+            enqueued, seen = self.tasks.scheduler_pass()
+            if not enqueued:
+                return seen
 
     def _join(self) -> None:
         for queue in QUEUES:
             self.broker.join(queue)
         self.worker.join()
 
-    def post(self, events: list[ScriptedEvent]) -> None:
-        """Record scripted events the way the API does, through the events queue.
+    def post(self, events: list[ScriptedEvent], batch: int = 500) -> None:
+        """Record scripted events the way a busy source does: in batches through the events
+        queue, each event with its own payload as the API would take it.
 
         The lookups of clicked emails run first, so they never wait for the write lock of a
         worker busy with the events posted before them.
         """
         payloads = [self._payload(event) for event in events]
-        for payload in payloads:
-            self.tasks.process_event.send(payload)
+        for offset in range(0, len(payloads), batch):
+            self.tasks.process_events.send(payloads[offset : offset + batch])
 
     def _payload(self, event: ScriptedEvent) -> dict[str, Any]:
         properties = dict(event.properties)
@@ -133,24 +134,6 @@ class Simulation:
             return {"template": template}
         return {"delivery_id": delivery.id, "template": template, "sequence": delivery.sequence}
 
-    def next_due(self) -> datetime | None:
-        """The earliest moment anything in the database falls due, in one query."""
-        earliest: list[Select[Any]] = [
-            select(func.min(Enrolment.next_run_at)).where(
-                Enrolment.status == EnrolmentStatus.ACTIVE
-            ),
-            select(func.min(Delivery.due_at)).where(Delivery.status == DeliveryStatus.PLANNED),
-            select(func.min(Lead.decay_due_at)),
-            select(func.min(Lead.inactive_due_at)),
-            select(func.min(Handoff.next_attempt_at)).where(
-                Handoff.status == HandoffStatus.PENDING
-            ),
-        ]
-        with self.app.sessions() as s:
-            moments = s.execute(select(*(q.scalar_subquery() for q in earliest))).one()
-        due = [as_utc(m) for m in moments if m is not None]
-        return min(due) if due else None
-
     @staticmethod
     def _round_up(moment: datetime, step: timedelta) -> datetime:
         """The next multiple of `step` since the epoch at or after `moment`."""
@@ -172,25 +155,23 @@ class Simulation:
         sends happening up to one step late. Events keep their exact times.
         """
         pending = sorted(script, reverse=True)
-        self.drain()
+        seen = self.settle()
         while True:
-            due = self.next_due()
-            if due is not None and due <= self.clock.now():
-                if self.tasks.tick():  # work made due by the last pass
-                    self._join()
-                    continue
-                due = self.clock.now() + timedelta(seconds=1)  # leased work: come back shortly
+            now = self.clock.now()
+            due = seen.earliest()
+            if due is not None and due <= now:
+                due = now + timedelta(seconds=1)  # due but leased: come back shortly
             candidates = [m for m in (due, pending[-1].at if pending else None) if m is not None]
             moment = min([*candidates, until])
             if resolution is not None and moment < until:
                 moment = self._round_up(moment, resolution)
-            if moment > self.clock.now():
+            if moment > now:
                 self.clock.set(moment)
             due_now = []
             while pending and pending[-1].at <= self.clock.now():
                 due_now.append(pending.pop())
             self.post(due_now)
-            self.drain()
+            seen = self.settle()
             if progress is not None:
                 progress(self.clock.now())
             if self.clock.now() >= until:

@@ -23,9 +23,7 @@ def upgrade() -> None:
         batch_op.add_column(
             sa.Column("status", sa.String(length=12), nullable=False, server_default="processed")
         )
-        batch_op.add_column(
-            sa.Column("attempts", sa.Integer(), nullable=False, server_default="0")
-        )
+        batch_op.add_column(sa.Column("attempts", sa.Integer(), nullable=False, server_default="0"))
         batch_op.add_column(sa.Column("error", sa.Text(), nullable=True))
         batch_op.add_column(sa.Column("retry_at", sa.DateTime(timezone=True), nullable=True))
         batch_op.create_index("ix_events_retry_at", ["retry_at"], unique=False)
@@ -71,9 +69,7 @@ def upgrade() -> None:
         sa.PrimaryKeyConstraint("id"),
     )
     with op.batch_alter_table("version_moves", schema=None) as batch_op:
-        batch_op.create_index(
-            "ix_version_moves_enrolment_id", ["enrolment_id"], unique=False
-        )
+        batch_op.create_index("ix_version_moves_enrolment_id", ["enrolment_id"], unique=False)
 
 
 def downgrade() -> None:

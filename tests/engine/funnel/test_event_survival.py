@@ -329,7 +329,7 @@ def test_the_worker_stores_an_event_whose_processing_fails_without_raising_or_re
     worker = dramatiq.Worker(broker, worker_threads=1, worker_timeout=50)
     worker.start()
     try:
-        tasks.process_event.send({"lead": ANA, "type": "form_submitted", "id": "evt-1"})
+        tasks.process_events.send([{"lead": ANA, "type": "form_submitted", "id": "evt-1"}])
         _drain(broker, worker)  # a raising actor would be retried after a second: join waits
     finally:
         worker.stop()
