@@ -45,8 +45,6 @@ _PLANNED_BEFORE = select(Delivery.id).where(
     Delivery.step == bindparam("step"),
     Delivery.pass_no == bindparam("pass_no"),
 )
-_ENROLMENT = select(Enrolment).where(Enrolment.id == bindparam("id"))
-_ENROLMENT_LOCKED = _ENROLMENT.with_for_update()
 _ENROLMENTS = (
     select(Enrolment)
     .where(Enrolment.id.in_(bindparam("ids", expanding=True)))
@@ -69,10 +67,15 @@ def active_enrolments(session: Session, lead: Lead) -> list[Enrolment]:
 
     Checked again in memory: one that ended in this transaction may not be flushed yet.
     """
-    memo = memo_of(session)
-    remembered = memo.enrolments_of(lead.id) if memo is not None else None
+    remembered = _remembered(session, lead)
     rows = remembered if remembered is not None else session.scalars(_ACTIVE, {"lead": lead.id})
     return [e for e in rows if e.status == EnrolmentStatus.ACTIVE]
+
+
+def _remembered(session: Session, lead: Lead) -> list[Enrolment] | None:
+    """Every enrolment of the lead as the batch being recorded remembers it (None: no batch)."""
+    memo = memo_of(session)
+    return memo.enrolments_of(lead.id) if memo is not None else None
 
 
 def enrol_on(session: Session, rt: Runtime, lead: Lead, fired: Fired) -> list[Enrolment]:
@@ -113,8 +116,7 @@ def enrol_on(session: Session, rt: Runtime, lead: Lead, fired: Fired) -> list[En
             trigger=str(fired),
         )
         session.add(enrolment)  # flushed with the rest of the batch; the visit follows it
-        memo = memo_of(session)
-        remembered = memo.enrolments_of(lead.id) if memo is not None else None
+        remembered = _remembered(session, lead)
         if remembered is not None:
             remembered.append(enrolment)
         session.add(
@@ -143,8 +145,7 @@ def _pin(session: Session, rt: Runtime, sequence: Sequence) -> str:
 
 def _may_enrol(session: Session, sequence: Sequence, lead: Lead, now: datetime) -> bool:
     """Apply the re-enrolment policy: never twice at once, again only when the sequence allows."""
-    memo = memo_of(session)
-    remembered = memo.enrolments_of(lead.id) if memo is not None else None
+    remembered = _remembered(session, lead)
     if remembered is not None:
         mine = [e for e in remembered if e.sequence == sequence.name]
         previous = max(mine, key=lambda e: (e.enrolled_at, e.id)) if mine else None
@@ -261,8 +262,7 @@ def lock_enrolments(session: Session, enrolment_ids: Collection[int]) -> dict[in
 
 def lock_enrolment(session: Session, enrolment_id: int) -> Enrolment | None:
     """Load an enrolment holding its row lock so two workers never advance it at once."""
-    query = _ENROLMENT_LOCKED if is_postgres(session) else _ENROLMENT
-    return session.scalars(query, {"id": enrolment_id}).one_or_none()
+    return lock_enrolments(session, [enrolment_id]).get(enrolment_id)
 
 
 def advance(session: Session, rt: Runtime, enrolment: Enrolment, lead: Lead) -> list[Delivery]:

@@ -97,13 +97,6 @@ def lock_leads(session: Session, lead_ids: Collection[int]) -> dict[int, Lead]:
     return {lead.id: lead for lead in session.scalars(query, {"ids": sorted(set(lead_ids))})}
 
 
-def ensure_lead(
-    session: Session, identity: Identity, now: datetime, stage: str
-) -> tuple[Lead, bool]:
-    """Find or create the lead race-free (insert-if-absent), row-locked; True when created."""
-    return ensure_leads(session, [(identity, stage)], now)[0]
-
-
 def ensure_leads(
     session: Session, wanted: Sequence[tuple[Identity, str]], now: datetime
 ) -> list[tuple[Lead, bool]]:

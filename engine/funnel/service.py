@@ -326,32 +326,21 @@ def _consequences(
     is flushed on the way (no autoflush): the ledger rows and lead updates of a whole batch
     go to the database together; what reads the database meanwhile flushes what it needs.
     """
-    with session.no_autoflush:
-        return _consequences_of(session, rt, memo, lead, event, fit)
-
-
-def _consequences_of(
-    session: Session,
-    rt: Runtime,
-    memo: Memo | None,
-    lead: Lead,
-    event: Event,
-    fit: dict[int, bool],
-) -> Outcome:
     scoring = rt.workflows.scoring
     now = rt.clock.now()
     if memo is not None:
         memo.saw(lead.id, event.type, event.occurred_at)
-    apply_decay(session, scoring, lead, now)
-    if fit.pop(lead.id, False):
-        recompute_fit(session, scoring, lead, now)
-    points = sum(e.points for e in score_event(session, scoring, lead, event, now))
-    record_activity(lead, scoring, event.occurred_at)
-    lead.updated_at = now  # set late, so the flush writes the lead in one UPDATE
-    if lead.stage == Stage.SUBSCRIBER and event.type in scoring.lead_events:
-        set_stage(session, lead, Stage.LEAD, f"event {event.type}", now)
-    outcome = evaluate_stage(session, rt, lead, f"event {event.type}")
-    running = _react(session, rt, lead, (Fired("event", event.type), *outcome.fired))
+    with session.no_autoflush:
+        apply_decay(session, scoring, lead, now)
+        if fit.pop(lead.id, False):
+            recompute_fit(session, scoring, lead, now)
+        points = sum(e.points for e in score_event(session, scoring, lead, event, now))
+        record_activity(lead, scoring, event.occurred_at)
+        lead.updated_at = now  # set late, so the flush writes the lead in one UPDATE
+        if lead.stage == Stage.SUBSCRIBER and event.type in scoring.lead_events:
+            set_stage(session, lead, Stage.LEAD, f"event {event.type}", now)
+        outcome = evaluate_stage(session, rt, lead, f"event {event.type}")
+        running = _react(session, rt, lead, (Fired("event", event.type), *outcome.fired))
     # enrol_on read the clock after `now`: ask it again for what is due
     return Outcome.of(
         lead, rt.clock.now(), running, outcome.handoff, event_id=event.id, points=points
