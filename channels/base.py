@@ -7,11 +7,13 @@ as `DeliveryEvent`s. Email headers and the MIME message are built here once, for
 
 from __future__ import annotations
 
+import binascii
 import email.errors
 import email.policy
+import logging
 import re
 from abc import ABC, abstractmethod
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from email.charset import QP, Charset
@@ -20,10 +22,13 @@ from email.headerregistry import Address
 from email.message import Message
 from email.mime.multipart import MIMEMultipart
 from email.mime.text import MIMEText
+from email.policy import Compat32
 from email.utils import format_datetime, formataddr, parseaddr
 from typing import Any, ClassVar
 
 from engine.errors import ChannelError, ConfigurationError, ErrorKind
+
+log = logging.getLogger(__name__)
 
 EMAIL = "email"
 SMS = "sms"
@@ -77,9 +82,50 @@ RESERVED_HEADERS = frozenset(
     }
 )
 DELIVERY_ID_HEADER = "X-Nurture-Delivery-Id"
-# Bodies quoted-printable, so relays without 8BITMIME take non-ASCII text too.
-_UTF8 = Charset("utf-8")
-_UTF8.body_encoding = QP
+
+
+class _QuotedPrintable(Charset):
+    """UTF-8 bodies quoted-printable, so relays without 8BITMIME take non-ASCII text too,
+    encoded by binascii's C encoder (the email package's own is pure Python, and a fifth of
+    a millisecond per body)."""
+
+    def __init__(self) -> None:
+        super().__init__("utf-8")
+        self.body_encoding = QP
+
+    def body_encode(self, string: Any) -> Any:
+        if not string:
+            return string
+        data = string.encode("utf-8") if isinstance(string, str) else string
+        return binascii.b2a_qp(data, istext=True).decode("ascii")
+
+
+class _Unfolded(Compat32):
+    """The classic policy, writing a header that fits on its line as it is: folding it would
+    change nothing, and the email package's folder costs a tenth of a millisecond a header."""
+
+    def fold(self, name: str, value: str) -> str:
+        return self._as_is(name, value) or super().fold(name, value)
+
+    def fold_binary(self, name: str, value: str) -> bytes:
+        line = self._as_is(name, value)
+        return line.encode("ascii") if line else super().fold_binary(name, value)
+
+    def _as_is(self, name: str, value: object) -> str | None:
+        """The header line as it stands, when it is plain ASCII text that fits; else None."""
+        if (
+            isinstance(value, str)
+            and value.isascii()
+            and "\r" not in value
+            and "\n" not in value
+            and len(name) + len(value) + 2 <= (self.max_line_length or 0)
+        ):
+            return f"{name}: {value}{self.linesep}"
+        return None
+
+
+_UTF8 = _QuotedPrintable()
+_POLICY = _Unfolded()
 _HEADER_NAME = re.compile(r"[!-9;-~]+")  # RFC 5322 field name: printable ASCII except ":"
 _SAFE_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,127}")
 
@@ -153,11 +199,29 @@ class Channel(ABC):
     name: ClassVar[str]
     # False for adapters that reach no provider (outbox, console): nothing to pace.
     paced: ClassVar[bool] = True
+    # True where the provider's rate limit counts requests, not messages: a batch handed to
+    # `send_many` then takes one send slot, not one per message.
+    paced_per_request: ClassVar[bool] = False
     channel: str
 
     @abstractmethod
     def send(self, message: Any) -> SendResult:
         """Hand one message to the provider; raises ChannelError saying what to do on failure."""
+
+    def send_many(self, messages: Sequence[Any]) -> list[SendResult | ChannelError]:
+        """Hand several messages over, each answered in order; adapters whose provider takes
+        a batch in one call (one SMTP session, SendGrid personalizations) override this."""
+        answers: list[SendResult | ChannelError] = []
+        for message in messages:
+            try:
+                answers.append(self.send(message))
+            except ChannelError as error:
+                answers.append(error)
+            except Exception as error:  # noqa: BLE001 - a bug on one message strands no other
+                log.exception("%s: sending %s failed", self.name, message.delivery_id)
+                # it may have reached the provider: never resent, like any unknown outcome
+                answers.append(ChannelError(f"{type(error).__name__}: {error}", ErrorKind.UNKNOWN))
+        return answers
 
     def close(self) -> None:  # noqa: B027 - a hook: most adapters hold nothing open
         """Release what the adapter holds open; the default holds nothing."""
@@ -261,7 +325,9 @@ def build_mime(message: EmailMessage, sent_at: datetime) -> Message:
     delivery_id = check_delivery_id(message.delivery_id)
     sender = _address(message.from_name, message.from_email)
     recipient = _address(message.to_name, message.to_email)
-    mime = MIMEMultipart("alternative")
+    # "=_" never occurs in quoted-printable text, so the boundary needs no search of the
+    # bodies (the email package compiles a pattern per message to make one up).
+    mime = MIMEMultipart("alternative", boundary=f"=_{delivery_id}", policy=_POLICY)
     mime["From"] = _mailbox(sender)
     mime["To"] = _mailbox(recipient)
     if message.reply_to:
@@ -273,8 +339,8 @@ def build_mime(message: EmailMessage, sent_at: datetime) -> Message:
     for name, value in extra.items():
         mime[name] = _header_text(value)  # type: ignore[assignment]
     # The stubs say str, but MIMEText takes a Charset, which is how QP bodies are asked for.
-    mime.attach(MIMEText(message.text, "plain", _UTF8))  # type: ignore[arg-type]
-    mime.attach(MIMEText(message.html, "html", _UTF8))  # type: ignore[arg-type]
+    mime.attach(MIMEText(message.text, "plain", _UTF8, policy=_POLICY))  # type: ignore[arg-type]
+    mime.attach(MIMEText(message.html, "html", _UTF8, policy=_POLICY))  # type: ignore[arg-type]
     return mime
 
 

@@ -202,6 +202,9 @@ class Event(Base):
             postgresql_where=text("status <> 'processed'"),
             sqlite_where=text("status <> 'processed'"),
         ),
+        # Status first: the earliest retry of a failed event is one index seek, however many
+        # processed events (retry_at NULL) there are.
+        Index("ix_events_retry", "status", "retry_at"),
     )
 
     id: Mapped[int] = mapped_column(primary_key=True)
@@ -217,7 +220,7 @@ class Event(Base):
     )
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     error: Mapped[str | None] = mapped_column(Text)
-    retry_at: Mapped[datetime | None] = mapped_column(index=True)
+    retry_at: Mapped[datetime | None]
 
 
 class ScoreEntry(Base):
@@ -255,7 +258,7 @@ class Enrolment(Base):
 
     __tablename__ = "enrolments"
     __table_args__ = (
-        Index("ix_enrolments_due", "next_run_at"),
+        Index("ix_enrolments_due", "status", "next_run_at"),
         Index("ix_enrolments_lead_sequence", "lead_id", "sequence"),
     )
 
@@ -331,7 +334,10 @@ class Handoff(Base):
     """The one record of a lead crossing the SQL threshold, with the reasons sales needs."""
 
     __tablename__ = "handoffs"
-    __table_args__ = (UniqueConstraint("lead_id", "crossing", name="uq_handoff_crossing"),)
+    __table_args__ = (
+        UniqueConstraint("lead_id", "crossing", name="uq_handoff_crossing"),
+        Index("ix_handoffs_due", "status", "next_attempt_at"),
+    )
 
     id: Mapped[int] = mapped_column(primary_key=True)
     lead_id: Mapped[int] = mapped_column(ForeignKey("leads.id", ondelete="CASCADE"))
@@ -344,7 +350,7 @@ class Handoff(Base):
         EnumText(HandoffStatus, 12), default=HandoffStatus.PENDING
     )
     attempts: Mapped[int] = mapped_column(Integer, default=0)
-    next_attempt_at: Mapped[datetime | None] = mapped_column(index=True)
+    next_attempt_at: Mapped[datetime | None]
     delivered_at: Mapped[datetime | None]
     owner_notified_at: Mapped[datetime | None]
 

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Any
 
-from sqlalchemy import bindparam, select
+from sqlalchemy import bindparam, func, select
 from sqlalchemy.orm import Session
 
 from engine.delivery.unsubscribe import make_token
@@ -46,45 +47,65 @@ def lead_view(lead: Lead) -> dict[str, Any]:
     }
 
 
+_NEWEST = (
+    func.row_number()
+    .over(partition_by=Event.lead_id, order_by=(Event.occurred_at.desc(), Event.id.desc()))
+    .label("newest")
+)
+_MENTIONED = (
+    select(Event.lead_id, Event.type, Event.occurred_at, Event.properties, _NEWEST)
+    .where(Event.lead_id.in_(bindparam("leads", expanding=True)), Event.type.in_(MENTIONABLE))
+    .subquery()
+)
 _RECENT = (
-    select(Event.type, Event.occurred_at, Event.properties)
-    .where(Event.lead_id == bindparam("lead"), Event.type.in_(MENTIONABLE))
-    .order_by(Event.occurred_at.desc(), Event.id.desc())
-    .limit(RECENT)
+    select(
+        _MENTIONED.c.lead_id, _MENTIONED.c.type, _MENTIONED.c.occurred_at, _MENTIONED.c.properties
+    )
+    .where(_MENTIONED.c.newest <= RECENT)
+    .order_by(_MENTIONED.c.lead_id, _MENTIONED.c.newest)
 )
 
 
+def recent_activities(session: Session, lead_ids: Iterable[int]) -> dict[int, list[dict[str, Any]]]:
+    """Each lead's latest mentionable events, with a human title when the event carried one."""
+    activity: dict[int, list[dict[str, Any]]] = {}
+    leads = sorted(set(lead_ids))
+    if not leads:
+        return activity
+    for lead_id, kind, occurred_at, properties in session.execute(_RECENT, {"leads": leads}):
+        props = properties or {}
+        activity.setdefault(lead_id, []).append(
+            {
+                "type": kind,
+                "occurred_at": occurred_at,
+                "title": str(props.get("title") or props.get("url") or ""),
+                "url": props.get("url"),
+            }
+        )
+    return activity
+
+
 def recent_activity(session: Session, lead: Lead) -> list[dict[str, Any]]:
-    """The lead's latest mentionable events, with a human title when the event carried one."""
-    events = session.execute(_RECENT, {"lead": lead.id})
-    return [
-        {
-            "type": e.type,
-            "occurred_at": e.occurred_at,
-            "title": str(
-                (e.properties or {}).get("title") or (e.properties or {}).get("url") or ""
-            ),
-            "url": (e.properties or {}).get("url"),
-        }
-        for e in events
-    ]
+    """One lead's latest mentionable events (`recent_activities` for a batch of one)."""
+    return recent_activities(session, [lead.id]).get(lead.id, [])
 
 
 def message_context(
-    session: Session,
     settings: Settings,
     lead: Lead,
     delivery: Delivery,
     sequence: Sequence,
+    recent: list[dict[str, Any]],
     now: Any,
 ) -> dict[str, Any]:
-    """Everything a step's template may use, built once per send."""
+    """Everything a step's template may use, built once per send (`recent`: the lead's
+    `recent_activities`, read for the whole batch)."""
     return {
         "lead": lead_view(lead),
         "score": {"total": lead.score, "fit": lead.fit, "engagement": lead.engagement},
         "sequence": {"name": sequence.name, "description": sequence.description},
         "milestone": {"id": delivery.milestone},
-        "recent_activity": recent_activity(session, lead),
+        "recent_activity": recent,
         "unsubscribe_url": unsubscribe_url(settings, lead.id, sequence.topic),
         "sender": {
             "name": sequence.send.from_name,

@@ -14,37 +14,33 @@ from collections.abc import Sequence as Many
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from enum import StrEnum
-from typing import Any
+from typing import Any, TypeGuard, cast
 from urllib.parse import urlencode, urlsplit
 
-from sqlalchemy import and_, bindparam, func, or_, select, update
+from sqlalchemy import Table, bindparam, or_, select, update
 from sqlalchemy.orm import Session
 
 from channels.base import EmailMessage, SendResult, SmsMessage
 from engine.db import is_postgres
 from engine.delivery.context import message_context
+from engine.delivery.guards import SendFacts, address_of, stale_reason
 from engine.delivery.pacing import PacingTimeout, rate_for
 from engine.delivery.process import DeliveryContext
 from engine.delivery.rendering import Renderer
 from engine.errors import ChannelError, ErrorKind, NurtureError
-from engine.funnel.topics import has_left
 from engine.models import (
-    OUT_OF_NURTURE,
     Delivery,
     DeliveryStatus,
     Enrolment,
-    EnrolmentStatus,
     Lead,
     Suppression,
 )
 from engine.settings import Settings
 from engine.workflow.runtime import Runtime
-from engine.workflow.spec import Cap, Sequence
+from engine.workflow.spec import Sequence
 from engine.workflow.windows import open_slot
 
 log = logging.getLogger(__name__)
-
-SENT_STATES = (DeliveryStatus.SENDING, DeliveryStatus.SENT, DeliveryStatus.UNKNOWN)
 
 
 class SendAttempt(StrEnum):
@@ -70,44 +66,19 @@ class Prepared:
 _SUPPRESSED = select(Suppression.id).where(
     Suppression.channel == bindparam("channel"), Suppression.address == bindparam("address")
 )
-# Sends to the lead on the channel since a moment, newest first; one being sent right now (by
-# this batch or another worker) counts as sent now.
-_SENT_AT = func.coalesce(Delivery.sent_at, bindparam("now"))
-_SENT_SINCE = (
-    select(_SENT_AT)
-    .where(
-        Delivery.lead_id == bindparam("lead"),
-        Delivery.channel == bindparam("channel"),
-        Delivery.status.in_(SENT_STATES),
-        or_(
-            Delivery.sent_at > bindparam("since"),
-            and_(Delivery.status == DeliveryStatus.SENDING, Delivery.sent_at.is_(None)),
-        ),
-    )
-    .order_by(_SENT_AT.desc())
-    .limit(bindparam("count"))
-)
-_SMS_SENT = select(func.count()).where(
-    Delivery.lead_id == bindparam("lead"),
-    Delivery.channel == "sms",
-    Delivery.status.in_(SENT_STATES),
-)
 _DUE = (
     select(Delivery, Enrolment, Lead)
     .join(Enrolment, Enrolment.id == Delivery.enrolment_id)
     .join(Lead, Lead.id == Delivery.lead_id)
-    .where(Delivery.id == bindparam("id"))
+    .where(Delivery.id.in_(bindparam("ids", expanding=True)))
+    .order_by(Delivery.id)
 )
 _DUE_LOCKED = _DUE.with_for_update(of=Delivery, skip_locked=True)
 
 
-def _suppressed(session: Session, channel: str, address: str) -> bool:
-    return session.scalar(_SUPPRESSED, {"channel": channel, "address": address}) is not None
-
-
 def suppress(session: Session, channel: str, address: str, reason: str, now: datetime) -> bool:
     """Add an address to the suppression list once (True then); later sends to it are skipped."""
-    if _suppressed(session, channel, address):
+    if session.scalar(_SUPPRESSED, {"channel": channel, "address": address}) is not None:
         return False
     session.add(Suppression(channel=channel, address=address, reason=reason, created_at=now))
     return True
@@ -118,69 +89,36 @@ def _skip(delivery: Delivery, reason: str) -> None:
     delivery.detail = reason
 
 
-def _stale_reason(delivery: Delivery, enrolment: Enrolment, lead: Lead) -> str | None:
-    """Why the lead is no longer at this step (moved on, exited, handed off), or None."""
-    if enrolment.status != EnrolmentStatus.ACTIVE:
-        return f"stale: enrolment ended ({enrolment.exit_reason})"
-    if enrolment.pass_no != delivery.pass_no:
-        return f"stale: lead moved to milestone {enrolment.milestone}"
-    if lead.stage in OUT_OF_NURTURE:
-        return f"stale: lead is {lead.stage}"
-    return None
-
-
-def _address(lead: Lead, channel: str) -> tuple[str | None, str | None]:
-    """The address to use and, when there is none or no consent, why not."""
-    if channel == "email":
-        if not lead.email:
-            return None, "no email address"
-        return (lead.email, None) if lead.email_consent else (None, "no email consent")
-    if not lead.phone:
-        return None, "no phone number"
-    return (lead.phone, None) if lead.sms_consent else (None, "no SMS opt-in")
-
-
-def _cap_opens_at(
-    session: Session, lead: Lead, channel: str, cap: Cap | None, now: datetime
-) -> datetime | None:
-    """When the frequency cap allows the next send, or None when it allows one now."""
-    if cap is None:
-        return None
-    params = {
-        "lead": lead.id,
-        "channel": channel,
-        "since": now - cap.per,
-        "count": cap.count,
-        "now": now,
-    }
-    sent: list[datetime] = [t for t in session.scalars(_SENT_SINCE, params) if t is not None]
-    if len(sent) < cap.count:
-        return None
-    return sent[-1] + cap.per
-
-
 def prepare(
     session: Session,
     rt: Runtime,
     settings: Settings,
     renderer: Renderer,
-    delivery_id: str,
+    delivery_ids: Many[str],
     wait: timedelta = timedelta(0),
-) -> Prepared | None:
-    """Guard and render a due delivery and mark it `sending`, leased for the send lease plus
-    `wait` (how long it may wait behind others of its batch); None when not to send now."""
+) -> list[Prepared | None]:
+    """Guard and render due deliveries and mark them `sending`, each leased for the send lease
+    plus `wait` per delivery before it in the batch (the pacing it may wait behind them);
+    None for each not to send now. What the guards read is read once for the batch."""
     now = rt.clock.now()
     query = _DUE_LOCKED if is_postgres(session) else _DUE
-    row = session.execute(query, {"id": delivery_id}).one_or_none()
-    if row is None:
-        return None
-    delivery, enrolment, lead = row._tuple()
-    if delivery.status != DeliveryStatus.PLANNED or delivery.due_at > now:
-        return None
-    with session.no_autoflush:  # the guards only read: the row is written once, at the end
-        prepared = _guard_and_render(session, rt, settings, renderer, delivery, enrolment, lead)
-    if prepared is not None:
-        delivery.lease_until = now + rt.send.lease + wait
+    rows = {row[0].id: row._tuple() for row in session.execute(query, {"ids": list(delivery_ids)})}
+    due = {
+        delivery_id: row
+        for delivery_id, row in rows.items()
+        if row[0].status == DeliveryStatus.PLANNED and row[0].due_at <= now
+    }
+    prepared: list[Prepared | None] = []
+    with session.no_autoflush:  # the guards only read: the rows are written once, at the end
+        facts = SendFacts.load(session, (lead for _, _, lead in due.values()), rt.send.caps, now)
+        for index, delivery_id in enumerate(delivery_ids):
+            row = due.get(delivery_id)
+            lease = now + rt.send.lease + wait * index
+            prepared.append(
+                _guard_and_render(session, rt, settings, renderer, facts, lease, *row)
+                if row
+                else None
+            )
     return prepared
 
 
@@ -189,50 +127,55 @@ def _guard_and_render(
     rt: Runtime,
     settings: Settings,
     renderer: Renderer,
+    facts: SendFacts,
+    lease: datetime,
     delivery: Delivery,
     enrolment: Enrolment,
     lead: Lead,
 ) -> Prepared | None:
-    """The guards and the render of `prepare`, on the locked, due delivery."""
+    """The guards and the render of `prepare`, on one locked, due delivery: `sending` until
+    `lease` when it passes."""
     now, policy = rt.clock.now(), rt.send
     delivery.lease_until = None
     sequence = rt.pinned(session, enrolment.sequence, enrolment.sequence_version)
     reason = (
-        "stale: sequence removed" if sequence is None else _stale_reason(delivery, enrolment, lead)
+        "stale: sequence removed" if sequence is None else stale_reason(delivery, enrolment, lead)
     )
-    address, refusal = _address(lead, delivery.channel)
+    address, refusal = address_of(lead, delivery.channel)
     if reason or refusal or address is None:
         _skip(delivery, reason or refusal or "no address")
         return None
     assert sequence is not None
-    if _suppressed(session, delivery.channel, address):
+    if (delivery.channel, address) in facts.suppressed:
         _skip(delivery, f"suppressed: {address}")
         return None
     # Topics are an email matter (the unsubscribe link is in emails); SMS has STOP.
-    if delivery.channel == "email" and has_left(session, lead.id, sequence.topic):
+    if delivery.channel == "email" and (lead.id, sequence.topic) in facts.left:
         _skip(delivery, f"unsubscribed from topic {sequence.topic}")
         return None
     window, channel = sequence.send.window, delivery.channel
     slot = open_slot(policy, now, lead.timezone, window, channel)
-    cap_at = _cap_opens_at(session, lead, channel, policy.caps.get(channel), now)
+    cap_at = facts.cap_opens_at(lead.id, channel, policy.caps.get(channel))
     if cap_at is not None and cap_at > slot:
         slot = open_slot(policy, cap_at, lead.timezone, window, channel)
     if slot > now:
         delivery.due_at = slot
         delivery.detail = f"deferred to {slot.isoformat()}"
         return None
-    message = _render(session, settings, renderer, delivery, lead, sequence, address, now)
+    message = _render(settings, renderer, facts, delivery, lead, sequence, address, now)
     if message is None:
         return None
     delivery.status = DeliveryStatus.SENDING
     delivery.attempts += 1
+    delivery.lease_until = lease
+    facts.sending(lead.id, channel)
     return Prepared(delivery.id, delivery.channel, message)
 
 
 def _render(
-    session: Session,
     settings: Settings,
     renderer: Renderer,
+    facts: SendFacts,
     delivery: Delivery,
     lead: Lead,
     sequence: Sequence,
@@ -240,7 +183,8 @@ def _render(
     now: datetime,
 ) -> Any:
     """Build the channel message; a template that fails to render fails the delivery."""
-    context = message_context(session, settings, lead, delivery, sequence, now)
+    recent = facts.recent.get(lead.id, [])
+    context = message_context(settings, lead, delivery, sequence, recent, now)
     try:
         if delivery.channel == "email":
             email = renderer.render_email(delivery.template, context)
@@ -260,7 +204,7 @@ def _render(
                 unsubscribe_url=context["unsubscribe_url"],
                 categories=(sequence.name, delivery.template),
             )
-        first = not session.scalar(_SMS_SENT, {"lead": lead.id})
+        first = lead.id not in facts.had_sms
         sms = renderer.render_sms(delivery.template, context, first_message=first)
         delivery.subject = sms.body[:80]
         return SmsMessage(
@@ -290,24 +234,37 @@ def status_callback(settings: Settings, delivery_id: str) -> str | None:
 UNSETTLED = (DeliveryStatus.SENDING, DeliveryStatus.UNKNOWN)
 
 
-def record_success(
-    session: Session, rt: Runtime, delivery_id: str, provider: str, message_id: str | None
-) -> None:
-    """The provider accepted the message: the delivery is sent for good (also when its lease
-    ran out mid-call and the sweep already called it `unknown`: the answer settles it)."""
-    session.execute(
-        update(Delivery)
-        .where(Delivery.id == delivery_id, Delivery.status.in_(UNSETTLED))
-        .values(
-            status=DeliveryStatus.SENT,
-            sent_at=rt.clock.now(),
-            provider=provider,
-            provider_message_id=message_id,
-            lease_until=None,
-            detail=None,
-        )
-        .execution_options(synchronize_session=False)  # a fresh session holds no copy to sync
+_DELIVERIES = cast(Table, Delivery.__table__)
+# Many answers in one statement: the provider accepted each message, so each delivery is sent
+# for good (also when its lease ran out mid-call and the sweep already called it `unknown`).
+_SENT = (
+    update(_DELIVERIES)
+    .where(
+        _DELIVERIES.c.id == bindparam("b_id"),
+        # not in_(): an expanding list cannot go in a statement run for many rows
+        or_(*(_DELIVERIES.c.status == status for status in UNSETTLED)),
     )
+    .values(
+        status=DeliveryStatus.SENT,
+        sent_at=bindparam("b_at"),
+        provider=bindparam("b_provider"),
+        provider_message_id=bindparam("b_message"),
+        lease_until=None,
+        detail=None,
+    )
+)
+
+
+def record_sent(session: Session, rt: Runtime, sent: Many[tuple[str, SendResult]]) -> None:
+    """The provider accepted these messages (delivery id, its answer): all sent, in one go."""
+    if not sent:
+        return
+    now = rt.clock.now()
+    rows = [
+        {"b_id": i, "b_at": now, "b_provider": r.provider, "b_message": r.provider_message_id}
+        for i, r in sent
+    ]
+    session.connection().execute(_SENT, rows)  # Core: executemany, no ORM bulk mode
 
 
 def record_failure(
@@ -394,6 +351,9 @@ def send_delivery(ctx: DeliveryContext, delivery_id: str) -> SendAttempt:
     return send_deliveries(ctx, [delivery_id])[0]
 
 
+Answer = SendResult | ChannelError | float | None  # float: paced, seconds to the next slot
+
+
 def send_deliveries(ctx: DeliveryContext, delivery_ids: Many[str]) -> list[SendAttempt]:
     """Send deliveries in two transactions around the provider calls, whatever their number.
 
@@ -407,46 +367,73 @@ def send_deliveries(ctx: DeliveryContext, delivery_ids: Many[str]) -> list[SendA
     # Each may wait for its pacing slot behind those before it: its lease covers the wait.
     slot = timedelta(seconds=rt.send.pace_timeout if ctx.pacer is not None else 0)
     with sessions.begin() as session:
-        prepared = [
-            prepare(session, rt, ctx.settings, ctx.renderer, delivery_id, slot * index)
-            for index, delivery_id in enumerate(delivery_ids)
-        ]
-    answers = [_call(ctx, p) if p is not None else None for p in prepared]
-    attempts = []
+        prepared = prepare(session, rt, ctx.settings, ctx.renderer, delivery_ids, slot)
+    answers = _answers(ctx, prepared)
     with sessions.begin() as session:
-        for delivery_id, answer in zip(delivery_ids, answers, strict=True):
-            attempts.append(_record(session, rt, delivery_id, answer))
+        attempts = [_record(session, rt, i, a) for i, a in zip(delivery_ids, answers, strict=True)]
+        sent = [(i, a) for i, a in zip(delivery_ids, answers, strict=True) if _taken(a)]
+        record_sent(session, rt, sent)
     return attempts
 
 
-def _call(ctx: DeliveryContext, prepared: Prepared) -> SendResult | ChannelError | float:
-    """Hand one prepared message to its channel, paced: the provider's result or error, or
-    the seconds until a send slot frees up when none came in time."""
+def _taken(answer: Answer) -> TypeGuard[SendResult]:
+    return isinstance(answer, SendResult)
+
+
+def _answers(ctx: DeliveryContext, prepared: list[Prepared | None]) -> list[Answer]:
+    """Hand the prepared messages to their channels, a channel's messages in one call (one
+    SMTP session, one SendGrid request) unless its provider counts messages against a rate:
+    then one at a time, each in its send slot. The answers in the order of `prepared`."""
+    answers: list[Answer] = [None] * len(prepared)
+    batches: dict[str, list[tuple[int, Prepared]]] = {}
+    for index, ready in enumerate(prepared):
+        if ready is None:
+            continue
+        if _paced(ctx, ready.channel) and not ctx.channels[ready.channel].paced_per_request:
+            answers[index] = _slot(ctx, ready) or _call(ctx, ready.channel, [ready])[0]
+        else:
+            batches.setdefault(ready.channel, []).append((index, ready))
+    for channel, batch in batches.items():
+        paced = _slot(ctx, batch[0][1]) if _paced(ctx, channel) else None
+        calls = [paced] * len(batch) if paced else _call(ctx, channel, [r for _, r in batch])
+        for (index, _), answer in zip(batch, calls, strict=True):
+            answers[index] = answer
+    return answers
+
+
+def _paced(ctx: DeliveryContext, channel: str) -> bool:
+    return ctx.pacer is not None and ctx.channels[channel].paced
+
+
+def _slot(ctx: DeliveryContext, prepared: Prepared) -> float | None:
+    """Wait for the sender's next send slot; None once it came, or the seconds until one
+    frees up when none came in time."""
     channel, pacer, policy = ctx.channels[prepared.channel], ctx.pacer, ctx.rt.send
-    if pacer is not None and getattr(channel, "paced", True):
-        sender = getattr(prepared.message, "from_phone", "") or channel.name
-        rate = rate_for(prepared.channel, sender, policy.rates) * policy.pace_headroom
-        try:
-            pacer.acquire(f"{prepared.channel}:{sender}", rate, timeout=policy.pace_timeout)
-        except PacingTimeout as error:
-            return error.retry_after
+    assert pacer is not None
+    sender = getattr(prepared.message, "from_phone", "") or channel.name
+    rate = rate_for(prepared.channel, sender, policy.rates) * policy.pace_headroom
     try:
-        return channel.send(prepared.message)
-    except ChannelError as error:
-        return error
+        pacer.acquire(f"{prepared.channel}:{sender}", rate, timeout=policy.pace_timeout)
+    except PacingTimeout as error:
+        return error.retry_after
+    return None
+
+
+def _call(ctx: DeliveryContext, name: str, batch: list[Prepared]) -> list[Answer]:
+    """One call of a channel for a batch of its messages: the provider's answer to each."""
+    channel = ctx.channels[name]
+    try:
+        return list(channel.send_many([p.message for p in batch]))
     except Exception as error:  # noqa: BLE001 - a bug in one adapter call strands no other send
-        log.exception("delivery %s: the %s channel failed", prepared.delivery_id, channel.name)
-        # it may have reached the provider: never resent, like any other unknown outcome
-        return ChannelError(f"{type(error).__name__}: {error}", ErrorKind.UNKNOWN)
+        log.exception("deliveries %s: the %s channel failed", [p.delivery_id for p in batch], name)
+        # they may have reached the provider: never resent, like any other unknown outcome
+        unknown = ChannelError(f"{type(error).__name__}: {error}", ErrorKind.UNKNOWN)
+        return [unknown] * len(batch)
 
 
-def _record(
-    session: Session,
-    rt: Runtime,
-    delivery_id: str,
-    answer: SendResult | ChannelError | float | None,
-) -> SendAttempt:
-    """Write down what the channel answered for one delivery (None: it was not sent)."""
+def _record(session: Session, rt: Runtime, delivery_id: str, answer: Answer) -> SendAttempt:
+    """Write down what the channel answered for one delivery (None: it was not sent); the
+    accepted ones are written together by `record_sent`."""
     if answer is None:
         return SendAttempt.NOT_SENT
     if isinstance(answer, float):
@@ -454,5 +441,4 @@ def _record(
         return SendAttempt.PACED
     if isinstance(answer, ChannelError):
         return record_failure(session, rt, delivery_id, answer)
-    record_success(session, rt, delivery_id, answer.provider, answer.provider_message_id)
     return SendAttempt.SENT

@@ -12,6 +12,7 @@ from collections.abc import Collection, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
+from enum import StrEnum
 
 from sqlalchemy import bindparam, func, select
 from sqlalchemy.orm import Session
@@ -20,6 +21,14 @@ from engine.clock import as_utc
 from engine.models import Delivery, Enrolment, Event, ScoreEntry
 
 _KEY = "nurture.memo"
+
+
+class Part(StrEnum):
+    """A part of the memo that may be read on first use."""
+
+    LATEST = "latest"
+    ENROLMENTS = "enrolments"
+
 
 _LATEST = (
     select(Event.lead_id, Event.type, func.max(Event.occurred_at))
@@ -57,6 +66,9 @@ class Memo:
     enrolments: dict[int, list[Enrolment]] = field(default_factory=dict)  # all, by id
     # (enrolment, step, pass) of every delivery of the enrolments a batch advances
     planned: set[tuple[int, str, int]] | None = None
+    # Parts read on first use, from this session (a batch that stores no events of its own)
+    unread: set[Part] = field(default_factory=set)
+    session: Session | None = None
 
     @classmethod
     def load(
@@ -66,24 +78,45 @@ class Memo:
         rules: Collection[str],
         now: datetime,
         advancing: Collection[int] = (),
+        lazy: bool = False,
     ) -> Memo:
         """Read what the batch needs of these leads, one statement each; with the deliveries
-        planned so far for the enrolments it is `advancing`."""
+        planned so far for the enrolments it is `advancing`.
+
+        `lazy` leaves the events and enrolments to be read on first use, for batches that
+        store no events (advancing, refreshing): most of those never ask. A batch of events
+        reads them now, before its own events are stored, and tells the memo of each in turn.
+        """
         memo = cls(now, set(leads))
         if advancing:
             rows = session.execute(_PLANNED, {"enrolments": sorted(advancing)})
             memo.planned = {(e, step, pass_no) for e, step, pass_no in rows}
-        ids = sorted(memo.leads)
-        for lead_id, kind, moment in session.execute(_LATEST, {"leads": ids, "now": now}):
-            memo.latest.setdefault(lead_id, {})[kind] = as_utc(moment)
-        for enrolment in session.scalars(_ENROLMENTS, {"leads": ids}):
-            memo.enrolments.setdefault(enrolment.lead_id, []).append(enrolment)
+        memo.session, memo.unread = session, {Part.LATEST, Part.ENROLMENTS}
+        if not lazy:
+            memo._read(Part.LATEST)
+            memo._read(Part.ENROLMENTS)
         if rules:
+            ids = sorted(memo.leads)
             for lead_id, rule, moment in session.execute(
                 _SCORED, {"leads": ids, "rules": sorted(rules)}
             ):
                 memo.scored.setdefault((lead_id, rule), []).append(as_utc(moment))
         return memo
+
+    def _read(self, part: Part) -> None:
+        """Read one part for every lead of the batch, unless it was read already."""
+        if part not in self.unread:
+            return
+        self.unread.discard(part)
+        assert self.session is not None
+        ids = sorted(self.leads)
+        if part is Part.LATEST:
+            rows = self.session.execute(_LATEST, {"leads": ids, "now": self.now})
+            for lead_id, kind, moment in rows:
+                self.latest.setdefault(lead_id, {})[kind] = as_utc(moment)
+        else:
+            for enrolment in self.session.scalars(_ENROLMENTS, {"leads": ids}):
+                self.enrolments.setdefault(enrolment.lead_id, []).append(enrolment)
 
     def copy(self) -> Memo:
         """A copy to go back to when a savepoint rolls back what was remembered since."""
@@ -95,27 +128,32 @@ class Memo:
             {name: set(versions) for name, versions in self.pinned.items()},
             {lead: list(rows) for lead, rows in self.enrolments.items()},
             set(self.planned) if self.planned is not None else None,
+            set(self.unread),
+            self.session,
         )
 
     def restore(self, saved: Memo) -> None:
         """Go back to a copy taken before a savepoint that rolled back."""
         again = saved.copy()
         self.latest, self.scored, self.pinned = again.latest, again.scored, again.pinned
-        self.enrolments, self.planned = again.enrolments, again.planned
+        self.enrolments, self.planned, self.unread = again.enrolments, again.planned, again.unread
 
     def saw(self, lead_id: int, kind: str, occurred_at: datetime) -> None:
         """An event of the lead is stored: conditions see it from now on."""
+        self._read(Part.LATEST)
         kinds = self.latest.setdefault(lead_id, {})
         if occurred_at <= self.now and (kind not in kinds or kinds[kind] < occurred_at):
             kinds[kind] = occurred_at
 
     def latest_of(self, lead_id: int) -> dict[str, datetime] | None:
         """The latest time of each event type of the lead, or None when it is not remembered."""
+        self._read(Part.LATEST)
         return self.latest.setdefault(lead_id, {}) if lead_id in self.leads else None
 
     def enrolments_of(self, lead_id: int) -> list[Enrolment] | None:
         """Every enrolment of the lead, oldest first (new ones appended), or None when the lead
         is not remembered. Their state is the session's own objects': always current."""
+        self._read(Part.ENROLMENTS)
         return self.enrolments.setdefault(lead_id, []) if lead_id in self.leads else None
 
     def scored_times(self, lead_id: int, rule: str) -> list[datetime] | None:

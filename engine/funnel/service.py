@@ -484,7 +484,7 @@ def refresh_leads(session: Session, rt: Runtime, lead_ids: list[int]) -> list[Ou
     once (a `Memo`), and nothing is flushed until the end, as for a batch of events.
     """
     leads = lock_leads(session, lead_ids)
-    memo = Memo.load(session, leads, (), rt.clock.now())
+    memo = Memo.load(session, leads, (), rt.clock.now(), lazy=True)
     with remembering(session, memo), session.no_autoflush:
         outcomes = [_refresh(session, rt, leads[lead_id]) for lead_id in sorted(leads)]
     session.flush()  # new enrolments get their ids

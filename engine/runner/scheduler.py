@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import astuple, dataclass
+from dataclasses import dataclass, fields
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -48,7 +48,8 @@ class Horizon:
 
     def earliest(self) -> datetime | None:
         """The first moment anything falls due."""
-        moments = [m for m in astuple(self) if m is not None]
+        # not astuple(): it deep-copies every field, once per simulated step
+        moments = [m for f in fields(self) if (m := getattr(self, f.name)) is not None]
         return min(moments) if moments else None
 
 
@@ -171,7 +172,7 @@ def advance_enrolments(session: Session, rt: Runtime, enrolment_ids: list[int]) 
     lead_of = dict(session.execute(_LEADS_OF, {"ids": enrolment_ids}).tuples().all())
     leads = lock_leads(session, lead_of.values())
     enrolments = lock_enrolments(session, lead_of)
-    memo = Memo.load(session, leads, (), rt.clock.now(), advancing=enrolments)
+    memo = Memo.load(session, leads, (), rt.clock.now(), advancing=enrolments, lazy=True)
     planned: list[Delivery] = []
     with remembering(session, memo):
         for enrolment_id in sorted(enrolments, key=lambda e: (lead_of[e], e)):

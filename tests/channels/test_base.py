@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import email
+import email.policy
 import sys
 from dataclasses import replace
 from datetime import UTC, datetime
@@ -10,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from channels import build_channel, build_channels
-from channels.base import DeliveryEvent, EmailMessage, email_headers
+from channels.base import DeliveryEvent, EmailMessage, build_mime, email_headers
 from channels.console import ConsoleChannel
 from channels.outbox import OutboxChannel
 from channels.sendgrid import SendGridChannel
@@ -167,3 +169,30 @@ def test_a_missing_sdk_names_the_extra_to_install(
 
     with pytest.raises(ConfigurationError, match=r"pip install 'nurture\[providers\]'"):
         build_channel(name, env)
+
+
+MIME_CASES = [
+    {},
+    {"to_name": "Zoë Łukasiewicz-Østergaard", "subject": "Ваш отчёт готов"},
+    {"subject": "Looks  like   an =?utf-8?q?encoded?= word, with  double spaces"},
+    {"subject": "A subject long enough to be folded by the email package " * 3},
+    {"to_name": "Ana  Silva", "unsubscribe_url": "https://acme.test/u/" + "t" * 90},
+    {"html": "<p>Déjà vu = 100% " + "très long " * 40 + "</p>\n<p>two</p>", "text": "ok\n\n"},
+]
+
+
+@pytest.mark.parametrize("change", MIME_CASES)
+def test_the_fast_mime_writer_gives_the_stdlib_headers_and_bodies_that_decode_to_the_copy(
+    change: dict[str, object],
+) -> None:
+    message = replace(MESSAGE, **change)  # type: ignore[arg-type]
+    mime = build_mime(message, datetime(2026, 3, 2, 9, 0, tzinfo=UTC))
+    written = mime.as_bytes()
+    # The same message written by the email package's own folder, header for header.
+    assert written == mime.as_bytes(policy=email.policy.compat32)
+    parsed = email.message_from_bytes(written)
+    text, html = parsed.get_payload()
+    assert text.get_payload(decode=True).decode() == message.text
+    assert html.get_payload(decode=True).decode() == message.html
+    for part in (text, html):  # quoted-printable keeps body lines within 76 characters
+        assert max(len(line) for line in str(part.get_payload()).splitlines()) <= 76

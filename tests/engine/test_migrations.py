@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Mapping
 from pathlib import Path
+from typing import Any
 
 from sqlalchemy import Engine, inspect, select, text
 
@@ -32,7 +34,15 @@ def test_an_empty_sqlite_file_upgrades_to_head_and_matches_the_models(tmp_path: 
     assert TABLES <= set(inspector.get_table_names())
     for table in Base.metadata.sorted_tables:
         assert {c["name"] for c in inspector.get_columns(table.name)} == set(table.columns.keys())
+        assert _indexes(inspector.get_indexes(table.name)) == _indexes(
+            {"name": i.name, "column_names": [c.name for c in i.columns]} for i in table.indexes
+        ), table.name
     engine.dispose()
+
+
+def _indexes(indexes: Iterable[Mapping[str, Any]]) -> set[tuple[str, tuple[str, ...]]]:
+    """Each index by name and columns in order: what decides which queries it serves."""
+    return {(str(i["name"]), tuple(i["column_names"])) for i in indexes}
 
 
 def _upgrade_with_a_lead_to_unsubscribe_topics(engine: Engine) -> None:

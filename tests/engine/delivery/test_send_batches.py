@@ -4,18 +4,21 @@ the answers; the guards hold across the batch and a death mid-batch sends nothin
 from __future__ import annotations
 
 import uuid
+from collections.abc import Sequence
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import select
+from sqlalchemy import event, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from channels.base import SendResult
 from channels.outbox import OutboxChannel
 from engine.clock import FrozenClock
+from engine.delivery.pacing import LocalPacer
 from engine.delivery.sending import expire_stuck, send_deliveries
+from engine.errors import ChannelError
 from engine.funnel.service import track
 from engine.models import Delivery, DeliveryStatus
 from engine.runner.inline import run_due
@@ -129,3 +132,72 @@ def test_a_frequency_cap_holds_between_two_sends_to_one_lead_in_one_batch(
     with sessions() as s:
         deferred = s.get_one(Delivery, twin_id)
         assert (deferred.status, deferred.due_at) == ("planned", clock.now() + timedelta(days=3))
+
+
+def test_a_batch_of_sends_reads_and_writes_the_database_as_often_as_a_batch_of_one(
+    sender: Sender, sessions: sessionmaker[Session], rt: Runtime
+) -> None:
+    ids = _welcome_for_each(sessions, rt)
+    engine = sessions.kw["bind"]
+    statements: list[str] = []
+
+    def count(*args: Any) -> None:
+        statements.append(args[2])
+
+    event.listen(engine, "before_cursor_execute", count)
+    try:
+        assert send_deliveries(sender, ids[:1]) == ["sent"]
+        alone = list(statements)
+        statements.clear()
+        assert send_deliveries(sender, ids[1:]) == ["sent", "sent"]
+    finally:
+        event.remove(engine, "before_cursor_execute", count)
+    assert len(statements) == len(alone), (alone, statements)
+    assert _statuses(sessions) == ["sent"] * 3
+
+
+class CountingPacer(LocalPacer):
+    """The in-process pacer, counting the slots it hands out."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.slots = 0
+
+    def acquire(self, key: str, rate: float, *, timeout: float) -> float:
+        self.slots += 1
+        return super().acquire(key, rate, timeout=timeout)
+
+
+class PerRequest(OutboxChannel):
+    """A paced provider whose rate limit counts requests (as SendGrid's does), counting calls."""
+
+    paced = True
+    paced_per_request = True
+    calls = 0
+
+    def send_many(self, messages: Sequence[Any]) -> list[SendResult | ChannelError]:
+        self.calls += 1
+        return super().send_many(messages)
+
+
+class PerMessage(PerRequest):
+    """A paced provider whose rate limit counts messages."""
+
+    paced_per_request = False
+
+
+@pytest.mark.parametrize(("channel", "slots", "calls"), [(PerRequest, 1, 1), (PerMessage, 3, 3)])
+def test_a_paced_batch_takes_one_slot_where_the_provider_counts_requests_else_one_a_message(
+    sender: Sender,
+    sessions: sessionmaker[Session],
+    rt: Runtime,
+    channel: type[PerRequest],
+    slots: int,
+    calls: int,
+) -> None:
+    adapter = channel(sender.outbox, "email", rt.clock)
+    sender.channels = {"email": adapter}
+    sender.pacer = pacer = CountingPacer()
+    ids = _welcome_for_each(sessions, rt)
+    assert send_deliveries(sender, ids) == ["sent"] * 3
+    assert (pacer.slots, adapter.calls) == (slots, calls)
