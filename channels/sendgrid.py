@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import http.client
 import json
+import logging
+import secrets
 import ssl
 import urllib.error
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from email.utils import parseaddr, parsedate_to_datetime
 from typing import Any
 from urllib.parse import urlsplit
@@ -26,14 +29,28 @@ from channels.base import (
 from engine.clock import Clock, SystemClock
 from engine.errors import ChannelError, ConfigurationError, ErrorKind
 
+log = logging.getLogger(__name__)
+
 DEFAULT_HOST = "https://api.sendgrid.com"
+# The mail send API reference: at most 1000 personalizations per request, and "the total
+# collective size of your substitutions may not exceed 10,000 bytes per personalization object".
+# Its errors page also limits substitutions to 50,000 bytes per request: both are kept.
+MAX_PERSONALIZATIONS = 1000
+MAX_SUBSTITUTION_BYTES = 10_000
+MAX_REQUEST_SUBSTITUTION_BYTES = 50_000
+# Answers that refuse a whole request before SendGrid takes any of it: its messages may go again.
+_REFUSED_WHOLE = frozenset({400, 413})
 
 
 class SendGridChannel(Channel):
-    """Sends one personalization per message, with the delivery id as a custom argument."""
+    """Sends a batch as few requests as it can, one personalization per message, each with
+    its delivery id as a custom argument; a message that cannot share a request goes alone."""
 
     name = "sendgrid"
     channel = EMAIL
+    # SendGrid's v3 limits are "a fixed number of requests per refresh period" (its rate
+    # limits page): a batch of personalizations is one request.
+    paced_per_request = True
 
     def __init__(
         self,
@@ -71,16 +88,71 @@ class SendGridChannel(Channel):
         )
 
     def send(self, message: EmailMessage) -> SendResult:
+        """Send one message as a batch of one, so single and batched sends share one path."""
+        answer = self.send_many([message])[0]
+        if isinstance(answer, ChannelError):
+            raise answer
+        return answer
+
+    def send_many(self, messages: Sequence[EmailMessage]) -> list[SendResult | ChannelError]:
+        """One POST /v3/mail/send per group of messages alike in all that is request-wide,
+        each message a personalization whose substitutions carry its own bodies.
+
+        A 2xx answers every message of its request. A 400 or 413 means SendGrid took none of
+        the request, so its messages go again one by one and only a bad one fails; any other
+        error is every message's (429/503 TRANSIENT, no answer in time UNKNOWN, never resent).
+        """
+        tags = _Tags.new()
+        answers: dict[int, SendResult | ChannelError] = {}
+        for indices in _requests(messages, tags):
+            batch = [messages[index] for index in indices]
+            answers.update(zip(indices, self._send_request(batch, tags), strict=True))
+        return [answers[index] for index in range(len(messages))]
+
+    def _send_request(
+        self, batch: Sequence[EmailMessage], tags: _Tags
+    ) -> list[SendResult | ChannelError]:
+        """The answers for one request's messages; an unexpected error answers them UNKNOWN
+        (the request may have gone out), so that it strands no other request."""
+        try:
+            if len(batch) == 1:
+                return [self._send_alone(batch[0])]
+            return self._send_shared(batch, tags)
+        except Exception as error:  # noqa: BLE001 - a bug on one request strands no other
+            log.exception("sendgrid: a request for %d messages failed", len(batch))
+            unknown = ChannelError(f"sendgrid: {type(error).__name__}: {error}", ErrorKind.UNKNOWN)
+            return [unknown] * len(batch)
+
+    def _send_alone(self, message: EmailMessage) -> SendResult | ChannelError:
+        """The message in a request of its own, the one `send` has always made."""
+        try:
+            return self._post(self.request_body(message))
+        except ChannelError as error:
+            return error
+
+    def _send_shared(
+        self, batch: Sequence[EmailMessage], tags: _Tags
+    ) -> list[SendResult | ChannelError]:
+        """One request for the batch: its answer is every message's, unless it refused the
+        request as a whole, when each message goes again alone."""
+        try:
+            result = self._post(self.shared_body(batch, tags))
+        except ChannelError as error:
+            if error.status in _REFUSED_WHOLE:
+                return [self._send_alone(message) for message in batch]
+            return [error] * len(batch)
+        return [result] * len(batch)
+
+    def _post(self, body: dict[str, Any]) -> SendResult:
         """POST /v3/mail/send; 202 (200 in sandbox mode) carries the id in X-Message-Id.
 
-        At most once: only a failure that proves SendGrid did not take the message is
+        At most once: only a failure that proves SendGrid did not take the request is
         TRANSIENT; one after the request went out whole (no answer in time, connection reset
         or closed while waiting) is UNKNOWN, and is never resent.
         """
         # the optional provider SDK (extra `providers`) loads only when this adapter is used
         from python_http_client.exceptions import HTTPError
 
-        body = self.request_body(message)
         try:
             response = self._api.send(body)
         except HTTPError as err:
@@ -103,20 +175,27 @@ class SendGridChannel(Channel):
         return SendResult(self.name, response.headers.get("X-Message-Id"), ACCEPTED)
 
     def request_body(self, message: EmailMessage) -> dict[str, Any]:
-        """The mail send JSON: text/plain before text/html, as SendGrid requires."""
-        content = [
-            {"type": kind, "value": value}
-            for kind, value in (("text/plain", message.text), ("text/html", message.html))
-            if value
-        ]
-        body: dict[str, Any] = {
-            "from": _address(message.from_email, message.from_name),
+        """The mail send JSON for one message alone: its parts at the top level."""
+        return self._request_wide(message) | {
             "personalizations": [{"to": [_address(message.to_email, message.to_name)]}],
             "subject": message.subject,
-            "content": content,
+            "content": _content(message.text, message.html),
             "headers": email_headers(message),
-            "custom_args": {"delivery_id": message.delivery_id},
+            "custom_args": _custom_args(message),
         }
+
+    def shared_body(self, batch: Sequence[EmailMessage], tags: _Tags) -> dict[str, Any]:
+        """The mail send JSON for messages alike in all that is request-wide: the content is
+        substitution tags, each personalization fills them with its message's own bodies."""
+        first = batch[0]
+        return self._request_wide(first) | {
+            "personalizations": [_personalization(message, tags) for message in batch],
+            "content": _content(first.text and tags.text, first.html and tags.html),
+        }
+
+    def _request_wide(self, message: EmailMessage) -> dict[str, Any]:
+        """What one request says for all its messages: sender, reply-to, categories, sandbox."""
+        body: dict[str, Any] = {"from": _address(message.from_email, message.from_name)}
         if message.categories:
             body["categories"] = list(message.categories)
         if message.reply_to:
@@ -157,6 +236,123 @@ class SendGridChannel(Channel):
             except (TypeError, ValueError):
                 return None
         return None
+
+
+@dataclass(frozen=True)
+class _Tags:
+    """The substitution tags a shared request's content is made of: new for every batch, so
+    no message's text can contain them (SendGrid also substitutes in values and subjects)."""
+
+    text: str
+    html: str
+
+    @classmethod
+    def new(cls) -> _Tags:
+        """Fresh tags of letters, digits and hyphens: nothing HTML escaping would change."""
+        token = secrets.token_hex(8)
+        return cls(f"-text{token}-", f"-html{token}-")
+
+
+@dataclass
+class _Request:
+    """The messages (by index) one request carries, with what limits how many more it takes:
+    its recipients (an address may appear once) and the bytes of its substitutions."""
+
+    indices: list[int] = field(default_factory=list)
+    recipients: set[str] = field(default_factory=set)
+    substitution_bytes: int = 0
+
+    def takes(self, recipient: str, size: int) -> bool:
+        """Whether a message for this recipient, with substitutions of this size, can join."""
+        return (
+            len(self.indices) < MAX_PERSONALIZATIONS
+            and recipient not in self.recipients
+            and self.substitution_bytes + size <= MAX_REQUEST_SUBSTITUTION_BYTES
+        )
+
+    def add(self, index: int, recipient: str, size: int) -> None:
+        self.indices.append(index)
+        self.recipients.add(recipient)
+        self.substitution_bytes += size
+
+
+def _requests(messages: Sequence[EmailMessage], tags: _Tags) -> list[list[int]]:
+    """The messages each request carries, in order of their first message: alike ones share
+    a request; one that cannot be a personalization goes alone."""
+    requests: list[_Request] = []
+    shared: dict[tuple[object, ...], list[_Request]] = {}
+    for index, message in enumerate(messages):
+        size = _shared_size(message, tags)
+        if size is None:
+            requests.append(_Request([index]))
+            continue
+        recipient = message.to_email.lower()
+        alike = shared.setdefault(_request_key(message), [])
+        request = next((r for r in alike if r.takes(recipient, size)), None)
+        if request is None:
+            request = _Request()
+            requests.append(request)
+            alike.append(request)
+        request.add(index, recipient, size)
+    return [request.indices for request in requests]
+
+
+def _request_key(message: EmailMessage) -> tuple[object, ...]:
+    """What `send` puts at the top level of a request: messages that differ in it cannot
+    share one (the content parts present too, since the content is request-wide)."""
+    return (
+        message.from_email,
+        message.from_name,
+        message.reply_to,
+        message.categories,
+        bool(message.text),
+        bool(message.html),
+    )
+
+
+def _shared_size(message: EmailMessage, tags: _Tags) -> int | None:
+    """The bytes of the message's substitutions, or None when it cannot be one personalization
+    of many: no body, bodies over the limit, or invalid headers (`send`'s refusal answers it).
+
+    Counted as sent, in the SDK's JSON (non-ASCII escaped): no fewer bytes than any other
+    reading of SendGrid's "total collective size".
+    """
+    if not (message.text or message.html):
+        return None
+    try:
+        email_headers(message)
+    except ChannelError:
+        return None
+    size = len(json.dumps(_substitutions(message, tags)).encode())
+    return size if size <= MAX_SUBSTITUTION_BYTES else None
+
+
+def _substitutions(message: EmailMessage, tags: _Tags) -> dict[str, str]:
+    """The message's bodies as the values of the tags that stand for them."""
+    bodies = ((tags.text, message.text), (tags.html, message.html))
+    return {tag: value for tag, value in bodies if value}
+
+
+def _personalization(message: EmailMessage, tags: _Tags) -> dict[str, Any]:
+    """The message as one personalization: all that `send` puts at the top level for it alone."""
+    return {
+        "to": [_address(message.to_email, message.to_name)],
+        "subject": message.subject,
+        "headers": email_headers(message),
+        "custom_args": _custom_args(message),
+        "substitutions": _substitutions(message, tags),
+    }
+
+
+def _content(text: str, html: str) -> list[dict[str, str]]:
+    """The content parts present, text/plain before text/html as SendGrid requires."""
+    parts = (("text/plain", text), ("text/html", html))
+    return [{"type": kind, "value": value} for kind, value in parts if value]
+
+
+def _custom_args(message: EmailMessage) -> dict[str, str]:
+    """The delivery id, which comes back on every webhook event for the message."""
+    return {"delivery_id": message.delivery_id}
 
 
 def _address(email: str, name: str) -> dict[str, str]:

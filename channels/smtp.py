@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import logging
 import smtplib
 import ssl
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
+from email.message import Message
 from typing import TYPE_CHECKING
 
 from channels.base import (
@@ -23,9 +25,12 @@ from engine.errors import ChannelError, ConfigurationError, ErrorKind
 if TYPE_CHECKING:
     from _typeshed import ReadableBuffer
 
+log = logging.getLogger(__name__)
+
 
 class SmtpChannel(Channel):
-    """One connection per message, so worker threads never share an SMTP session."""
+    """One SMTP session per batch of messages (connect, STARTTLS and login once); each call
+    opens its own, so worker threads never share a session."""
 
     name = "smtp"
     channel = EMAIL
@@ -66,27 +71,97 @@ class SmtpChannel(Channel):
         )
 
     def send(self, message: EmailMessage) -> SendResult:
-        """Relay the message; errors after the relay accepted it (on QUIT) are not failures.
+        """Relay one message as a batch of one, so single and batched sends share one path."""
+        answer = self.send_many([message])[0]
+        if isinstance(answer, ChannelError):
+            raise answer
+        return answer
 
-        At most once: the relay takes responsibility only with its reply to the end of DATA,
-        so a lost connection or a time-out before the message went out is TRANSIENT, and
-        one after it, with no reply, is UNKNOWN (never resent).
+    def send_many(self, messages: Sequence[EmailMessage]) -> list[SendResult | ChannelError]:
+        """Relay the messages over one session, each answered on its own terms.
+
+        At most once, per message: the relay takes responsibility only with its reply to the
+        end of DATA, so a lost connection or a time-out before the message went out is
+        TRANSIENT, and one after it, with no reply, is UNKNOWN (never resent). A refusal
+        leaves the session usable for the next message (smtplib sends RSET); a lost session
+        is reopened for the messages after it, and if that fails they answer that failure
+        (they never went out). Errors after the relay accepted a message (on QUIT) are not
+        failures.
         """
-        mime = build_mime(message, self._clock.now())
-        smtp: _Client | None = None
+        session = _Session(self._connect)
         try:
-            smtp = _Client(self.host, self.port, timeout=self.timeout)
-            try:
-                if self.starttls:
-                    smtp.starttls(context=self._ssl_context)
-                if self.user:
-                    smtp.login(self.user, self._password)
-                smtp.send_message(mime, message.from_email, [message.to_email])
-            finally:
-                _quit(smtp)
-        except (smtplib.SMTPException, OSError) as err:
-            raise _channel_error(err, smtp is not None and smtp.message_sent) from err
+            return [self._relay(session, message) for message in messages]
+        finally:
+            session.close()
+
+    def _relay(self, session: _Session, message: EmailMessage) -> SendResult | ChannelError:
+        """One message's answer; an unexpected error answers it UNKNOWN and ends the session,
+        whose state it leaves unknown, so that it strands no other message."""
+        try:
+            mime = build_mime(message, self._clock.now())
+            refusal = session.relay(mime, message.from_email, message.to_email)
+        except ChannelError as error:
+            return error
+        except Exception as error:  # noqa: BLE001 - a bug on one message strands no other
+            log.exception("smtp: sending %s failed", message.delivery_id)
+            session.close()
+            return ChannelError(f"smtp: {type(error).__name__}: {error}", ErrorKind.UNKNOWN)
+        if refusal is not None:
+            return refusal
         return SendResult(self.name, mime["Message-ID"], ACCEPTED)
+
+    def _connect(self) -> _Client:
+        """A connected, secured and logged-in client; hung up again if any step fails."""
+        smtp = _Client(self.host, self.port, timeout=self.timeout)
+        try:
+            if self.starttls:
+                smtp.starttls(context=self._ssl_context)
+            if self.user:
+                smtp.login(self.user, self._password)
+        except Exception:
+            _quit(smtp)
+            raise
+        return smtp
+
+
+class _Session:
+    """A batch's one connection: opened when first needed and again after it was lost (smtplib
+    closes it on any connection failure or 421); once opening fails, the rest of the batch
+    answers that failure rather than waiting on a relay that is not there."""
+
+    def __init__(self, connect: Callable[[], _Client]) -> None:
+        self._connect = connect
+        self._client: _Client | None = None
+        self._refused: ChannelError | None = None
+
+    def relay(self, mime: Message, sender: str, recipient: str) -> ChannelError | None:
+        """Send one message: None when the relay took it, else what its failure means."""
+        if self._refused is not None:
+            return self._refused
+        if self._client is None or self._client.sock is None:
+            try:
+                self._client = self._connect()
+            except (smtplib.SMTPException, OSError) as err:
+                self._refused = _failure(err, message_sent=False)
+                return self._refused
+        return _send(self._client, mime, sender, recipient)
+
+    def close(self) -> None:
+        """Say goodbye on the open connection, if there is one."""
+        if self._client is not None:
+            _quit(self._client)
+            self._client = None
+
+
+def _send(client: _Client, mime: Message, sender: str, recipient: str) -> ChannelError | None:
+    """One message over an open session; smtplib answers a refusal with RSET (with a close
+    on 421), so the session is usable, or visibly closed, afterwards."""
+    client.message_sent = False
+    try:
+        client.send_message(mime, sender, [recipient])
+    except (smtplib.SMTPException, OSError) as err:
+        return _failure(err, client.message_sent)
+    return None
 
 
 class _Client(smtplib.SMTP):
@@ -108,6 +183,13 @@ def _quit(smtp: smtplib.SMTP) -> None:
         smtp.quit()
     except (smtplib.SMTPException, OSError):
         smtp.close()
+
+
+def _failure(err: smtplib.SMTPException | OSError, message_sent: bool) -> ChannelError:
+    """The error a failure answers its message with, keeping the failure as its cause."""
+    error = _channel_error(err, message_sent)
+    error.__cause__ = err
+    return error
 
 
 def _channel_error(err: smtplib.SMTPException | OSError, message_sent: bool) -> ChannelError:

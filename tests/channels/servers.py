@@ -192,6 +192,7 @@ class SendGridServer(FakeProvider):
         self.api_key = api_key
         self.accepted: list[dict[str, Any]] = []
         self.message_ids: list[str] = []
+        self.emails: list[SentEmail] = []
 
     def handle(self, request: Request) -> Reply:
         if request.method != "POST" or request.path != "/v3/mail/send":
@@ -213,7 +214,61 @@ class SendGridServer(FakeProvider):
         with self._lock:
             self.accepted.append(mail)
             self.message_ids.append(message_id)
+            self.emails.extend(sent_emails(mail, message_id))
         return Reply(202, b"", {"X-Message-Id": message_id})
+
+
+@dataclass(frozen=True)
+class SentEmail:
+    """What the recipients of one personalization of an accepted request get."""
+
+    message_id: str = field(compare=False)  # the request's X-Message-Id
+    to: list[dict[str, str]] = field(default_factory=list)
+    sender: dict[str, str] = field(default_factory=dict)
+    reply_to: dict[str, str] | None = None
+    subject: str = ""
+    content: list[dict[str, str]] = field(default_factory=list)
+    headers: dict[str, str] = field(default_factory=dict)
+    custom_args: dict[str, str] = field(default_factory=dict)
+    categories: list[str] = field(default_factory=list)
+
+
+def sent_emails(mail: dict[str, Any], message_id: str) -> list[SentEmail]:
+    """Each personalization as the email SendGrid makes of it: its subject, headers and custom
+    args over the request's, its substitutions made in the subject, reply-to and content."""
+    return [_sent_email(mail, p, message_id) for p in mail["personalizations"]]
+
+
+def _sent_email(
+    mail: dict[str, Any], personalization: dict[str, Any], message_id: str
+) -> SentEmail:
+    substitutions = personalization.get("substitutions", {})
+
+    def made(text: str) -> str:
+        return substitute(text, substitutions)
+
+    reply_to = mail.get("reply_to")
+    return SentEmail(
+        message_id=message_id,
+        to=personalization["to"],
+        sender=mail["from"],
+        reply_to={key: made(value) for key, value in reply_to.items()} if reply_to else None,
+        subject=made(personalization.get("subject") or mail["subject"]),
+        content=[{"type": c["type"], "value": made(c["value"])} for c in mail.get("content", [])],
+        headers=mail.get("headers", {}) | personalization.get("headers", {}),
+        custom_args=mail.get("custom_args", {}) | personalization.get("custom_args", {}),
+        categories=mail.get("categories", []),
+    )
+
+
+def substitute(text: str, substitutions: Mapping[str, str]) -> str:
+    """Every substitution tag in the text replaced by its value, in one pass (SendGrid also
+    substitutes tags inside values, up to 4 deep; nothing here relies on that)."""
+    if not substitutions:
+        return text
+    tags = sorted(substitutions, key=len, reverse=True)  # the longest tag wins
+    pattern = re.compile("|".join(re.escape(tag) for tag in tags))
+    return pattern.sub(lambda match: substitutions[match.group()], text)
 
 
 def validate_mail(mail: dict[str, Any]) -> list[tuple[str, str | None]]:
@@ -232,7 +287,13 @@ def validate_mail(mail: dict[str, Any]) -> list[tuple[str, str | None]]:
         )
         personalizations = []
     elif len(personalizations) > 1000:
-        problems.append(("You may not have more than 1000 personalizations.", "personalizations"))
+        message = (
+            "The personalization block is limited to 1000 personalizations per API request."
+            f" You have provided {len(personalizations)} personalizations. Please consider"
+            " splitting this into multiple requests and resending your request."
+        )
+        problems.append((message, "personalizations"))
+    problems.extend(validate_personalizations(personalizations[:1000]))
     for index, personalization in enumerate(personalizations[:1000]):
         to = personalization.get("to") if isinstance(personalization, dict) else None
         if (
@@ -290,19 +351,80 @@ def validate_mail(mail: dict[str, Any]) -> list[tuple[str, str | None]]:
         problems.append(("Custom arg values must be strings.", "custom_args"))
     elif len(json.dumps(custom_args).encode()) > 10_000:
         problems.append(("The custom_args may not exceed 10,000 bytes.", "custom_args"))
-    headers = mail.get("headers", {})
-    if not isinstance(headers, dict) or any(not isinstance(v, str) for v in headers.values()):
-        problems.append(("Header values must be strings.", "headers"))
-    else:
-        for name in headers:
-            if name.lower() in SENDGRID_FORBIDDEN_HEADERS:
-                problems.append((f"The header {name} may not be overridden.", "headers"))
+    problems.extend(_header_problems(mail.get("headers", {}), "headers"))
     send_at = mail.get("send_at")
     if send_at is not None and (not isinstance(send_at, int) or send_at > time.time() + 72 * 3600):
         problems.append(("send_at may not be more than 72 hours in the future.", "send_at"))
     if "asm" in mail and not (isinstance(mail["asm"], dict) and mail["asm"].get("group_id")):
         problems.append(("The asm group_id is required.", "asm.group_id"))
     return problems
+
+
+# Substitutions: at most 10,000 bytes per personalization (mail send API reference) and
+# 50,000 bytes per request (mail send errors page, "You are limited to 10,000 substitutions.").
+SUBSTITUTION_BYTES, REQUEST_SUBSTITUTION_BYTES = 10_000, 50_000
+_EMAIL = re.compile(r"[^@\s]+@[^@\s]+\.[^@\s]+")
+
+
+def validate_personalizations(personalizations: list[Any]) -> list[tuple[str, str | None]]:
+    """Checks across personalizations: addresses valid and each in the request once, headers
+    and substitutions of the right types, substitutions within their limits."""
+    problems: list[tuple[str, str | None]] = []
+    seen: set[str] = set()
+    total = 0
+    for index, personalization in enumerate(personalizations):
+        if not isinstance(personalization, dict):
+            continue
+        field = f"personalizations.{index}"
+        for to in personalization.get("to") or []:
+            address = str(to.get("email") or "") if isinstance(to, dict) else ""
+            if address and not _EMAIL.fullmatch(address):
+                problems.append(("Does not contain a valid address.", f"{field}.to"))
+            elif address.lower() in seen:
+                message = (
+                    "Each unique email address in the personalizations array should only be"
+                    f" included once. You have included {address} more than once."
+                )
+                problems.append((message, f"{field}.to"))
+            seen.add(address.lower())
+        problems.extend(_header_problems(personalization.get("headers", {}), f"{field}.headers"))
+        size = _substitution_bytes(personalization.get("substitutions", {}))
+        if size is None:
+            message = (
+                "The substitution values must be an object of key/value pairs,"
+                " where the values are all strings."
+            )
+            problems.append((message, f"{field}.substitutions"))
+        elif size > SUBSTITUTION_BYTES:
+            message = (
+                "The total collective size of your substitutions may not exceed 10,000 bytes"
+                " per personalization object."
+            )
+            problems.append((message, f"{field}.substitutions"))
+        total += size or 0
+    if total > REQUEST_SUBSTITUTION_BYTES:
+        problems.append(("You are limited to 10,000 substitutions.", "personalizations"))
+    return problems
+
+
+def _substitution_bytes(substitutions: object) -> int | None:
+    """Their total collective size (UTF-8 bytes of tags and values), None when not strings."""
+    if not isinstance(substitutions, dict) or not all(
+        isinstance(value, str) for value in substitutions.values()
+    ):
+        return None
+    return sum(len(tag.encode()) + len(value.encode()) for tag, value in substitutions.items())
+
+
+def _header_problems(headers: object, field: str) -> list[tuple[str, str | None]]:
+    """Header values must be strings, and some headers are SendGrid's alone."""
+    if not isinstance(headers, dict) or any(not isinstance(v, str) for v in headers.values()):
+        return [("Header values must be strings.", field)]
+    return [
+        (f"The header {name} may not be overridden.", field)
+        for name in headers
+        if name.lower() in SENDGRID_FORBIDDEN_HEADERS
+    ]
 
 
 # --- Twilio ----------------------------------------------------------------------------------
@@ -460,15 +582,18 @@ class Received:
 
 
 class _SmtpHandler:
-    """Records messages; scripted replies answer RCPT or DATA first (e.g. "550 ...", "421 ...").
+    """Records messages; scripted replies answer RCPT or DATA first (e.g. "550 ...", "421 ..."),
+    and `refusals` answer RCPT for the addresses they name, every time.
 
-    Scripted faults: `rcpt_faults` ("hang up") drop the connection before any message was
-    sent; `data_faults` take the message (it is recorded as received), then "stall" (answer
-    after `stall` seconds, past a client's time-out) or "hang up" without answering.
+    Scripted faults, taken one per command in turn ("none" lets that one pass): `rcpt_faults`
+    ("hang up") drop the connection before any message was sent; `data_faults` take the
+    message (it is recorded as received), then "stall" (answer after `stall` seconds, past a
+    client's time-out) or "hang up" without answering.
     """
 
     def __init__(self) -> None:
         self.received: list[Received] = []
+        self.refusals: dict[str, str] = {}
         self.rcpt_replies: collections.deque[str] = collections.deque()
         self.data_replies: collections.deque[str] = collections.deque()
         self.rcpt_faults: collections.deque[str] = collections.deque()
@@ -481,7 +606,7 @@ class _SmtpHandler:
         elif fault == "hang up":
             assert server.transport is not None
             server.transport.close()
-        else:
+        elif fault != "none":
             raise ValueError(f"unknown SMTP fault {fault!r}")
 
     async def handle_RCPT(
@@ -491,6 +616,8 @@ class _SmtpHandler:
             await self._fault(server, self.rcpt_faults.popleft())
         if self.rcpt_replies:
             return self.rcpt_replies.popleft()
+        if address in self.refusals:
+            return self.refusals[address]
         envelope.rcpt_tos.append(address)
         return "250 OK"
 
@@ -504,19 +631,52 @@ class _SmtpHandler:
         return "250 Message accepted for delivery"
 
 
+class _Busy(asyncio.Protocol):
+    """A relay at its connection limit: greets with 421 and hangs up."""
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.WriteTransport)
+        transport.write(b"421 4.7.0 Too many connections, try again later\r\n")
+        transport.close()
+
+
+class _Controller(Controller):
+    """aiosmtpd's controller, counting connections and refusing those past `max_connections`."""
+
+    def __init__(self, relay: SmtpServer, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.relay = relay
+
+    def factory(self) -> SMTP | _Busy:
+        """A session for each new connection (this runs once per connection)."""
+        self.relay.connections += 1
+        limit = self.relay.max_connections
+        if limit is not None and self.relay.connections > limit:
+            return _Busy()
+        return super().factory()
+
+
 class SmtpServer:
-    """An aiosmtpd relay on 127.0.0.1; `tls_context` and `logins` make it demand STARTTLS, AUTH."""
+    """An aiosmtpd relay on 127.0.0.1; `tls_context` and `logins` make it demand STARTTLS, AUTH.
+
+    `connections` counts the connections made; past `max_connections` (when set) a new one is
+    greeted with 421 and closed, as a busy relay does.
+    """
 
     def __init__(self, tls_context: Any = None, logins: Mapping[str, str] | None = None) -> None:
         self.handler = _SmtpHandler()
         self.port = free_port()
         self.logins = dict(logins or {})
+        self.connections = 0
+        self.max_connections: int | None = None
         kwargs: dict[str, Any] = {}
         if tls_context is not None:
             kwargs |= {"tls_context": tls_context, "require_starttls": True}
         if self.logins:
             kwargs |= {"authenticator": self._authenticate, "auth_required": True}
-        self._controller = Controller(self.handler, hostname="127.0.0.1", port=self.port, **kwargs)
+        self._controller = _Controller(
+            self, self.handler, hostname="127.0.0.1", port=self.port, **kwargs
+        )
 
     @property
     def received(self) -> list[Received]:
@@ -534,6 +694,7 @@ class SmtpServer:
 
     def __enter__(self) -> SmtpServer:
         self._controller.start()
+        self.connections = 0  # start() made one to check that the server answers
         return self
 
     def __exit__(self, *exc: object) -> None:

@@ -2,18 +2,22 @@
 
 from __future__ import annotations
 
+import json
 import socket
 import threading
 from dataclasses import replace
 from datetime import UTC, datetime
+from typing import Any
 
 import pytest
+from python_http_client.exceptions import BadRequestsError
+from sendgrid import SendGridAPIClient
 
-from channels.base import EmailMessage
+from channels.base import EmailMessage, SendResult
 from channels.sendgrid import SendGridChannel
 from engine.clock import FrozenClock
 from engine.errors import ChannelError, ConfigurationError, ErrorKind
-from tests.channels.servers import Reply, SendGridServer, free_port, sendgrid_errors
+from tests.channels.servers import Reply, Request, SendGridServer, free_port, sendgrid_errors
 
 NOW = datetime(2026, 3, 2, 9, 0, tzinfo=UTC)
 
@@ -255,3 +259,301 @@ def test_a_host_that_is_not_a_bare_http_url_is_refused(host: str) -> None:
 def test_a_missing_api_key_names_the_variable() -> None:
     with pytest.raises(ConfigurationError, match="SENDGRID_API_KEY"):
         SendGridChannel.from_env({})
+
+
+def batch_of(count: int, first: int = 1, **changes: Any) -> list[EmailMessage]:
+    """`count` messages numbered from `first`, each to its own lead with its own subject,
+    bodies, unsubscribe link and delivery id (non-ASCII and markup included), alike in all
+    that is request-wide unless `changes` say otherwise."""
+    return [
+        replace(
+            MESSAGE,
+            **{
+                "delivery_id": f"delivery-{n}",
+                "to_email": f"lead{n}@example.com",
+                "to_name": f"Lead Nº{n}",
+                "subject": f"Your guide, lead {n} — ready",
+                "html": f'<p>Hi lead {n} &amp; co, <a href="https://acme.test/g?l={n}">café</a></p>',
+                "text": f"Hi lead {n} & co, café: https://acme.test/g?l={n}",
+                "unsubscribe_url": f"https://acme.test/u/token{n}",
+            }
+            | changes,
+        )
+        for n in range(first, first + count)
+    ]
+
+
+def kinds(answers: list[SendResult | ChannelError]) -> list[str]:
+    return [a.kind if isinstance(a, ChannelError) else a.status for a in answers]
+
+
+def recipients(request: Request) -> list[str]:
+    mail = json.loads(request.body)
+    return [p["to"][0]["email"] for p in mail["personalizations"]]
+
+
+def test_a_batch_is_one_request_and_each_recipient_gets_what_send_alone_would_give(
+    sendgrid_server: SendGridServer,
+) -> None:
+    channel = channel_for(sendgrid_server)
+    messages = batch_of(30)
+
+    answers = channel.send_many(messages)
+
+    (mail,) = sendgrid_server.accepted
+    assert len(sendgrid_server.requests) == 1
+    assert len(mail["personalizations"]) == 30
+    assert [a.provider_message_id for a in answers if isinstance(a, SendResult)] == (
+        sendgrid_server.message_ids * 30
+    )
+    batched = list(sendgrid_server.emails)
+    for message in messages:
+        channel.send(message)
+    alone = sendgrid_server.emails[30:]
+    assert batched == alone
+    seventh = batched[6]
+    assert seventh.to == [{"email": "lead7@example.com", "name": "Lead Nº7"}]
+    assert seventh.subject == messages[6].subject
+    assert seventh.content == [
+        {"type": "text/plain", "value": messages[6].text},
+        {"type": "text/html", "value": messages[6].html},
+    ]
+    assert seventh.custom_args == {"delivery_id": "delivery-7"}
+    assert seventh.headers["List-Unsubscribe"].startswith("<https://acme.test/u/token7>")
+    assert seventh.headers["X-Nurture-Delivery-Id"] == "delivery-7"
+
+
+def test_a_message_whose_bodies_are_over_the_substitution_limit_is_sent_alone(
+    sendgrid_server: SendGridServer,
+) -> None:
+    messages = batch_of(3)
+    messages[1] = replace(messages[1], text="x" * 5_000, html="<p>" + "y" * 5_000 + "</p>")
+
+    answers = channel_for(sendgrid_server).send_many(messages)
+
+    assert kinds(answers) == ["accepted"] * 3
+    shared, alone = sendgrid_server.accepted
+    assert recipients(sendgrid_server.requests[0]) == ["lead1@example.com", "lead3@example.com"]
+    assert "substitutions" not in alone["personalizations"][0]
+    assert alone["content"][0]["value"] == "x" * 5_000
+    assert [e.content[0]["value"] for e in sendgrid_server.emails] == [
+        messages[0].text,
+        messages[2].text,
+        messages[1].text,
+    ]
+
+
+def test_requests_stay_within_the_substitution_bytes_sendgrid_takes_per_request(
+    sendgrid_server: SendGridServer,
+) -> None:
+    messages = [
+        replace(m, text="t" * 4_400, html="h" * 4_400) for m in batch_of(12)
+    ]  # about 8,900 bytes each: five to a request
+
+    answers = channel_for(sendgrid_server).send_many(messages)
+
+    assert kinds(answers) == ["accepted"] * 12
+    assert [len(m["personalizations"]) for m in sendgrid_server.accepted] == [5, 5, 2]
+
+
+def test_more_than_1000_alike_messages_go_in_requests_of_at_most_1000(
+    sendgrid_server: SendGridServer,
+) -> None:
+    messages = batch_of(1001, text="Hi", html="")  # small enough for 1000 in one request
+
+    answers = channel_for(sendgrid_server).send_many(messages)
+
+    assert kinds(answers) == ["accepted"] * 1001
+    assert [len(m["personalizations"]) for m in sendgrid_server.accepted] == [1000, 1]
+
+
+def test_two_messages_to_the_same_address_go_in_separate_requests(
+    sendgrid_server: SendGridServer,
+) -> None:
+    messages = batch_of(3)
+    messages[2] = replace(messages[2], to_email="LEAD1@example.com")
+
+    answers = channel_for(sendgrid_server).send_many(messages)
+
+    assert kinds(answers) == ["accepted"] * 3
+    assert [recipients(r) for r in sendgrid_server.requests] == [
+        ["lead1@example.com", "lead2@example.com"],
+        ["LEAD1@example.com"],
+    ]
+
+
+def test_messages_that_differ_in_anything_request_wide_go_in_separate_requests(
+    sendgrid_server: SendGridServer,
+) -> None:
+    alike = batch_of(2)
+    other_sender = batch_of(2, 3, from_email="news@acme.test")
+    other_categories = batch_of(2, 5, categories=("drip",))
+    other_reply_to = batch_of(2, 7, reply_to="support@acme.test")
+    text_only = batch_of(2, 9, html="")
+    groups = [alike, other_sender, other_categories, other_reply_to, text_only]
+    messages = [message for pair in zip(*groups, strict=True) for message in pair]
+
+    answers = channel_for(sendgrid_server).send_many(messages)
+
+    assert kinds(answers) == ["accepted"] * 10
+    sent = sendgrid_server.accepted
+    assert [len(mail["personalizations"]) for mail in sent] == [2] * 5
+    assert [mail["from"]["email"] for mail in sent[:2]] == ["hello@acme.test", "news@acme.test"]
+    assert sent[2]["categories"] == ["drip"]
+    assert sent[3]["reply_to"] == {"email": "support@acme.test"}
+    assert [part["type"] for part in sent[4]["content"]] == ["text/plain"]
+    ids = dict(zip(sendgrid_server.message_ids, range(5), strict=True))
+    assert [ids[a.provider_message_id] for a in answers if isinstance(a, SendResult)] == [
+        0, 1, 2, 3, 4, 0, 1, 2, 3, 4
+    ]
+
+
+@pytest.mark.parametrize(
+    ("change", "requests"),
+    [({"subject": "Hi\r\nBcc: all@example.com"}, 1), ({"html": "", "text": ""}, 2)],
+    ids=["header-injection", "no-body"],
+)
+def test_a_message_that_cannot_be_a_personalization_fails_alone(
+    sendgrid_server: SendGridServer, change: dict[str, str], requests: int
+) -> None:
+    messages = batch_of(3)
+    messages[1] = replace(messages[1], **change)
+
+    answers = channel_for(sendgrid_server).send_many(messages)
+
+    assert kinds(answers) == ["accepted", ErrorKind.PERMANENT, "accepted"]
+    assert len(sendgrid_server.requests) == requests
+    assert recipients(sendgrid_server.requests[0]) == ["lead1@example.com", "lead3@example.com"]
+
+
+def test_a_400_for_a_batch_is_retried_one_by_one_so_only_the_bad_message_fails(
+    sendgrid_server: SendGridServer,
+) -> None:
+    messages = batch_of(3)
+    messages[1] = replace(messages[1], to_email="not-an-address")
+
+    answers = channel_for(sendgrid_server).send_many(messages)
+
+    assert kinds(answers) == ["accepted", ErrorKind.PERMANENT, "accepted"]
+    assert isinstance(answers[1], ChannelError)
+    assert answers[1].status == 400
+    assert "personalizations.0.to: Does not contain a valid address" in str(answers[1])
+    assert [recipients(r) for r in sendgrid_server.requests] == [
+        ["lead1@example.com", "not-an-address", "lead3@example.com"],
+        ["lead1@example.com"],
+        ["not-an-address"],
+        ["lead3@example.com"],
+    ]
+    assert [e.to[0]["email"] for e in sendgrid_server.emails] == [
+        "lead1@example.com",
+        "lead3@example.com",
+    ]
+
+
+def test_a_413_for_a_batch_is_retried_one_by_one(sendgrid_server: SendGridServer) -> None:
+    sendgrid_server.then(sendgrid_errors(413, ("Payload too large", None)))
+
+    answers = channel_for(sendgrid_server).send_many(batch_of(3))
+
+    assert kinds(answers) == ["accepted"] * 3
+    assert len(sendgrid_server.requests) == 4
+
+
+@pytest.mark.parametrize(
+    ("reply", "kind"),
+    [
+        (
+            sendgrid_errors(429, ("too many requests", None), headers={"Retry-After": "17"}),
+            ErrorKind.TRANSIENT,
+        ),
+        (sendgrid_errors(503, ("unavailable", None)), ErrorKind.TRANSIENT),
+        (sendgrid_errors(500, ("internal error", None)), ErrorKind.TRANSIENT),
+        (Reply(502, b"<html>bad gateway</html>"), ErrorKind.UNKNOWN),
+        (sendgrid_errors(504, ("timeout", None)), ErrorKind.UNKNOWN),
+        (sendgrid_errors(401, ("bad key", None)), ErrorKind.CONFIGURATION),
+    ],
+    ids=["429", "503", "500", "502", "504", "401"],
+)
+def test_any_other_error_for_a_batch_answers_all_its_messages_and_nothing_is_resent(
+    sendgrid_server: SendGridServer, reply: Reply, kind: str
+) -> None:
+    sendgrid_server.then(reply)
+
+    answers = channel_for(sendgrid_server).send_many(batch_of(3))
+
+    assert kinds(answers) == [kind] * 3
+    assert {a.status for a in answers if isinstance(a, ChannelError)} == {reply.status}
+    assert len(sendgrid_server.requests) == 1
+    if reply.status == 429:
+        assert {a.retry_after for a in answers if isinstance(a, ChannelError)} == {17.0}
+
+
+def test_no_answer_in_time_for_a_batch_leaves_all_its_messages_unknown(
+    sendgrid_server: SendGridServer,
+) -> None:
+    channel = SendGridChannel("SG.test-key", host=sendgrid_server.url, timeout=0.2)
+    sendgrid_server.then(Reply(202, delay=1.0))
+
+    answers = channel.send_many(batch_of(3))
+
+    assert kinds(answers) == [ErrorKind.UNKNOWN] * 3
+    assert len(sendgrid_server.requests) == 1
+
+
+def test_an_unexpected_error_in_one_request_answers_its_messages_unknown_and_others_still_go(
+    sendgrid_server: SendGridServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def broken(self: SendGridChannel, batch: Any, tags: Any) -> dict[str, Any]:
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr(SendGridChannel, "shared_body", broken)
+    messages = [*batch_of(2), replace(MESSAGE, from_email="news@acme.test")]
+
+    answers = channel_for(sendgrid_server).send_many(messages)
+
+    assert kinds(answers) == [ErrorKind.UNKNOWN, ErrorKind.UNKNOWN, "accepted"]
+    assert "RuntimeError: a bug" in str(answers[0])
+    assert len(sendgrid_server.requests) == 1
+
+
+def shared_mail(count: int, **substitutions: object) -> dict[str, Any]:
+    """A request of `count` personalizations whose content is the tag -body-."""
+    return {
+        "from": {"email": "hello@acme.test"},
+        "content": [{"type": "text/plain", "value": "-body-"}],
+        "personalizations": [
+            {
+                "to": [{"email": f"lead{n}@example.com"}],
+                "subject": "Hi",
+                "substitutions": {"-body-": f"Hi {n}"} | substitutions,
+            }
+            for n in range(count)
+        ],
+    }
+
+
+@pytest.mark.parametrize(
+    ("mail", "field"),
+    [
+        (shared_mail(1001), "personalizations"),
+        (shared_mail(2, **{"-body-": "x" * 9_995}), "personalizations.0.substitutions"),
+        (shared_mail(6, **{"-body-": "x" * 9_000}), "personalizations"),
+        (shared_mail(1, **{"-body-": 1}), "personalizations.0.substitutions"),
+    ],
+    ids=["1001-personalizations", "10001-bytes", "54000-bytes-in-all", "not-a-string"],
+)
+def test_the_stand_in_refuses_personalizations_past_sendgrid_limits(
+    sendgrid_server: SendGridServer, mail: dict[str, Any], field: str
+) -> None:
+    with pytest.raises(BadRequestsError) as caught:
+        SendGridAPIClient("SG.test-key", host=sendgrid_server.url).send(mail)
+
+    assert field in {e["field"] for e in json.loads(caught.value.body)["errors"]}
+
+
+def test_the_stand_in_fills_each_personalization_with_its_own_substitutions(
+    sendgrid_server: SendGridServer,
+) -> None:
+    SendGridAPIClient("SG.test-key", host=sendgrid_server.url).send(shared_mail(3))
+
+    assert [e.content[0]["value"] for e in sendgrid_server.emails] == ["Hi 0", "Hi 1", "Hi 2"]

@@ -5,11 +5,15 @@ from __future__ import annotations
 import email
 import email.policy
 import ssl
+from dataclasses import replace
+from datetime import datetime
 from email.message import EmailMessage as Parsed
+from email.message import Message
 
 import pytest
 
-from channels.base import EmailMessage
+from channels import smtp
+from channels.base import EmailMessage, SendResult, build_mime
 from channels.smtp import SmtpChannel
 from engine.errors import ChannelError, ConfigurationError, ErrorKind
 from tests.channels.servers import SmtpServer, free_port
@@ -33,6 +37,13 @@ def parsed(content: bytes) -> Parsed:
     assert isinstance(message, Parsed)
     return message
 
+
+
+def _logged_in(server: SmtpServer, tls: ssl.SSLContext, password: str) -> SmtpChannel:
+    """The channel to the STARTTLS test server, logging in as `mailer`."""
+    return SmtpChannel(
+        "127.0.0.1", server.port, user="mailer", password=password, starttls=True, ssl_context=tls
+    )
 
 def test_a_message_arrives_with_both_parts_and_the_nurture_headers(
     smtp_server: SmtpServer,
@@ -60,14 +71,7 @@ def test_a_message_arrives_with_both_parts_and_the_nurture_headers(
 def test_starttls_and_login_are_used_when_configured(
     secure_smtp_server: SmtpServer, client_tls: ssl.SSLContext
 ) -> None:
-    channel = SmtpChannel(
-        "127.0.0.1",
-        secure_smtp_server.port,
-        user="mailer",
-        password="s3cret",
-        starttls=True,
-        ssl_context=client_tls,
-    )
+    channel = _logged_in(secure_smtp_server, client_tls, "s3cret")
 
     channel.send(MESSAGE)
 
@@ -77,14 +81,7 @@ def test_starttls_and_login_are_used_when_configured(
 def test_a_wrong_password_is_a_configuration_error(
     secure_smtp_server: SmtpServer, client_tls: ssl.SSLContext
 ) -> None:
-    channel = SmtpChannel(
-        "127.0.0.1",
-        secure_smtp_server.port,
-        user="mailer",
-        password="nope",
-        starttls=True,
-        ssl_context=client_tls,
-    )
+    channel = _logged_in(secure_smtp_server, client_tls, "nope")
 
     with pytest.raises(ChannelError) as caught:
         channel.send(MESSAGE)
@@ -198,3 +195,189 @@ def test_settings_come_from_the_environment() -> None:
 def test_bad_settings_name_the_variable(env: dict[str, str], variable: str) -> None:
     with pytest.raises(ConfigurationError, match=variable):
         SmtpChannel.from_env(env)
+
+
+def batch_of(count: int) -> list[EmailMessage]:
+    """Messages 1..count, each to its own lead with its own subject, bodies and delivery id."""
+    return [
+        replace(
+            MESSAGE,
+            delivery_id=f"delivery-{n}",
+            to_email=f"lead{n}@example.com",
+            to_name=f"Lead {n}",
+            subject=f"Guide {n}",
+            html=f"<p>Hi lead {n}</p>",
+            text=f"Hi lead {n}",
+        )
+        for n in range(1, count + 1)
+    ]
+
+
+def received_ids(server: SmtpServer) -> list[str]:
+    return [parsed(r.content)["X-Nurture-Delivery-Id"] for r in server.received]
+
+
+def kinds(answers: list[SendResult | ChannelError]) -> list[str]:
+    return [a.kind if isinstance(a, ChannelError) else a.status for a in answers]
+
+
+def test_a_batch_goes_over_one_connection_and_each_recipient_gets_their_own_message(
+    smtp_server: SmtpServer,
+) -> None:
+    messages = batch_of(5)
+
+    answers = SmtpChannel("127.0.0.1", smtp_server.port).send_many(messages)
+
+    assert smtp_server.connections == 1
+    assert [r.rcpt_tos for r in smtp_server.received] == [(m.to_email,) for m in messages]
+    for message, received, answer in zip(messages, smtp_server.received, answers, strict=True):
+        mail = parsed(received.content)
+        assert mail["To"] == f"{message.to_name} <{message.to_email}>"
+        assert mail["Subject"] == message.subject
+        assert mail["X-Nurture-Delivery-Id"] == message.delivery_id
+        plain, html = mail.iter_parts()
+        assert (plain.get_content().strip(), html.get_content().strip()) == (
+            message.text,
+            message.html,
+        )
+        assert isinstance(answer, SendResult)
+        assert answer.provider_message_id == mail["Message-ID"]
+
+
+def test_a_batch_over_starttls_logs_in_once(
+    secure_smtp_server: SmtpServer, client_tls: ssl.SSLContext
+) -> None:
+    channel = _logged_in(secure_smtp_server, client_tls, "s3cret")
+
+    answers = channel.send_many(batch_of(3))
+
+    assert kinds(answers) == ["accepted"] * 3
+    assert secure_smtp_server.connections == 1
+    assert len(secure_smtp_server.received) == 3
+
+
+def test_a_wrong_password_fails_the_whole_batch_without_trying_again(
+    secure_smtp_server: SmtpServer, client_tls: ssl.SSLContext
+) -> None:
+    channel = _logged_in(secure_smtp_server, client_tls, "nope")
+
+    answers = channel.send_many(batch_of(3))
+
+    assert kinds(answers) == [ErrorKind.CONFIGURATION] * 3
+    assert secure_smtp_server.connections == 1
+    assert secure_smtp_server.received == []
+
+
+@pytest.mark.parametrize(
+    ("reply", "kind"),
+    [
+        ("550 5.1.1 No such user", ErrorKind.PERMANENT),
+        ("450 4.2.1 Mailbox busy", ErrorKind.TRANSIENT),
+    ],
+    ids=["550", "450"],
+)
+def test_a_refused_recipient_in_the_middle_fails_only_that_message(
+    smtp_server: SmtpServer, reply: str, kind: str
+) -> None:
+    smtp_server.handler.refusals["lead2@example.com"] = reply
+
+    answers = SmtpChannel("127.0.0.1", smtp_server.port).send_many(batch_of(4))
+
+    assert kinds(answers) == ["accepted", kind, "accepted", "accepted"]
+    assert received_ids(smtp_server) == ["delivery-1", "delivery-3", "delivery-4"]
+    assert smtp_server.connections == 1
+
+
+def test_a_message_refused_at_the_end_of_data_leaves_the_session_usable(
+    smtp_server: SmtpServer,
+) -> None:
+    smtp_server.handler.data_replies.append("554 5.7.1 Message rejected as spam")
+
+    answers = SmtpChannel("127.0.0.1", smtp_server.port).send_many(batch_of(3))
+
+    assert kinds(answers) == [ErrorKind.PERMANENT, "accepted", "accepted"]
+    assert received_ids(smtp_server) == ["delivery-2", "delivery-3"]
+    assert smtp_server.connections == 1
+
+
+def test_a_message_with_a_header_injection_fails_alone_before_anything_is_sent(
+    smtp_server: SmtpServer,
+) -> None:
+    messages = batch_of(3)
+    messages[1] = replace(messages[1], subject="Hi\r\nBcc: everyone@example.com")
+
+    answers = SmtpChannel("127.0.0.1", smtp_server.port).send_many(messages)
+
+    assert kinds(answers) == ["accepted", ErrorKind.PERMANENT, "accepted"]
+    assert received_ids(smtp_server) == ["delivery-1", "delivery-3"]
+    assert smtp_server.connections == 1
+
+
+def test_a_421_reply_closes_the_session_and_the_rest_go_over_a_new_one(
+    smtp_server: SmtpServer,
+) -> None:
+    smtp_server.handler.refusals["lead2@example.com"] = "421 4.7.0 Closing connection"
+
+    answers = SmtpChannel("127.0.0.1", smtp_server.port).send_many(batch_of(4))
+
+    assert kinds(answers) == ["accepted", ErrorKind.TRANSIENT, "accepted", "accepted"]
+    assert received_ids(smtp_server) == ["delivery-1", "delivery-3", "delivery-4"]
+    assert smtp_server.connections == 2
+
+
+def test_a_connection_lost_before_a_message_went_out_fails_it_transient_and_the_rest_reconnect(
+    smtp_server: SmtpServer,
+) -> None:
+    smtp_server.handler.rcpt_faults.extend(["none", "hang up"])
+
+    answers = SmtpChannel("127.0.0.1", smtp_server.port, timeout=2).send_many(batch_of(4))
+
+    assert kinds(answers) == ["accepted", ErrorKind.TRANSIENT, "accepted", "accepted"]
+    assert received_ids(smtp_server) == ["delivery-1", "delivery-3", "delivery-4"]
+    assert smtp_server.connections == 2
+
+
+@pytest.mark.parametrize("fault", ["stall", "hang up"])
+def test_no_answer_after_data_of_one_message_leaves_it_unknown_and_the_rest_go_on_a_new_connection(
+    smtp_server: SmtpServer, fault: str
+) -> None:
+    smtp_server.handler.data_faults.extend(["none", fault])
+
+    answers = SmtpChannel("127.0.0.1", smtp_server.port, timeout=0.3).send_many(batch_of(4))
+
+    assert kinds(answers) == ["accepted", ErrorKind.UNKNOWN, "accepted", "accepted"]
+    # the relay has message 2 exactly once: it was not sent again on the new connection
+    assert received_ids(smtp_server) == ["delivery-1", "delivery-2", "delivery-3", "delivery-4"]
+    assert smtp_server.connections == 2
+
+
+def test_when_reconnecting_fails_the_rest_of_the_batch_is_transient_and_never_sent(
+    smtp_server: SmtpServer,
+) -> None:
+    smtp_server.max_connections = 1
+    smtp_server.handler.rcpt_faults.extend(["none", "hang up"])
+
+    answers = SmtpChannel("127.0.0.1", smtp_server.port, timeout=2).send_many(batch_of(4))
+
+    assert kinds(answers) == ["accepted"] + [ErrorKind.TRANSIENT] * 3
+    assert [a.status for a in answers[2:] if isinstance(a, ChannelError)] == [421, 421]
+    assert received_ids(smtp_server) == ["delivery-1"]
+    assert smtp_server.connections == 2  # one try to reconnect, not one per message
+
+
+def test_an_unexpected_error_on_one_message_answers_it_unknown_and_the_rest_still_go(
+    smtp_server: SmtpServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def build(message: EmailMessage, sent_at: datetime) -> Message:
+        if message.delivery_id == "delivery-2":
+            raise RuntimeError("a bug")
+        return build_mime(message, sent_at)
+
+    monkeypatch.setattr(smtp, "build_mime", build)
+
+    answers = SmtpChannel("127.0.0.1", smtp_server.port).send_many(batch_of(3))
+
+    assert kinds(answers) == ["accepted", ErrorKind.UNKNOWN, "accepted"]
+    assert "RuntimeError: a bug" in str(answers[1])
+    assert received_ids(smtp_server) == ["delivery-1", "delivery-3"]
+    assert smtp_server.connections == 2  # a session left in an unknown state is not reused
