@@ -3,7 +3,7 @@
 May import: funnel, workflow, channels and the low floors.
 """
 
-from engine.delivery.feedback import record_delivery_event
+from engine.delivery.feedback import record_delivery_event, record_delivery_events
 from engine.delivery.handoff import HandoffAttempt, deliver_handoff
 from engine.delivery.process import CrmTarget, DeliveryContext
 from engine.delivery.rendering import Renderer
@@ -17,5 +17,6 @@ __all__ = [
     "SendAttempt",
     "deliver_handoff",
     "record_delivery_event",
+    "record_delivery_events",
     "send_delivery",
 ]

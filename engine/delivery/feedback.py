@@ -1,21 +1,22 @@
 """Provider feedback into the engine: opens and clicks score, bounces, complaints and STOP suppress.
 
-Every provider event becomes a lead event recorded through `track()` with the idempotency id
+Every provider event becomes a lead event recorded through `record()` with the idempotency id
 `<provider>:<provider_event_id>`, so a webhook retried by the provider counts once, and
 consequences (suppression, consent, skipped sends) run only the first time. Feedback on a
 send also proves the provider took it: a delivery whose send outcome was `unknown` is settled
-as `sent`, with the provider's message id.
+as `sent`, with the provider's message id. A webhook's many events are one pass
+(`record_delivery_events`) with the answers and changes of the same events one by one.
 """
 
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import delete, select, update
+from sqlalchemy import bindparam, delete, or_, select, update
 from sqlalchemy.orm import Session
 
 from channels.base import EMAIL, SMS, DeliveryEvent
@@ -23,7 +24,7 @@ from engine.delivery.sending import UNSETTLED, suppress
 from engine.errors import InvalidLeadError
 from engine.funnel.lead_fields import normalise_email, normalise_phone
 from engine.funnel.leads import Identity
-from engine.funnel.service import Outcome, track
+from engine.funnel.service import NewEvent, Outcome, record
 from engine.models import Delivery, DeliveryStatus, Lead, Suppression
 from engine.workflow.runtime import Runtime
 
@@ -158,34 +159,6 @@ def _rule(event: DeliveryEvent) -> _Rule | None:
     return RULES.get((event.channel, event.kind))
 
 
-def _delivery(session: Session, event: DeliveryEvent) -> Delivery | None:
-    """The delivery the event reports on: by our delivery id, else by the provider's message id.
-
-    Locked, since a worker may be recording the same send's outcome at this moment.
-    """
-    if event.delivery_id:
-        delivery = session.get(Delivery, event.delivery_id, with_for_update=True)
-        if delivery is not None:
-            return delivery
-    if event.provider_message_id:
-        query = select(Delivery).where(Delivery.provider_message_id == event.provider_message_id)
-        return session.scalars(query.limit(1).with_for_update()).first()
-    return None
-
-
-def _find(session: Session, event: DeliveryEvent) -> _Target | None:
-    """The delivery and its lead, else the lead with the event's address (inbound SMS)."""
-    delivery = _delivery(session, event)
-    if delivery is not None:
-        return _Target(session.get_one(Lead, delivery.lead_id), delivery)
-    address = _recipient(event)
-    if address is None:
-        return None
-    column = Lead.email if event.channel == EMAIL else Lead.phone
-    lead = session.scalars(select(Lead).where(column == address)).one_or_none()
-    return None if lead is None else _Target(lead, None)
-
-
 def _properties(event: DeliveryEvent, delivery: Delivery | None) -> dict[str, Any]:
     """What scoring rules and conditions may match on: the send it came from, url, reason, body."""
     properties: dict[str, Any] = {"provider": event.provider}
@@ -212,53 +185,236 @@ def _text(value: str) -> str:
     return value.replace("\x00", "\ufffd").encode("utf-8", "replace").decode("utf-8")
 
 
-def _accepted(session: Session, event: DeliveryEvent) -> FeedbackResult:
+def _column(channel: str) -> str:
+    """The lead column that holds a channel's addresses."""
+    return "email" if channel == EMAIL else "phone"
+
+
+@dataclass
+class _Known:
+    """The deliveries and leads a batch of provider events may be about, read and locked once."""
+
+    deliveries: dict[str, Delivery]
+    by_message: dict[str, Delivery]
+    leads: dict[int, Lead]
+    by_address: dict[tuple[str, str], Lead]
+
+    @classmethod
+    def load(cls, session: Session, events: Sequence[DeliveryEvent]) -> _Known:
+        """One query for the deliveries (by our id or the provider's message id), one for
+        their leads and the leads with the events' addresses; both locked in id order, since
+        a worker may be recording a send's outcome and another request the same lead's events.
+        """
+        ids = {event.delivery_id for event in events if event.delivery_id}
+        messages = {event.provider_message_id for event in events if event.provider_message_id}
+        keys = {"ids": sorted(ids), "messages": sorted(messages)}
+        found = list(session.scalars(_LOCKED_DELIVERIES, keys))
+        by_message: dict[str, Delivery] = {}
+        for delivery in found:
+            if delivery.provider_message_id:
+                by_message.setdefault(delivery.provider_message_id, delivery)
+        addresses = {(_column(e.channel), a) for e in events if (a := _recipient(e)) is not None}
+        wanted = {
+            "ids": sorted({delivery.lead_id for delivery in found}),
+            "emails": sorted(address for column, address in addresses if column == "email"),
+            "phones": sorted(address for column, address in addresses if column == "phone"),
+        }
+        leads = list(session.scalars(_LOCKED_LEADS, wanted))
+        by_address = {
+            (column, address): lead
+            for lead in leads
+            for column in ("email", "phone")
+            if (address := getattr(lead, column))
+        }
+        return cls(
+            {d.id: d for d in found}, by_message, {lead.id: lead for lead in leads}, by_address
+        )
+
+    def delivery(self, event: DeliveryEvent) -> Delivery | None:
+        """The delivery the event reports on: by our delivery id, else by the provider's
+        message id (the lowest delivery id when several carry it)."""
+        delivery = self.deliveries.get(event.delivery_id) if event.delivery_id else None
+        if delivery is None and event.provider_message_id:
+            return self.by_message.get(event.provider_message_id)
+        return delivery
+
+    def target(self, event: DeliveryEvent) -> _Target | None:
+        """The delivery and its lead, else the lead with the event's address (inbound SMS)."""
+        delivery = self.delivery(event)
+        if delivery is not None:
+            return _Target(self.leads[delivery.lead_id], delivery)
+        address = _recipient(event)
+        lead = self.by_address.get((_column(event.channel), address)) if address else None
+        return None if lead is None else _Target(lead, None)
+
+    def settle(self, delivery: Delivery, event: DeliveryEvent) -> bool:
+        """`_settle`, and a message id it gave the delivery finds it for the events after."""
+        if not _settle(delivery, event):
+            return False
+        if delivery.provider_message_id:
+            self.by_message.setdefault(delivery.provider_message_id, delivery)
+        return True
+
+
+_LOCKED_DELIVERIES = (
+    select(Delivery)
+    .where(
+        or_(
+            Delivery.id.in_(bindparam("ids", expanding=True)),
+            Delivery.provider_message_id.in_(bindparam("messages", expanding=True)),
+        )
+    )
+    .order_by(Delivery.id)
+    .with_for_update()
+)
+_LOCKED_LEADS = (
+    select(Lead)
+    .where(
+        or_(
+            Lead.id.in_(bindparam("ids", expanding=True)),
+            Lead.email.in_(bindparam("emails", expanding=True)),
+            Lead.phone.in_(bindparam("phones", expanding=True)),
+        )
+    )
+    .order_by(Lead.id)
+    .with_for_update()
+)
+
+
+@dataclass(frozen=True)
+class _Turn:
+    """A provider event about a lead, to record in order and then apply its rule's effect."""
+
+    event: DeliveryEvent
+    rule: _Rule
+    target: _Target
+
+    def new_event(self) -> NewEvent:
+        """The lead event to record: keyed by the lead's stored identity, so `record` finds
+        it and changes nothing about it; idempotent by the provider's event id."""
+        column, value = Identity.of(self.target.lead).key()
+        return NewEvent(
+            {column: value},
+            self.rule.event_type,
+            _properties(self.event, self.target.delivery),
+            self.event.occurred_at,
+            _event_key(self.event),
+            self.event.provider,
+        )
+
+    def finish(self, session: Session, outcome: Outcome, now: datetime) -> FeedbackResult:
+        """The answer once recorded: the rule's effect applies the first time only."""
+        delivery = self.target.delivery
+        delivery_id = delivery.id if delivery is not None else None
+        lead_id = self.target.lead.id
+        if outcome.duplicate:
+            return FeedbackResult(True, lead_id, delivery_id, "ignored", outcome)
+        if self.rule.effect is not None:
+            self.rule.effect(session, self.target, self.event, now)
+        return FeedbackResult(False, lead_id, delivery_id, self.rule.action, outcome)
+
+
+@dataclass(frozen=True)
+class _Refusal:
+    """A refusal (bounce, STOP) from an address no lead has: it suppresses the address only."""
+
+    event: DeliveryEvent
+    address: str
+
+    def finish(self, session: Session, now: datetime) -> FeedbackResult:
+        """Suppressed once: a duplicate when the address already was."""
+        added = suppress(session, self.event.channel, self.address, _reason(self.event), now)
+        return FeedbackResult(not added, None, None, "suppressed")
+
+
+_Step = _Turn | _Refusal
+# Effects that write what recording a later event of the same lead reads: consent (enrolment
+# needs some) and planned sends (a milestone move skips those left with its own reason).
+_LEAD_EFFECTS = (_withdraw, _restore)
+
+
+def _step(known: _Known, event: DeliveryEvent) -> FeedbackResult | _Step:
+    """An event's answer when it records nothing, else its step; its delivery is settled."""
+    if event.kind == "accepted":
+        return _accepted(known, event)
+    rule = _rule(event)
+    if rule is None:
+        return FeedbackResult(False, None, None, "ignored")
+    target = known.target(event)
+    if target is None:
+        address = _recipient(event)
+        if rule.effect is _withdraw and address:
+            return _Refusal(event, address)
+        return FeedbackResult(False, None, None, "unknown_recipient")
+    if target.delivery is not None:
+        known.settle(target.delivery, event)
+    return _Turn(event, rule, target)
+
+
+def _accepted(known: _Known, event: DeliveryEvent) -> FeedbackResult:
     """The provider says it has the message: settle its delivery if the send's answer was lost;
     nothing else happens, so no lead event is recorded (one per send would add nothing)."""
-    delivery = _delivery(session, event)
-    if delivery is None or not _settle(delivery, event):
+    delivery = known.delivery(event)
+    if delivery is None or not known.settle(delivery, event):
         return FeedbackResult(False, None, None, "ignored")
     return FeedbackResult(False, delivery.lead_id, delivery.id, "settled")
 
 
-def record_delivery_event(session: Session, rt: Runtime, event: DeliveryEvent) -> FeedbackResult:
-    """Record one provider event against its delivery's lead and apply what it means, once.
+def _segments(steps: Sequence[_Step]) -> Iterator[list[_Step]]:
+    """The steps in runs recorded together: a run ends before an event of a lead that a
+    withdrawal or restore earlier in the run changed, so it sees that change as it would
+    have one by one. Other effects write nothing that recording reads."""
+    run: list[_Step] = []
+    changed: set[int] = set()
+    for step in steps:
+        lead_id = step.target.lead.id if isinstance(step, _Turn) else None
+        if lead_id in changed:
+            yield run
+            run, changed = [], set()
+        run.append(step)
+        if isinstance(step, _Turn) and step.rule.effect in _LEAD_EFFECTS:
+            changed.add(step.target.lead.id)
+    if run:
+        yield run
 
-    `action` is "ignored" for a duplicate (`duplicate` says so) and for a kind that means
-    nothing on its channel, "unknown_recipient" when no delivery or lead matches: feedback
-    never creates a lead. A refusal from an address no lead has (a STOP from a number not yet
-    imported) still suppresses it: "suppressed", a duplicate when it already was.
-    The caller owns the transaction.
+
+def _record_run(session: Session, rt: Runtime, run: Sequence[_Step]) -> list[FeedbackResult]:
+    """Record a run's lead events in one `record` call, then apply their effects in order."""
+    new = [step.new_event() for step in run if isinstance(step, _Turn)]
+    outcomes = iter(record(session, rt, new) if new else [])
+    now = rt.clock.now()
+    return [
+        step.finish(session, next(outcomes), now)
+        if isinstance(step, _Turn)
+        else step.finish(session, now)
+        for step in run
+    ]
+
+
+def record_delivery_events(
+    session: Session, rt: Runtime, events: Sequence[DeliveryEvent]
+) -> list[FeedbackResult]:
+    """Record provider events against their deliveries' leads and apply what each means,
+    once; one answer per event, in order, as if they came one by one.
+
+    The deliveries and leads are read and locked once, the lead events recorded with one
+    `record` call (cut where an opt-out or opt-in would change what a later event of the same
+    lead sees). `action` is "ignored" for a duplicate (`duplicate` says so) and for a kind
+    that means nothing on its channel, "unknown_recipient" when no delivery or lead matches:
+    feedback never creates a lead. A refusal from an address no lead has (a STOP from a
+    number not yet imported) still suppresses it: "suppressed", a duplicate when it already
+    was. The caller owns the transaction.
     """
-    if event.kind == "accepted":
-        return _accepted(session, event)
-    rule = _rule(event)
-    if rule is None:
-        return FeedbackResult(False, None, None, "ignored")
-    target = _find(session, event)
-    if target is None:
-        address = _recipient(event)
-        if rule.effect is _withdraw and address:
-            added = suppress(session, event.channel, address, _reason(event), rt.clock.now())
-            return FeedbackResult(not added, None, None, "suppressed")
-        return FeedbackResult(False, None, None, "unknown_recipient")
-    delivery_id = target.delivery.id if target.delivery is not None else None
-    if target.delivery is not None:
-        _settle(target.delivery, event)
-    # The lead's stored identity key, so `track()` finds it and changes nothing about it.
-    column, value = Identity.of(target.lead).key()
-    result = track(
-        session,
-        rt,
-        {column: value},
-        rule.event_type,
-        _properties(event, target.delivery),
-        occurred_at=event.occurred_at,
-        event_id=_event_key(event),
-        source=event.provider,
+    wanted = [event for event in events if event.kind == "accepted" or _rule(event)]
+    known = _Known.load(session, wanted)
+    answers = [_step(known, event) for event in events]
+    steps = [answer for answer in answers if not isinstance(answer, FeedbackResult)]
+    recorded = iter(
+        [result for run in _segments(steps) for result in _record_run(session, rt, run)]
     )
-    if result.duplicate:
-        return FeedbackResult(True, target.lead.id, delivery_id, "ignored", result)
-    if rule.effect is not None:
-        rule.effect(session, target, event, rt.clock.now())
-    return FeedbackResult(False, target.lead.id, delivery_id, rule.action, result)
+    return [answer if isinstance(answer, FeedbackResult) else next(recorded) for answer in answers]
+
+
+def record_delivery_event(session: Session, rt: Runtime, event: DeliveryEvent) -> FeedbackResult:
+    """Record one provider event: a batch of one (`record_delivery_events`)."""
+    return record_delivery_events(session, rt, [event])[0]

@@ -4,13 +4,15 @@ None of these take an API key: webhooks are signed by the provider, unsubscribe 
 A request whose signature does not verify is refused with 403 before anything is recorded;
 so is every Twilio request while TWILIO_AUTH_TOKEN is unset (`allow_unsigned_webhooks` is for
 SendGrid only: the Twilio parser always verifies).
-Each provider event is recorded in its own transaction; the engine ignores duplicates, so a
-provider retrying a whole batch after a partial failure counts every event once.
+A request's events are recorded together in one transaction: all or none. When the database
+fails, the answer is 503 and the provider retries the whole post; the engine ignores
+duplicates, so every event counts once.
 """
 
 from __future__ import annotations
 
 import html
+import logging
 from collections.abc import Callable, Mapping, Sequence
 from typing import Annotated, Any
 from urllib.parse import parse_qsl
@@ -19,6 +21,7 @@ from xml.sax.saxutils import escape as xml_escape
 from fastapi import APIRouter, Header, HTTPException, Request
 from fastapi.responses import HTMLResponse, Response
 from pydantic import BaseModel
+from sqlalchemy.exc import DBAPIError
 from starlette.concurrency import run_in_threadpool
 
 from channels.base import EMAIL, DeliveryEvent
@@ -33,7 +36,7 @@ from channels.webhooks import (
     parse_twilio_status,
 )
 from engine.app import App
-from engine.delivery.feedback import record_delivery_event
+from engine.delivery.feedback import record_delivery_events
 from engine.delivery.sending import suppress
 from engine.delivery.unsubscribe import InvalidTokenError, read_token, topic_named
 from engine.funnel.leads import Identity
@@ -42,6 +45,8 @@ from engine.funnel.topics import TOPIC_EVENT
 from engine.http.schemas import error_responses
 from engine.models import Lead
 from engine.read.metrics import Metrics
+
+log = logging.getLogger(__name__)
 
 TWIML_EMPTY = '<?xml version="1.0" encoding="UTF-8"?><Response/>'
 STOP_CONFIRMATION = (
@@ -112,10 +117,16 @@ def webhook_router(
     responses = error_responses(400, 403, 413, 503)
 
     def record(provider: str, events: Sequence[DeliveryEvent]) -> WebhookOut:
-        counts = {"recorded": 0, "duplicates": 0, "ignored": 0}
-        for event in events:
+        """Record the events in one transaction; a database failure (a conflict included)
+        leaves none written and answers 503, so the provider posts them all again."""
+        try:
             with app.sessions.begin() as session:
-                result = record_delivery_event(session, app.rt, event)
+                results = record_delivery_events(session, app.rt, events)
+        except DBAPIError as error:
+            log.error("%s webhook: %d events not recorded: %s", provider, len(events), error)
+            raise HTTPException(503, "events not recorded: the provider should retry") from error
+        counts = {"recorded": 0, "duplicates": 0, "ignored": 0}
+        for result in results:
             if result.duplicate:
                 counts["duplicates"] += 1
             elif result.track is not None:

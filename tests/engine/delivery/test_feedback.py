@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import json
+from collections import Counter
+from collections.abc import Iterator
 from datetime import datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -14,12 +17,14 @@ from twilio.request_validator import RequestValidator
 from channels.base import EMAIL, SMS, DeliveryEvent
 from channels.webhooks import parse_sendgrid_events, parse_twilio_status, sms_keyword_kind
 from engine.clock import FrozenClock
-from engine.delivery.feedback import FeedbackResult, record_delivery_event
+from engine.db import make_engine, make_sessionmaker
+from engine.delivery.feedback import FeedbackResult, record_delivery_event, record_delivery_events
 from engine.funnel.service import track
-from engine.models import Delivery, Event, Lead, ScoreEntry, Suppression
+from engine.models import Base, Delivery, Enrolment, Event, Lead, ScoreEntry, Suppression
 from engine.runner.inline import run_due
 from engine.workflow.runtime import Runtime
 from tests.channels.servers import SendGridSigner
+from tests.conftest import START
 
 ANA = {"email": "ana@northwind.test", "phone": "+15005550001", "sms_consent": True}
 
@@ -468,3 +473,188 @@ def test_feedback_never_turns_a_failed_or_skipped_delivery_into_a_sent_one(
     _record(sessions, rt, _signed_sendgrid(clock, event="delivered", delivery_id=delivery_id))
     with sessions.begin() as s:
         assert _statuses(s)["welcome"] == ("failed", "permanent: sendgrid 400")
+
+
+# -- a webhook's events together: the same answers and changes as one by one --------------
+
+BEN = {"email": "ben@contoso.test", "phone": "+15005550002", "sms_consent": True}
+CY = {"email": "cy@initech.test"}
+
+
+def _sent_and_planned(
+    sessions: sessionmaker[Session], rt: Runtime, clock: FrozenClock
+) -> dict[tuple[str, str], str]:
+    """Ana, Ben and Cy fill in the form; two days on, each has the welcome email out (Ana's
+    and Cy's sent, Ben's answer lost) and the case study planned. Their delivery ids."""
+    with sessions.begin() as s:
+        for lead in (ANA, BEN, CY):
+            track(s, rt, lead, "form_submitted")
+    run_due(sessions, rt)
+    clock.advance(timedelta(days=2))
+    run_due(sessions, rt)
+    with sessions.begin() as s:
+        ids = {}
+        for delivery in s.scalars(select(Delivery)):
+            email = s.get_one(Lead, delivery.lead_id).email
+            assert email is not None
+            ids[(email, delivery.template)] = delivery.id
+            if delivery.template == "welcome":
+                delivery.status = "unknown" if email == BEN["email"] else "sent"
+                if email != BEN["email"]:
+                    delivery.provider, delivery.provider_message_id = "sendgrid", f"msg-{email}"
+    return ids
+
+
+def _sms(kind: str, sid: str, phone: str, at: datetime) -> DeliveryEvent:
+    return _event(kind, at, channel=SMS, provider="twilio", provider_event_id=sid, recipient=phone)
+
+
+def _webhook_batch(ids: dict[tuple[str, str], str], at: datetime) -> list[DeliveryEvent]:
+    """A provider's post: opens, clicks, a bounce, duplicates, strangers, an `accepted`."""
+    ana, ben, cy = (ids[(lead["email"], "welcome")] for lead in (ANA, BEN, CY))
+    stranger = {"recipient": "nobody@northwind.test", "delivery_id": "no-such"}
+    return [
+        _event("opened", at, provider_event_id="open-a", delivery_id=ana),
+        # Ana's address bounces: the case study is skipped as suppressed ...
+        _event("bounced", at, provider_event_id="bounce-a", delivery_id=ana, reason="550"),
+        # ... before this click moves her to `consideration`, which would skip it otherwise
+        _event("clicked", at, provider_event_id="click-a", delivery_id=ana, url="https://a.test"),
+        _event("clicked", at, provider_event_id="click-a", delivery_id=ana),  # in this batch
+        _event("clicked", at, provider_event_id="click-0", delivery_id=ana),  # an earlier one
+        _event(
+            "accepted",
+            at,
+            provider_event_id="processed-b",
+            delivery_id=ben,
+            provider_message_id="msg-b",
+            recipient=BEN["email"],
+        ),
+        # no delivery id: found by the message id that the `accepted` before it settled
+        _event(
+            "opened",
+            at,
+            provider_event_id="open-b",
+            provider_message_id="msg-b",
+            recipient=BEN["email"],
+        ),
+        _event("accepted", at, provider_event_id="processed-c", delivery_id=cy),  # sent already
+        _event(
+            "bounced",
+            at,
+            provider_event_id="blocked-c",
+            delivery_id=cy,
+            reason="IP listed",
+            detail={"type": "blocked"},
+        ),
+        *(_event("opened", at, provider_event_id=f"open-c{n}", delivery_id=cy) for n in range(3)),
+        _event("opened", at, provider_event_id="open-x", **stranger),
+        _event("bounced", at, provider_event_id="bounce-x", **stranger),
+        _event("bounced", at, provider_event_id="bounce-x2", **stranger),  # suppressed already
+        _sms("opted_out", "SM-stop-b", BEN["phone"], at),
+        _sms("replied", "SM-reply-b", BEN["phone"], at),
+        _sms("opted_in", "SM-start-b", BEN["phone"], at),
+        _event("replied", at, provider_event_id="replied-a", delivery_id=ana),  # not on email
+    ]
+
+
+def _answers(
+    results: list[FeedbackResult], ids: dict[tuple[str, str], str]
+) -> list[tuple[Any, ...]]:
+    """The results with each delivery named by lead and template, not by its random id."""
+    names = {delivery_id: key for key, delivery_id in ids.items()}
+    return [
+        (
+            r.duplicate,
+            r.lead_id,
+            names.get(r.delivery_id or ""),
+            r.action,
+            r.track and (r.track.duplicate, r.track.points, r.track.stage, r.track.failed),
+        )
+        for r in results
+    ]
+
+
+def _feedback_state(sessions: sessionmaker[Session]) -> dict[str, Any]:
+    """What the feedback changed: leads, events, ledger, suppressions, deliveries, enrolments."""
+    with sessions() as s:
+        emails = dict(s.execute(select(Lead.id, Lead.email)).tuples().all())
+        templates = {d.id: (emails[d.lead_id], d.template) for d in s.scalars(select(Delivery))}
+
+        def props(event: Event) -> tuple[tuple[str, Any], ...]:
+            named = templates.get(event.properties.get("delivery_id", ""))
+            return tuple(sorted((event.properties | {"delivery_id": named}).items()))
+
+        return {
+            "leads": {
+                lead.email: (lead.stage, lead.engagement, lead.email_consent, lead.sms_consent)
+                for lead in s.scalars(select(Lead))
+            },
+            "events": Counter(
+                (emails[e.lead_id], e.type, e.idempotency_key, e.status, props(e))
+                for e in s.scalars(select(Event))
+            ),
+            "ledger": Counter(
+                (emails[e.lead_id], e.rule, e.points, e.reason)
+                for e in s.scalars(select(ScoreEntry))
+            ),
+            "suppressions": {
+                (r.channel, r.address, r.reason) for r in s.scalars(select(Suppression))
+            },
+            "deliveries": {
+                templates[d.id]: (d.status, d.detail, d.provider, d.provider_message_id, d.sent_at)
+                for d in s.scalars(select(Delivery))
+            },
+            "enrolments": Counter(
+                (emails[e.lead_id], e.sequence, e.milestone, e.status)
+                for e in s.scalars(select(Enrolment))
+            ),
+        }
+
+
+@pytest.fixture
+def second_database(tmp_path: Path) -> Iterator[sessionmaker[Session]]:
+    """A fresh SQLite database beside the test database, for the same events one by one."""
+    engine = make_engine(f"sqlite:///{tmp_path / 'one_by_one.db'}")
+    Base.metadata.create_all(engine)
+    yield make_sessionmaker(engine)
+    engine.dispose()
+
+
+def test_a_webhooks_events_recorded_together_answer_and_change_what_they_would_one_by_one(
+    sessions: sessionmaker[Session],
+    second_database: sessionmaker[Session],
+    rt: Runtime,
+) -> None:
+    answers = []
+    for path, database in (("together", sessions), ("one by one", second_database)):
+        clock = FrozenClock(START)  # the same moments on both databases
+        rt = Runtime(rt.workflows, clock)
+        ids = _sent_and_planned(database, rt, clock)
+        at = clock.now()
+        welcome = ids[(ANA["email"], "welcome")]
+        earlier = _event("clicked", at, provider_event_id="click-0", delivery_id=welcome)
+        with database.begin() as s:
+            record_delivery_events(s, rt, [earlier])
+        batch = _webhook_batch(ids, at)
+        if path == "together":
+            with database.begin() as s:
+                results = record_delivery_events(s, rt, batch)
+        else:
+            results = [_record(database, rt, event) for event in batch]
+        answers.append(_answers(results, ids))
+    together, one_by_one = answers
+    assert together == one_by_one
+    assert [action for _, _, _, action, _ in together] == (
+        ["scored", "suppressed", "scored", "ignored", "ignored", "settled", "scored", "ignored"]
+        + ["failed", "scored", "scored", "scored", "unknown_recipient", "suppressed"]
+        + ["suppressed", "opted_out", "replied", "opted_in", "ignored"]
+    )
+    assert [duplicate for duplicate, *_ in together].count(True) == 3
+    state = _feedback_state(sessions)
+    assert state == _feedback_state(second_database)
+    assert state["deliveries"][(ANA["email"], "case_study")][:2] == (
+        "skipped",
+        "suppressed: bounced",
+    )
+    assert state["deliveries"][(BEN["email"], "welcome")][3] == "msg-b"
+    assert state["leads"][ANA["email"]][:3] == ("mql", 22.0, False)

@@ -18,10 +18,13 @@ from dramatiq.brokers.redis import RedisBroker
 from dramatiq.brokers.stub import StubBroker
 from fastapi.testclient import TestClient
 from sqlalchemy import Engine, func, select
+from sqlalchemy import event as sa_event
+from sqlalchemy.exc import OperationalError
 from twilio.request_validator import RequestValidator
 
 from engine.app import App
 from engine.clock import FrozenClock
+from engine.delivery import feedback
 from engine.delivery.sending import send_delivery
 from engine.delivery.unsubscribe import make_token
 from engine.errors import ConfigurationError
@@ -704,6 +707,98 @@ def test_sendgrid_posts_are_refused_without_a_public_key_unless_unsigned_ones_ar
     assert strict.post("/webhooks/sendgrid", json=[]).status_code == 403
     assert lenient.post("/webhooks/sendgrid", json=[]).json()["received"] == 0
     assert lenient.post("/webhooks/sendgrid", json={"not": "a list"}).status_code == 400
+
+
+def _feedback(delivery: Delivery, count: int) -> list[dict[str, Any]]:
+    """SendGrid opens of Ana's welcome email, every tenth a click, each its own event."""
+    return [
+        {
+            "email": ANA_EMAIL,
+            "timestamp": 1772442600 + n,
+            "event": "open" if n % 10 else "click",
+            "sg_event_id": f"evt-{n}",
+            "sg_message_id": "W86EgYT6SQKk0lRflfLRsA.filter0001",
+            "delivery_id": delivery.id,
+        }
+        for n in range(count)
+    ]
+
+
+def test_a_sendgrid_post_of_50_events_is_recorded_in_one_transaction_and_one_pass(
+    client: TestClient,
+    nurture: App,
+    signer: SendGridSigner,
+    db: Engine,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    delivery = _enrol_and_send(client, nurture)
+    items = _feedback(delivery, 49)
+    items.append(items[3])  # SendGrid repeats an event within a post
+    passes: list[int] = []
+    real = feedback.record
+
+    def counted(session: Any, rt: Any, events: Any) -> Any:
+        passes.append(len(events))
+        return real(session, rt, events)
+
+    monkeypatch.setattr(feedback, "record", counted)
+    transactions: list[object] = []
+
+    def begun(connection: object) -> None:
+        transactions.append(connection)
+
+    sa_event.listen(db, "begin", begun)
+    try:
+        response = _sendgrid(client, signer, items)
+    finally:
+        sa_event.remove(db, "begin", begun)
+
+    assert response.status_code == 200, response.text
+    assert response.json() == {"received": 50, "recorded": 49, "duplicates": 1, "ignored": 0}
+    assert len(transactions) == 1
+    assert passes == [50]
+    assert _count(nurture, Event) == 1 + 49
+    assert _lead(nurture).engagement == 10.0 + 5 * 6  # the form and five clicks, once each
+
+
+def test_a_database_failure_in_a_sendgrid_post_writes_none_of_it_and_answers_503_for_a_retry(
+    client: TestClient, nurture: App, signer: SendGridSigner, db: Engine
+) -> None:
+    delivery = _enrol_and_send(client, nurture)
+    bounce = {
+        "email": ANA_EMAIL,
+        "timestamp": 1772442700,
+        "event": "bounce",
+        "type": "bounce",
+        "reason": "550 5.1.1 unknown user",
+        "sg_event_id": "evt-bounce",
+        "delivery_id": delivery.id,
+    }
+    items = [*_feedback(delivery, 20), bounce]  # the bounce's suppression is written last
+
+    def disk_full(
+        connection: Any, cursor: Any, statement: str, parameters: Any, *args: Any
+    ) -> None:
+        if statement.lstrip().upper().startswith("INSERT INTO SUPPRESSIONS"):
+            raise OperationalError(statement, parameters, Exception("disk full"))
+
+    sa_event.listen(db, "before_cursor_execute", disk_full)
+    try:
+        failed = _sendgrid(client, signer, items)
+    finally:
+        sa_event.remove(db, "before_cursor_execute", disk_full)
+
+    assert failed.status_code == 503, failed.text
+    assert _count(nurture, Event) == 1  # the form only: the opens and clicks went back too
+    assert _count(nurture, Suppression) == 0
+    assert (_lead(nurture).engagement, _lead(nurture).email_consent) == (10.0, True)
+
+    retried = _sendgrid(client, signer, items)  # SendGrid posts the batch again
+
+    assert retried.json() == {"received": 21, "recorded": 21, "duplicates": 0, "ignored": 0}
+    assert _count(nurture, Event) == 1 + 21
+    assert _count(nurture, Suppression) == 1
+    assert (_lead(nurture).engagement, _lead(nurture).email_consent) == (22.0, False)
 
 
 def _twilio(
