@@ -38,7 +38,7 @@ from engine.models import (
 from engine.settings import Settings
 from engine.workflow.runtime import Runtime
 from engine.workflow.spec import Sequence
-from engine.workflow.windows import open_slot
+from engine.workflow.windows import deferral, open_slot
 
 log = logging.getLogger(__name__)
 
@@ -155,12 +155,15 @@ def _guard_and_render(
         return None
     window, channel = sequence.send.window, delivery.channel
     slot = open_slot(policy, now, lead.timezone, window, channel)
-    cap_at = facts.cap_opens_at(lead.id, channel, policy.caps.get(channel))
-    if cap_at is not None and cap_at > slot:
+    cap = policy.caps.get(channel)
+    cap_at = facts.cap_opens_at(lead.id, channel, cap)
+    capped = cap_at is not None and cap_at > slot
+    if cap_at is not None and capped:
         slot = open_slot(policy, cap_at, lead.timezone, window, channel)
     if slot > now:
         delivery.due_at = slot
-        delivery.detail = f"deferred to {slot.isoformat()}"
+        limit = cap if capped else None
+        delivery.detail = deferral(policy, now, slot, lead.timezone, window, channel, limit)
         return None
     message = _render(settings, renderer, facts, delivery, lead, sequence, address, now)
     if message is None:

@@ -23,7 +23,7 @@ from engine.models import (
 )
 from engine.workflow.runtime import Runtime
 from engine.workflow.spec import Fired, Goto, Jump, Send, Sequence, Test, Wait
-from engine.workflow.windows import open_slot
+from engine.workflow.windows import deferral, open_slot
 
 # A milestone may loop through gotos; past this many instructions in one run it is a bug.
 MAX_INSTRUCTIONS = 500
@@ -354,7 +354,8 @@ def _plan(
         is not None
     ):
         return None
-    due = open_slot(rt.send, now, lead.timezone, sequence.send.window, step.channel)
+    window = sequence.send.window
+    due = open_slot(rt.send, now, lead.timezone, window, step.channel)
     delivery = Delivery(
         id=str(uuid.uuid4()),
         enrolment_id=enrolment.id,
@@ -369,7 +370,9 @@ def _plan(
         planned_at=now,
         due_at=due,
         attempts=0,
-        detail=f"deferred to {due.isoformat()}" if due > now else None,
+        detail=(
+            deferral(rt.send, now, due, lead.timezone, window, step.channel) if due > now else None
+        ),
     )
     session.add(delivery)
     return delivery

@@ -8,7 +8,8 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from engine.workflow.spec import QuietHours, SendPolicy, Window
+from engine.workflow.durations import format_duration
+from engine.workflow.spec import Cap, QuietHours, SendPolicy, Window
 
 
 def zone(name: str | None, default: str = "UTC") -> ZoneInfo:
@@ -22,13 +23,22 @@ def zone(name: str | None, default: str = "UTC") -> ZoneInfo:
     return ZoneInfo("UTC")
 
 
-def _allowed(local: datetime, window: Window | None, quiet: QuietHours | None) -> bool:
+DAYS = ("Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun")
+
+
+def _closed(local: datetime, window: Window | None, quiet: QuietHours | None) -> str | None:
+    """Why nothing may be sent at this local moment (quiet hours, then the window), or None."""
     moment = local.timetz().replace(tzinfo=None)
     if quiet is not None and quiet.contains(moment):
-        return False
-    if window is None:
-        return True
-    return local.weekday() in window.days and window.start <= moment < window.end
+        return f"quiet hours {quiet.start:%H:%M}-{quiet.end:%H:%M}"
+    if window is None or (local.weekday() in window.days and window.start <= moment < window.end):
+        return None
+    days = ",".join(DAYS[d] for d in sorted(window.days))
+    return f"send window {days} {window.start:%H:%M}-{window.end:%H:%M}"
+
+
+def _allowed(local: datetime, window: Window | None, quiet: QuietHours | None) -> bool:
+    return _closed(local, window, quiet) is None
 
 
 def next_open_slot(
@@ -63,3 +73,25 @@ def open_slot(
     """The first moment at or after `now` that the window and the channel's quiet hours allow."""
     tz = zone(timezone, policy.default_timezone)
     return next_open_slot(now, tz, window, policy.quiet_hours.get(channel))
+
+
+def deferral(
+    policy: SendPolicy,
+    now: datetime,
+    slot: datetime,
+    timezone: str | None,
+    window: Window | None,
+    channel: str,
+    cap: Cap | None = None,
+) -> str:
+    """Why a send waits and until when, in the lead's own time: what a marketer reads on a
+    delivery ("deferred to ... (Tue 08:00 Europe/Berlin): quiet hours 21:00-08:00")."""
+    tz = zone(timezone, policy.default_timezone)
+    if cap is not None:
+        reason = f"frequency cap {cap.count} {channel} per {format_duration(cap.per)}"
+    else:
+        reason = _closed(now.astimezone(tz), window, policy.quiet_hours.get(channel)) or "closed"
+    local = slot.astimezone(tz)
+    return (
+        f"deferred to {slot.isoformat()} ({DAYS[local.weekday()]} {local:%H:%M} {tz.key}): {reason}"
+    )

@@ -179,6 +179,10 @@ def test_quiet_hours_defer_sms_in_the_leads_time_zone(
     assert [(d.status, d.due_at) for d in sms] == [
         ("planned", datetime(2026, 3, 7, 16, 0, tzinfo=UTC))  # 08:00 in Los Angeles
     ]
+    assert sms[0].detail == (  # why, in the lead's own time: what `lead show` prints
+        "deferred to 2026-03-07T16:00:00+00:00 (Sat 08:00 America/Los_Angeles): "
+        "quiet hours 21:00-08:00"
+    )
 
 
 def test_a_frequency_cap_across_sequences_defers_the_next_email(
@@ -193,6 +197,7 @@ def test_a_frequency_cap_across_sequences_defers_the_next_email(
     assert sender.due() == ["not sent"]  # case_study waits for the cap
     case_study = sender.deliveries()[1]
     assert (case_study.status, case_study.due_at) == ("planned", clock.now() + timedelta(days=1))
+    assert case_study.detail.endswith("): frequency cap 1 email per 3d")
     clock.advance(timedelta(days=1))
     assert sender.due() == ["sent"]
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, time
 
-from engine.workflow.spec import QuietHours, Window
-from engine.workflow.windows import next_open_slot, zone
+from engine.workflow.spec import QuietHours, SendPolicy, Window
+from engine.workflow.windows import deferral, next_open_slot, open_slot, zone
 
 OFFICE = Window(days=frozenset(range(5)), start=time(9), end=time(18))
 SMS_QUIET = QuietHours(start=time(21), end=time(8))
@@ -47,3 +47,13 @@ def test_a_window_opening_inside_a_dst_gap_still_yields_an_open_time() -> None:
 def test_an_unknown_time_zone_falls_back_to_the_default() -> None:
     assert zone("Mars/Olympus", default="Europe/Paris").key == "Europe/Paris"
     assert zone(None).key == "UTC"
+
+
+def test_a_send_outside_its_window_says_which_window_and_when_it_opens_locally() -> None:
+    friday_evening = datetime(2026, 3, 6, 23, 0, tzinfo=UTC)  # 18:00 in New York
+    policy = SendPolicy(quiet_hours={"sms": SMS_QUIET})  # quiet hours of SMS: not this email
+    slot = open_slot(policy, friday_evening, "America/New_York", OFFICE, "email")
+    assert deferral(policy, friday_evening, slot, "America/New_York", OFFICE, "email") == (
+        "deferred to 2026-03-09T13:00:00+00:00 (Mon 09:00 America/New_York): "
+        "send window Mon,Tue,Wed,Thu,Fri 09:00-18:00"
+    )
