@@ -98,17 +98,21 @@ class Simulation:
         """Record scripted events the way a busy source does: in batches through the events
         queue, each event with its own payload as the API would take it.
 
-        The lookups of clicked emails run first, so they never wait for the write lock of a
-        worker busy with the events posted before them.
+        The lookups of clicked emails run first, in one query, so they never wait for the
+        write lock of a worker busy with the events posted before them.
         """
-        payloads = [self._payload(event) for event in events]
+        sent = self._sent_of([event for event in events if event.of])
+        payloads = [self._payload(event, sent) for event in events]
         for offset in range(0, len(payloads), batch):
             self.tasks.process_events.send(payloads[offset : offset + batch])
 
-    def _payload(self, event: ScriptedEvent) -> dict[str, Any]:
+    @staticmethod
+    def _payload(
+        event: ScriptedEvent, sent: Mapping[tuple[str, str], dict[str, str]]
+    ) -> dict[str, Any]:
         properties = dict(event.properties)
-        if event.of:
-            properties.update(self._delivery_of(event.lead, event.of))
+        if event.of:  # the delivery clicked, named as a provider webhook names it
+            properties |= sent.get((_email(event.lead), event.of), {"template": event.of})
         return {
             "lead": event.lead,
             "type": event.type,
@@ -117,22 +121,31 @@ class Simulation:
             "source": "simulation",
         }
 
-    def _delivery_of(self, lead: Mapping[str, Any], template: str) -> dict[str, Any]:
-        """The latest sent delivery of a template to the lead, as a provider webhook names it."""
+    def _sent_of(self, clicks: list[ScriptedEvent]) -> dict[tuple[str, str], dict[str, str]]:
+        """The latest sent delivery of each clicked template to each clicking lead."""
+        if not clicks:
+            return {}
+        emails = sorted({_email(event.lead) for event in clicks})
+        templates = sorted({event.of for event in clicks if event.of})
+        latest: dict[tuple[str, str], dict[str, str]] = {}
         with self.app.sessions() as s:
-            delivery = s.scalars(
-                select(Delivery)
+            rows = s.execute(
+                select(Lead.email, Delivery.template, Delivery.id, Delivery.sequence)
                 .join(Lead, Lead.id == Delivery.lead_id)
                 .where(
-                    Lead.email == str(lead.get("email", "")).lower(),
-                    Delivery.template == template,
+                    Lead.email.in_(emails),
+                    Delivery.template.in_(templates),
                     Delivery.status == DeliveryStatus.SENT,
                 )
-                .order_by(Delivery.sent_at.desc())
-            ).first()
-        if delivery is None:
-            return {"template": template}
-        return {"delivery_id": delivery.id, "template": template, "sequence": delivery.sequence}
+                .order_by(Delivery.sent_at)
+            )
+            for email, template, delivery_id, sequence in rows.tuples():
+                latest[(email or "", template)] = {  # later ones win
+                    "delivery_id": delivery_id,
+                    "template": template,
+                    "sequence": sequence,
+                }
+        return latest
 
     @staticmethod
     def _round_up(moment: datetime, step: timedelta) -> datetime:
@@ -176,3 +189,8 @@ class Simulation:
                 progress(self.clock.now())
             if self.clock.now() >= until:
                 return
+
+
+def _email(lead: Mapping[str, Any]) -> str:
+    """A scripted lead's email as the leads table keeps it."""
+    return str(lead.get("email", "")).lower()

@@ -324,7 +324,9 @@ def test_an_import_of_2400_rows_peaks_where_one_of_600_rows_does(
     small = peak(600, 0)  # two batches
     large = peak(2_400, 100_000)  # five batches (tracemalloc slows SQLAlchemy fivefold)
 
-    assert large < small + 256 * 1024, (small, large)  # measured: about 0.85 MB for either
+    # Flat: holding the 1,800 extra rows (a dict each) would add well over 1 MB; when the
+    # garbage collector happens to run moves either peak by up to about 300 kB.
+    assert large < small + 512 * 1024, (small, large)  # measured: about 2.4 MB for either
 
 
 def test_the_json_report_keeps_its_problems_on_disk_until_it_prints_them(
