@@ -231,6 +231,21 @@ class Channel(ABC):
         return TypeError(f"the {self.channel} {self.name} cannot send {type(message).__name__}")
 
 
+class BatchChannel(Channel):
+    """An adapter whose provider takes a batch in one call: `send_many` is its own, and
+    `send` a batch of one, so single and batched sends share one path."""
+
+    def send(self, message: Any) -> SendResult:
+        answer = self.send_many([message])[0]
+        if isinstance(answer, ChannelError):
+            raise answer
+        return answer
+
+    @abstractmethod
+    def send_many(self, messages: Sequence[Any]) -> list[SendResult | ChannelError]:
+        """Hand the messages over in as few provider calls as they allow, each answered."""
+
+
 # A provider API's own answers that it took nothing (retry later). Another 5xx (a gateway's
 # 502/504) does not prove the API behind it did not take the message.
 RETRY_STATUSES = frozenset({429, 500, 503})

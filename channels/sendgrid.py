@@ -17,7 +17,7 @@ from urllib.parse import urlsplit
 from channels.base import (
     ACCEPTED,
     EMAIL,
-    Channel,
+    BatchChannel,
     EmailMessage,
     SendResult,
     email_headers,
@@ -42,7 +42,7 @@ MAX_REQUEST_SUBSTITUTION_BYTES = 50_000
 _REFUSED_WHOLE = frozenset({400, 413})
 
 
-class SendGridChannel(Channel):
+class SendGridChannel(BatchChannel):
     """Sends a batch as few requests as it can, one personalization per message, each with
     its delivery id as a custom argument; a message that cannot share a request goes alone."""
 
@@ -86,13 +86,6 @@ class SendGridChannel(Channel):
             sandbox=env_flag(environ, "NURTURE_SENDGRID_SANDBOX"),
             clock=clock,
         )
-
-    def send(self, message: EmailMessage) -> SendResult:
-        """Send one message as a batch of one, so single and batched sends share one path."""
-        answer = self.send_many([message])[0]
-        if isinstance(answer, ChannelError):
-            raise answer
-        return answer
 
     def send_many(self, messages: Sequence[EmailMessage]) -> list[SendResult | ChannelError]:
         """One POST /v3/mail/send per group of messages alike in all that is request-wide,

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 from channels.base import (
     ACCEPTED,
     EMAIL,
-    Channel,
+    BatchChannel,
     EmailMessage,
     SendResult,
     build_mime,
@@ -28,7 +28,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 
-class SmtpChannel(Channel):
+class SmtpChannel(BatchChannel):
     """One SMTP session per batch of messages (connect, STARTTLS and login once); each call
     opens its own, so worker threads never share a session."""
 
@@ -69,13 +69,6 @@ class SmtpChannel(Channel):
         return cls(
             host, int(port_text), user=user, password=password, starttls=starttls, clock=clock
         )
-
-    def send(self, message: EmailMessage) -> SendResult:
-        """Relay one message as a batch of one, so single and batched sends share one path."""
-        answer = self.send_many([message])[0]
-        if isinstance(answer, ChannelError):
-            raise answer
-        return answer
 
     def send_many(self, messages: Sequence[EmailMessage]) -> list[SendResult | ChannelError]:
         """Relay the messages over one session, each answered on its own terms.
