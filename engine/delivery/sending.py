@@ -157,12 +157,11 @@ def _guard_and_render(
     slot = open_slot(policy, now, lead.timezone, window, channel)
     cap = policy.caps.get(channel)
     cap_at = facts.cap_opens_at(lead.id, channel, cap)
-    capped = cap_at is not None and cap_at > slot
-    if cap_at is not None and capped:
-        slot = open_slot(policy, cap_at, lead.timezone, window, channel)
+    limit = None  # the cap, when it is what the send waits for
+    if cap_at is not None and cap_at > slot:
+        slot, limit = open_slot(policy, cap_at, lead.timezone, window, channel), cap
     if slot > now:
         delivery.due_at = slot
-        limit = cap if capped else None
         delivery.detail = deferral(policy, now, slot, lead.timezone, window, channel, limit)
         return None
     message = _render(settings, renderer, facts, delivery, lead, sequence, address, now)
