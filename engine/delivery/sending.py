@@ -102,7 +102,7 @@ def prepare(
     None for each not to send now. What the guards read is read once for the batch."""
     now = rt.clock.now()
     query = _DUE_LOCKED if is_postgres(session) else _DUE
-    rows = {row[0].id: row._tuple() for row in session.execute(query, {"ids": list(delivery_ids)})}
+    rows = {row[0].id: row for row in session.execute(query, {"ids": list(delivery_ids)})}
     due = {
         delivery_id: row
         for delivery_id, row in rows.items()

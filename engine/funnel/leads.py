@@ -62,11 +62,11 @@ _BY_IDS = select(Lead).where(Lead.id.in_(bindparam("ids", expanding=True))).orde
 
 
 @cache
-def _locked(query: Select[tuple[Lead]]) -> Select[tuple[Lead]]:
+def _locked(query: Select[Lead]) -> Select[Lead]:
     return query.with_for_update()
 
 
-def _query(session: Session, query: Select[tuple[Lead]], lock: bool) -> Select[tuple[Lead]]:
+def _query(session: Session, query: Select[Lead], lock: bool) -> Select[Lead]:
     return _locked(query) if lock and is_postgres(session) else query
 
 

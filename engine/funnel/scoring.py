@@ -183,10 +183,9 @@ def breakdown(session: Session, lead: Lead) -> dict[str, object]:
     ).all()
     rules = [
         {"kind": kind, "rule": rule, "points": float(points), "times": int(times)}
-        for kind, rule, points, times in rows
+        for kind, rule, points, times in sorted(rows, key=lambda row: -abs(float(row[2] or 0)))
         if points
     ]
-    rules.sort(key=lambda r: -abs(float(r["points"])))
     return {
         "total": lead.score,
         "fit": lead.fit,

@@ -100,10 +100,10 @@ class _DatabaseGauges:
         oldest = min((t for t in (enrolment, delivery) if t is not None), default=None)
         lag = _lag()
         lag.add_metric([], (now - oldest).total_seconds() if oldest is not None else 0.0)
-        by_status = {status: (int(n), first) for status, n, first in events}
+        by_status = {kind: (int(n), first) for kind, n, first in events}
         unprocessed = _unprocessed()
-        for status in UNPROCESSED:  # zeros too, so an alert sees the series before it rises
-            unprocessed.add_metric([status], by_status.get(status, (0, None))[0])
+        for kind in UNPROCESSED:  # zeros too, so an alert sees the series before it rises
+            unprocessed.add_metric([kind], by_status.get(kind, (0, None))[0])
         first_failed = by_status.get(EventStatus.FAILED, (0, None))[1]
         failed_age = _failed_age()
         failed_age.add_metric(

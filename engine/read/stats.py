@@ -161,5 +161,7 @@ def _median_days_to_sql(session: Session) -> float | None:
     rows = session.execute(
         select(Lead.created_at, Lead.sql_at).where(Lead.sql_at.is_not(None))
     ).all()
-    days = [(sql_at - created).total_seconds() / 86400 for created, sql_at in rows]
+    days = [
+        (sql_at - created).total_seconds() / 86400 for created, sql_at in rows if sql_at is not None
+    ]
     return round(statistics.median(days), 2) if days else None

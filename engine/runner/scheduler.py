@@ -169,7 +169,7 @@ def advance_enrolments(session: Session, rt: Runtime, enrolment_ids: list[int]) 
     processing takes them (lead, then its enrolments), so the two never wait on each other in
     a circle. What the steps read (planned sends, the leads' events) is read once for all.
     """
-    lead_of = dict(session.execute(_LEADS_OF, {"ids": enrolment_ids}).tuples().all())
+    lead_of = dict(session.execute(_LEADS_OF, {"ids": enrolment_ids}).all())
     leads = lock_leads(session, lead_of.values())
     enrolments = lock_enrolments(session, lead_of)
     memo = Memo.load(session, leads, (), rt.clock.now(), advancing=enrolments, lazy=True)

@@ -139,7 +139,7 @@ class Simulation:
                 )
                 .order_by(Delivery.sent_at)
             )
-            for email, template, delivery_id, sequence in rows.tuples():
+            for email, template, delivery_id, sequence in rows:
                 latest[(email or "", template)] = {  # later ones win
                     "delivery_id": delivery_id,
                     "template": template,

@@ -577,7 +577,7 @@ def _answers(
 def _feedback_state(sessions: sessionmaker[Session]) -> dict[str, Any]:
     """What the feedback changed: leads, events, ledger, suppressions, deliveries, enrolments."""
     with sessions() as s:
-        emails = dict(s.execute(select(Lead.id, Lead.email)).tuples().all())
+        emails = dict(s.execute(select(Lead.id, Lead.email)).all())
         templates = {d.id: (emails[d.lead_id], d.template) for d in s.scalars(select(Delivery))}
 
         def props(event: Event) -> tuple[tuple[str, Any], ...]:

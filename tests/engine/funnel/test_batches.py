@@ -58,7 +58,7 @@ def test_a_key_repeated_in_a_batch_and_across_batches_counts_once(
     assert second[0].event_id == first[1].event_id
     with sessions.begin() as s:
         assert _count(s, Event) == 4
-        points = dict(s.execute(select(Lead.email, Lead.engagement)).tuples().all())
+        points = dict(s.execute(select(Lead.email, Lead.engagement)).all())
     assert points == {"ana@northwind.test": 16.0, "ben@contoso.test": 18.0}
 
 
@@ -94,7 +94,7 @@ def test_a_failure_of_one_events_consequences_in_a_batch_leaves_the_others_proce
         )
     assert [o.failed is not None for o in outcomes] == [False, True, False]
     with sessions.begin() as s:
-        statuses = dict(s.execute(select(Event.idempotency_key, Event.status)).tuples().all())
+        statuses = dict(s.execute(select(Event.idempotency_key, Event.status)).all())
         ana = s.scalars(select(Lead).where(Lead.email == ANA["email"])).one()
         ben = s.scalars(select(Lead).where(Lead.email == BEN["email"])).one()
         ledger = Counter(s.scalars(select(ScoreEntry.lead_id)))
@@ -166,7 +166,7 @@ def two_databases(tmp_path: Path) -> Iterator[tuple[Engine, Engine]]:
 def _state(sessions: sessionmaker[Session]) -> dict[str, Any]:
     """What scoring and the journey made of the events, by lead email, ids left out."""
     with sessions() as s:
-        emails = dict(s.execute(select(Lead.id, Lead.email)).tuples().all())
+        emails = dict(s.execute(select(Lead.id, Lead.email)).all())
         leads = {
             lead.email: (lead.stage, lead.fit, lead.engagement, lead.sql_crossings)
             for lead in s.scalars(select(Lead))
