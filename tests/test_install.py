@@ -46,7 +46,7 @@ def test_the_installed_package_starts_a_project_and_plays_the_demo_anywhere(
     assert "2 sequence(s) valid" in run([nurture, "validate"], acme, env)
     demo = json.loads(run([nurture, "demo", "--leads", "100", "--days", "14", "--json"], acme, env))
     assert demo["outbox"]["email"] > 0
-    assert (acme / "demo" / "simulation.db").is_file()
+    assert (acme / "demo" / "nurture.db").is_file()
     # The installed code ran, not the checkout's: nothing of the repository is on its path.
     where = run([str(venv / "bin" / "python"), "-c", "import engine; print(engine.__file__)"],
                 home, env)

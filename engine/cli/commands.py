@@ -1,4 +1,4 @@
-"""CLI commands about leads and results: track, lead show, stats, handoffs, recycle, won."""
+"""CLI commands about leads and results: track, lead show and why, stats, handoffs, recycle, won."""
 
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ from engine.errors import NurtureError, WorkflowError
 from engine.funnel.service import recycle_lead, track, win_lead
 from engine.models import Handoff, Lead
 from engine.read.stats import funnel
+from engine.read.timeline import timeline
 from engine.read.views import find_by_key, lead_detail
 from engine.settings import Settings
 
@@ -203,6 +204,36 @@ def lead_show(ctx: click.Context, key: str, as_json: bool) -> None:
                 for e in unprocessed
             ],
         )
+
+
+@lead_group.command("why")
+@click.argument("key")
+@click.option("--json", "as_json", is_flag=True, help="Print the trace as JSON.")
+@click.pass_context
+def lead_why(ctx: click.Context, key: str, as_json: bool) -> None:
+    """The decision trace of a lead: every event, score change, stage, step and send, and why."""
+    app = open_app(ctx)
+    try:
+        with app.sessions() as s:
+            lead = find_by_key(s, key)
+            summary = {
+                "id": lead.id,
+                "email": lead.email,
+                "stage": str(lead.stage),
+                "score": lead.score,
+            }
+            entries = timeline(s, lead.id)
+    except NurtureError as error:
+        fail(str(error))
+    if as_json:
+        emit_json({"lead": summary, "trace": [e.as_dict() for e in entries]})
+        return
+    who = lead.email or lead.phone or lead.external_id or f"lead {lead.id}"
+    table(
+        f"{who}: stage {summary['stage']}, score {lead.score:g}",
+        ["time (UTC)", "kind", "what", "reason"],
+        [(e.at.strftime("%a %Y-%m-%d %H:%M"), e.kind, e.text, e.reason) for e in entries],
+    )
 
 
 @click.command("stats")

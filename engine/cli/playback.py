@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+import shlex
 import shutil
 import sys
 import time
@@ -33,11 +34,18 @@ from engine.starter import examples
 from engine.workflow.spec import Send, walk
 
 DEFAULT_START = datetime(2026, 3, 2, 9, 0, tzinfo=UTC)  # a Monday morning
+DEMO_DATABASE = "nurture.db"  # under --out: what `nurture run` opens to show the demo
+DEMO_URL = "http://127.0.0.1:8000/"
 
 
-def _simulation(settings: Settings, start: datetime, workdir: Path | None = None) -> Simulation:
+def _simulation(
+    settings: Settings,
+    start: datetime,
+    workdir: Path | None = None,
+    database: str = "simulation.db",
+) -> Simulation:
     try:
-        return Simulation(settings, start, workdir)
+        return Simulation(settings, start, workdir, database=database)
     except WorkflowError as error:
         click.echo(str(error), err=True)
         sys.exit(EXIT_FOUND)
@@ -249,9 +257,9 @@ def demo_command(
     if (out / "outbox").exists():
         shutil.rmtree(out / "outbox")
     settings = replace(
-        _demo_project(ctx.obj, quiet=as_json), database_url=f"sqlite:///{out / 'simulation.db'}"
+        _demo_project(ctx.obj, quiet=as_json), database_url=f"sqlite:///{out / DEMO_DATABASE}"
     )
-    sim = _simulation(settings, DEFAULT_START, out)
+    sim = _simulation(settings, DEFAULT_START, out, DEMO_DATABASE)
     until = DEFAULT_START + timedelta(days=days)
     started = time.monotonic()
     columns = (
@@ -291,6 +299,7 @@ def demo_command(
         "path": str(outbox),
     }
     data["seconds"] = round(time.monotonic() - started, 1)
+    data["dashboard"] = {"command": _dashboard_command(ctx.obj, settings, out), "url": DEMO_URL}
     if as_json:
         emit_json(data)
         return
@@ -303,6 +312,20 @@ def demo_command(
         f"{data['outbox']['email']} emails (.eml) and {data['outbox']['sms']} SMS "
         f"written to {outbox} · {data['seconds']} s"
     )
+    console.print(
+        f"See it in the dashboard: [bold]{data['dashboard']['command']}[/bold], "
+        f"then open {data['dashboard']['url']}"
+    )
+
+
+def _dashboard_command(given: Settings, played: Settings, out: Path) -> str:
+    """The command that serves the demo's results in the dashboard, with the bundled examples
+    named when the demo played them (this folder has no project of its own)."""
+    words = ["nurture", "--database-url", f"sqlite:///{out / DEMO_DATABASE}"]
+    if played.workflows_dir != given.workflows_dir:
+        words += ["--workflows", str(played.workflows_dir)]
+        words += ["--templates", str(played.templates_dir)]
+    return shlex.join([*words, "run"])
 
 
 def register(group: click.Group) -> None:

@@ -17,7 +17,7 @@ from enum import StrEnum
 from typing import Any, TypeGuard, cast
 from urllib.parse import urlencode, urlsplit
 
-from sqlalchemy import Table, bindparam, or_, select, update
+from sqlalchemy import Table, bindparam, case, or_, select, update
 from sqlalchemy.orm import Session
 
 from channels.base import EmailMessage, SendResult, SmsMessage
@@ -239,6 +239,8 @@ UNSETTLED = (DeliveryStatus.SENDING, DeliveryStatus.UNKNOWN)
 _DELIVERIES = cast(Table, Delivery.__table__)
 # Many answers in one statement: the provider accepted each message, so each delivery is sent
 # for good (also when its lease ran out mid-call and the sweep already called it `unknown`).
+# A sent delivery keeps its last detail, the deferral or retry note that says why it went out
+# when it did; only the sweep's "worker lost" note goes, which the answer proved wrong.
 _SENT = (
     update(_DELIVERIES)
     .where(
@@ -252,7 +254,9 @@ _SENT = (
         provider=bindparam("b_provider"),
         provider_message_id=bindparam("b_message"),
         lease_until=None,
-        detail=None,
+        detail=case(
+            (_DELIVERIES.c.status == DeliveryStatus.UNKNOWN, None), else_=_DELIVERIES.c.detail
+        ),
     )
 )
 

@@ -22,6 +22,10 @@ the scheduler. Decisions:
   lead and an occurred_at more than a day ahead of the server's clock are 409s; a path key
   that cannot name a lead is a 404 like one that names nobody.
 
+- The dashboard (`engine.http.pages`) is served at `/` from the same app: with keys configured
+  it asks for one on a login page and keeps a signed session cookie; without, it is open, and
+  `nurture run` then listens on loopback only.
+
 This module only assembles the app; the pieces are `validators` and `schemas` (what a body
 may hold), `limits` (body size), `auth` (keys), `errors` (exception handlers), `routes` and
 `webhooks`.
@@ -38,6 +42,7 @@ from engine.app import App
 from engine.http.auth import authoriser, check_keys
 from engine.http.errors import install_error_handlers
 from engine.http.limits import MAX_BODY_BYTES, BodyLimit
+from engine.http.pages import mount_dashboard
 from engine.http.routes import (
     FollowUps,
     Workers,
@@ -100,4 +105,5 @@ def create_api(
         )
     )
     api.include_router(unsubscribe_router(app, follow.after))
+    mount_dashboard(api, app, follow.after, keys)
     return api

@@ -35,7 +35,7 @@ FEEDBACK = {
 def funnel(session: Session, rt: Runtime) -> dict[str, Any]:
     """Counts that tell a marketer how each sequence performs and how fast leads reach sales."""
     return {
-        "stages": _stages(session),
+        "stages": stage_counts(session),
         "sequences": {
             name: _sequence(session, rt, name) for name in sorted(rt.workflows.sequences)
         },
@@ -43,7 +43,8 @@ def funnel(session: Session, rt: Runtime) -> dict[str, Any]:
     }
 
 
-def _stages(session: Session) -> dict[str, int]:
+def stage_counts(session: Session) -> dict[str, int]:
+    """Leads per stage now, and how many ever became MQL or SQL: the funnel's head figures."""
     rows = session.execute(select(Lead.stage, func.count()).group_by(Lead.stage)).all()
     counts = {stage.value: 0 for stage in Stage}
     counts.update({stage: int(n) for stage, n in rows})

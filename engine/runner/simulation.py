@@ -17,6 +17,7 @@ from sqlalchemy import Engine, select
 from engine.app import App
 from engine.clock import FrozenClock
 from engine.db import make_engine
+from engine.migrations import stamp
 from engine.models import (
     Base,
     Delivery,
@@ -50,16 +51,19 @@ class Simulation:
         channels: Mapping[str, Any] | None = None,
         threads: int = 1,
         engine: Engine | None = None,
+        database: str = "simulation.db",
     ) -> None:
-        """A fresh SQLite file in `workdir`, unless `engine` names a migrated empty database."""
+        """A fresh SQLite file `database` in `workdir`, unless `engine` names a migrated empty
+        database."""
         self.workdir = workdir or Path(tempfile.mkdtemp(prefix="nurture-sim-"))
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.clock = FrozenClock(start)
         if engine is None:
-            database = self.workdir / "simulation.db"
-            database.unlink(missing_ok=True)
-            engine = make_engine(f"sqlite:///{database}")
+            path = self.workdir / database
+            path.unlink(missing_ok=True)
+            engine = make_engine(f"sqlite:///{path}")
             Base.metadata.create_all(engine)
+            stamp(engine)  # made from the models, at head: `nurture run` can open it
         environ = {"NURTURE_OUTBOX_DIR": str(self.workdir / "outbox")}
         # Unpaced: provider rates are wall-clock limits, and simulated time has no wall clock.
         self.app = App.create(

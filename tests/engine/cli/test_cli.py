@@ -252,6 +252,38 @@ def test_jsonl_import_reports_lines_that_are_not_json(nurture, tmp_path: Path) -
     assert [p["row"] for p in summary["problems"]] == [2, 3]
 
 
+def test_lead_why_prints_the_decision_trace_as_a_table_or_json(nurture) -> None:  # type: ignore[no-untyped-def]
+    nurture("track", "ana@northwind.test", "content_downloaded", "--prop", "title=Report")
+    nurture("track", "ana@northwind.test", "page_viewed", "--prop", "url=/pricing")
+    shown = json.loads(nurture("lead", "why", "ana@northwind.test", "--json").output)
+    assert shown["lead"] == {"id": 1, "email": "ana@northwind.test", "stage": "lead", "score": 15.0}
+    trace = shown["trace"]
+    assert set(trace[0]) == {"at", "kind", "text", "reason", "ref"}
+    scores = [e["text"].split(" (")[0] for e in trace if e["kind"] == "score"]
+    assert scores == ["+8 engagement download", "+7 engagement pricing"]
+    assert [e["text"] for e in trace if e["kind"] == "event"] == [
+        "content_downloaded (title=Report)",
+        "page_viewed (url=/pricing)",
+    ]
+    kinds = [e["kind"] for e in trace]
+    assert kinds == ["event", "score", "milestone", "event", "score"]
+    assert trace[2]["text"].startswith("drip: awareness (")
+    assert [e["at"] for e in trace] == sorted(e["at"] for e in trace)
+    assert json.loads(nurture("lead", "why", "1", "--json").output) == shown  # by id too
+    table = nurture("lead", "why", "ana@northwind.test")
+    assert table.exit_code == 0
+    header = table.output.splitlines()[0]
+    assert header.strip() == "ana@northwind.test: stage lead, score 15"
+    for word in ("time (UTC)", "kind", "what", "reason", "download", "pricing", "milestone"):
+        assert word in table.output
+    unknown = nurture("lead", "why", "nobody@example.test")
+    assert (unknown.exit_code, unknown.output.strip()) == (
+        1,
+        "error: no lead with email 'nobody@example.test'",
+    )
+    assert nurture("lead", "why", "999").output.strip() == "error: no lead with id 999"
+
+
 def test_stats_handoffs_recycle_and_won_follow_a_lead_to_sales_and_back(nurture) -> None:  # type: ignore[no-untyped-def]
     nurture("track", "vp@x.test", "demo_requested")
     result = nurture("track", "vp@x.test", "form_submitted")
@@ -283,7 +315,7 @@ def test_simulate_prints_the_timeline_of_a_scripted_lead(
     assert result.exit_code == 0, result.output
     timeline = json.loads(result.output)
     kinds = [(e["kind"], e["text"].split(":")[0]) for e in timeline]
-    assert ("send", "email welcome") in kinds
+    assert ("sent", "email welcome") in kinds
     assert ("milestone", "drip") in kinds
     texts = [e["text"] for e in timeline]
     assert any("consideration (enter_when: score >= 20)" in t for t in texts)
