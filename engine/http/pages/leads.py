@@ -1,0 +1,120 @@
+"""Lead pages: search, one lead's attributes, score, decision trace and the sales actions."""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from fastapi import APIRouter, HTTPException, Request
+from fastapi.responses import RedirectResponse, Response
+from sqlalchemy import func, or_, select
+from sqlalchemy.orm import Session
+
+from engine.errors import InvalidLeadError, NurtureError
+from engine.funnel.service import recycle_lead, win_lead
+from engine.http.pages.site import PAGE_SIZE, Site
+from engine.models import Lead
+from engine.read.timeline import score_series, timeline
+from engine.read.views import find_by_key, lead_detail
+from engine.workflow.spec import Condition
+
+_SCORE_AT_LEAST = re.compile(r"\bscore\s*>=\s*(\d+(?:\.\d+)?)")
+
+
+def lead_routes(router: APIRouter, site: Site) -> None:
+    """GET /leads (search), GET /leads/{id}, POST /leads/{id}/recycle and /won."""
+
+    @router.get("/leads", include_in_schema=False)
+    def search_page(request: Request, q: str = "", page: int = 1) -> Response:
+        visit = site.visit(request)
+        page = max(page, 1)
+        with site.app.sessions() as session:
+            exact = _exact(session, q)
+            if exact is not None:
+                return RedirectResponse(f"/leads/{exact}", 303)
+            rows, more = _search(session, q, page)
+        return site.page(request, visit, "leads.html", q=q, leads=rows, page=page, more=more)
+
+    @router.get("/leads/{lead_id}", include_in_schema=False)
+    def lead_page(request: Request, lead_id: int) -> Response:
+        visit = site.visit(request)
+        with site.app.sessions() as session:
+            lead = session.get(Lead, lead_id)
+            if lead is None:
+                raise HTTPException(404, f"no lead with id {lead_id}")
+            detail = lead_detail(session, lead)
+            trace = [entry.as_dict() for entry in reversed(timeline(session, lead.id))]
+            series = score_series(session, lead.id)
+        scoring = site.app.rt.workflows.scoring
+        chart = {
+            "labels": [at.strftime("%Y-%m-%d %H:%M") for at, *_ in series],
+            "series": [
+                {"label": "score", "data": [total for _, total, _, _ in series]},
+                {"label": "fit", "data": [fit for _, _, fit, _ in series]},
+                {"label": "engagement", "data": [eng for _, _, _, eng in series]},
+            ],
+            "lines": _lines({"MQL": scoring.mql, "SQL": scoring.sql}),
+        }
+        return site.page(
+            request, visit, "lead.html", detail=detail, trace=trace, chart=chart, message=""
+        )
+
+    @router.post("/leads/{lead_id}/recycle", include_in_schema=False)
+    async def recycle(request: Request, lead_id: int) -> Response:
+        _, form = await site.posted(request)
+        reason = form.get("reason", "").strip() or "recycled from the dashboard"
+        return _act(site, lead_id, lambda s: recycle_lead(s, site.app.rt, lead_id, reason))
+
+    @router.post("/leads/{lead_id}/won", include_in_schema=False)
+    async def won(request: Request, lead_id: int) -> Response:
+        await site.posted(request)
+        return _act(site, lead_id, lambda s: win_lead(s, site.app.rt, lead_id, "won by sales"))
+
+
+def _act(site: Site, lead_id: int, action: Any) -> Response:
+    """Run a sales action in one transaction, hand on its follow-up work, back to the lead."""
+    with site.app.sessions.begin() as session:
+        if session.get(Lead, lead_id) is None:
+            raise HTTPException(404, f"no lead with id {lead_id}")
+        try:
+            outcome = action(session)
+        except InvalidLeadError as error:
+            raise HTTPException(409, str(error)) from error
+    site.after(outcome)
+    return RedirectResponse(f"/leads/{lead_id}", 303)
+
+
+def _exact(session: Session, q: str) -> int | None:
+    """The id of the one lead `q` names exactly (id, email, phone, external id), if any."""
+    if not q.strip():
+        return None
+    try:
+        return find_by_key(session, q).id
+    except NurtureError:
+        return None
+
+
+def _search(session: Session, q: str, page: int) -> tuple[list[Lead], bool]:
+    """Leads whose email, name or company holds `q`, newest first, one page at a time."""
+    query = select(Lead).order_by(Lead.id.desc())
+    if q.strip():
+        like = f"%{q.strip().lower()}%"
+        query = query.where(
+            or_(
+                Lead.email.like(like),
+                func.lower(Lead.first_name + " " + Lead.last_name).like(like),
+                func.lower(Lead.company).like(like),
+            )
+        )
+    rows = list(session.scalars(query.offset((page - 1) * PAGE_SIZE).limit(PAGE_SIZE + 1)))
+    return rows[:PAGE_SIZE], len(rows) > PAGE_SIZE
+
+
+def _lines(conditions: dict[str, Condition]) -> list[dict[str, Any]]:
+    """Threshold lines for the score chart, where a condition is a plain `score >= N`."""
+    lines = []
+    for label, condition in conditions.items():
+        match = _SCORE_AT_LEAST.search(condition.text)
+        if match:
+            lines.append({"label": f"{label} ({condition.text})", "value": float(match.group(1))})
+    return lines
