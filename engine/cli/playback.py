@@ -20,8 +20,7 @@ from sqlalchemy import func, select
 from engine.app import App
 from engine.cli.commands import EXIT_FOUND, EXIT_USAGE, fail, open_app, print_funnel
 from engine.cli.output import console, emit_json, errors, table
-from engine.delivery.context import lead_view, recent_activity, unsubscribe_url
-from engine.delivery.rendering import sample_context
+from engine.delivery.context import preview_context, recent_activity
 from engine.errors import NurtureError, WorkflowError
 from engine.models import Enrolment, Handoff, Lead
 from engine.read.stats import funnel
@@ -31,7 +30,7 @@ from engine.runner.demo import persona
 from engine.runner.simulation import ScriptedEvent, Simulation
 from engine.settings import Settings
 from engine.starter import examples
-from engine.workflow.spec import Send, walk
+from engine.workflow.spec import Send, Sequence, walk
 
 DEFAULT_START = datetime(2026, 3, 2, 9, 0, tzinfo=UTC)  # a Monday morning
 DEMO_DATABASE = "nurture.db"  # under --out: what `nurture run` opens to show the demo
@@ -159,10 +158,7 @@ def preview_command(ctx: click.Context, sequence: str, lead_key: str | None, out
             f"unknown sequence {sequence!r} (sequences: {names})",
             EXIT_USAGE,
         )
-    context = sample_context()
-    if lead_key:
-        context = _lead_context(app, lead_key, context, spec.topic)
-    context = {**context, "sequence": {"name": spec.name, "description": spec.description}}
+    context = _preview_context(app, spec, lead_key)
 
     out.mkdir(parents=True, exist_ok=True)
     rows = []
@@ -205,17 +201,15 @@ def preview_command(ctx: click.Context, sequence: str, lead_key: str | None, out
         sys.exit(EXIT_FOUND)
 
 
-def _lead_context(app: App, key: str, sample: dict[str, Any], topic: str) -> dict[str, Any]:
+def _preview_context(app: App, spec: Sequence, key: str | None) -> dict[str, Any]:
+    """The sample lead, or the lead `key` names, as the sequence's steps would see it."""
+    now = app.rt.clock.now()
+    if not key:
+        return preview_context(app.settings, now, spec)
     try:
         with app.sessions() as s:
             lead = find_by_key(s, key)
-            return {
-                **sample,
-                "lead": lead_view(lead),
-                "score": {"total": lead.score, "fit": lead.fit, "engagement": lead.engagement},
-                "recent_activity": recent_activity(s, lead),
-                "unsubscribe_url": unsubscribe_url(app.settings, lead.id, topic),
-            }
+            return preview_context(app.settings, now, spec, lead, recent_activity(s, lead))
     except NurtureError as error:
         fail(str(error))
         raise

@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy import bindparam, func, select
 from sqlalchemy.orm import Session
 
+from engine.delivery.rendering import sample_context
 from engine.delivery.unsubscribe import make_token
 from engine.models import Delivery, Event, Lead
 from engine.settings import Settings
-from engine.workflow.spec import Sequence
+from engine.workflow.spec import DEFAULT_TOPIC, Sequence
 
 # Events worth mentioning in copy ("you downloaded X"), newest first.
 MENTIONABLE = (
@@ -45,6 +47,11 @@ def lead_view(lead: Lead) -> dict[str, Any]:
         "stage": lead.stage,
         "fields": dict(lead.fields or {}),
     }
+
+
+def score_view(lead: Lead) -> dict[str, Any]:
+    """The lead's score as templates see it: the total and its two halves."""
+    return {"total": lead.score, "fit": lead.fit, "engagement": lead.engagement}
 
 
 _NEWEST = (
@@ -102,7 +109,7 @@ def message_context(
     `recent_activities`, read for the whole batch)."""
     return {
         "lead": lead_view(lead),
-        "score": {"total": lead.score, "fit": lead.fit, "engagement": lead.engagement},
+        "score": score_view(lead),
         "sequence": {"name": sequence.name, "description": sequence.description},
         "milestone": {"id": delivery.milestone},
         "recent_activity": recent,
@@ -115,3 +122,27 @@ def message_context(
         },
         "now": now,
     }
+
+
+def preview_context(
+    settings: Settings,
+    now: datetime,
+    sequence: Sequence | None = None,
+    lead: Lead | None = None,
+    recent: list[dict[str, Any]] | None = None,
+) -> dict[str, Any]:
+    """What a preview renders against, for `nurture preview` and the dashboard alike: the
+    sample lead, or `lead` with its score, `recent` activity (`recent_activity`) and its own
+    unsubscribe link; in `sequence` when the template is one of its steps."""
+    context = sample_context(now)
+    if sequence is not None:
+        context["sequence"] = {"name": sequence.name, "description": sequence.description}
+    if lead is not None:
+        topic = sequence.topic if sequence is not None else DEFAULT_TOPIC
+        context |= {
+            "lead": lead_view(lead),
+            "score": score_view(lead),
+            "recent_activity": recent or [],
+            "unsubscribe_url": unsubscribe_url(settings, lead.id, topic),
+        }
+    return context

@@ -37,7 +37,7 @@ def funnel(session: Session, rt: Runtime) -> dict[str, Any]:
     return {
         "stages": stage_counts(session),
         "sequences": {
-            name: _sequence(session, rt, name) for name in sorted(rt.workflows.sequences)
+            name: sequence_funnel(session, rt, name) for name in sorted(rt.workflows.sequences)
         },
         "median_days_to_sql": _median_days_to_sql(session),
     }
@@ -57,7 +57,8 @@ def stage_counts(session: Session) -> dict[str, int]:
     return counts
 
 
-def _sequence(session: Session, rt: Runtime, name: str) -> dict[str, Any]:
+def sequence_funnel(session: Session, rt: Runtime, name: str) -> dict[str, Any]:
+    """One sequence's enrolments, milestone entries and sends per step: its part of the funnel."""
     sequence = rt.workflows.sequences[name]
     enrolled = int(session.scalar(select(func.count()).where(Enrolment.sequence == name)) or 0)
     exits: dict[str | None, int] = _counts(

@@ -17,6 +17,8 @@ from engine.http.pages.handoffs import handoff_routes
 from engine.http.pages.leads import lead_routes
 from engine.http.pages.login import login_routes
 from engine.http.pages.overview import overview_routes
+from engine.http.pages.previews import preview_routes
+from engine.http.pages.sequences import sequence_routes
 from engine.http.pages.site import Site
 
 
@@ -28,8 +30,10 @@ def mount_dashboard(
     router = APIRouter()
     login_routes(router, site)
     overview_routes(router, site)
+    sequence_routes(router, site)
     lead_routes(router, site)
     handoff_routes(router, site)
+    preview_routes(router, site)
     api.include_router(router)
     api.mount("/static", StaticFiles(packages=[("engine.http.pages", "static")]), name="static")
 

@@ -13,7 +13,7 @@ from sqlalchemy.orm import Session
 from engine.errors import InvalidLeadError, NurtureError
 from engine.funnel.service import recycle_lead, win_lead
 from engine.http.pages.site import PAGE_SIZE, Site
-from engine.models import Lead
+from engine.models import Lead, Stage
 from engine.read.timeline import score_series, timeline
 from engine.read.views import find_by_key, lead_detail
 from engine.workflow.spec import Condition
@@ -25,15 +25,26 @@ def lead_routes(router: APIRouter, site: Site) -> None:
     """GET /leads (search), GET /leads/{id}, POST /leads/{id}/recycle and /won."""
 
     @router.get("/leads", include_in_schema=False)
-    def search_page(request: Request, q: str = "", page: int = 1) -> Response:
+    def search_page(request: Request, q: str = "", stage: str = "", page: int = 1) -> Response:
         visit = site.visit(request)
         page = max(page, 1)
+        chosen = Stage(stage) if stage in Stage.__members__.values() else None
         with site.app.sessions() as session:
             exact = _exact(session, q)
             if exact is not None:
                 return RedirectResponse(f"/leads/{exact}", 303)
-            rows, more = _search(session, q, page)
-        return site.page(request, visit, "leads.html", q=q, leads=rows, page=page, more=more)
+            rows, more = _search(session, q, chosen, page)
+        return site.page(
+            request,
+            visit,
+            "leads.html",
+            q=q,
+            stage=chosen.value if chosen else "",
+            stages=list(Stage),
+            leads=rows,
+            page=page,
+            more=more,
+        )
 
     @router.get("/leads/{lead_id}", include_in_schema=False)
     def lead_page(request: Request, lead_id: int) -> Response:
@@ -94,9 +105,13 @@ def _exact(session: Session, q: str) -> int | None:
         return None
 
 
-def _search(session: Session, q: str, page: int) -> tuple[list[Lead], bool]:
-    """Leads whose email, name or company holds `q`, newest first, one page at a time."""
+def _search(
+    session: Session, q: str, stage: Stage | None, page: int
+) -> tuple[list[Lead], bool]:
+    """Leads at `stage` whose email, name or company holds `q`, newest first, a page at a time."""
     query = select(Lead).order_by(Lead.id.desc())
+    if stage is not None:
+        query = query.where(Lead.stage == stage)
     if q.strip():
         like = f"%{q.strip().lower()}%"
         query = query.where(

@@ -197,6 +197,15 @@ def test_the_overview_range_is_checked_and_the_stages_are_counted(nurture: App) 
     _hot_lead(nurture)
     client = _client(nurture, [])
     html = client.get("/?start=2026-03-01&end=2026-03-31").text
-    assert re.search(r'data-stage="sql"><span class="figure">1<', html)
+    assert re.search(r'data-stage="sql" href="/leads\?stage=sql"><span class="figure">1<', html)
     bad = client.get("/?start=2026-04-01&end=2026-03-01")
     assert bad.status_code == 400 and 'role="alert"' in bad.text
+
+
+def test_a_stage_count_on_the_overview_lists_the_leads_at_that_stage(nurture: App) -> None:
+    lead_id = _hot_lead(nurture)
+    client = _client(nurture, [])
+    overview = client.get("/?start=2026-03-01&end=2026-03-31").text
+    assert 'href="/leads?stage=sql"' in overview
+    assert f'href="/leads/{lead_id}"' in client.get("/leads?stage=sql").text
+    assert f'href="/leads/{lead_id}"' not in client.get("/leads?stage=customer").text
