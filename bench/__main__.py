@@ -23,6 +23,7 @@ BENCHMARKS: dict[str, list[str]] = {
     "egress": ["--seconds", "3"],
     "simulation": ["--leads", "50", "--days", "21"],
     "soak": ["--seconds", "10"],
+    "dashboard": ["--leads", "100", "--seed-leads", "50", "--rounds", "2"],
 }
 
 

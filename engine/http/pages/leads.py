@@ -105,9 +105,7 @@ def _exact(session: Session, q: str) -> int | None:
         return None
 
 
-def _search(
-    session: Session, q: str, stage: Stage | None, page: int
-) -> tuple[list[Lead], bool]:
+def _search(session: Session, q: str, stage: Stage | None, page: int) -> tuple[list[Lead], bool]:
     """Leads at `stage` whose email, name or company holds `q`, newest first, a page at a time."""
     query = select(Lead).order_by(Lead.id.desc())
     if stage is not None:

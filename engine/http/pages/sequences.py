@@ -3,18 +3,27 @@ each figure."""
 
 from __future__ import annotations
 
+from typing import Any
+
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
 from engine.http.pages.access import Visit
+from engine.http.pages.recent import Recent
 from engine.http.pages.site import Site
 from engine.read.journeys import STEP_FIGURES, sequence_leads, sequence_list, sequence_view
 
 FIGURE_NAMES = {"now_in": "now in", "mql": "reached MQL", "sql": "reached SQL"}
+REFRESH_SECONDS = 60  # a sequence's figures are at most this old
 
 
 def sequence_routes(router: APIRouter, site: Site) -> None:
     """GET /sequences, GET /sequences/{name} and GET /sequences/{name}/leads."""
+    views: Recent[dict[str, Any]] = Recent(REFRESH_SECONDS, site.app.rt.clock.now)
+
+    def counted(name: str) -> dict[str, Any]:
+        with site.app.sessions() as session:
+            return sequence_view(session, site.app.rt, name)
 
     @router.get("/sequences", include_in_schema=False)
     def sequences_page(request: Request) -> Response:
@@ -28,9 +37,17 @@ def sequence_routes(router: APIRouter, site: Site) -> None:
         visit = site.visit(request)
         if name not in site.app.rt.workflows.sequences:
             return _unknown(site, request, visit, name)
-        with site.app.sessions() as session:
-            view = sequence_view(session, site.app.rt, name)
-        return site.page(request, visit, "sequence.html", sequence=view, step_figures=STEP_FIGURES)
+        sequence = site.app.rt.workflows.sequences[name]
+        view, counted_at = views.get((name, sequence.version), lambda: counted(name))
+        return site.page(
+            request,
+            visit,
+            "sequence.html",
+            sequence=view,
+            step_figures=STEP_FIGURES,
+            counted_at=counted_at,
+            refresh_seconds=REFRESH_SECONDS,
+        )
 
     @router.get("/sequences/{name}/leads", include_in_schema=False)
     def sequence_leads_page(
