@@ -13,7 +13,7 @@ from fastapi.responses import Response
 from sqlalchemy import Select, select
 from sqlalchemy.orm import Session
 
-from engine.http.pages.site import PAGE_SIZE, Site
+from engine.http.pages.site import LAST_PAGE, PAGE_SIZE, Site
 from engine.models import Handoff, HandoffStatus, Lead
 
 CSV_COLUMNS = (
@@ -87,7 +87,7 @@ def handoff_routes(router: APIRouter, site: Site) -> None:
     ) -> Response:
         visit = site.visit(request)
         filters = Filters.parse(owner, status, since, until)
-        page = max(page, 1)
+        page = min(max(page, 1), LAST_PAGE)
         with site.app.sessions() as session:
             rows = _rows(session, filters, (page - 1) * PAGE_SIZE, PAGE_SIZE + 1)
             owners = _owners(session)

@@ -12,10 +12,10 @@ from sqlalchemy.orm import Session
 
 from engine.errors import InvalidLeadError, NurtureError
 from engine.funnel.service import recycle_lead, win_lead
-from engine.http.pages.site import PAGE_SIZE, Site
+from engine.http.pages.site import LAST_PAGE, PAGE_SIZE, Site
 from engine.models import Lead, Stage
 from engine.read.timeline import score_series, timeline
-from engine.read.views import find_by_key, lead_detail
+from engine.read.views import MAX_ID, find_by_key, lead_detail
 from engine.workflow.spec import Condition
 
 _SCORE_AT_LEAST = re.compile(r"\bscore\s*>=\s*(\d+(?:\.\d+)?)")
@@ -27,7 +27,7 @@ def lead_routes(router: APIRouter, site: Site) -> None:
     @router.get("/leads", include_in_schema=False)
     def search_page(request: Request, q: str = "", stage: str = "", page: int = 1) -> Response:
         visit = site.visit(request)
-        page = max(page, 1)
+        page = min(max(page, 1), LAST_PAGE)
         chosen = Stage(stage) if stage in Stage.__members__.values() else None
         with site.app.sessions() as session:
             exact = _exact(session, q)
@@ -50,9 +50,7 @@ def lead_routes(router: APIRouter, site: Site) -> None:
     def lead_page(request: Request, lead_id: int) -> Response:
         visit = site.visit(request)
         with site.app.sessions() as session:
-            lead = session.get(Lead, lead_id)
-            if lead is None:
-                raise HTTPException(404, f"no lead with id {lead_id}")
+            lead = _lead(session, lead_id)
             detail = lead_detail(session, lead)
             trace = [entry.as_dict() for entry in reversed(timeline(session, lead.id))]
             series = score_series(session, lead.id)
@@ -85,14 +83,21 @@ def lead_routes(router: APIRouter, site: Site) -> None:
 def _act(site: Site, lead_id: int, action: Any) -> Response:
     """Run a sales action in one transaction, hand on its follow-up work, back to the lead."""
     with site.app.sessions.begin() as session:
-        if session.get(Lead, lead_id) is None:
-            raise HTTPException(404, f"no lead with id {lead_id}")
+        _lead(session, lead_id)
         try:
             outcome = action(session)
         except InvalidLeadError as error:
             raise HTTPException(409, str(error)) from error
     site.after(outcome)
     return RedirectResponse(f"/leads/{lead_id}", 303)
+
+
+def _lead(session: Session, lead_id: int) -> Lead:
+    """The lead with this id; 404 when there is none, also for an id no key can hold."""
+    lead = session.get(Lead, lead_id) if 0 < lead_id <= MAX_ID else None
+    if lead is None:
+        raise HTTPException(404, f"no lead with id {lead_id}")
+    return lead
 
 
 def _exact(session: Session, q: str) -> int | None:

@@ -10,7 +10,7 @@ from fastapi.responses import Response
 
 from engine.http.pages.access import Visit
 from engine.http.pages.recent import Recent
-from engine.http.pages.site import Site
+from engine.http.pages.site import LAST_PAGE, Site
 from engine.read.journeys import STEP_FIGURES, sequence_leads, sequence_list, sequence_view
 
 FIGURE_NAMES = {"now_in": "now in", "mql": "reached MQL", "sql": "reached SQL"}
@@ -61,7 +61,7 @@ def sequence_routes(router: APIRouter, site: Site) -> None:
         visit = site.visit(request)
         if name not in site.app.rt.workflows.sequences:
             return _unknown(site, request, visit, name)
-        page = max(page, 1)
+        page = min(max(page, 1), LAST_PAGE)
         try:
             with site.app.sessions() as session:
                 rows, more = sequence_leads(session, name, milestone, step, what, page)

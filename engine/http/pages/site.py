@@ -16,6 +16,7 @@ from engine.http.pages.access import Access, Visit
 from engine.http.pages.templating import page
 
 PAGE_SIZE = 50
+LAST_PAGE = 100_000  # further pages hold nothing anyone reads; their offset would overflow
 
 
 @dataclass(frozen=True)

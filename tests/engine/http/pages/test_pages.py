@@ -191,6 +191,9 @@ def test_an_exact_key_in_the_search_goes_straight_to_the_lead(nurture: App) -> N
     answer = client.get("/leads?q=VP@X.test")
     assert answer.status_code == 303 and answer.headers["location"] == f"/leads/{lead_id}"
     assert client.get("/leads/999999").status_code == 404
+    assert client.get(f"/leads/{2**40}").status_code == 404  # beyond any key, not a 500
+    for path in ("/leads?page=", "/handoffs?page="):
+        assert client.get(f"{path}{10**30}").status_code == 200, path
 
 
 def test_the_overview_range_is_checked_and_the_stages_are_counted(nurture: App) -> None:
