@@ -154,32 +154,32 @@ def _shot(page: Page, name: str) -> None:
     page.screenshot(path=str(OUTPUT / f"{name}.png"), full_page=True)
 
 
-def test_a_steps_sent_count_lists_its_leads_and_each_lead_shows_that_send(
+def test_a_steps_deferred_count_lists_its_leads_and_each_lead_shows_that_send_and_why(
     tab: Tab, served: Served
 ) -> None:
     page = tab.page
     _sign_in(page, served)
     page.click("nav >> text=Sequences")
     page.click("#sequences >> text=lead-nurture")
-    sent = page.locator('a[data-count="sent"][data-step="awareness/email:welcome"]')
-    shown = int(str(sent.locator(".figure").text_content()).replace(",", ""))
-    assert shown > 0, "the demo sends welcome emails"
+    deferred = page.locator('a[data-count="deferred"][data-step="awareness/email:welcome"]')
+    shown = int(str(deferred.locator(".figure").text_content()).replace(",", ""))
+    assert shown > 0, "the demo's welcome emails wait for the send window"
     _shot(page, "sequence")
-    sent.click()
+    deferred.click()
     page.wait_for_selector("#sequence-leads")
     first = page.locator("#sequence-leads tbody tr").first
     delivery_id = str(first.get_attribute("data-delivery"))
     with served.app.sessions() as s:
         delivery = s.get(Delivery, delivery_id)
-        assert delivery is not None
-        assert (delivery.sequence, delivery.milestone, delivery.step, delivery.status) == (
+        assert delivery is not None and delivery.detail is not None
+        assert (delivery.sequence, delivery.milestone, delivery.step) == (
             "lead-nurture",
             "awareness",
             "email:welcome",
-            "sent",
         )
     first.locator("a").first.click()
     page.wait_for_selector("#trace")
     assert page.url.endswith(f"/leads/{delivery.lead_id}")
-    assert page.locator(f'#trace tr[data-delivery="{delivery_id}"]').count() >= 1
+    reason = page.locator(f'#trace tr[data-delivery="{delivery_id}"] td.reason').text_content()
+    assert delivery.detail in str(reason)
     assert tab.errors == [] and tab.dialogs == []
