@@ -178,6 +178,11 @@ class Lead(Base):
         """Total score: fit plus engagement."""
         return self.fit + self.engagement
 
+    @property
+    def full_name(self) -> str:
+        """First and last name as people write them; '' when neither is known."""
+        return " ".join(part for part in (self.first_name, self.last_name) if part)
+
     def attribute(self, name: str) -> Any:
         """An attribute by the name rules and conditions use: columns first, then custom fields."""
         if name.startswith("fields.") or name.startswith("attributes."):

@@ -33,14 +33,13 @@ def unsubscribe_url(settings: Settings, lead_id: int, topic: str) -> str:
 
 def lead_view(lead: Lead) -> dict[str, Any]:
     """The lead as templates see it; values stay data and are never rendered as templates."""
-    full_name = " ".join(p for p in (lead.first_name, lead.last_name) if p)
     return {
         "id": lead.id,
         "email": lead.email,
         "phone": lead.phone,
         "first_name": lead.first_name or "",
         "last_name": lead.last_name or "",
-        "full_name": full_name,
+        "full_name": lead.full_name,
         "company": lead.company or "",
         "title": lead.title or "",
         "timezone": lead.timezone or "",

@@ -361,7 +361,7 @@ def _row(lead: Lead, at: Any, detail: str | None, delivery_id: str | None) -> di
     """One lead of a list as the page shows it."""
     return {
         "lead_id": lead.id,
-        "name": " ".join(part for part in (lead.first_name, lead.last_name) if part),
+        "name": lead.full_name,
         "email": lead.email,
         "stage": str(lead.stage),
         "at": at.isoformat() if at is not None else None,

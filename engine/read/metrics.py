@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterable, Sequence
+from datetime import datetime
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, generate_latest
@@ -33,6 +34,16 @@ log = logging.getLogger(__name__)
 NAMESPACE = "nurture"
 PROVIDERS = ("sendgrid", "twilio")
 UNPROCESSED = (EventStatus.PENDING, EventStatus.FAILED)
+
+
+def event_backlog(session: Session) -> dict[EventStatus, tuple[int, datetime | None]]:
+    """Events not processed, whenever they came, by status: how many and the oldest received."""
+    rows = session.execute(
+        select(Event.status, func.count(), func.min(Event.received_at))
+        .where(Event.status != EventStatus.PROCESSED)  # the partial index
+        .group_by(Event.status)
+    ).all()
+    return {status: (int(n), oldest) for status, n, oldest in rows}
 
 
 class BrokerProbe:
@@ -86,11 +97,7 @@ class _DatabaseGauges:
                         Delivery.status == DeliveryStatus.PLANNED, Delivery.due_at <= now
                     )
                 )
-                events = session.execute(
-                    select(Event.status, func.count(), func.min(Event.received_at))
-                    .where(Event.status != EventStatus.PROCESSED)  # the partial index
-                    .group_by(Event.status)
-                ).all()
+                by_status = event_backlog(session)
         except SQLAlchemyError as error:
             log.warning("metrics: database gauges unavailable: %s", error)
             return []
@@ -100,7 +107,6 @@ class _DatabaseGauges:
         oldest = min((t for t in (enrolment, delivery) if t is not None), default=None)
         lag = _lag()
         lag.add_metric([], (now - oldest).total_seconds() if oldest is not None else 0.0)
-        by_status = {kind: (int(n), first) for kind, n, first in events}
         unprocessed = _unprocessed()
         for kind in UNPROCESSED:  # zeros too, so an alert sees the series before it rises
             unprocessed.add_metric([kind], by_status.get(kind, (0, None))[0])

@@ -15,12 +15,12 @@ from engine.db import is_postgres
 from engine.models import (
     Delivery,
     DeliveryStatus,
-    Event,
     EventStatus,
     Handoff,
     HandoffStatus,
     Lead,
 )
+from engine.read.metrics import event_backlog
 from engine.read.stats import stage_counts
 
 MAX_DAYS = 366  # a year, leap day included: longer ranges make the per-day chart unreadable
@@ -137,7 +137,7 @@ def _handoffs(session: Session, now: datetime) -> tuple[list[dict[str, Any]], di
             "id": h.id,
             "lead_id": lead.id,
             "email": lead.email,
-            "name": " ".join(part for part in (lead.first_name, lead.last_name) if part),
+            "name": lead.full_name,
             "owner": h.owner,
             "status": str(h.status),
             "created_at": _iso(h.created_at),
@@ -178,12 +178,7 @@ def _sends(session: Session, period: Period) -> list[dict[str, Any]]:
 
 def _events(session: Session) -> dict[str, Any]:
     """The events not yet processed, whenever they came: the backlog a failing rule leaves."""
-    rows = session.execute(
-        select(Event.status, func.count(), func.min(Event.received_at))
-        .where(Event.status != EventStatus.PROCESSED)  # the partial index
-        .group_by(Event.status)
-    ).all()
-    by_status = {status: (int(n), oldest) for status, n, oldest in rows}
+    by_status = event_backlog(session)
     failed, oldest_failed = by_status.get(EventStatus.FAILED, (0, None))
     return {
         "pending": by_status.get(EventStatus.PENDING, (0, None))[0],

@@ -145,7 +145,7 @@ def _rows(
                 "lead_id": lead.id,
                 "email": lead.email or "",
                 "phone": lead.phone or "",
-                "name": " ".join(p for p in (lead.first_name, lead.last_name) if p),
+                "name": lead.full_name,
                 "company": lead.company or "",
                 "score": score.get("total", ""),
                 "fit": score.get("fit", ""),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from typing import Any
 
 from fastapi import APIRouter, HTTPException, Request
@@ -11,7 +12,7 @@ from sqlalchemy import func, or_, select
 from sqlalchemy.orm import Session
 
 from engine.errors import InvalidLeadError, NurtureError
-from engine.funnel.service import recycle_lead, win_lead
+from engine.funnel.service import Outcome, recycle_lead, win_lead
 from engine.http.pages.site import LAST_PAGE, PAGE_SIZE, Site
 from engine.models import Lead, Stage
 from engine.read.timeline import score_series, timeline
@@ -80,7 +81,7 @@ def lead_routes(router: APIRouter, site: Site) -> None:
         return _act(site, lead_id, lambda s: win_lead(s, site.app.rt, lead_id, "won by sales"))
 
 
-def _act(site: Site, lead_id: int, action: Any) -> Response:
+def _act(site: Site, lead_id: int, action: Callable[[Session], Outcome]) -> Response:
     """Run a sales action in one transaction, hand on its follow-up work, back to the lead."""
     with site.app.sessions.begin() as session:
         _lead(session, lead_id)

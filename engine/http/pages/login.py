@@ -22,8 +22,7 @@ def login_routes(router: APIRouter, site: Site) -> None:
     @router.post("/login", include_in_schema=False)
     async def login(request: Request) -> Response:
         visit = site.access.visit(request)
-        form = {key: str(value) for key, value in (await request.form()).items()}
-        site.access.check_csrf(visit, form.get("csrf"))
+        form = await site.form(request, visit)
         target = safe_next(form.get("next"))
         cookie = site.access.sign_in(form.get("key", ""))
         if cookie is None:

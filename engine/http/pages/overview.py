@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import UTC, date, datetime, time, timedelta
+from datetime import date, datetime
 
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
@@ -28,8 +28,7 @@ def overview_routes(router: APIRouter, site: Site) -> None:
             except ValueError as error:
                 period, problem = Period.parse(None, None, last_day), str(error)
             # "the last 7 days" of handoffs end where the period does, so a past range shows its own
-            period_end = datetime.combine(period.end + timedelta(days=1), time(), UTC)
-            figures = overview(session, period, min(now, period_end))
+            figures = overview(session, period, min(now, period.bounds()[1]))
         chart = {
             "labels": [day["day"] for day in figures["per_day"]],
             "series": [

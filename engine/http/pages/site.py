@@ -38,9 +38,13 @@ class Site:
     async def posted(self, request: Request) -> tuple[Visit, dict[str, str]]:
         """A signed-in visitor's form, after its CSRF token checked out."""
         visit = self.visit(request)
+        return visit, await self.form(request, visit)
+
+    async def form(self, request: Request, visit: Visit) -> dict[str, str]:
+        """The posted form of this visit (signed in or not); 403 unless it carries its token."""
         form = {key: str(value) for key, value in (await request.form()).items()}
         self.access.check_csrf(visit, form.get("csrf"))
-        return visit, form
+        return form
 
     def page(
         self, request: Request, visit: Visit, name: str, status: int = 200, **context: Any
