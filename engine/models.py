@@ -70,12 +70,14 @@ class HandoffStatus(StrEnum):
 
 
 class LedgerKind(StrEnum):
-    """What moved a score: a fit rule, an engagement rule, decay, or a reset after handoff."""
+    """What moved a score: a fit rule, an engagement rule, decay, a reset when sales recycles,
+    or a rescore that brought a rule's points in line with changed scoring rules."""
 
     FIT = "fit"
     ENGAGEMENT = "engagement"
     DECAY = "decay"
     RESET = "reset"
+    RESCORE = "rescore"
 
 
 class EventStatus(StrEnum):
@@ -177,6 +179,11 @@ class Lead(Base):
     def score(self) -> float:
         """Total score: fit plus engagement."""
         return self.fit + self.engagement
+
+    @property
+    def key(self) -> str:
+        """The identity people look the lead up by: email, else external id, else phone."""
+        return self.email or self.external_id or self.phone or f"lead {self.id}"
 
     @property
     def full_name(self) -> str:

@@ -46,6 +46,12 @@ class LeadFacts:
         view._since = start
         return view
 
+    def rescored(self, fit: float, engagement: float) -> LeadFacts:
+        """The same facts at another score: what the thresholds would say after a rescore."""
+        view = copy(self)
+        view.fit, view.engagement, view.score = fit, engagement, fit + engagement
+        return view
+
     def attribute(self, name: str) -> Any:
         """A lead field or custom field; None when absent."""
         return self._lead.attribute(name)

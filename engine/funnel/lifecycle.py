@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from enum import StrEnum
 
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
@@ -12,7 +13,7 @@ from engine.funnel.facts import LeadFacts
 from engine.funnel.scoring import breakdown, reset_engagement
 from engine.models import OUT_OF_NURTURE, Event, Handoff, HandoffStatus, Lead, Stage, StageChange
 from engine.workflow.runtime import Runtime
-from engine.workflow.spec import Fired
+from engine.workflow.spec import Fired, Scoring
 
 RECENT_ACTIVITY = 10
 
@@ -21,12 +22,23 @@ RECENT_ACTIVITY = 10
 HANDOFF_GRACE = timedelta(seconds=30)
 
 
+class StageMove(StrEnum):
+    """Where a score change moves a lead along the funnel."""
+
+    SQL = "sql"
+    MQL = "mql"
+    SLIPPED = "slipped"  # an MQL back below the MQL threshold
+
+
 @dataclass(frozen=True)
 class StageOutcome:
-    """What a stage evaluation changed: triggers to enrol on and the handoff, if any."""
+    """What a stage evaluation changed: triggers to enrol on and the handoff, if any; `held`
+    when the lead qualifies for SQL but its handoff was held back (a rescore without it)."""
 
     fired: tuple[Fired, ...] = ()
     handoff: Handoff | None = None
+    move: StageMove | None = None
+    held: bool = False
 
 
 def set_stage(session: Session, lead: Lead, stage: Stage, reason: str, now: datetime) -> None:
@@ -41,26 +53,48 @@ def set_stage(session: Session, lead: Lead, stage: Stage, reason: str, now: date
     lead.stage = stage
 
 
-def evaluate_stage(session: Session, rt: Runtime, lead: Lead, cause: str) -> StageOutcome:
-    """Move the lead along the funnel after its score changed; hand it to sales on SQL."""
-    if lead.stage in OUT_OF_NURTURE:
-        return StageOutcome()
+def stage_move(
+    scoring: Scoring, facts: LeadFacts, stage: Stage, *, sql: bool = True
+) -> StageMove | None:
+    """The move the thresholds call for at a lead's score (`sql=False`: the SQL one aside)."""
+    if stage in OUT_OF_NURTURE:
+        return None
+    if sql and scoring.sql.evaluate(facts):
+        return StageMove.SQL
+    is_mql = scoring.mql.evaluate(facts)
+    if is_mql and stage != Stage.MQL:
+        return StageMove.MQL
+    if not is_mql and stage == Stage.MQL:
+        return StageMove.SLIPPED
+    return None
+
+
+def evaluate_stage(
+    session: Session, rt: Runtime, lead: Lead, cause: str, *, handoff: bool = True
+) -> StageOutcome:
+    """Move the lead along the funnel after its score changed; hand it to sales on SQL.
+
+    With `handoff` off, a lead that qualifies for SQL is only said to (`held`) and moves as
+    far as MQL: a rescore does that, so sales is never flooded by accident.
+    """
     now = rt.clock.now()
     scoring = rt.workflows.scoring
     facts = LeadFacts(session, lead, now)
-    if scoring.sql.evaluate(facts):
-        return StageOutcome(
-            fired=(Fired("stage", Stage.SQL),), handoff=hand_off(session, rt, lead, cause)
-        )
-    is_mql = scoring.mql.evaluate(facts)
-    if is_mql and lead.stage != Stage.MQL:
+    move = stage_move(scoring, facts, lead.stage)
+    held = move is StageMove.SQL and not handoff
+    if held:
+        move = stage_move(scoring, facts, lead.stage, sql=False)
+    if move is StageMove.SQL:
+        made = hand_off(session, rt, lead, cause)
+        return StageOutcome((Fired("stage", Stage.SQL),), made, move)
+    if move is StageMove.MQL:
         set_stage(session, lead, Stage.MQL, f"{scoring.mql.text} ({cause})", now)
         lead.mql_at = now
-        return StageOutcome(fired=(Fired("stage", Stage.MQL),))
-    if not is_mql and lead.stage == Stage.MQL:
+        return StageOutcome((Fired("stage", Stage.MQL),), move=move, held=held)
+    if move is StageMove.SLIPPED:
         set_stage(session, lead, Stage.LEAD, f"slipped below {scoring.mql.text} ({cause})", now)
-        return StageOutcome(fired=(Fired("slipped_back", Stage.MQL),))
-    return StageOutcome()
+        return StageOutcome((Fired("slipped_back", Stage.MQL),), move=move, held=held)
+    return StageOutcome(held=held)
 
 
 def hand_off(session: Session, rt: Runtime, lead: Lead, cause: str) -> Handoff:

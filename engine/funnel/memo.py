@@ -18,7 +18,7 @@ from sqlalchemy import bindparam, func, select
 from sqlalchemy.orm import Session
 
 from engine.clock import as_utc
-from engine.models import Delivery, Enrolment, Event, ScoreEntry
+from engine.models import Delivery, Enrolment, Event, LedgerKind, ScoreEntry
 
 _KEY = "nurture.memo"
 
@@ -49,6 +49,7 @@ _PLANNED = select(Delivery.enrolment_id, Delivery.step, Delivery.pass_no).where(
 _SCORED = select(ScoreEntry.lead_id, ScoreEntry.rule, ScoreEntry.occurred_at).where(
     ScoreEntry.lead_id.in_(bindparam("leads", expanding=True)),
     ScoreEntry.rule.in_(bindparam("rules", expanding=True)),
+    ScoreEntry.kind == LedgerKind.ENGAGEMENT,  # the times a limit counts (scoring._SCORED)
 )
 
 

@@ -236,7 +236,7 @@ def _file_notes(session: Session, rt: Runtime) -> list[str]:
         if source.kind == VersionKind.SCORING:
             notes.append(
                 f"{source.file} changed ({last} -> {source.hash}): the new rules score new events;"
-                " the ledger keeps the points already given (rescoring the past is separate)"
+                " `nurture rescore` brings the ledger of the past in line with them"
             )
         else:
             notes.append(

@@ -9,7 +9,7 @@ from sqlalchemy.orm import Session
 
 from engine.funnel.memo import memo_of
 from engine.models import Event, Lead, LedgerKind, ScoreEntry
-from engine.workflow.spec import EngagementRule, Scoring
+from engine.workflow.spec import Decay, EngagementRule, Scoring
 
 
 def _entry(
@@ -66,8 +66,11 @@ def score_event(
     return entries
 
 
+# A limit counts the times its rule scored an event; rescore rows correct points, not times.
 _SCORED = select(func.count()).where(
-    ScoreEntry.lead_id == bindparam("lead"), ScoreEntry.rule == bindparam("rule")
+    ScoreEntry.lead_id == bindparam("lead"),
+    ScoreEntry.rule == bindparam("rule"),
+    ScoreEntry.kind == LedgerKind.ENGAGEMENT,
 )
 _SCORED_NEAR = _SCORED.where(
     ScoreEntry.occurred_at > bindparam("after"), ScoreEntry.occurred_at < bindparam("before")
@@ -100,11 +103,7 @@ def recompute_fit(
     session: Session, scoring: Scoring, lead: Lead, now: datetime
 ) -> list[ScoreEntry]:
     """Re-run fit rules over the lead's attributes and ledger only the rules that changed."""
-    current = {
-        rule.id: rule.points
-        for rule in scoring.fit
-        if rule.match.test(lead.attribute(rule.attribute))
-    }
+    current = fit_points(scoring, lead)
     before: dict[str, float] = dict(lead.fit_rules or {})
     entries = []
     for rule in scoring.fit:
@@ -125,6 +124,15 @@ def recompute_fit(
     return entries
 
 
+def fit_points(scoring: Scoring, lead: Lead) -> dict[str, float]:
+    """The points of each fit rule the lead's attributes pass now."""
+    return {
+        rule.id: rule.points
+        for rule in scoring.fit
+        if rule.match.test(lead.attribute(rule.attribute))
+    }
+
+
 def record_activity(lead: Lead, scoring: Scoring, occurred_at: datetime) -> None:
     """Move the lead's last activity forward and re-arm decay and inactivity from it."""
     if lead.last_activity_at is not None and occurred_at <= lead.last_activity_at:
@@ -136,27 +144,35 @@ def record_activity(lead: Lead, scoring: Scoring, occurred_at: datetime) -> None
 
 def apply_decay(session: Session, scoring: Scoring, lead: Lead, now: datetime) -> list[ScoreEntry]:
     """Take the decay steps that fell due by `now`, one ledger row each, never below zero."""
-    decay = scoring.decay
+    steps, lead.decay_due_at = decay_steps(
+        scoring.decay, lead.engagement, lead.decay_due_at, lead.last_activity_at, now
+    )
     entries = []
-    while decay and lead.decay_due_at is not None and lead.decay_due_at <= now:
-        if lead.engagement <= 0:
-            lead.decay_due_at = None
-            break
-        step = (
-            decay.points
-            if decay.points is not None
-            else lead.engagement * (decay.percent or 0) / 100
-        )
-        loss = min(float(step), lead.engagement)
-        idle = _days(lead.decay_due_at - (lead.last_activity_at or lead.decay_due_at))
-        reason = f"inactive for {idle} days"
-        entries.append(
-            _entry(lead, LedgerKind.DECAY, "decay", -loss, reason, lead.decay_due_at, now)
-        )
+    for due, loss, reason in steps:
+        entries.append(_entry(lead, LedgerKind.DECAY, "decay", -loss, reason, due, now))
         lead.engagement -= loss
-        lead.decay_due_at = lead.decay_due_at + decay.every if lead.engagement > 0 else None
     session.add_all(entries)
     return entries
+
+
+def decay_steps(
+    decay: Decay | None,
+    engagement: float,
+    due: datetime | None,
+    last_activity: datetime | None,
+    now: datetime,
+) -> tuple[list[tuple[datetime, float, str]], datetime | None]:
+    """The decay steps due by `now` as (when, loss, reason), and when the next one falls due."""
+    steps: list[tuple[datetime, float, str]] = []
+    while decay and due is not None and due <= now:
+        if engagement <= 0:
+            return steps, None
+        step = decay.points if decay.points is not None else engagement * (decay.percent or 0) / 100
+        loss = min(float(step), engagement)
+        steps.append((due, loss, f"inactive for {_days(due - (last_activity or due))} days"))
+        engagement -= loss
+        due = due + decay.every if engagement > 0 else None
+    return steps, due
 
 
 def _days(delta: timedelta) -> int:

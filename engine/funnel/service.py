@@ -25,11 +25,28 @@ from engine.errors import InvalidLeadError
 from engine.funnel.journey import enrol_on, on_lead_changed
 from engine.funnel.lead_fields import check_attributes, storable, storable_json
 from engine.funnel.leads import Identity, apply_attributes, ensure_leads, lock_lead, lock_leads
-from engine.funnel.lifecycle import StageOutcome, evaluate_stage, mark_customer, recycle, set_stage
+from engine.funnel.lifecycle import (
+    StageMove,
+    StageOutcome,
+    evaluate_stage,
+    mark_customer,
+    recycle,
+    set_stage,
+)
 from engine.funnel.memo import Memo, remembering
+from engine.funnel.replay import Replayed, read_past, replay
 from engine.funnel.scoring import apply_decay, recompute_fit, record_activity, score_event
 from engine.funnel.topics import TOPIC_EVENT, leave_topic, topic_of
-from engine.models import Enrolment, Event, EventStatus, Handoff, Lead, Stage
+from engine.models import (
+    Enrolment,
+    Event,
+    EventStatus,
+    Handoff,
+    Lead,
+    LedgerKind,
+    ScoreEntry,
+    Stage,
+)
 from engine.workflow.runtime import Runtime
 from engine.workflow.spec import Fired
 
@@ -64,6 +81,8 @@ class Outcome:
     points: float = 0.0
     handoff_id: int | None = None  # a handoff this call created: deliver it
     failed: str | None = None  # the event is stored but processing failed: the scheduler retries
+    moved: StageMove | None = None  # where the call moved the lead along the funnel
+    held: bool = False  # qualifies for SQL, handoff held back (a rescore without --handoff)
     due: list[Enrolment] = field(default_factory=list, repr=False)  # due now: advance them
 
     @property
@@ -524,3 +543,72 @@ def win_lead(session: Session, rt: Runtime, lead_id: int, reason: str = "won by 
     mark_customer(session, rt, lead, reason)
     _react(session, rt, lead, ())
     return Outcome.of(lead, rt.clock.now())
+
+
+def rescore_leads(
+    session: Session, rt: Runtime, lead_ids: list[int], *, versions: str, handoff: bool
+) -> list[Outcome]:
+    """Bring leads' ledgers in line with the scoring rules on disk (`replay`), then their stages.
+
+    Per lead and changed rule one ledger row of kind `rescore` saying `versions` (old -> new),
+    so the ledger still sums to the score. A lead that now qualifies for SQL is handed off
+    only with `handoff`; otherwise it is `held` and moves as far as MQL. Under the leads' row
+    locks, in id order; a second run finds nothing to change.
+    """
+    leads = lock_leads(session, lead_ids)
+    now = rt.clock.now()
+    pasts = read_past(session, leads)
+    memo = Memo.load(session, leads, (), now, lazy=True)
+    outcomes = []
+    with remembering(session, memo), session.no_autoflush:
+        for lead_id in sorted(leads):
+            lead = leads[lead_id]
+            replayed = replay(rt.workflows.scoring, lead, pasts[lead_id], now)
+            points = _rescore(session, rt, lead, replayed, versions, now)
+            outcome = evaluate_stage(session, rt, lead, f"rescore {versions}", handoff=handoff)
+            changed = points != 0 or outcome.fired
+            running = _react(session, rt, lead, outcome.fired) if changed else []
+            outcomes.append(
+                Outcome.of(
+                    lead,
+                    rt.clock.now(),
+                    running,
+                    outcome.handoff,
+                    points=points,
+                    moved=outcome.move,
+                    held=outcome.held,
+                )
+            )
+    session.flush()  # new enrolments get their ids
+    return outcomes
+
+
+def _rescore(
+    session: Session, rt: Runtime, lead: Lead, replayed: Replayed, versions: str, now: datetime
+) -> float:
+    """Write the rescore rows and the replayed score onto the lead; the points it changed."""
+    if not replayed.changes:
+        return 0.0
+    reasons = {rule.id: rule.reason for rule in rt.workflows.scoring.engagement}
+    reasons |= {rule.id: rule.reason for rule in rt.workflows.scoring.fit}
+    session.add_all(
+        ScoreEntry(
+            lead_id=lead.id,
+            kind=LedgerKind.RESCORE,
+            rule=rule,
+            points=points,
+            reason=f"rescore {versions}: {reasons.get(rule, _OTHER_REASONS.get(rule, rule))}",
+            occurred_at=now,
+            recorded_at=now,
+        )
+        for rule, points in replayed.changes.items()
+    )
+    before = lead.score
+    lead.fit, lead.engagement = replayed.fit, replayed.engagement
+    lead.fit_rules = replayed.fit_rules
+    lead.decay_due_at = replayed.decay_due_at
+    lead.updated_at = now
+    return lead.score - before
+
+
+_OTHER_REASONS = {"decay": "score decay", "reset": "recycled by sales"}

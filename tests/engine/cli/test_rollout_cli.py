@@ -1,4 +1,4 @@
-"""`nurture plan`, `nurture apply` and `validate --against`, run as a marketer would."""
+"""`nurture plan`, `apply`, `rescore` and `validate --against`, run as a marketer would."""
 
 from __future__ import annotations
 
@@ -25,8 +25,8 @@ class Project:
     def __call__(self, *args: str) -> Result:
         return self.runner.invoke(main, list(args), catch_exceptions=False)
 
-    def edit(self, old: str, new: str) -> None:
-        path = self.workflows / "lead-nurture.yml"
+    def edit(self, old: str, new: str, file: str = "lead-nurture.yml") -> None:
+        path = self.workflows / file
         text = path.read_text()
         assert old in text
         path.write_text(text.replace(old, new))
@@ -106,3 +106,29 @@ def test_validate_against_a_previous_folder_flags_an_undeclared_rename(
     assert "renamed_from: milestone(s) awareness are gone and discovery new" in result.output
     project.edit("  - id: discovery\n", "  - id: discovery\n    renamed_from: awareness\n")
     assert project("validate", "--against", str(tmp_path / "before")).exit_code == 0
+
+
+def test_plan_shows_what_new_points_do_to_the_past_and_rescore_does_it_once(
+    project: Project,
+) -> None:
+    tracked = project("track", "ana@northwind.test", "page_viewed", "--prop", "url=/pricing")
+    assert tracked.exit_code == 0
+    project.edit("    points: 7\n", "    points: 15\n", "scoring.yml")  # pricing page views
+
+    shown = project("plan")
+    assert shown.exit_code == 0
+    assert "1 lead(s) replayed, 1 would change score" in shown.output
+    assert "new MQLs: 1" in shown.output
+    assert "ana@northwind.test: 17 -> 25 (+8) pricing_page_view +8" in shown.output
+    histogram = shown.output.splitlines()
+    assert any(line.strip().startswith("10..19  #") for line in histogram)
+    assert json.loads(project("plan", "--json").output)["rescore"]["new_mql"] == 1
+
+    done = project("rescore")
+    assert done.exit_code == 0
+    assert "rescored: 1 of 1 lead(s) changed score; 1 new MQL(s)" in done.output
+    lead = json.loads(project("lead", "show", "ana@northwind.test", "--json").output)
+    assert (lead["score"]["total"], lead["lead"]["stage"]) == (25, "mql")
+    assert [e["rule"] for e in lead["ledger"] if e["kind"] == "rescore"] == ["pricing_page_view"]
+    again = json.loads(project("rescore", "--json").output)
+    assert (again["plan"]["changed"], again["rescored"]["changed"]) == (0, 0)

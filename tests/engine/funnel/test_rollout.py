@@ -317,7 +317,7 @@ def test_an_edited_scoring_file_scores_new_events_and_keeps_the_ledger_whole(
     new = Runtime(load_workflows(tmp_path / "v2", EMAIL_TEMPLATES, SMS_TEMPLATES), clock)
     with sessions.begin() as s:
         [note] = make_plan(s, new).notes
-        assert "scoring.yml changed" in note and "the ledger keeps the points" in note
+        assert "scoring.yml changed" in note and "`nurture rescore`" in note
         track(s, new, {**lead, "company": "Northwind"}, "content_downloaded")
     with sessions.begin() as s:
         row = s.scalars(select(Lead)).one()
