@@ -51,6 +51,16 @@ class UnknownLeadError(NurtureError):
     """Raised when a lead is looked up by an identity nobody has."""
 
 
+class UnknownSequenceError(NurtureError):
+    """Raised when a command names a sequence the workflows folder does not hold; the message
+    lists the ones it does."""
+
+    def __init__(self, name: str, known: list[str]) -> None:
+        self.name = name
+        self.known = known
+        super().__init__(f"unknown sequence {name!r} (sequences: {', '.join(known)})")
+
+
 class InvalidLeadError(NurtureError):
     """Raised when lead data is unusable: no identity, a malformed email or phone number.
 

@@ -21,7 +21,7 @@ from engine.app import App
 from engine.cli.commands import EXIT_FOUND, EXIT_USAGE, fail, open_app, print_funnel
 from engine.cli.output import console, emit_json, errors, table
 from engine.delivery.context import preview_context, recent_activity
-from engine.errors import NurtureError, WorkflowError
+from engine.errors import NurtureError, UnknownSequenceError, WorkflowError
 from engine.models import Enrolment, Handoff, Lead
 from engine.read.stats import funnel
 from engine.read.timeline import timeline
@@ -55,13 +55,11 @@ def _simulation(
 
 def _only(sim: Simulation, name: str) -> None:
     """Run one sequence alone, so a marketer sees exactly what it does."""
-    workflows = sim.app.rt.workflows
-    if name not in workflows.sequences:
-        close = ", ".join(sorted(workflows.sequences))
+    try:
+        sim.only([name])
+    except UnknownSequenceError as error:
         sim.close()
-        fail(f"unknown sequence {name!r} (sequences: {close})", EXIT_USAGE)
-    only = replace(workflows, sequences={name: workflows.sequences[name]})
-    sim.app.rt = replace(sim.app.rt, workflows=only, _programs={})
+        fail(str(error), EXIT_USAGE)
 
 
 def read_script(path: Path, start: datetime) -> tuple[dict[str, Any], list[ScriptedEvent]]:

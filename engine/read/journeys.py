@@ -24,7 +24,7 @@ from engine.models import (
     Lead,
     MilestoneVisit,
 )
-from engine.read.stats import FEEDBACK, sequence_funnel
+from engine.read.stats import EVERYTHING, FEEDBACK, Scope, sequence_funnel
 from engine.workflow.durations import format_duration
 from engine.workflow.runtime import Runtime
 from engine.workflow.spec import Milestone, Sequence
@@ -94,8 +94,7 @@ def sequence_view(session: Session, rt: Runtime, name: str) -> dict[str, Any]:
     funnel = sequence_funnel(session, rt, name)
     (reached,) = _reached(session, name) or [{"enrolled": 0, "active": 0, "mql": 0, "sql": 0}]
     onward = _onward(session, sequence)
-    deferred = _reasons(session, name, DEFERRED, _deferral_rule(session))
-    skipped = _reasons(session, name, Delivery.status == DeliveryStatus.SKIPPED, _skip_reason())
+    deferred, skipped = step_reasons(session, name)
     figures = {  # every step that made a delivery, drawn in this version or not
         step["step"]: _figures(step, deferred.get(step["step"]), skipped.get(step["step"]))
         for step in funnel["steps"]
@@ -254,13 +253,30 @@ def _skip_reason() -> ColumnElement[str]:
     )
 
 
+def step_reasons(
+    session: Session, name: str, scope: Scope = EVERYTHING
+) -> tuple[dict[str, Counter[str]], dict[str, Counter[str]]]:
+    """Per step place of `name`: its deferred sends, then its skipped ones, by their reason;
+    within a scope, of the deliveries planned in its period."""
+    deferred = _reasons(session, name, DEFERRED, _deferral_rule(session), scope)
+    skipped = _reasons(
+        session, name, Delivery.status == DeliveryStatus.SKIPPED, _skip_reason(), scope
+    )
+    return deferred, skipped
+
+
 def _reasons(
-    session: Session, name: str, which: ColumnElement[bool], reason: ColumnElement[str]
+    session: Session,
+    name: str,
+    which: ColumnElement[bool],
+    reason: ColumnElement[str],
+    scope: Scope,
 ) -> dict[str, Counter[str]]:
     """Per step place of `name`, the deliveries matching `which` counted by their reason."""
+    scoped = scope.where(session, Delivery.lead_id, Delivery.planned_at)
     rows = session.execute(
         select(Delivery.milestone, Delivery.step, reason, func.count())
-        .where(Delivery.sequence == name, which)
+        .where(Delivery.sequence == name, which, *scoped)
         .group_by(Delivery.milestone, Delivery.step, reason)
     )
     found: dict[str, Counter[str]] = {}

@@ -1,10 +1,19 @@
-"""The engine over time: Dramatiq actors, the scheduler, simulation and demo personas.
+"""The engine over time: Dramatiq actors, the scheduler, simulation, backtests, demo personas.
 
-May import: app, delivery, funnel, workflow and the low floors.
+May import: app, read, delivery, funnel, workflow, channels and the low floors.
 """
 
 from engine.runner.actors import Tasks, make_broker
+from engine.runner.backtest import BacktestReport, backtest
 from engine.runner.inline import run_due
 from engine.runner.simulation import ScriptedEvent, Simulation
 
-__all__ = ["ScriptedEvent", "Simulation", "Tasks", "make_broker", "run_due"]
+__all__ = [
+    "BacktestReport",
+    "ScriptedEvent",
+    "Simulation",
+    "Tasks",
+    "backtest",
+    "make_broker",
+    "run_due",
+]

@@ -4,8 +4,8 @@ that jumps from one due moment to the next, so weeks of nurture run in seconds."
 from __future__ import annotations
 
 import tempfile
-from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Callable, Collection, Iterable, Mapping
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -17,6 +17,7 @@ from sqlalchemy import Engine, select
 from engine.app import App
 from engine.clock import FrozenClock
 from engine.db import make_engine
+from engine.errors import UnknownSequenceError
 from engine.migrations import stamp
 from engine.models import (
     Base,
@@ -27,6 +28,7 @@ from engine.models import (
 from engine.runner.actors import Tasks
 from engine.runner.scheduler import Horizon
 from engine.settings import QUEUES, Settings
+from engine.workflow.spec import Sequence, Workflows
 
 
 @dataclass(order=True)
@@ -74,10 +76,18 @@ class Simulation:
             channels=channels,
             paced=False,
         )
+        self.loaded = self.app.rt.workflows  # what `only` chooses from
         self.broker = StubBroker()
         self.tasks = Tasks(self.broker, self.app)
         self.worker = dramatiq.Worker(self.broker, worker_threads=threads, worker_timeout=50)
         self.worker.start()
+
+    def only(self, names: Collection[str]) -> None:
+        """Run just these of the loaded sequences (none: scoring and stages alone), so what a
+        marketer sees is exactly what they do; UnknownSequenceError names the loaded ones."""
+        kept = sequences_named(self.loaded, names)
+        only = replace(self.loaded, sequences=kept)
+        self.app.rt = replace(self.app.rt, workflows=only, _programs={})
 
     def close(self) -> None:
         """Stop the worker and release the database."""
@@ -193,6 +203,14 @@ class Simulation:
                 progress(self.clock.now())
             if self.clock.now() >= until:
                 return
+
+
+def sequences_named(workflows: Workflows, names: Collection[str]) -> dict[str, Sequence]:
+    """The loaded sequences of these names; UnknownSequenceError for the first one missing."""
+    for name in names:
+        if name not in workflows.sequences:
+            raise UnknownSequenceError(name, sorted(workflows.sequences))
+    return {name: workflows.sequences[name] for name in names}
 
 
 def _email(lead: Mapping[str, Any]) -> str:
