@@ -22,6 +22,8 @@ BENCHMARKS: dict[str, list[str]] = {
     "reaction": ["--crossings", "20"],
     "egress": ["--seconds", "3"],
     "simulation": ["--leads", "50", "--days", "21"],
+    "backtest": ["--leads", "100", "--days", "30"],
+    "rescore": ["--leads", "100", "--days", "30"],
     "soak": ["--seconds", "10"],
     "dashboard": ["--leads", "100", "--seed-leads", "50", "--rounds", "2"],
 }

@@ -88,6 +88,15 @@ class EventStatus(StrEnum):
     FAILED = "failed"
 
 
+class JobStatus(StrEnum):
+    """A backtest job: queued until a worker claims it, running, then done or failed."""
+
+    QUEUED = "queued"
+    RUNNING = "running"
+    DONE = "done"
+    FAILED = "failed"
+
+
 class VersionKind(StrEnum):
     """Which workflow file a stored version holds: a sequence, scoring.yml or sending.yml."""
 
@@ -427,3 +436,29 @@ class TopicOptOut(Base):
     topic: Mapped[str] = mapped_column(String(100))
     source: Mapped[str] = mapped_column(String(32))  # the event's source: unsubscribe, api, ...
     created_at: Mapped[datetime]
+
+
+class BacktestJob(Base):
+    """A backtest asked for through the API, run by a worker; its report once done.
+
+    `due_at` is when the scheduler hands it to a worker again: a queued job whose message was
+    lost, or a running one whose worker died, runs again (a backtest only reads the live
+    database), up to `MAX_ATTEMPTS` times.
+    """
+
+    __tablename__ = "backtest_jobs"
+    __table_args__ = (Index("ix_backtest_jobs_due", "status", "due_at"),)
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    sequence: Mapped[str] = mapped_column(String(100))
+    since: Mapped[str] = mapped_column(String(20))  # as asked: "30d"
+    leads: Mapped[int | None] = mapped_column(Integer)
+    seed: Mapped[int] = mapped_column(Integer, default=0)
+    status: Mapped[JobStatus] = mapped_column(EnumText(JobStatus, 12), default=JobStatus.QUEUED)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    due_at: Mapped[datetime | None]
+    created_at: Mapped[datetime]
+    started_at: Mapped[datetime | None]
+    finished_at: Mapped[datetime | None]
+    report: Mapped[dict[str, Any] | None]
+    error: Mapped[str | None] = mapped_column(Text)

@@ -17,6 +17,7 @@ from dotenv import load_dotenv
 from fastapi import FastAPI
 
 from engine.app import App, load
+from engine.cli.backtest import register as register_backtest
 from engine.cli.commands import open_app, register
 from engine.cli.imports import register as register_imports
 from engine.cli.playback import register as register_playback
@@ -27,6 +28,7 @@ from engine.errors import ConfigurationError, NurtureError, WorkflowError
 from engine.http.api import create_api
 from engine.migrations import upgrade
 from engine.runner.actors import POLL_MS, Tasks, make_broker
+from engine.runner.jobs import run_job
 from engine.safety import refuse_unsafe
 from engine.settings import QUEUES, Settings
 from engine.starter import ENV_FILE
@@ -137,7 +139,7 @@ def worker(ctx: click.Context, threads: int, queues: str) -> None:
         click.echo("error: a worker needs NURTURE_REDIS_URL (or use `nurture run`)", err=True)
         sys.exit(EXIT_USAGE)
     broker = make_broker(app.settings.redis_url)
-    Tasks(broker, app)
+    Tasks(broker, app, jobs=run_job)
     process = dramatiq.Worker(broker, worker_threads=threads, queues=chosen, worker_timeout=POLL_MS)
     process.start()
     click.echo(f"worker started with {threads} threads", err=True)
@@ -223,7 +225,7 @@ def run(ctx: click.Context, host: str, port: int, interval: float, threads: int)
     app = open_app(ctx, schema=False)
     upgrade(app.engine)
     apply_at_start(app)
-    tasks = Tasks(make_broker(app.settings.redis_url), app)
+    tasks = Tasks(make_broker(app.settings.redis_url), app, jobs=run_job)
     api = _api(app, tasks, allow_no_auth=host in LOOPBACK)
     process = dramatiq.Worker(tasks.broker, worker_threads=threads, worker_timeout=POLL_MS)
     process.start()
@@ -245,6 +247,7 @@ register(main)
 register_imports(main)
 register_playback(main)
 register_rollout(main)
+register_backtest(main)
 
 
 def cli() -> None:

@@ -26,6 +26,7 @@ from engine.funnel.replay import TOLERANCE, read_past, replay
 from engine.funnel.service import rescore_leads
 from engine.models import Lead, VersionKind, WorkflowVersion
 from engine.workflow.runtime import Runtime
+from engine.workflow.versions import store_all
 
 MOVERS = 20
 BIN = 10  # points per bar of the score histogram
@@ -48,13 +49,31 @@ class Mover:
 
 
 @dataclass
-class RescorePlan:
-    """What a rescore would change: leads, stages, the score distribution and its movers."""
+class Tally:
+    """Leads a rescore sees, whose score it changes, and where it moves them: the counts a
+    plan promises and a rescore then reports."""
 
     versions: str
     leads: int = 0
-    changed: int = 0  # leads whose score would change
+    changed: int = 0  # leads whose score changes
     moves: Counter[StageMove] = field(default_factory=Counter)
+
+    def totals(self) -> dict[str, Any]:
+        """The counts as plain data."""
+        return {
+            "versions": self.versions,
+            "leads": self.leads,
+            "changed": self.changed,
+            "new_sql": self.moves[StageMove.SQL],
+            "new_mql": self.moves[StageMove.MQL],
+            "dropped_mql": self.moves[StageMove.SLIPPED],
+        }
+
+
+@dataclass
+class RescorePlan(Tally):
+    """What a rescore would change: leads, stages, the score distribution and its movers."""
+
     sql: list[str] = field(default_factory=list)  # the leads that would cross SQL
     before: Counter[int] = field(default_factory=Counter)  # histogram bin -> leads
     after: Counter[int] = field(default_factory=Counter)
@@ -97,13 +116,7 @@ class RescorePlan:
 
     def as_dict(self) -> dict[str, Any]:
         """Plain data for --json and the API."""
-        return {
-            "versions": self.versions,
-            "leads": self.leads,
-            "changed": self.changed,
-            "new_sql": self.moves[StageMove.SQL],
-            "new_mql": self.moves[StageMove.MQL],
-            "dropped_mql": self.moves[StageMove.SLIPPED],
+        return self.totals() | {
             "sql": list(self.sql),
             "histogram": [
                 {"from": start, "to": start + BIN, "before": before, "after": after}
@@ -118,7 +131,8 @@ def _bin(score: float) -> int:
 
 
 def versions(session: Session, rt: Runtime) -> str:
-    """`old -> new`: the scoring version before the one on disk, and the one on disk."""
+    """`old -> new`: the scoring version stored before the one on disk (`unversioned` when
+    none was), and the one on disk."""
     current = next(s.hash for s in rt.workflows.sources if s.kind == VersionKind.SCORING)
     before = session.scalar(
         select(WorkflowVersion.hash)
@@ -126,7 +140,7 @@ def versions(session: Session, rt: Runtime) -> str:
         .order_by(WorkflowVersion.first_seen_at.desc(), WorkflowVersion.id.desc())
         .limit(1)
     )
-    return f"{before or current} -> {current}"
+    return f"{before or 'unversioned'} -> {current}"
 
 
 def plan_rescore(session: Session, rt: Runtime, batch: int = 1000) -> RescorePlan:
@@ -154,25 +168,15 @@ def plan_rescore(session: Session, rt: Runtime, batch: int = 1000) -> RescorePla
 
 
 @dataclass
-class Rescored:
+class Rescored(Tally):
     """What a rescore did."""
 
-    versions: str
-    leads: int = 0
-    changed: int = 0
-    moves: Counter[StageMove] = field(default_factory=Counter)
     handed_off: list[str] = field(default_factory=list)
     held: list[str] = field(default_factory=list)  # would cross SQL: left for --handoff
 
     def as_dict(self) -> dict[str, Any]:
         """Plain data for --json."""
-        return {
-            "versions": self.versions,
-            "leads": self.leads,
-            "changed": self.changed,
-            "new_sql": self.moves[StageMove.SQL],
-            "new_mql": self.moves[StageMove.MQL],
-            "dropped_mql": self.moves[StageMove.SLIPPED],
+        return self.totals() | {
             "handed_off": list(self.handed_off),
             "held": list(self.held),
         }
@@ -188,8 +192,9 @@ def rescore(
 ) -> Rescored:
     """Rescore every lead, `batch` leads per transaction, in id order; `progress` gets the
     number of leads done after each batch."""
-    with sessions() as session:
+    with sessions.begin() as session:
         done = Rescored(versions(session, rt))
+        store_all(session, rt.workflows, rt.clock.now())  # the ledger now follows these rules
     after = 0
     while True:
         with sessions.begin() as session:

@@ -27,8 +27,8 @@ the scheduler. Decisions:
   `nurture run` then listens on loopback only.
 
 This module only assembles the app; the pieces are `validators` and `schemas` (what a body
-may hold), `limits` (body size), `auth` (keys), `errors` (exception handlers), `routes` and
-`webhooks`.
+may hold), `limits` (body size), `auth` (keys), `errors` (exception handlers), `routes`,
+`whatif` (the plan and backtests) and `webhooks`.
 """
 
 from __future__ import annotations
@@ -54,6 +54,7 @@ from engine.http.routes import (
 )
 from engine.http.schemas import error_responses
 from engine.http.webhooks import unsubscribe_router, webhook_router
+from engine.http.whatif import list_sequences, whatif_routes
 from engine.read.metrics import Metrics
 from engine.safety import api_keys_from
 
@@ -92,6 +93,8 @@ def create_api(
     lead_routes(router, app, follow)
     event_routes(router, app, follow)
     report_routes(router, app, metrics)
+    whatif_routes(router, app, tasks)
+    list_sequences(api, app)
     health_route(api, app, probe)
     api.include_router(router)
     api.include_router(

@@ -67,6 +67,9 @@ class Workers(Protocol):
     def follow_up(self, outcome: Outcome) -> None:
         """Enqueue the enrolments an outcome made due and the handoff it created."""
 
+    def start_job(self, job_id: str) -> None:
+        """Enqueue a stored backtest job for a worker."""
+
 
 class FollowUps:
     """Work a committed request made due, handed to the workers; new handoffs are counted."""

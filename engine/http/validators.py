@@ -233,3 +233,15 @@ LeadKey = Annotated[
         "id; a key that names nobody (or cannot name anyone) is a 404.",
     ),
 ]
+
+
+def json_integer(value: Any) -> Any:
+    """A JSON integer, written 7 or 7.0 (both are one in JSON Schema); never true or false.
+
+    Goes after a strict `Field` with the bounds (`Annotated[int, Field(strict=True, ge=1),
+    BeforeValidator(json_integer)]`), so the document states the bounds as numbers."""
+    if isinstance(value, bool):
+        raise ValueError("expected an integer, not true or false")
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return value

@@ -4,6 +4,7 @@ for the CLI, the API and the dashboard."""
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from enum import StrEnum
@@ -173,18 +174,26 @@ def _handoffs(session: Session, lead_id: int) -> list[Entry]:
     return entries
 
 
-def score_series(session: Session, lead_id: int) -> list[ScorePoint]:
+def score_series(
+    session: Session, lead_id: int, fit_rules: Collection[str] = ()
+) -> list[ScorePoint]:
     """(at, total, fit, engagement) after each ledger row, oldest first: the running sums, so
-    the last point is the lead's score (every change of it is a ledger row)."""
+    the last point is the lead's score (every change of it is a ledger row).
+
+    A rescore row moves the fit half when its rule is a fit rule: one of `fit_rules` (those of
+    scoring.yml) or a rule the lead's fit rows name."""
     rows = session.execute(
-        select(ScoreEntry.occurred_at, ScoreEntry.kind, ScoreEntry.points)
+        select(ScoreEntry.occurred_at, ScoreEntry.kind, ScoreEntry.rule, ScoreEntry.points)
         .where(ScoreEntry.lead_id == lead_id)
         .order_by(ScoreEntry.occurred_at, ScoreEntry.id)
     ).all()
     fit = engagement = 0.0
     series: list[ScorePoint] = []
-    for at, kind, points in rows:
+    fit_ids = set(fit_rules)
+    for at, kind, rule, points in rows:
         if kind == LedgerKind.FIT:
+            fit_ids.add(rule)
+        if kind == LedgerKind.FIT or (kind == LedgerKind.RESCORE and rule in fit_ids):
             fit += points
         else:  # engagement rules, decay and the reset after recycling move the other half
             engagement += points

@@ -28,6 +28,7 @@ from engine.runner.scheduler import (
     advance_enrolments,
     claim_due_deliveries,
     claim_due_enrolments,
+    claim_due_jobs,
     claim_due_leads,
     claim_failed_events,
     horizon,
@@ -49,6 +50,8 @@ log = logging.getLogger(__name__)
 POLL_MS = 100
 # Dramatiq runs lower numbers first among the messages a worker holds: a handoff never waits
 # behind a batch of paced sends.
+# A backtest of a large base runs for minutes: far past Dramatiq's default of 10 minutes.
+JOB_TIME_LIMIT_MS = 60 * 60 * 1000
 PRIORITIES = {"handoffs": 0, "events": 10, "journeys": 20, "maintenance": 30, "sends": 40}
 
 
@@ -62,7 +65,13 @@ def make_broker(redis_url: str | None) -> dramatiq.Broker:
 class Tasks:
     """The actors of one broker, bound to one App."""
 
-    def __init__(self, broker: dramatiq.Broker, app: App, lease: timedelta = DEFAULT_LEASE) -> None:
+    def __init__(
+        self,
+        broker: dramatiq.Broker,
+        app: App,
+        lease: timedelta = DEFAULT_LEASE,
+        jobs: Callable[[App, str], None] | None = None,
+    ) -> None:
         self.broker = broker
         self.app = app
         self.lease = lease
@@ -73,6 +82,13 @@ class Tasks:
         self.send_deliveries = declare(self._send_deliveries, "sends")
         self.deliver_handoff = declare(self._deliver_handoff, "handoffs")
         self.refresh_leads = declare(self._refresh_leads, "maintenance")
+        # Backtest jobs run simulations, which are built on these actors: the process that
+        # runs them (`nurture worker`, `nurture run`) hands their runner in (`runner.jobs`).
+        self.jobs = jobs
+        # one try per message: the job row counts attempts, and the scheduler sends it again
+        self.run_backtest = declare(
+            self._run_backtest, "maintenance", max_retries=0, time_limit=JOB_TIME_LIMIT_MS
+        )
 
     def _process_events(self, payloads: list[dict[str, Any]]) -> None:
         """Record a batch of events in one pass, then advance what became due and deliver
@@ -127,6 +143,16 @@ class Tasks:
 
     def _deliver_handoff(self, handoff_id: int) -> None:
         hand_over(self.app, handoff_id)
+
+    def start_job(self, job_id: str) -> None:
+        """Hand a stored backtest job to a worker (the scheduler does, if this message is lost)."""
+        self.run_backtest.send(job_id)
+
+    def _run_backtest(self, job_id: str) -> None:
+        """Run a backtest job asked for through the API and store its report."""
+        if self.jobs is None:
+            raise RuntimeError("this process runs no backtest jobs: build Tasks with jobs=")
+        self.jobs(self.app, job_id)
 
     def _refresh_leads(self, lead_ids: list[int]) -> None:
         """Apply the clock (decay, slipping back, inactivity) to leads, in id order."""
@@ -207,6 +233,7 @@ class Tasks:
             )
             if due(seen.stuck):
                 expire_stuck(session, now)
+            jobs = claim_due_jobs(session, now, batch) if due(seen.jobs) else []
         for event_id in events:
             self.retry_event.send(event_id)
         for lead_chunk in _chunks(leads):
@@ -217,7 +244,10 @@ class Tasks:
             self.send_deliveries.send(delivery_chunk)
         for handoff_id in handoffs:
             self.deliver_handoff.send(handoff_id)
+        for job_id in jobs:
+            self.run_backtest.send(job_id)
         enqueued = len(events) + len(leads) + len(enrolments) + len(deliveries) + len(handoffs)
+        enqueued += len(jobs)
         return enqueued, seen
 
 
@@ -239,17 +269,15 @@ def _new_event(payload: dict[str, Any]) -> NewEvent:
     )
 
 
-def _declarer(broker: dramatiq.Broker) -> Callable[[Callable[..., None], str], dramatiq.Actor]:  # type: ignore[type-arg]
-    def declare(fn: Callable[..., None], queue: str) -> dramatiq.Actor:  # type: ignore[type-arg]
+def _declarer(broker: dramatiq.Broker) -> Callable[..., dramatiq.Actor]:  # type: ignore[type-arg]
+    def declare(fn: Callable[..., None], queue: str, **options: Any) -> dramatiq.Actor:  # type: ignore[type-arg]
         return dramatiq.actor(  # type: ignore[call-overload,no-any-return]
             fn,
             actor_name=fn.__name__.lstrip("_"),
             queue_name=queue,
             priority=PRIORITIES[queue],
             broker=broker,
-            max_retries=10,
-            min_backoff=1000,
-            max_backoff=300_000,
+            **{"max_retries": 10, "min_backoff": 1000, "max_backoff": 300_000} | options,
         )
 
     return declare

@@ -15,6 +15,7 @@ from engine.funnel.journey import advance, lock_enrolments
 from engine.funnel.leads import lock_leads
 from engine.funnel.memo import Memo, remembering
 from engine.models import (
+    BacktestJob,
     Delivery,
     DeliveryStatus,
     Enrolment,
@@ -23,12 +24,14 @@ from engine.models import (
     EventStatus,
     Handoff,
     HandoffStatus,
+    JobStatus,
     Lead,
 )
 from engine.workflow.runtime import Runtime
 
 # How long a claimed row belongs to the worker it was handed to before it is due again.
 DEFAULT_LEASE = timedelta(minutes=5)
+MAX_JOB_ATTEMPTS = 3  # runs of a backtest job whose worker died, before it is failed
 
 
 @dataclass(frozen=True)
@@ -41,6 +44,7 @@ class Horizon:
     deliveries: datetime | None
     handoffs: datetime | None
     stuck: datetime | None  # sends whose lease runs out
+    jobs: datetime | None = None  # backtests whose message was lost or whose worker died
 
     def due(self, moment: datetime | None, now: datetime) -> bool:
         """True when `moment` (one of the fields) has come by `now`."""
@@ -57,6 +61,8 @@ def _earliest(column: Any, *where: Any) -> Any:
     return select(func.min(column)).where(*where).scalar_subquery()
 
 
+_UNFINISHED = (JobStatus.QUEUED, JobStatus.RUNNING)
+
 # One statement tells a scheduler pass which kinds of work to claim, and the simulation when
 # to stop the clock next; each minimum reads the first entry of an index.
 _HORIZON = select(
@@ -67,17 +73,18 @@ _HORIZON = select(
     _earliest(Delivery.due_at, Delivery.status == DeliveryStatus.PLANNED),
     _earliest(Handoff.next_attempt_at, Handoff.status == HandoffStatus.PENDING),
     _earliest(Delivery.lease_until, Delivery.status == DeliveryStatus.SENDING),
+    _earliest(BacktestJob.due_at, BacktestJob.status.in_(_UNFINISHED)),
 )
 
 
 def horizon(session: Session) -> Horizon:
     """When each kind of work falls due next, in one statement (leases aside: a claim skips
     leased rows, so a kind may be due and still claim nothing)."""
-    events, decay, inactive, enrolments, deliveries, handoffs, stuck = (
+    events, decay, inactive, enrolments, deliveries, handoffs, stuck, jobs = (
         as_utc(m) if m is not None else None for m in session.execute(_HORIZON).one()
     )
     leads = min((m for m in (decay, inactive) if m is not None), default=None)
-    return Horizon(events, leads, enrolments, deliveries, handoffs, stuck)
+    return Horizon(events, leads, enrolments, deliveries, handoffs, stuck, jobs)
 
 
 # Claims are built once: `now`, `limit` and `lease` are parameters of each pass.
@@ -105,6 +112,12 @@ _FAILED_EVENTS = (
     select(Event.id)
     .where(Event.status == EventStatus.FAILED, Event.retry_at <= bindparam("now"))
     .order_by(Event.retry_at, Event.id)
+    .limit(bindparam("limit"))
+)
+_DUE_JOBS = (
+    select(BacktestJob.id)
+    .where(BacktestJob.status.in_(_UNFINISHED), BacktestJob.due_at <= bindparam("now"))
+    .order_by(BacktestJob.due_at)
     .limit(bindparam("limit"))
 )
 _DUE_LEADS = (
@@ -150,6 +163,23 @@ def claim_due_leads(session: Session, now: datetime, limit: int) -> list[int]:
     """Leads whose decay or inactivity fell due, by index; locked but not leased, since a
     refresh that runs twice finds nothing due the second time."""
     return claim(session, _DUE_LEADS, {"now": now, "limit": limit})
+
+
+def claim_due_jobs(
+    session: Session, now: datetime, limit: int, lease: timedelta = DEFAULT_LEASE
+) -> list[str]:
+    """Claim backtest jobs whose message was lost or whose worker died, like enrolments;
+    a job that ran `MAX_JOB_ATTEMPTS` times already is failed instead."""
+    params = {"now": now, "limit": limit, "lease": now + lease}
+    claimed = claim(session, _DUE_JOBS, params, BacktestJob, "due_at")
+    again = []
+    for job in session.scalars(select(BacktestJob).where(BacktestJob.id.in_(claimed))):
+        if job.attempts < MAX_JOB_ATTEMPTS:
+            again.append(job.id)
+            continue
+        job.status, job.due_at = JobStatus.FAILED, None
+        job.error = f"gave up after {job.attempts} attempts (its worker stopped each time)"
+    return again
 
 
 _LEADS_OF = select(Enrolment.id, Enrolment.lead_id).where(

@@ -54,8 +54,8 @@ def lead_routes(router: APIRouter, site: Site) -> None:
             lead = _lead(session, lead_id)
             detail = lead_detail(session, lead)
             trace = [entry.as_dict() for entry in reversed(timeline(session, lead.id))]
-            series = score_series(session, lead.id)
-        scoring = site.app.rt.workflows.scoring
+            scoring = site.app.rt.workflows.scoring
+            series = score_series(session, lead.id, [rule.id for rule in scoring.fit])
         chart = {
             "labels": [at.strftime("%Y-%m-%d %H:%M") for at, *_ in series],
             "series": [

@@ -21,6 +21,7 @@ from engine.funnel.lifecycle import StageMove
 from engine.funnel.rescore import plan_rescore, rescore
 from engine.funnel.service import recycle_lead, track
 from engine.models import Base, Handoff, Lead, LedgerKind, ScoreEntry, Stage
+from engine.read.timeline import score_series
 from engine.runner.inline import run_due
 from engine.workflow.loading import load_workflows
 from engine.workflow.runtime import Runtime
@@ -206,6 +207,9 @@ def test_a_removed_fit_rule_and_a_tighter_limit_take_their_points_back(
             ("senior_title", -10),
         ]
         _ledger_sums_to_scores(s)
+        fit_rules = [rule.id for rule in new.workflows.scoring.fit]
+        # the score chart puts the removed fit rule's rescore row on the fit half
+        assert score_series(s, ana.id, fit_rules)[-1][1:] == (8, 0, 8)
 
 
 KINDS = [
