@@ -5,6 +5,10 @@ The replay runs the live scoring functions (`score_event`, `apply_decay`, `reset
 database, over the lead's processed events in time order and the moments sales reset it. So
 a rescore gives exactly what the engine would have given had these rules been in place and
 every event arrived on time: one implementation of the rules, not two.
+
+A rescore corrects a rule's points with one row per rule, not the times the rule scored, and
+limits count those times (`scoring._SCORED`): an event inside a changed rule's limit window
+soon after a rescore is judged by the old count, until the next rescore settles it.
 """
 
 from __future__ import annotations
@@ -26,7 +30,7 @@ from engine.funnel.scoring import (
     reset_engagement,
     score_event,
 )
-from engine.models import Event, EventStatus, Lead, LedgerKind, ScoreEntry
+from engine.models import Event, EventStatus, Lead, ScoreEntry, Stage, StageChange
 from engine.workflow.spec import Scoring
 
 # Points closer than this are equal: percent decay leaves float dust that is no change.
@@ -40,9 +44,11 @@ _EVENTS = (
     )
     .order_by(Event.lead_id, Event.occurred_at, Event.id)
 )
-_RESETS = select(ScoreEntry.lead_id, ScoreEntry.occurred_at, ScoreEntry.reason).where(
-    ScoreEntry.lead_id.in_(bindparam("leads", expanding=True)),
-    ScoreEntry.kind == LedgerKind.RESET,
+# Sales recycling a lead resets its engagement; read from the stage changes, since a reset
+# of an engagement already at zero leaves no ledger row but still zeroes what follows.
+_RESETS = select(StageChange.lead_id, StageChange.changed_at, StageChange.reason).where(
+    StageChange.lead_id.in_(bindparam("leads", expanding=True)),
+    StageChange.to_stage == Stage.RECYCLED,
 )
 _LEDGER = (
     select(ScoreEntry.lead_id, ScoreEntry.rule, func.sum(ScoreEntry.points))
@@ -92,7 +98,7 @@ def read_past(session: Session, lead_ids: Collection[int]) -> dict[int, Past]:
             Event(id=event_id, type=kind, properties=properties, occurred_at=as_utc(occurred_at))
         )
     for lead_id, moment, reason in session.execute(_RESETS, {"leads": ids}):
-        pasts[lead_id].resets.append((as_utc(moment), reason))
+        pasts[lead_id].resets.append((as_utc(moment), f"recycled by sales: {reason}"))
     for lead_id, rule, points in session.execute(_LEDGER, {"leads": ids}):
         pasts[lead_id].ledger[rule] = float(points or 0)
     return pasts

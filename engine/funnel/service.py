@@ -586,7 +586,12 @@ def rescore_leads(
 def _rescore(
     session: Session, rt: Runtime, lead: Lead, replayed: Replayed, versions: str, now: datetime
 ) -> float:
-    """Write the rescore rows and the replayed score onto the lead; the points it changed."""
+    """Write the rescore rows and the replayed score onto the lead; the points it changed.
+
+    The next decay step is the replay's in any case: a changed `decay` in scoring.yml moves
+    it (or ends it) even for a lead whose points stay the same.
+    """
+    lead.decay_due_at = replayed.decay_due_at
     if not replayed.changes:
         return 0.0
     reasons = {rule.id: rule.reason for rule in rt.workflows.scoring.engagement}
@@ -606,7 +611,6 @@ def _rescore(
     before = lead.score
     lead.fit, lead.engagement = replayed.fit, replayed.engagement
     lead.fit_rules = replayed.fit_rules
-    lead.decay_due_at = replayed.decay_due_at
     lead.updated_at = now
     return lead.score - before
 

@@ -257,14 +257,15 @@ def reached(
     session: Session, stage_at: InstrumentedAttribute[datetime | None], scope: Scope = EVERYTHING
 ) -> tuple[int, float | None]:
     """How many of the scope's leads reached a stage (`Lead.mql_at`, `Lead.sql_at`) in its
-    period, and the median days they took: from the period's start, else from their creation."""
+    period, and the median days they took: from their creation, or from the period's start
+    for a lead created before it."""
     rows = session.execute(
         select(Lead.created_at, stage_at).where(
             stage_at.is_not(None), *scope.where(session, Lead.id, stage_at)
         )
     ).all()
     days = [
-        (at - (scope.since or created)).total_seconds() / 86400
+        (at - max(scope.since or created, created)).total_seconds() / 86400
         for created, at in rows
         if at is not None
     ]

@@ -55,7 +55,8 @@ def create_job(
 
 
 def run_job(app: App, job_id: str) -> None:
-    """Run a job unless it ran already; its report, or its error, is stored."""
+    """Run a job unless it is done, or running elsewhere within its lease; its report, or its
+    error, is stored (also when the actor's time limit stops it)."""
     with app.sessions.begin() as session:
         job = session.scalars(
             select(BacktestJob).where(BacktestJob.id == job_id).with_for_update()
@@ -63,20 +64,25 @@ def run_job(app: App, job_id: str) -> None:
         now = app.rt.clock.now()
         if job is None or job.status in (JobStatus.DONE, JobStatus.FAILED):
             return
-        if job.status == JobStatus.RUNNING and job.due_at is not None and job.due_at > now:
+        alive = job.started_at is not None and job.started_at + RUN_LEASE > now
+        if job.status == JobStatus.RUNNING and alive:
             return  # another worker runs it now
-
         job.status, job.started_at, job.due_at = JobStatus.RUNNING, now, now + RUN_LEASE
         job.attempts += 1
         sequence, since, leads, seed = job.sequence, job.since, job.leads, job.seed
     try:
-        report: dict[str, Any] | None = backtest(
-            app, sequence, parse_duration(since), leads, seed=seed
-        ).as_dict()
-        error = None
-    except Exception as failure:  # the job says what went wrong; the worker lives on
+        report = backtest(app, sequence, parse_duration(since), leads, seed=seed).as_dict()
+    except BaseException as failure:  # Dramatiq's time limit is not an Exception
         log.exception("backtest %s of %s failed", job_id, sequence)
-        report, error = None, " ".join(str(failure).split())[:ERROR_CHARS] or repr(failure)
+        _finish(app, job_id, None, " ".join(str(failure).split())[:ERROR_CHARS] or repr(failure))
+        if not isinstance(failure, Exception):
+            raise
+        return
+    _finish(app, job_id, report, None)
+
+
+def _finish(app: App, job_id: str, report: dict[str, Any] | None, error: str | None) -> None:
+    """Store how a run ended."""
     with app.sessions.begin() as session:
         job = session.get_one(BacktestJob, job_id)
         job.status = JobStatus.DONE if error is None else JobStatus.FAILED

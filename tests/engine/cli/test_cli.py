@@ -230,11 +230,7 @@ def test_an_import_row_giving_a_lead_another_leads_phone_is_reported_not_a_crash
     (tmp_path / "first.csv").write_text("email,phone\nann@initech.test,+14155550100\n")
     assert nurture("leads", "import", str(tmp_path / "first.csv")).exit_code == 0
     csv = tmp_path / "leads.csv"
-    csv.write_text(
-        "email,phone\n"
-        "bob@initech.test,+14155550100\n"
-        "cat@globex.test,+14155550101\n"
-    )
+    csv.write_text("email,phone\nbob@initech.test,+14155550100\ncat@globex.test,+14155550101\n")
     result = nurture("leads", "import", str(csv))
     assert result.exit_code == 1
     assert f"{csv}:2: phone: '+14155550100' belongs to another lead (id 1)" in result.output, (

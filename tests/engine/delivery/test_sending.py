@@ -54,10 +54,7 @@ class Sender:
                     .order_by(Delivery.planned_at)
                 )
             )
-        return [
-            send_delivery(self, i)
-            for i in ids
-        ]
+        return [send_delivery(self, i) for i in ids]
 
     def deliveries(self) -> list[Delivery]:
         with self.sessions() as s:

@@ -212,6 +212,26 @@ def test_a_removed_fit_rule_and_a_tighter_limit_take_their_points_back(
         assert score_series(s, ana.id, fit_rules)[-1][1:] == (8, 0, 8)
 
 
+def test_a_recycle_at_zero_engagement_still_zeroes_what_came_before_it(
+    sessions: sessionmaker[Session], shipped_rt: Runtime, clock: FrozenClock, tmp_path: Path
+) -> None:
+    """Recycling a lead whose engagement is 0 leaves no ledger row, yet under rules that
+    gave it points the recycle takes them: the replay reads recycles from the stage moves."""
+    with sessions.begin() as s:
+        track(s, shipped_rt, BEN, "form_submitted")
+        track(s, shipped_rt, BEN, "bounced")  # 10 - 10: engagement 0
+        ben = s.scalars(select(Lead).where(Lead.email == BEN["email"])).one()
+        ben.stage = Stage.MQL  # as if sales had it
+        recycle_lead(s, shipped_rt, ben.id, "not now")
+        assert s.scalar(select(func.count()).where(ScoreEntry.kind == LedgerKind.RESET)) == 0
+    clock.advance(timedelta(hours=1))
+    new = _edited(tmp_path, clock, form_submission={"points": 30})
+    with sessions() as s:
+        plan = plan_rescore(s, new)
+    assert (plan.changed, plan.movers) == (0, [])
+    assert rescore(sessions, new).changed == 0
+
+
 KINDS = [
     ("page_viewed", PRICING),
     ("content_downloaded", {}),

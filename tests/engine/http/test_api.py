@@ -55,9 +55,7 @@ def signer() -> SendGridSigner:
 @pytest.fixture
 def nurture(db: Engine, clock: FrozenClock, tmp_path: Path) -> App:
     """An App on the test database, with the test workflows and the outbox for both channels."""
-    return outbox_app(
-        db, clock, tmp_path, NURTURE_PUBLIC_URL=PUBLIC_URL, NURTURE_SECRET_KEY=SECRET
-    )
+    return outbox_app(db, clock, tmp_path, NURTURE_PUBLIC_URL=PUBLIC_URL, NURTURE_SECRET_KEY=SECRET)
 
 
 def _client(

@@ -141,6 +141,17 @@ def test_a_job_whose_message_was_lost_is_sent_again_by_the_scheduler_and_given_u
     worker.settle()
     assert client.get(f"/v1/backtests/{job_id}").json()["status"] == "done"
 
+    died = client.post("/v1/backtests", json={"sequence": "drip"}).json()["id"]
+    with nurture.sessions.begin() as s:  # a worker took it and died
+        job = s.get_one(BacktestJob, died)
+        job.status, job.attempts, job.started_at = JobStatus.RUNNING, 1, clock.now()
+        job.due_at = clock.now() + RUN_LEASE
+    clock.advance(RUN_LEASE)
+    assert worker.tasks.scheduler_pass()[0] == 1
+    worker.settle()
+    again = client.get(f"/v1/backtests/{died}").json()
+    assert (again["status"], again["attempts"]) == ("done", 2)
+
     stuck = client.post("/v1/backtests", json={"sequence": "drip"}).json()["id"]
     with nurture.sessions.begin() as s:  # a worker took it and died, every time
         job = s.get_one(BacktestJob, stuck)

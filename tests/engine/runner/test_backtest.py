@@ -118,7 +118,7 @@ def test_the_backtest_of_a_known_history_gives_the_mqls_and_sends_computed_by_ha
     figures = report.backtest
     assert (report.eligible, report.leads, report.events, report.history) == (100, 100, 190, 0)
     assert (figures["mql"], figures["sql"]) == (40, 0)
-    assert figures["median_days_to_mql"] == 1.08  # Tuesday 11:00, 26 hours after the start
+    assert figures["median_days_to_mql"] == 1.04  # Tuesday 11:00, 25 hours after creation
     assert entered(figures) == {"awareness": 100, "consideration": 40, "decision": 0}
     assert steps(figures, "sent") == {
         "awareness/email:welcome": 100,  # Monday 10:00
