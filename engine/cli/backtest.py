@@ -79,7 +79,8 @@ def _print(report: BacktestReport) -> None:
         f"[bold]{report.sequence}[/bold] (version {report.version[:12]}) from "
         f"{report.since:%Y-%m-%d %H:%M} to {report.until:%Y-%m-%d %H:%M} UTC: {sample} "
         f"{report.eligible} leads with events in the period, {report.events} events replayed "
-        f"({report.history} before the period set where each lead stood at its start)"
+        f"({report.history} before the period set where each lead stood at its start)",
+        soft_wrap=True,  # one line, wrapped by the terminal: the same text at any width
     )
     table(
         "Milestones entered",
