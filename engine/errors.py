@@ -61,6 +61,11 @@ class UnknownSequenceError(NurtureError):
         super().__init__(f"unknown sequence {name!r} (sequences: {', '.join(known)})")
 
 
+class UnknownExperimentError(NurtureError):
+    """Raised when a command names a step without variants, or a variant the step lacks; the
+    message lists what there is to choose from."""
+
+
 class InvalidLeadError(NurtureError):
     """Raised when lead data is unusable: no identity, a malformed email or phone number.
 

@@ -97,6 +97,21 @@ class JobStatus(StrEnum):
     FAILED = "failed"
 
 
+class PickKind(StrEnum):
+    """How a step's winning variant was chosen: by its winner rule's test, or by hand."""
+
+    AUTO = "auto"
+    MANUAL = "manual"
+
+
+class ExperimentStatus(StrEnum):
+    """Where a step's experiment stands: still drawing variants, or one given to every lead."""
+
+    RUNNING = "running"
+    DECIDED = "decided"  # by its winner rule
+    PICKED = "picked"  # by hand
+
+
 class VersionKind(StrEnum):
     """Which workflow file a stored version holds: a sequence, scoring.yml or sending.yml."""
 
@@ -301,6 +316,8 @@ class Enrolment(Base):
     exited_at: Mapped[datetime | None]
     exit_reason: Mapped[str | None] = mapped_column(Text)
     trigger: Mapped[str] = mapped_column(String(64))
+    # In the sequence's holdout group: runs every step, but its sends are skipped.
+    holdout: Mapped[bool] = mapped_column(default=False)
 
 
 class MilestoneVisit(Base):
@@ -337,6 +354,7 @@ class Delivery(Base):
     pass_no: Mapped[int] = mapped_column(Integer)
     channel: Mapped[str] = mapped_column(String(8))
     template: Mapped[str] = mapped_column(String(100))
+    variant: Mapped[str | None] = mapped_column(String(100))  # the step's variant drawn
     status: Mapped[DeliveryStatus] = mapped_column(
         EnumText(DeliveryStatus, 12), default=DeliveryStatus.PLANNED
     )
@@ -349,6 +367,28 @@ class Delivery(Base):
     provider_message_id: Mapped[str | None] = mapped_column(String(200), index=True)
     subject: Mapped[str | None] = mapped_column(Text)
     detail: Mapped[str | None] = mapped_column(Text)
+
+
+class VariantPick(Base):
+    """The variant every later lead of a step gets: its winner rule's decision, or a pick by hand.
+
+    One row per step, so the automatic decision is taken once; a pick by hand overwrites it.
+    """
+
+    __tablename__ = "variant_picks"
+    __table_args__ = (
+        UniqueConstraint("sequence", "milestone", "step", name="uq_variant_pick_step"),
+    )
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    sequence: Mapped[str] = mapped_column(String(100))
+    milestone: Mapped[str] = mapped_column(String(100))
+    step: Mapped[str] = mapped_column(String(200))
+    variant: Mapped[str] = mapped_column(String(100))
+    kind: Mapped[PickKind] = mapped_column(EnumText(PickKind, 8))
+    figures: Mapped[dict[str, Any]]  # what the test saw: sends and successes per variant, p
+    reason: Mapped[str] = mapped_column(Text)
+    picked_at: Mapped[datetime]
 
 
 class Handoff(Base):

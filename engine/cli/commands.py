@@ -154,15 +154,29 @@ def lead_show(ctx: click.Context, key: str, as_json: bool) -> None:
         "Enrolments",
         ["sequence", "milestone", "status", "next step", "exit"],
         [
-            (e["sequence"], e["milestone"], e["status"], e["next_run_at"], e["exit_reason"])
+            (
+                e["sequence"],
+                e["milestone"],
+                f"{e['status']} (held out)" if e["holdout"] else e["status"],
+                e["next_run_at"],
+                e["exit_reason"],
+            )
             for e in detail["enrolments"]
         ],
     )
     table(
         "Deliveries",
-        ["template", "channel", "status", "due", "sent", "detail"],
+        ["template", "variant", "channel", "status", "due", "sent", "detail"],
         [
-            (d["template"], d["channel"], d["status"], d["due_at"], d["sent_at"], d["detail"])
+            (
+                d["template"],
+                d["variant"] or "",
+                d["channel"],
+                d["status"],
+                d["due_at"],
+                d["sent_at"],
+                d["detail"],
+            )
             for d in detail["deliveries"]
         ],
     )

@@ -19,6 +19,7 @@ from fastapi import FastAPI
 from engine.app import App, load
 from engine.cli.backtest import register as register_backtest
 from engine.cli.commands import open_app, register
+from engine.cli.experiments import register as register_experiments
 from engine.cli.imports import register as register_imports
 from engine.cli.playback import register as register_playback
 from engine.cli.project import init_command
@@ -248,6 +249,7 @@ register_imports(main)
 register_playback(main)
 register_rollout(main)
 register_backtest(main)
+register_experiments(main)
 
 
 def cli() -> None:

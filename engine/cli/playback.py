@@ -16,6 +16,7 @@ import click
 import yaml
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from sqlalchemy import func, select
+from sqlalchemy.orm import Session
 
 from engine.app import App
 from engine.cli.commands import EXIT_FOUND, EXIT_USAGE, fail, open_app, print_funnel
@@ -23,6 +24,7 @@ from engine.cli.output import console, emit_json, errors, table
 from engine.delivery.context import preview_context, recent_activity
 from engine.errors import NurtureError, UnknownSequenceError, WorkflowError
 from engine.models import Enrolment, Handoff, Lead
+from engine.read.experiments import sequence_experiments
 from engine.read.stats import funnel
 from engine.read.timeline import timeline
 from engine.read.views import find_by_key
@@ -30,7 +32,7 @@ from engine.runner.demo import persona
 from engine.runner.simulation import ScriptedEvent, Simulation
 from engine.settings import Settings
 from engine.starter import examples
-from engine.workflow.spec import Send, Sequence, walk
+from engine.workflow.spec import Metric, Send, Sequence, walk
 
 DEFAULT_START = datetime(2026, 3, 2, 9, 0, tzinfo=UTC)  # a Monday morning
 DEMO_DATABASE = "nurture.db"  # under --out: what `nurture run` opens to show the demo
@@ -159,37 +161,22 @@ def preview_command(ctx: click.Context, sequence: str, lead_key: str | None, out
     context = _preview_context(app, spec, lead_key)
 
     out.mkdir(parents=True, exist_ok=True)
-    rows = []
+    rows: list[tuple[str, ...]] = []
     for milestone in spec.milestones:
         for step in (s for s in walk(milestone.steps) if isinstance(s, Send)):
             ctx_m = {**context, "milestone": {"id": milestone.id}}
-            try:
-                if step.channel == "email":
-                    email = app.renderer.render_email(step.template, ctx_m)
-                    path = out / f"{spec.name}-{milestone.id}-{step.template}.html"
-                    path.write_text(email.html)
-                    rows.append(
-                        (
-                            milestone.id,
-                            f"email {step.template}",
-                            email.subject,
-                            email.text[:160].replace("\n", " "),
-                            str(path),
-                        )
-                    )
-                else:
-                    sms = app.renderer.render_sms(step.template, ctx_m, first_message=True)
-                    rows.append(
-                        (
-                            milestone.id,
-                            f"sms {step.template}",
-                            f"{sms.segments} {sms.encoding} segment(s)",
-                            sms.body,
-                            "",
-                        )
-                    )
-            except NurtureError as error:
-                rows.append((milestone.id, step.template, "ERROR", str(error), ""))
+            prefix = f"{spec.name}-{milestone.id}"
+            for variant in step.variants or (None,):  # every variant a lead may get
+                template = variant.template if variant else step.template
+                name = f"{template} [{variant.id}]" if variant else template
+                subject = variant.subject if variant else None
+                # a variant with its own subject gets its own file: the same template, renamed
+                named = f"{prefix}-{variant.id}" if variant and subject else prefix
+                try:
+                    message = _preview_one(app, out, named, step.channel, template, subject, ctx_m)
+                    rows.append((milestone.id, f"{step.channel} {name}", *message))
+                except NurtureError as error:
+                    rows.append((milestone.id, name, "ERROR", str(error), ""))
     table(
         f"{spec.name}: {len(rows)} message(s)",
         ["milestone", "step", "subject", "text", "html"],
@@ -197,6 +184,25 @@ def preview_command(ctx: click.Context, sequence: str, lead_key: str | None, out
     )
     if any(r[2] == "ERROR" for r in rows):
         sys.exit(EXIT_FOUND)
+
+
+def _preview_one(
+    app: App,
+    out: Path,
+    prefix: str,
+    channel: str,
+    template: str,
+    subject: str | None,
+    context: dict[str, Any],
+) -> tuple[str, str, str]:
+    """Subject (or SMS segments), the start of the text and the HTML file of one message."""
+    if channel == "email":
+        email = app.renderer.render_email(template, context, subject)
+        path = out / f"{prefix}-{template}.html"
+        path.write_text(email.html)
+        return email.subject, email.text[:160].replace("\n", " "), str(path)
+    sms = app.renderer.render_sms(template, context, first_message=True)
+    return f"{sms.segments} {sms.encoding} segment(s)", sms.body, ""
 
 
 def _preview_context(app: App, spec: Sequence, key: str | None) -> dict[str, Any]:
@@ -282,6 +288,7 @@ def demo_command(
                 )
                 or 0
             )
+            data["experiment"] = _one_experiment(s, sim.app)
     finally:
         sim.close()
     outbox = out / "outbox"
@@ -300,6 +307,8 @@ def demo_command(
         f"MQLs: {data['stages']['mql_ever']} · handoffs to sales: {data['handoffs']} · "
         f"re-engaged leads: {data['re_engaged']}"
     )
+    if data["experiment"] is not None:
+        console.print(data["experiment"]["summary"])
     console.print(
         f"{data['outbox']['email']} emails (.eml) and {data['outbox']['sms']} SMS "
         f"written to {outbox} · {data['seconds']} s"
@@ -308,6 +317,28 @@ def demo_command(
         f"See it in the dashboard: [bold]{data['dashboard']['command']}[/bold], "
         f"then open {data['dashboard']['url']}"
     )
+
+
+def _one_experiment(session: Session, app: App) -> dict[str, Any] | None:
+    """The demo's headline experiment: the first holdout's lift on MQL, else the first step's
+    variants; its report as JSON plus a one-line summary."""
+    now = app.rt.clock.now()
+    held = [s for s in app.rt.sequences if s.holdout > 0]
+    tested = [s for s in app.rt.sequences if s.experiments()]
+    if not held and not tested:
+        return None
+    name = (held or tested)[0].name
+    found = sequence_experiments(session, app.rt, name, now)
+    if held:
+        line = found.holdout.sentence(Metric.MQL)
+        summary = f"Holdout of {name} ({found.holdout_share:.0%} sent nothing), MQL: {line}"
+    else:
+        step = found.experiments[0]
+        rates = ", ".join(f"{v.id} {v.successes}/{v.matured}" for v in step.variants)
+        where = f"{step.milestone}/{step.step}"
+        summary = f"Experiment {name} {where} ({step.metric}): {rates}, {step.status}"
+    report = found.as_dict()
+    return report | {"summary": summary + f" · nurture experiments report {name}"}
 
 
 def _dashboard_command(given: Settings, played: Settings, out: Path) -> str:

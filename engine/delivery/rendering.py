@@ -19,7 +19,7 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Iterable, Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from types import TracebackType
@@ -135,6 +135,7 @@ class Renderer:
         self._sms_names = _template_names(self._dir / "sms")
         self._emails: dict[str, _Email] = {}
         self._sms: dict[str, Template] = {}
+        self._subjects: dict[str, Template] = {}
 
     def email_templates(self) -> set[str]:
         """Names of the email templates (layouts and partials, `_*.j2`, are not templates)."""
@@ -144,12 +145,20 @@ class Renderer:
         """Names of the SMS templates."""
         return set(self._sms_names)
 
-    def render_email(self, name: str, context: Mapping[str, Any]) -> RenderedEmail:
-        """Render subject, HTML, text and preheader in one pass; TemplateError on any failure."""
+    def render_email(
+        self, name: str, context: Mapping[str, Any], subject: str | None = None
+    ) -> RenderedEmail:
+        """Render subject, HTML, text and preheader in one pass; TemplateError on any failure.
+
+        `subject` is a variant's own subject line, rendered in place of the template's.
+        """
         email = self._email(name)
         try:
             try:
                 email_parts = _render_email(email, dict(context))
+                if subject is not None:
+                    line = self._subject(subject).render(context)
+                    email_parts = replace(email_parts, subject=_one_line(_unescape(line)))
             except Exception:
                 self._email_env.handle_exception()  # re-raises with template file and line
         except Exception as err:  # whatever template code raises is the template's fault
@@ -185,29 +194,35 @@ class Renderer:
         or a limit per workflow file (files not in it get the SendSettings default).
         """
         sample = sample_context()
-        found: dict[tuple[str, str, int], list[str]] = {}
+        found: dict[tuple[str, str, int, str | None], list[str]] = {}
         problems: list[Problem] = []
         for use in uses:
             name, channel, file, line = use[:4]
-            field = use[4] if len(use) == 5 else ""
+            field = use[4] if len(use) >= 5 else ""
+            subject = use[5] if len(use) == 6 else None
             limit = (
                 sms_max_segments
                 if isinstance(sms_max_segments, int)
                 else sms_max_segments.get(file, _DEFAULT_SMS_MAX_SEGMENTS)
             )
-            key = (name, channel, limit)
+            key = (name, channel, limit, subject)
             if key not in found:
-                found[key] = self._check_one(name, channel, sample, limit)
+                found[key] = self._check_one(name, channel, sample, limit, subject)
             problems.extend(Problem(file, line, field, message) for message in found[key])
         return problems
 
     def _check_one(
-        self, name: str, channel: str, sample: Mapping[str, Any], sms_max_segments: int
+        self,
+        name: str,
+        channel: str,
+        sample: Mapping[str, Any],
+        sms_max_segments: int,
+        subject: str | None = None,
     ) -> list[str]:
         """What is wrong with one template on one channel, rendered against the sample lead."""
         try:
             if channel == "email":
-                email = self.render_email(name, sample)
+                email = self.render_email(name, sample, subject)
                 link = str(escape(sample["unsubscribe_url"]))
                 return [
                     f"template {name!r}: the {part} part has no unsubscribe link"
@@ -248,6 +263,13 @@ class Renderer:
         if standalone and "html" not in template.blocks:
             raise TemplateError(name, "no html block", file=template.filename)
         return _Email(template=template, standalone=standalone)
+
+    def _subject(self, line: str) -> Template:
+        """A variant's subject line compiled once, in the email sandbox."""
+        template = self._subjects.get(line)
+        if template is None:
+            template = self._subjects[line] = self._email_env.from_string(line)
+        return template
 
     def _sms_template(self, name: str) -> Template:
         """The compiled SMS template, compiled on first use."""

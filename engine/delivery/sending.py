@@ -189,7 +189,7 @@ def _render(
     context = message_context(settings, lead, delivery, sequence, recent, now)
     try:
         if delivery.channel == "email":
-            email = renderer.render_email(delivery.template, context)
+            email = renderer.render_email(delivery.template, context, _subject(delivery, sequence))
             delivery.subject = email.subject
             return EmailMessage(
                 delivery_id=delivery.id,
@@ -220,6 +220,15 @@ def _render(
         delivery.status = DeliveryStatus.FAILED
         delivery.detail = f"render: {error}"
         return None
+
+
+def _subject(delivery: Delivery, sequence: Sequence) -> str | None:
+    """The subject line of the delivery's variant, when the variant has its own."""
+    if delivery.variant is None:
+        return None
+    step = sequence.send_step(delivery.milestone, delivery.step)
+    variant = step.variant(delivery.variant) if step is not None else None
+    return variant.subject if variant is not None else None
 
 
 def status_callback(settings: Settings, delivery_id: str) -> str | None:

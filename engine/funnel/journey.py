@@ -10,6 +10,7 @@ from sqlalchemy import bindparam, select, update
 from sqlalchemy.orm import Session
 
 from engine.db import is_postgres
+from engine.funnel.experiments import choose_variant, held_out
 from engine.funnel.facts import LeadFacts
 from engine.funnel.memo import memo_of
 from engine.models import (
@@ -114,6 +115,7 @@ def enrol_on(session: Session, rt: Runtime, lead: Lead, fired: Fired) -> list[En
             enrolled_at=now,
             milestone_entered_at=now,
             trigger=str(fired),
+            holdout=held_out(lead, sequence),
         )
         session.add(enrolment)  # flushed with the rest of the batch; the visit follows it
         remembered = _remembered(session, lead)
@@ -341,7 +343,8 @@ def _plan(
     None when this pass already planned the step: an edit that moved a step the lead had
     passed to ahead of it never sends it twice. The send-time guards check again (and add
     frequency caps); planning in the window keeps the queue free of sends that could only
-    be deferred.
+    be deferred. A lead in the holdout group gets the row skipped (None: nothing to send),
+    so its timeline shows what it was held out of.
     """
     key = (enrolment.id, step.id, enrolment.pass_no)
     memo = memo_of(session)
@@ -356,6 +359,9 @@ def _plan(
         return None
     window = sequence.send.window
     due = open_slot(rt.send, now, lead.timezone, window, step.channel)
+    variant = None
+    if step.variants and not enrolment.holdout:
+        variant = choose_variant(session, lead, sequence, enrolment.milestone, step)
     delivery = Delivery(
         id=str(uuid.uuid4()),
         enrolment_id=enrolment.id,
@@ -365,7 +371,8 @@ def _plan(
         step=step.id,
         pass_no=enrolment.pass_no,
         channel=step.channel,
-        template=step.template,
+        template=variant.template if variant is not None else step.template,
+        variant=variant.id if variant is not None else None,
         status=DeliveryStatus.PLANNED,
         planned_at=now,
         due_at=due,
@@ -375,4 +382,8 @@ def _plan(
         ),
     )
     session.add(delivery)
+    if enrolment.holdout:
+        delivery.status, delivery.due_at = DeliveryStatus.SKIPPED, now
+        delivery.detail = f"holdout: held out of {sequence.name} to measure its lift"
+        return None
     return delivery

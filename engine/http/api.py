@@ -41,6 +41,7 @@ from fastapi import APIRouter, Depends, FastAPI
 from engine.app import App
 from engine.http.auth import authoriser, check_keys
 from engine.http.errors import install_error_handlers
+from engine.http.experiments import experiment_routes
 from engine.http.limits import MAX_BODY_BYTES, BodyLimit
 from engine.http.pages import mount_dashboard
 from engine.http.routes import (
@@ -94,6 +95,7 @@ def create_api(
     event_routes(router, app, follow)
     report_routes(router, app, metrics)
     whatif_routes(router, app, tasks)
+    experiment_routes(router, app)
     list_sequences(api, app)
     health_route(api, app, probe)
     api.include_router(router)

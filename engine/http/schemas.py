@@ -211,6 +211,7 @@ class EnrolmentOut(BaseModel):
     enrolled_at: datetime
     next_run_at: datetime | None
     exit_reason: str | None
+    holdout: bool  # in the sequence's holdout group: its sends are skipped
 
 
 class DeliveryOut(BaseModel):
@@ -220,6 +221,7 @@ class DeliveryOut(BaseModel):
     sequence: str
     milestone: str
     template: str
+    variant: str | None  # the step's variant this lead drew, when the step has variants
     channel: str
     status: str
     subject: str | None

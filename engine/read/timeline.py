@@ -146,7 +146,8 @@ def _journey(session: Session, lead_id: int, enrolments: dict[int, Enrolment]) -
 
 def _delivery(d: Delivery) -> Entry:
     """A send and why: when a sent one went (and how late), why another waits or was not sent."""
-    label = f"{d.channel} {d.template}" + (f": {d.subject}" if d.subject else "")
+    variant = f" (variant {d.variant})" if d.variant else ""
+    label = f"{d.channel} {d.template}{variant}" + (f": {d.subject}" if d.subject else "")
     if d.status == DeliveryStatus.SENT and d.sent_at is not None:
         late = d.sent_at - d.planned_at
         notes = [f"deferred {_hours(late)}"] if late >= LATE else []

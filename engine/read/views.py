@@ -122,6 +122,7 @@ def lead_detail(session: Session, lead: Lead) -> dict[str, Any]:
                 "enrolled_at": _iso(e.enrolled_at),
                 "next_run_at": _iso(e.next_run_at),
                 "exit_reason": e.exit_reason,
+                "holdout": e.holdout,
             }
             for e in enrolments
         ],
@@ -131,6 +132,7 @@ def lead_detail(session: Session, lead: Lead) -> dict[str, Any]:
                 "sequence": d.sequence,
                 "milestone": d.milestone,
                 "template": d.template,
+                "variant": d.variant,
                 "channel": d.channel,
                 "status": d.status,
                 "subject": d.subject,

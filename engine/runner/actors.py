@@ -33,6 +33,7 @@ from engine.runner.scheduler import (
     claim_failed_events,
     horizon,
 )
+from engine.runner.winners import JUDGE_EVERY, decide_winners
 
 # Ids per message: a worker does one batch in one transaction, and a batch of this size keeps
 # a message's work well under a second while paying the transaction once for many rows.
@@ -85,6 +86,7 @@ class Tasks:
         # Backtest jobs run simulations, which are built on these actors: the process that
         # runs them (`nurture worker`, `nurture run`) hands their runner in (`runner.jobs`).
         self.jobs = jobs
+        self.judge_at: datetime | None = None  # when this scheduler next judges experiments
         # one try per message: the job row counts attempts, and the scheduler sends it again
         self.run_backtest = declare(
             self._run_backtest, "maintenance", max_retries=0, time_limit=JOB_TIME_LIMIT_MS
@@ -248,7 +250,20 @@ class Tasks:
             self.run_backtest.send(job_id)
         enqueued = len(events) + len(leads) + len(enrolments) + len(deliveries) + len(handoffs)
         enqueued += len(jobs)
+        if self.judge_at is None or now >= self.judge_at:
+            self.judge_at = now + JUDGE_EVERY
+            self._judge(now)
         return enqueued, seen
+
+    def _judge(self, now: datetime) -> None:
+        """Decide the winners of experiments whose tests now say so; a failure waits for the
+        next judging, and never stops the scheduler."""
+        try:
+            with self.app.sessions.begin() as session:
+                for pick in decide_winners(session, self.app.rt, now):
+                    log.info("%s/%s/%s: %s", pick.sequence, pick.milestone, pick.step, pick.reason)
+        except Exception:
+            log.exception("judging experiments failed: tried again in %s", JUDGE_EVERY)
 
 
 def _chunks(items: list[_Item], size: int = CHUNK) -> list[list[_Item]]:

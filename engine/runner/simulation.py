@@ -33,7 +33,8 @@ from engine.workflow.spec import Sequence, Workflows
 
 @dataclass(order=True)
 class ScriptedEvent:
-    """Something a simulated lead does at a moment; `of` names the template of a clicked email."""
+    """Something a simulated lead does at a moment; `of` names the template of the email it
+    opens or clicks, which the lead does only if that email was sent to it."""
 
     at: datetime
     lead: dict[str, Any] = field(compare=False)
@@ -116,7 +117,12 @@ class Simulation:
         write lock of a worker busy with the events posted before them.
         """
         sent = self._sent_of([event for event in events if event.of])
-        payloads = [self._payload(event, sent) for event in events]
+        # Nobody opens or clicks an email they never got (held out, skipped, not yet sent).
+        payloads = [
+            self._payload(event, sent)
+            for event in events
+            if not event.of or (_email(event.lead), event.of) in sent
+        ]
         for offset in range(0, len(payloads), batch):
             self.tasks.process_events.send(payloads[offset : offset + batch])
 
@@ -126,7 +132,7 @@ class Simulation:
     ) -> dict[str, Any]:
         properties = dict(event.properties)
         if event.of:  # the delivery clicked, named as a provider webhook names it
-            properties |= sent.get((_email(event.lead), event.of), {"template": event.of})
+            properties |= sent[(_email(event.lead), event.of)]
         return {
             "lead": event.lead,
             "type": event.type,

@@ -220,14 +220,40 @@ def _step_change(old: Step, new: Step) -> str:
         return f"is now a {type(new).__name__.lower()} step"
     if isinstance(old, Wait) and isinstance(new, Wait) and old.duration != new.duration:
         return f"{format_duration(old.duration)} -> {format_duration(new.duration)}"
-    if isinstance(old, Send) and isinstance(new, Send) and old.template != new.template:
-        return f"template {old.template} -> {new.template}"
+    if isinstance(old, Send) and isinstance(new, Send):
+        if old.template != new.template:
+            return f"template {old.template} -> {new.template}"
+        return _variants_change(old, new)
     if isinstance(old, Goto) and isinstance(new, Goto) and old.target != new.target:
         return f"goto {old.target} -> {new.target}"
     if isinstance(old, Branch) and isinstance(new, Branch):
         if old.condition.text != new.condition.text:
             return f"condition {old.condition.text!r} -> {new.condition.text!r}"
     return ""
+
+
+def _variants_change(old: Send, new: Send) -> str:
+    """Variants added, removed or reweighted, and a changed winner rule; leads keep theirs."""
+    before = {v.id: v for v in old.variants}
+    after = {v.id: v for v in new.variants}
+    changes = [
+        f"{v} weight {before[v].weight:g} -> {after[v].weight:g}"
+        for v in after
+        if v in before and before[v].weight != after[v].weight
+    ]
+    changes += [
+        f"{v} template or subject changed"
+        for v in after
+        if v in before
+        and (before[v].template, before[v].subject) != (after[v].template, after[v].subject)
+    ]
+    changes += [f"added {v}" for v in after if v not in before]
+    changes += [f"removed {v}" for v in before if v not in after]
+    if old.winner != new.winner:
+        changes.append("winner rule changed")
+    if not changes:
+        return ""
+    return f"variants: {', '.join(changes)} (leads keep the variant they got)"
 
 
 def _describe_settings(old: Sequence, new: Sequence) -> list[str]:
@@ -245,6 +271,9 @@ def _describe_settings(old: Sequence, new: Sequence) -> list[str]:
         lines.append("send settings changed: apply to sends after apply")
     if old.on_change != new.on_change:
         lines.append(f"on_change {old.on_change} -> {new.on_change}")
+    if old.holdout != new.holdout:
+        shares = f"{old.holdout * 100:g}% -> {new.holdout * 100:g}%"
+        lines.append(f"holdout {shares}: applies to new enrolments")
     return lines
 
 

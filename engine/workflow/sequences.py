@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, replace
 from datetime import timedelta
 from email.utils import formataddr
@@ -22,10 +23,12 @@ from engine.workflow.reader import (
     scalar,
 )
 from engine.workflow.spec import (
+    CHANNEL_METRICS,
     DEFAULT_TOPIC,
     Branch,
     Enrol,
     Goto,
+    Metric,
     Milestone,
     OnChange,
     Send,
@@ -34,14 +37,19 @@ from engine.workflow.spec import (
     Step,
     TemplateUse,
     Trigger,
+    Variant,
     Wait,
     WhenDone,
+    Winner,
 )
 
 TRIGGERS = ("slipped_back", "inactive", "recycled")
 STEPS = ("email", "sms", "wait", "branch", "goto")
-# Keys a step may carry beside its kind: its stable id and the ids it had before.
-STEP_OPTIONS = ("id", "renamed_from")
+# Keys a step may carry beside its kind: its stable id and the ids it had before; a send step
+# also its variants and the rule that picks their winner.
+STEP_OPTIONS = ("id", "renamed_from", "variants", "winner")
+SEND_OPTIONS = ("variants", "winner")
+_PERCENT = re.compile(r"(\d+(?:\.\d+)?)\s*%")
 
 _NO_STEP = Wait(timedelta(0))
 _NEVER: tuple[bool, timedelta | None] = (False, None)
@@ -85,7 +93,7 @@ class SequenceReader(Reader):
             root,
             "",
             required=("name", "enrol", "send", "milestones"),
-            optional=("description", "topic", "exit_when", "on_change"),
+            optional=("description", "topic", "exit_when", "on_change", "holdout"),
         )
         send = f.read("send", self.send, SendSettings(from_email=""))
         return Sequence(
@@ -100,7 +108,19 @@ class SequenceReader(Reader):
             on_change=f.read("on_change", self.on_change, OnChange.MIGRATE),
             source=source,
             topic=f.read("topic", self.topic, DEFAULT_TOPIC),
+            holdout=f.read("holdout", self.holdout, 0.0),
         )
+
+    def holdout(self, node: Node, path: str) -> float:
+        """The share of leads enrolled but sent nothing, written like 5% (0% for none)."""
+        value = scalar(node)
+        found = _PERCENT.fullmatch(value.strip()) if isinstance(value, str) else None
+        if value == 0:
+            return 0.0
+        if found is None or not 0 <= float(found.group(1)) < 100:
+            self.report(node, path, "expected a share of leads from 0% to under 100%, like 5%")
+            return 0.0
+        return float(found.group(1)) / 100
 
     def topic(self, node: Node, path: str) -> str:
         """What the emails are about, e.g. product-news: a lead may unsubscribe from it alone."""
@@ -290,7 +310,21 @@ class SequenceReader(Reader):
         if kind in ("email", "sms"):
             template = self.template(value, at, kind)
             step_id = self.step_id(id_node, f"{kind}:{template}", node, path)
-            return Send(kind, template, step_id, renamed_from), waited
+            variants: tuple[Variant, ...] = ()
+            if "variants" in options:
+                at = join(path, "variants")
+                variants = self.variants(options["variants"], at, kind, template)
+            winner = None
+            if "winner" in options:
+                winner = self.winner(options["winner"], join(path, "winner"), kind)
+                if not variants:
+                    message = "a winner needs variants to choose from: add variants"
+                    self.report(options["winner"], join(path, "winner"), message)
+            return Send(kind, template, step_id, renamed_from, variants, winner), waited
+        for option in SEND_OPTIONS:
+            if option in options:
+                message = f"only email and sms steps have {option}"
+                self.report(options[option], join(path, option), message)
         if kind == "wait":
             duration = self.duration(value, at)
             return Wait(duration, self.step_id(id_node, "wait", node, path), renamed_from), True
@@ -304,6 +338,82 @@ class SequenceReader(Reader):
             return Goto(target, step_id, renamed_from), waited
         self.report(key_node, path, f"unknown step '{kind}'{did_you_mean(kind, STEPS)}")
         return _NO_STEP, waited
+
+    def variants(self, node: Node, path: str, channel: str, template: str) -> tuple[Variant, ...]:
+        """Two or more versions of the step: each its template (the step's when not given),
+        an email subject line, a weight (1 when not given) and a stable id."""
+        items = self.items(node, path)
+        if isinstance(node, SequenceNode) and len(items) < 2:
+            self.report(node, path, "variants need at least two entries to compare")
+        variants: list[Variant] = []
+        for item, at in items:
+            variant = self.variant(item, at, channel, template)
+            if variant.id and variant.id in [v.id for v in variants]:
+                message = f"two variants resolve to the id '{variant.id}': give one an explicit id"
+                self.report(item, at, message)
+            variants.append(variant)
+        return tuple(variants)
+
+    def variant(self, node: Node, path: str, channel: str, template: str) -> Variant:
+        f = self.fields(node, path, optional=("id", "template", "subject", "weight"))
+        if "template" in f:
+            template = f.read("template", lambda n, p: self.template(n, p, channel), template)
+        subject = None
+        if "subject" in f and channel != "email":
+            self.report(f.nodes["subject"], join(path, "subject"), "only emails have a subject")
+        elif "subject" in f:
+            subject = f.read("subject", self.text, "")
+            at = (self.file, f.nodes["subject"].start_mark.line + 1, join(path, "subject"))
+            if self.templates is not None:  # rendered with its template at validation
+                self.uses.append((template, channel, *at, subject))
+        if "id" in f:
+            variant_id = f.read("id", lambda n, p: self.word(n, p, "id"), "")
+        elif subject is not None:
+            variant_id = ""
+            self.report(node, path, "a variant with its own subject needs an id")
+        else:
+            variant_id = template  # stable: the variant's template names it
+        return Variant(variant_id, template, f.read("weight", self.weight, 1.0), subject)
+
+    def weight(self, node: Node, path: str) -> float:
+        """A variant's share relative to the others: any number above 0."""
+        value = self.number(node, path)
+        if value <= 0:
+            self.report(node, path, "a weight must be more than 0")
+            return 1.0
+        return value
+
+    def winner(self, node: Node, path: str, channel: str) -> Winner:
+        """{metric, within, after, confidence}: when one variant goes to every later lead."""
+        f = self.fields(
+            node, path, required=("metric",), optional=("within", "after", "confidence")
+        )
+        metrics = [m.value for m in CHANNEL_METRICS[channel]]
+        metric = f.read("metric", lambda n, p: self.metric(n, p, channel, metrics), metrics[0])
+        return Winner(
+            metric=Metric(metric),
+            within=f.read("within", self.duration, timedelta(days=7)),
+            after=f.read("after", lambda n, p: self.integer(n, p, 10), 500),
+            confidence=f.read("confidence", self.confidence, 0.95),
+        )
+
+    def metric(self, node: Node, path: str, channel: str, metrics: list[str]) -> str:
+        """One of the metrics the step's channel can measure."""
+        value = scalar(node)
+        if value in Metric.__members__.values() and value not in metrics:
+            message = f"an {channel} step cannot measure '{value}': use {', '.join(metrics)}"
+            self.report(node, path, message)
+            return metrics[0]
+        value = self.choice(node, path, metrics, "metric")
+        return value if value in metrics else metrics[0]
+
+    def confidence(self, node: Node, path: str) -> float:
+        """How sure the test must be, from 0.5 to 0.999 (0.95: a 5% chance of a false winner)."""
+        value = self.number(node, path)
+        if not 0.5 <= value <= 0.999:
+            self.report(node, path, "expected a confidence from 0.5 to 0.999, like 0.95")
+            return 0.95
+        return value
 
     def template(self, node: Node, path: str, channel: str) -> str:
         name = self.text(node, path, "a template name")

@@ -193,14 +193,62 @@ class Enrol:
 # `renamed_from` lists ids the step had in earlier versions.
 
 
+class Metric(StrEnum):
+    """What makes a send of a variant a success, counted within its winner rule's window."""
+
+    CLICKED = "clicked"
+    OPENED = "opened"
+    REPLIED = "replied"
+    MQL = "mql"
+    SQL = "sql"
+
+
+# What each channel can measure: an SMS has no opens or tracked clicks, an email no replies.
+CHANNEL_METRICS: Mapping[str, tuple[Metric, ...]] = {
+    "email": (Metric.CLICKED, Metric.OPENED, Metric.MQL, Metric.SQL),
+    "sms": (Metric.REPLIED, Metric.MQL, Metric.SQL),
+}
+
+
+@dataclass(frozen=True)
+class Variant:
+    """One version of a send step, drawn with `weight`: its own template, subject, or both.
+
+    `id` is stable across edits (given, or the variant's template), so a lead keeps the
+    variant it got when weights change or variants are added.
+    """
+
+    id: str
+    template: str
+    weight: float = 1.0
+    subject: str | None = None  # a Jinja line that replaces the template's subject block
+
+
+@dataclass(frozen=True)
+class Winner:
+    """When one variant goes to every later lead: once each has `after` sends whose `within`
+    window has closed, and `metric` differs between them at `confidence`."""
+
+    metric: Metric
+    within: timedelta
+    after: int
+    confidence: float
+
+
 @dataclass(frozen=True)
 class Send:
-    """Plan one email or SMS from a template."""
+    """Plan one email or SMS from a template, or from one of its variants."""
 
     channel: str
     template: str
     id: str = ""
     renamed_from: tuple[str, ...] = ()
+    variants: tuple[Variant, ...] = ()
+    winner: Winner | None = None
+
+    def variant(self, variant_id: str | None) -> Variant | None:
+        """The variant with this id; None when the step has no such variant (any more)."""
+        return next((v for v in self.variants if v.id == variant_id), None)
 
 
 @dataclass(frozen=True)
@@ -358,6 +406,24 @@ class Sequence:
     on_change: OnChange = OnChange.MIGRATE
     source: str = ""  # the file's text, stored with the version
     topic: str = DEFAULT_TOPIC  # what its emails are about, named in its unsubscribe links
+    holdout: float = 0.0  # the share of leads enrolled but sent nothing, to measure the lift
+
+    def send_step(self, milestone_id: str, step_id: str) -> Send | None:
+        """The send step with this id in that milestone; None when this version has none."""
+        try:
+            steps = walk(self.milestone(milestone_id).steps)
+        except KeyError:
+            return None
+        return next((s for s in steps if isinstance(s, Send) and s.id == step_id), None)
+
+    def experiments(self) -> list[tuple[str, Send]]:
+        """(milestone id, step) of every send step with variants, in reading order."""
+        return [
+            (m.id, step)
+            for m in self.milestones
+            for step in walk(m.steps)
+            if isinstance(step, Send) and step.variants
+        ]
 
     def milestone(self, milestone_id: str) -> Milestone:
         """The milestone with this id; KeyError when a stored id no longer exists."""
@@ -443,8 +509,11 @@ class Policy:
     assignment: Assignment = field(default_factory=Assignment)
 
 
-# A template a step names, located: (template, channel, file, line[, field]).
-TemplateUse = tuple[str, str, str, int] | tuple[str, str, str, int, str]
+# A template a step names, located: (template, channel, file, line[, field[, subject]]), where
+# `subject` is a variant's own subject line, rendered in place of the template's.
+TemplateUse = (
+    tuple[str, str, str, int] | tuple[str, str, str, int, str] | tuple[str, str, str, int, str, str]
+)
 
 
 @dataclass(frozen=True)

@@ -1,5 +1,5 @@
-"""Sequence pages: every sequence, one drawn from its YAML with its figures, and the leads behind
-each figure."""
+"""Sequence pages: every sequence, one drawn from its YAML with its figures and experiments, and
+the leads behind each figure."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ from fastapi.responses import Response
 from engine.http.pages.access import Visit
 from engine.http.pages.recent import Recent
 from engine.http.pages.site import LAST_PAGE, Site
+from engine.read.experiments import sequence_experiments
 from engine.read.journeys import STEP_FIGURES, sequence_leads, sequence_list, sequence_view
 
 FIGURE_NAMES = {"now_in": "now in", "mql": "reached MQL", "sql": "reached SQL"}
@@ -22,8 +23,15 @@ def sequence_routes(router: APIRouter, site: Site) -> None:
     views: Recent[dict[str, Any]] = Recent(REFRESH_SECONDS, site.app.rt.clock.now)
 
     def counted(name: str) -> dict[str, Any]:
+        rt = site.app.rt
         with site.app.sessions() as session:
-            return sequence_view(session, site.app.rt, name)
+            view = sequence_view(session, rt, name)
+            sequence = rt.workflows.sequences[name]
+            tested = bool(sequence.experiments()) or sequence.holdout > 0
+            view["experiments"] = (
+                sequence_experiments(session, rt, name, rt.clock.now()) if tested else None
+            )
+            return view
 
     @router.get("/sequences", include_in_schema=False)
     def sequences_page(request: Request) -> Response:

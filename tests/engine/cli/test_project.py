@@ -153,6 +153,9 @@ def test_demo_runs_the_bundled_examples_from_an_empty_folder(folder: Path) -> No
     data = json.loads(result.output)
     assert data["outbox"]["email"] > 0
     assert not (folder / "workflows").exists()
+    experiment = data["experiment"]  # the examples hold 10% of re-engagement out
+    assert experiment["sequence"] == "re-engagement" and experiment["holdout_share"] == 0.1
+    assert experiment["summary"].startswith("Holdout of re-engagement (10% sent nothing), MQL: ")
 
 
 def test_demo_plays_the_projects_own_workflows_when_present(folder: Path) -> None:
@@ -165,4 +168,23 @@ def test_demo_plays_the_projects_own_workflows_when_present(folder: Path) -> Non
         patch.chdir(project)
         result = nurture("demo", "--leads", "20", "--days", "3", "--json")
     assert result.exit_code == 0, result.output
-    assert list(json.loads(result.output)["sequences"]) == ["ours"]
+    data = json.loads(result.output)
+    assert list(data["sequences"]) == ["ours"]
+    # No holdout left: the demo reports the pricing guide's two subject lines instead.
+    summary = data["experiment"]["summary"]
+    assert summary.startswith("Experiment ours consideration/email:pricing_guide (clicked): guide ")
+    assert ", question " in summary
+
+
+def test_preview_renders_each_variant_of_a_step(folder: Path) -> None:
+    nurture("init", "acme")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.chdir(folder / "acme")
+        result = nurture("preview", "lead-nurture", "--out", "preview")
+    assert result.exit_code == 0, result.output
+    assert "lead-nurture: 10 message(s)" in result.output  # nine steps, one with two variants
+    written = sorted(p.name for p in (folder / "acme" / "preview").glob("*pricing_guide*"))
+    assert written == [
+        "lead-nurture-consideration-pricing_guide.html",
+        "lead-nurture-consideration-question-pricing_guide.html",
+    ]

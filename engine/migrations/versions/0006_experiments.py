@@ -1,0 +1,50 @@
+"""experiments: the variant of each delivery, holdout enrolments, and each step's winning variant
+
+Revision ID: 0006
+Revises: 0005
+Create Date: 2026-12-01 16:20:00
+"""
+
+from __future__ import annotations
+
+import sqlalchemy as sa
+from alembic import op
+from sqlalchemy.dialects import postgresql
+
+revision = "0006"
+down_revision = "0005"
+branch_labels = None
+depends_on = None
+
+JSON = sa.JSON().with_variant(postgresql.JSONB(), "postgresql")
+
+
+def upgrade() -> None:
+    with op.batch_alter_table("deliveries") as batch:
+        batch.add_column(sa.Column("variant", sa.String(length=100), nullable=True))
+    with op.batch_alter_table("enrolments") as batch:
+        batch.add_column(
+            sa.Column("holdout", sa.Boolean(), nullable=False, server_default=sa.false())
+        )
+    op.create_table(
+        "variant_picks",
+        sa.Column("id", sa.Integer(), nullable=False),
+        sa.Column("sequence", sa.String(length=100), nullable=False),
+        sa.Column("milestone", sa.String(length=100), nullable=False),
+        sa.Column("step", sa.String(length=200), nullable=False),
+        sa.Column("variant", sa.String(length=100), nullable=False),
+        sa.Column("kind", sa.String(length=8), nullable=False),
+        sa.Column("figures", JSON, nullable=False),
+        sa.Column("reason", sa.Text(), nullable=False),
+        sa.Column("picked_at", sa.DateTime(timezone=True), nullable=False),
+        sa.PrimaryKeyConstraint("id"),
+        sa.UniqueConstraint("sequence", "milestone", "step", name="uq_variant_pick_step"),
+    )
+
+
+def downgrade() -> None:
+    op.drop_table("variant_picks")
+    with op.batch_alter_table("enrolments") as batch:
+        batch.drop_column("holdout")
+    with op.batch_alter_table("deliveries") as batch:
+        batch.drop_column("variant")

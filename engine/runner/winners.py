@@ -1,0 +1,118 @@
+"""Winners of experiments: decided by each step's winner rule, or picked by hand.
+
+The scheduler judges every open experiment at most once per `JUDGE_EVERY` of clock time
+(`decide_winners`); a decision is one `variant_picks` row per step, so with several
+schedulers it is still taken once, and later leads of the step get that variant.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+
+from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from engine.errors import UnknownExperimentError
+from engine.models import PickKind, VariantPick
+from engine.read.significance import judge
+from engine.read.variants import step_outcomes
+from engine.workflow.runtime import Runtime
+from engine.workflow.spec import Send, Sequence
+
+__all__ = ["JUDGE_EVERY", "decide_winners", "find_step", "pick_variant"]
+
+JUDGE_EVERY = timedelta(hours=1)
+
+
+def _picked(session: Session) -> dict[tuple[str, str, str], VariantPick]:
+    return {(p.sequence, p.milestone, p.step): p for p in session.scalars(select(VariantPick))}
+
+
+def decide_winners(session: Session, rt: Runtime, now: datetime) -> list[VariantPick]:
+    """Judge each step whose winner rule has not decided yet; record the winners found."""
+    todo = [
+        (sequence, milestone, step)
+        for sequence in rt.sequences
+        for milestone, step in sequence.experiments()
+        if step.winner is not None
+    ]
+    if not todo:
+        return []
+    picked = _picked(session)
+    decided = []
+    for sequence, milestone, step in todo:
+        if (sequence.name, milestone, step.id) in picked:
+            continue
+        assert step.winner is not None
+        rule = step.winner
+        found = step_outcomes(
+            session, sequence.name, milestone, step.id, rule.metric, rule.within, now
+        )
+        # Only the variants the step has now: one removed by an edit is out of the race.
+        verdict = judge(
+            {v.id: found.matured.get(v.id, []) for v in step.variants}, rule.after, rule.confidence
+        )
+        if verdict is None:
+            continue
+        figures = verdict.figures() | {
+            "metric": str(rule.metric),
+            "within": rule.within.total_seconds(),
+            "after": rule.after,
+            "confidence": rule.confidence,
+        }
+        row = VariantPick(
+            sequence=sequence.name,
+            milestone=milestone,
+            step=step.id,
+            variant=verdict.variant,
+            kind=PickKind.AUTO,
+            figures=figures,
+            reason=(
+                f"{verdict.variant} won on {rule.metric} at look {verdict.look}"
+                f" ({verdict.look * rule.after} sends each), p < {verdict.alpha:.2g}"
+            ),
+            picked_at=now,
+        )
+        try:
+            with session.begin_nested():  # another scheduler may have decided it meanwhile
+                session.add(row)
+        except IntegrityError:
+            continue
+        decided.append(row)
+    return decided
+
+
+def find_step(rt: Runtime, sequence_name: str, step_ref: str) -> tuple[Sequence, str, Send]:
+    """The step with variants that `step_ref` names: `step` or `milestone/step`."""
+    sequence = rt.workflows.sequences.get(sequence_name)
+    if sequence is None:
+        known = ", ".join(sorted(rt.workflows.sequences))
+        raise UnknownExperimentError(f"unknown sequence {sequence_name!r} (sequences: {known})")
+    milestone, _, step_id = step_ref.rpartition("/")
+    found = [(m, s) for m, s in sequence.experiments() if s.id == step_id and milestone in ("", m)]
+    if len(found) != 1:
+        steps = ", ".join(f"{m}/{s.id}" for m, s in sequence.experiments()) or "none"
+        what = "names steps in more than one milestone" if found else "is no step with variants"
+        raise UnknownExperimentError(
+            f"{step_ref!r} {what} in {sequence_name} (steps with variants: {steps})"
+        )
+    return sequence, found[0][0], found[0][1]
+
+
+def pick_variant(
+    session: Session, rt: Runtime, sequence_name: str, step_ref: str, variant: str, now: datetime
+) -> VariantPick:
+    """Give every later lead of a step this variant, overriding any automatic decision."""
+    sequence, milestone, step = find_step(rt, sequence_name, step_ref)
+    if step.variant(variant) is None:
+        known = ", ".join(v.id for v in step.variants)
+        raise UnknownExperimentError(f"unknown variant {variant!r} (variants: {known})")
+    row = _picked(session).get((sequence.name, milestone, step.id))
+    before = f" (was {row.variant}, {row.kind})" if row is not None else ""
+    if row is None:
+        row = VariantPick(sequence=sequence.name, milestone=milestone, step=step.id, figures={})
+        session.add(row)
+    row.variant, row.kind, row.picked_at = variant, PickKind.MANUAL, now
+    row.reason = f"picked by hand{before}"
+    return row

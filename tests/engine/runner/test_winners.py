@@ -1,0 +1,207 @@
+"""Winners: the group-sequential test decides once, on a known answer, rarely on equal variants;
+the scheduler records the decision and later leads get the winner; a pick by hand overrides."""
+
+from __future__ import annotations
+
+import random
+import shutil
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+from sqlalchemy import select
+from sqlalchemy.orm import Session, sessionmaker
+
+from engine.clock import FrozenClock
+from engine.errors import UnknownExperimentError
+from engine.funnel.experiments import choose_variant
+from engine.models import Delivery, DeliveryStatus, Enrolment, Event, Lead, VariantPick
+from engine.read.significance import judge, proportion_p
+from engine.runner.winners import decide_winners, pick_variant
+from engine.workflow.loading import load_workflows
+from engine.workflow.runtime import Runtime
+from engine.workflow.spec import Send
+from tests.conftest import START
+from tests.engine.conftest import EMAIL_TEMPLATES, FIXTURES, SMS_TEMPLATES
+
+TRIAL = """\
+name: trial
+enrol: {on: {event: [form_submitted]}}
+send: {from: "Acme <hello@acme.test>"}
+milestones:
+  - id: awareness
+    steps:
+      - email: welcome
+        variants: [{id: a}, {id: b, template: customer_story}]
+        winner: {metric: clicked, within: 2d, after: 100, confidence: 0.95}
+"""
+
+
+def history(rng: random.Random, rates: dict[str, float], n: int) -> dict[str, list[bool]]:
+    return {v: [rng.random() < p for _ in range(n)] for v, p in rates.items()}
+
+
+def test_a_known_difference_wins_at_the_first_look_whose_test_says_so() -> None:
+    outcomes = history(random.Random(7), {"a": 0.10, "b": 0.20}, 1000)
+    verdict = judge(outcomes, after=100, confidence=0.95)
+    assert verdict is not None and verdict.variant == "b"
+    for look in range(1, verdict.look + 1):  # by hand: the first look under its alpha
+        n = look * 100
+        p = proportion_p(sum(outcomes["b"][:n]), n, sum(outcomes["a"][:n]), n)
+        assert (p < 0.05 / 2**look) == (look == verdict.look)
+    assert verdict.sends == {"a": verdict.look * 100, "b": verdict.look * 100}
+    assert judge(outcomes, 100, 0.95) == verdict  # judged again: the same decision
+
+
+def test_no_look_is_judged_before_every_variant_has_enough_sends() -> None:
+    outcomes = {"a": [False] * 99, "b": [True] * 500}
+    assert judge(outcomes, after=100, confidence=0.95) is None
+
+
+def test_equal_variants_give_a_false_winner_no_more_often_than_the_error_rate() -> None:
+    """400 experiments of two equal variants, each looked at ten times: the looks together
+    may spend alpha = 0.05, so about 20 false winners are allowed; more than 34 has a chance
+    under 0.1% if the test keeps its promise."""
+    rng = random.Random(11)
+    false_winners = sum(
+        judge(history(rng, {"a": 0.2, "b": 0.2}, 1000), after=100, confidence=0.95) is not None
+        for _ in range(400)
+    )
+    assert false_winners <= 34
+
+
+def test_three_variants_need_the_leader_to_beat_both_others() -> None:
+    outcomes = history(random.Random(3), {"a": 0.1, "b": 0.3, "c": 0.3}, 600)
+    assert judge(outcomes, after=100, confidence=0.95) is None  # b and c are not told apart
+    outcomes = history(random.Random(3), {"a": 0.1, "b": 0.3, "c": 0.1}, 600)
+    verdict = judge(outcomes, after=100, confidence=0.95)
+    assert verdict is not None and verdict.variant == "b" and set(verdict.p_values) == {"a", "c"}
+
+
+@pytest.fixture
+def trial(tmp_path: Path, clock: FrozenClock) -> Runtime:
+    folder = tmp_path / "workflows"
+    folder.mkdir()
+    shutil.copy(FIXTURES / "scoring.yml", folder)
+    (folder / "trial.yml").write_text(TRIAL)
+    return Runtime(load_workflows(folder, EMAIL_TEMPLATES, SMS_TEMPLATES), clock)
+
+
+def send_history(session: Session, rates: dict[str, float], per_variant: int) -> None:
+    """Sent deliveries of the trial step, one lead each, a day apart in rounds, with clicks."""
+    rng = random.Random(5)
+    for i in range(per_variant):
+        for variant, rate in rates.items():
+            lead = Lead(email=f"{variant}{i}@northwind.test", created_at=START, updated_at=START)
+            session.add(lead)
+            session.flush()
+            enrolment = Enrolment(
+                lead_id=lead.id,
+                sequence="trial",
+                sequence_version="v",
+                milestone="awareness",
+                enrolled_at=START,
+                milestone_entered_at=START,
+                trigger="event form_submitted",
+            )
+            session.add(enrolment)
+            session.flush()
+            sent_at = START + timedelta(hours=i)
+            delivery = Delivery(
+                id=f"{variant}-{i}",
+                enrolment_id=enrolment.id,
+                lead_id=lead.id,
+                sequence="trial",
+                milestone="awareness",
+                step="email:welcome",
+                pass_no=1,
+                channel="email",
+                template="welcome",
+                variant=variant,
+                status=DeliveryStatus.SENT,
+                planned_at=sent_at,
+                due_at=sent_at,
+                sent_at=sent_at,
+            )
+            session.add(delivery)
+            if rng.random() < rate:  # a click a day later: inside the 2-day window
+                clicked = sent_at + timedelta(days=1)
+                session.add(
+                    Event(
+                        lead_id=lead.id,
+                        type="email_clicked",
+                        properties={"delivery_id": delivery.id},
+                        occurred_at=clicked,
+                        received_at=clicked,
+                    )
+                )
+                # a click three days later (outside the window) does not count
+            elif rng.random() < rate:
+                late = sent_at + timedelta(days=3)
+                session.add(
+                    Event(
+                        lead_id=lead.id,
+                        type="email_clicked",
+                        properties={"delivery_id": delivery.id},
+                        occurred_at=late,
+                        received_at=late,
+                    )
+                )
+
+
+def test_the_scheduler_decides_a_winner_once_and_later_leads_get_it(
+    sessions: sessionmaker[Session], trial: Runtime
+) -> None:
+    with sessions.begin() as s:
+        send_history(s, {"a": 0.08, "b": 0.30}, 300)
+    # 51 sends of each have had their two days by then: too few for the first look.
+    early = START + timedelta(days=2, hours=50)
+    with sessions.begin() as s:
+        assert decide_winners(s, trial, early) == []
+    later = START + timedelta(days=20)
+    with sessions.begin() as s:
+        assert len(decide_winners(s, trial, later)) == 1
+    with sessions.begin() as s:
+        picks = s.scalars(select(VariantPick)).all()
+        assert len(picks) == 1 and picks[0].variant == "b" and picks[0].kind == "auto"
+        figures = picks[0].figures
+        assert figures["metric"] == "clicked" and figures["variants"]["b"]["rate"] > 0.2
+        assert "b won on clicked at look" in picks[0].reason
+        assert decide_winners(s, trial, later + timedelta(days=30)) == []
+        newcomer = Lead(email="new@northwind.test", created_at=START, updated_at=START)
+        s.add(newcomer)
+        s.flush()
+        sequence = trial.workflows.sequences["trial"]
+        step = sequence.milestones[0].steps[0]
+        assert isinstance(step, Send)
+        assert choose_variant(s, newcomer, sequence, "awareness", step).id == "b"
+
+
+def test_equal_variants_leave_the_experiment_running(
+    sessions: sessionmaker[Session], trial: Runtime
+) -> None:
+    with sessions.begin() as s:
+        send_history(s, {"a": 0.2, "b": 0.2}, 250)
+        assert decide_winners(s, trial, START + timedelta(days=20)) == []
+        assert s.scalar(select(VariantPick.id)) is None
+
+
+def test_a_pick_by_hand_overrides_the_decision_and_bad_names_are_refused(
+    sessions: sessionmaker[Session], trial: Runtime
+) -> None:
+    with sessions.begin() as s:
+        send_history(s, {"a": 0.08, "b": 0.30}, 300)
+        decide_winners(s, trial, START + timedelta(days=20))
+    with sessions.begin() as s:
+        pick = pick_variant(s, trial, "trial", "awareness/email:welcome", "a", START)
+        assert pick.reason == "picked by hand (was b, auto)" and pick.kind == "manual"
+    with sessions.begin() as s:
+        assert [(p.variant, p.kind) for p in s.scalars(select(VariantPick))] == [("a", "manual")]
+        with pytest.raises(UnknownExperimentError, match="variants: a, b"):
+            pick_variant(s, trial, "trial", "email:welcome", "c", START)
+        with pytest.raises(
+            UnknownExperimentError, match="steps with variants: awareness/email:welcome"
+        ):
+            pick_variant(s, trial, "trial", "welcome", "a", START)
+        with pytest.raises(UnknownExperimentError, match="sequences: trial"):
+            pick_variant(s, trial, "nurture", "email:welcome", "a", START)
