@@ -10,14 +10,14 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
-from sqlalchemy import select
+from sqlalchemy import ColumnElement, func, select
 from sqlalchemy.orm import Session
 
 from engine.clock import as_utc
 from engine.models import Delivery, DeliveryStatus, Event, Stage, StageChange
 from engine.workflow.spec import Metric
 
-__all__ = ["REACHED", "StepOutcomes", "chunks", "step_outcomes"]
+__all__ = ["REACHED", "StepOutcomes", "chunks", "matured_sends", "step_outcomes"]
 
 # The events that make an email send a success, matched to it by its delivery id.
 _FEEDBACK = {Metric.CLICKED: "email_clicked", Metric.OPENED: "email_opened"}
@@ -39,6 +39,31 @@ class StepOutcomes:
         return len(self.matured.get(variant, [])) + self.pending.get(variant, 0)
 
 
+def _sent(sequence: str, milestone: str, step: str) -> list[ColumnElement[bool]]:
+    """The sent deliveries of one step that drew a variant."""
+    return [
+        Delivery.sequence == sequence,
+        Delivery.milestone == milestone,
+        Delivery.step == step,
+        Delivery.status == DeliveryStatus.SENT,
+        Delivery.variant.is_not(None),
+        Delivery.sent_at.is_not(None),
+    ]
+
+
+def matured_sends(
+    session: Session, sequence: str, milestone: str, step: str, within: timedelta, now: datetime
+) -> dict[str, int]:
+    """How many sends of each variant have had their window close: one aggregate, so a judge
+    learns whether a look is due before it reads what the leads did."""
+    rows = session.execute(
+        select(Delivery.variant, func.count())
+        .where(*_sent(sequence, milestone, step), Delivery.sent_at <= now - within)
+        .group_by(Delivery.variant)
+    )
+    return {str(variant): int(count) for variant, count in rows}
+
+
 def step_outcomes(
     session: Session,
     sequence: str,
@@ -52,14 +77,7 @@ def step_outcomes(
     `within` of its send; a send counts once its window has closed by `now`."""
     rows = session.execute(
         select(Delivery.id, Delivery.lead_id, Delivery.variant, Delivery.sent_at)
-        .where(
-            Delivery.sequence == sequence,
-            Delivery.milestone == milestone,
-            Delivery.step == step,
-            Delivery.status == DeliveryStatus.SENT,
-            Delivery.variant.is_not(None),
-            Delivery.sent_at.is_not(None),
-        )
+        .where(*_sent(sequence, milestone, step))
         .order_by(Delivery.sent_at, Delivery.id)
     ).all()
     outcomes = StepOutcomes()

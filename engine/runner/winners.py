@@ -16,13 +16,13 @@ from sqlalchemy.orm import Session
 from engine.errors import UnknownExperimentError
 from engine.models import PickKind, VariantPick
 from engine.read.significance import judge
-from engine.read.variants import step_outcomes
+from engine.read.variants import matured_sends, step_outcomes
 from engine.workflow.runtime import Runtime
 from engine.workflow.spec import Send, Sequence
 
 __all__ = ["JUDGE_EVERY", "decide_winners", "find_step", "pick_variant"]
 
-JUDGE_EVERY = timedelta(hours=1)
+JUDGE_EVERY = timedelta(hours=6)  # decisions wait for days of sends; a few hours late is nothing
 
 
 def _picked(session: Session) -> dict[tuple[str, str, str], VariantPick]:
@@ -46,6 +46,9 @@ def decide_winners(session: Session, rt: Runtime, now: datetime) -> list[Variant
             continue
         assert step.winner is not None
         rule = step.winner
+        ready = matured_sends(session, sequence.name, milestone, step.id, rule.within, now)
+        if min(ready.get(v.id, 0) for v in step.variants) < rule.after:
+            continue  # no look is due: a variant lacks the sends of the first one
         found = step_outcomes(
             session, sequence.name, milestone, step.id, rule.metric, rule.within, now
         )

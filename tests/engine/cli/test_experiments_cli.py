@@ -14,10 +14,11 @@ from sqlalchemy.orm import Session
 from engine.cli.main import main
 from engine.clock import FrozenClock
 from engine.db import make_engine, make_sessionmaker
-from engine.models import Delivery, DeliveryStatus, Enrolment, Event, Lead, Stage, StageChange
+from engine.models import Enrolment, Stage
 from engine.runner.winners import decide_winners
 from engine.workflow.loading import load_workflows
 from engine.workflow.runtime import Runtime
+from tests.engine import rows
 from tests.engine.conftest import EMAIL_TEMPLATES, SMS_TEMPLATES
 from tests.engine.read.test_experiment_reports import EMAIL_STEP, SMS_STEP, write_workflows
 
@@ -55,32 +56,10 @@ def project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Project:
 
 def _enrolled(s: Session, name: str, held: bool, sql_after: float | None) -> Enrolment:
     """A lead enrolled 20 days ago (at stage lead) that reached SQL `sql_after` days later."""
-    lead = Lead(email=f"{name}@x.test", stage=Stage.LEAD, created_at=NOW, updated_at=NOW)
-    s.add(lead)
-    s.flush()
-    enrolment = Enrolment(
-        lead_id=lead.id,
-        sequence="trial",
-        sequence_version="v1",
-        milestone="awareness",
-        enrolled_at=days_ago(20),
-        milestone_entered_at=days_ago(20),
-        trigger="form_submitted",
-        holdout=held,
-    )
-    s.add(enrolment)
+    lead = rows.lead(s, f"{name}@x.test", at=NOW)
+    enrolment = rows.enrolment(s, lead, sequence="trial", at=days_ago(20), holdout=held)
     if sql_after is not None:
-        changed = days_ago(20 - sql_after)
-        s.add(
-            StageChange(
-                lead_id=lead.id,
-                from_stage=Stage.LEAD,
-                to_stage=Stage.SQL,
-                reason="t",
-                changed_at=changed,
-            )
-        )
-    s.flush()
+        rows.stage_change(s, lead, days_ago(20 - sql_after), Stage.LEAD, Stage.SQL)
     return enrolment
 
 
@@ -95,34 +74,17 @@ def results(project: Project) -> Project:
         for variant, clicks in (("welcome", 2), ("case_study", 7)):
             for n in range(10):
                 enrolment = _enrolled(s, f"{variant}{n}", False, 4 if n % 2 == 0 else None)
-                delivery = Delivery(
-                    id=f"{variant}-{n}",
-                    enrolment_id=enrolment.id,
-                    lead_id=enrolment.lead_id,
-                    sequence="trial",
-                    milestone="awareness",
+                delivery = rows.sent(
+                    s,
+                    enrolment,
                     step=EMAIL_STEP,
-                    pass_no=1,
-                    channel="email",
-                    template=variant,
                     variant=variant,
-                    status=DeliveryStatus.SENT,
-                    planned_at=days_ago(19),
-                    due_at=days_ago(19),
-                    sent_at=days_ago(19) + timedelta(minutes=n),
+                    at=days_ago(19) + timedelta(minutes=n),
+                    delivery_id=f"{variant}-{n}",
+                    template=variant,
                 )
-                s.add(delivery)
                 if n < clicks:
-                    clicked = days_ago(18)
-                    s.add(
-                        Event(
-                            lead_id=enrolment.lead_id,
-                            type="email_clicked",
-                            properties={"delivery_id": delivery.id},
-                            occurred_at=clicked,
-                            received_at=clicked,
-                        )
-                    )
+                    rows.feedback(s, delivery, "email_clicked", days_ago(18))
         for n in range(4):
             _enrolled(s, f"held{n}", True, 10 if n == 0 else None)
     workflows = load_workflows(project.workflows, EMAIL_TEMPLATES, SMS_TEMPLATES)

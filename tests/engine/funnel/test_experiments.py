@@ -36,6 +36,7 @@ from engine.workflow.loading import load_workflows
 from engine.workflow.runtime import Runtime
 from engine.workflow.spec import Send, Sequence, Variant
 from tests.conftest import START
+from tests.engine import rows
 from tests.engine.conftest import EMAIL_TEMPLATES, FIXTURES, SMS_TEMPLATES
 
 ROOT = Path(__file__).resolve().parents[3]
@@ -221,40 +222,13 @@ def test_leads_keep_their_variant_through_any_edit_of_weights_and_variants(
     )
     new = replace(old, variants=tuple(Variant(f"v{i}", "welcome", w) for i, w in enumerate(after)))
     with sessions.begin() as s:
-        leads = [Lead(email=f"p{i}@x.test", created_at=START, updated_at=START) for i in range(30)]
-        s.add_all(leads)
-        s.flush()
+        leads = [rows.lead(s, f"p{i}@x.test") for i in range(30)]
         got = {}
         for lead in leads[:20]:
             variant = choose_variant(s, lead, sequence, "awareness", old)
             got[lead.id] = variant.id
-            enrolment = Enrolment(
-                lead_id=lead.id,
-                sequence="drip",
-                sequence_version="x",
-                milestone="awareness",
-                enrolled_at=START,
-                milestone_entered_at=START,
-                trigger="t",
-            )
-            s.add(enrolment)
-            s.flush()
-            s.add(
-                Delivery(
-                    id=f"d{lead.id}",
-                    enrolment_id=enrolment.id,
-                    lead_id=lead.id,
-                    sequence="drip",
-                    milestone="awareness",
-                    step="s",
-                    pass_no=1,
-                    channel="email",
-                    template="welcome",
-                    variant=variant.id,
-                    planned_at=START,
-                    due_at=START,
-                )
-            )
+            enrolment = rows.enrolment(s, lead, sequence="drip", at=START)
+            rows.sent(s, enrolment, step="s", variant=variant.id, at=START)
         if picked:
             s.add(
                 VariantPick(

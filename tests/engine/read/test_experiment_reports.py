@@ -17,12 +17,10 @@ from engine.models import (
     Delivery,
     DeliveryStatus,
     Enrolment,
-    Event,
     ExperimentStatus,
     Lead,
     PickKind,
     Stage,
-    StageChange,
     VariantPick,
 )
 from engine.read.experiments import experiments_overview, sequence_experiments
@@ -31,6 +29,7 @@ from engine.runner.winners import pick_variant
 from engine.workflow.loading import load_workflows
 from engine.workflow.runtime import Runtime
 from engine.workflow.spec import Metric
+from tests.engine import rows
 from tests.engine.conftest import EMAIL_TEMPLATES, FIXTURES, SMS_TEMPLATES
 
 # A sequence with two experiments (an email with a winner rule, an SMS without) and a holdout.
@@ -77,10 +76,8 @@ def trial_rt(tmp_path: Path, clock: FrozenClock) -> Runtime:
 
 
 def lead(s: Session, name: str, stage: Stage = Stage.LEAD) -> Lead:
-    row = Lead(email=f"{name}@x.test", stage=stage, created_at=at(1), updated_at=at(1))
-    s.add(row)
-    s.flush()
-    return row
+    """A lead created on day 1, so that it is there before any enrolment."""
+    return rows.lead(s, f"{name}@x.test", stage=stage, at=at(1))
 
 
 ENROLLED = at(2)
@@ -89,28 +86,8 @@ ENROLLED = at(2)
 def enrol(
     s: Session, who: Lead, when: datetime = ENROLLED, held: bool = False, sequence: str = "trial"
 ) -> Enrolment:
-    row = Enrolment(
-        lead_id=who.id,
-        sequence=sequence,
-        sequence_version="v1",
-        milestone="awareness",
-        enrolled_at=when,
-        milestone_entered_at=when,
-        trigger="form_submitted",
-        holdout=held,
-    )
-    s.add(row)
-    s.flush()
-    return row
-
-
-def moves(s: Session, who: Lead, *changes: tuple[datetime, Stage, Stage]) -> None:
-    for when, before, after in changes:
-        s.add(
-            StageChange(
-                lead_id=who.id, from_stage=before, to_stage=after, reason="test", changed_at=when
-            )
-        )
+    """The lead enrolled in `trial` on day 2 unless told otherwise, as most leads here are."""
+    return rows.enrolment(s, who, sequence=sequence, at=when, holdout=held)
 
 
 def send(
@@ -118,40 +95,21 @@ def send(
     delivery_id: str,
     variant: str | None,
     sent: datetime,
-    step: str = EMAIL_STEP,
     status: DeliveryStatus = DeliveryStatus.SENT,
 ) -> Delivery:
-    who = lead(s, delivery_id)
-    row = Delivery(
-        id=delivery_id,
-        enrolment_id=enrol(s, who).id,
-        lead_id=who.id,
-        sequence="trial",
-        milestone="awareness",
-        step=step,
-        pass_no=1,
-        channel=step.split(":")[0],
-        template=variant or "welcome",
+    """The email step sent to a lead of its own (or skipped, as for a held-out lead)."""
+    delivery = rows.sent(
+        s,
+        enrol(s, lead(s, delivery_id)),
+        step=EMAIL_STEP,
         variant=variant,
-        status=status,
-        planned_at=sent,
-        due_at=sent,
-        sent_at=sent if status == DeliveryStatus.SENT else None,
+        at=sent,
+        delivery_id=delivery_id,
+        template=variant or "welcome",
     )
-    s.add(row)
-    return row
-
-
-def event(s: Session, delivery: Delivery, kind: str, when: datetime) -> None:
-    s.add(
-        Event(
-            lead_id=delivery.lead_id,
-            type=kind,
-            properties={"delivery_id": delivery.id},
-            occurred_at=when,
-            received_at=when,
-        )
-    )
+    if status != DeliveryStatus.SENT:
+        delivery.status, delivery.sent_at = status, None
+    return delivery
 
 
 def test_the_overview_counts_each_variants_sends_matured_sends_and_successes(
@@ -159,16 +117,16 @@ def test_the_overview_counts_each_variants_sends_matured_sends_and_successes(
 ) -> None:
     with sessions.begin() as s:
         d1 = send(s, "d1", "welcome", at(1))
-        event(s, d1, "email_clicked", at(2))  # a success: inside its 3 days
+        rows.feedback(s, d1, "email_clicked", at(2))  # a success: inside its 3 days
         d2 = send(s, "d2", "welcome", at(1))
-        event(s, d2, "email_clicked", at(5))  # after its window: a failure
+        rows.feedback(s, d2, "email_clicked", at(5))  # after its window: a failure
         send(s, "d3", "welcome", at(2))  # matured, nothing happened
         send(s, "d4", "welcome", at(8))  # still inside its window at NOW
         send(s, "d5", None, at(2), status=DeliveryStatus.SKIPPED)  # held out: no send
         d6 = send(s, "d6", "case_study", at(1))
-        event(s, d6, "email_clicked", at(1, 5))
+        rows.feedback(s, d6, "email_clicked", at(1, 5))
         d7 = send(s, "d7", "case_study", at(3))
-        event(s, d7, "email_opened", at(3, 5))  # an open is not a click
+        rows.feedback(s, d7, "email_opened", at(3, 5))  # an open is not a click
 
     with sessions() as s:
         found = experiments_overview(s, trial_rt, NOW)
@@ -268,40 +226,44 @@ def arms(sessions: sessionmaker[Session]) -> None:
     with sessions.begin() as s:
         s1 = lead(s, "s1", Stage.SUBSCRIBER)  # subscriber; MQL day 3, SQL day 5 (3 days)
         enrol(s, s1)
-        moves(s, s1, (at(3), Stage.SUBSCRIBER, Stage.MQL), (at(5), Stage.MQL, Stage.SQL))
+        rows.stage_change(s, s1, at(3), Stage.SUBSCRIBER, Stage.MQL)
+        rows.stage_change(s, s1, at(5), Stage.MQL, Stage.SQL)
         s2 = lead(s, "s2", Stage.SQL)  # mql (day 1): SQL only; SQL day 4 noon (2.5 days)
         enrol(s, s2)
-        moves(s, s2, (at(1), Stage.LEAD, Stage.MQL), (at(4, 12), Stage.MQL, Stage.SQL))
+        rows.stage_change(s, s2, at(1), Stage.LEAD, Stage.MQL)
+        rows.stage_change(s, s2, at(4, 12), Stage.MQL, Stage.SQL)
         enrol(s, lead(s, "s3"))  # lead, no change: eligible for both, reached neither
         s4 = lead(s, "s4", Stage.SQL)  # sql already: eligible for neither
         enrol(s, s4)
-        moves(s, s4, (at(1), Stage.LEAD, Stage.SQL))
+        rows.stage_change(s, s4, at(1), Stage.LEAD, Stage.SQL)
         s5 = lead(s, "s5", Stage.MQL)  # lead (its first change's from); MQL day 6
         enrol(s, s5)
-        moves(s, s5, (at(6), Stage.LEAD, Stage.MQL))
+        rows.stage_change(s, s5, at(6), Stage.LEAD, Stage.MQL)
         s6 = lead(s, "s6", Stage.SQL)  # subscriber; straight to SQL day 3 (1 day): both
         enrol(s, s6)
         enrol(s, s6, at(4), held=True)  # enrolled again: counted once, at its first enrolment
-        moves(s, s6, (at(3), Stage.SUBSCRIBER, Stage.SQL))
+        rows.stage_change(s, s6, at(3), Stage.SUBSCRIBER, Stage.SQL)
         s7 = lead(s, "s7", Stage.MQL)  # recycled: both; its MQL on day 10 is after NOW
         enrol(s, s7)
-        moves(s, s7, (at(1), Stage.MQL, Stage.RECYCLED), (at(10), Stage.RECYCLED, Stage.MQL))
+        rows.stage_change(s, s7, at(1), Stage.MQL, Stage.RECYCLED)
+        rows.stage_change(s, s7, at(10), Stage.RECYCLED, Stage.MQL)
 
         h1 = lead(s, "h1", Stage.SUBSCRIBER)  # subscriber, no change: both, neither reached
         enrol(s, h1, held=True)
         enrol(s, h1, at(1), sequence="drip")  # another sequence's enrolment does not count
         h2 = lead(s, "h2", Stage.MQL)  # lead; MQL day 4
         enrol(s, h2, held=True)
-        moves(s, h2, (at(4), Stage.LEAD, Stage.MQL))
+        rows.stage_change(s, h2, at(4), Stage.LEAD, Stage.MQL)
         h3 = lead(s, "h3", Stage.SQL)  # lead; MQL day 3, SQL day 7 (5 days)
         enrol(s, h3, held=True)
-        moves(s, h3, (at(3), Stage.LEAD, Stage.MQL), (at(7), Stage.MQL, Stage.SQL))
+        rows.stage_change(s, h3, at(3), Stage.LEAD, Stage.MQL)
+        rows.stage_change(s, h3, at(7), Stage.MQL, Stage.SQL)
         h4 = lead(s, "h4", Stage.MQL)  # mql (day 1): SQL only, not reached
         enrol(s, h4, held=True)
-        moves(s, h4, (at(1), Stage.SUBSCRIBER, Stage.MQL))
+        rows.stage_change(s, h4, at(1), Stage.SUBSCRIBER, Stage.MQL)
         h5 = lead(s, "h5", Stage.MQL)  # mql at the very moment of enrolment: SQL only
         enrol(s, h5, held=True)
-        moves(s, h5, (at(2), Stage.LEAD, Stage.MQL))
+        rows.stage_change(s, h5, at(2), Stage.LEAD, Stage.MQL)
         enrol(s, lead(s, "late"), at(10), held=True)  # enrolled after NOW: not yet counted
 
 
@@ -350,7 +312,7 @@ def test_a_holdout_with_nobody_held_out_or_no_held_out_conversion_has_no_lift_va
     with sessions.begin() as s:
         sent = lead(s, "sent")
         enrol(s, sent)
-        moves(s, sent, (at(3), Stage.LEAD, Stage.MQL))
+        rows.stage_change(s, sent, at(3), Stage.LEAD, Stage.MQL)
     with sessions() as s:
         alone = holdout_report(s, "trial", NOW)
     assert alone.mql_lift is None and alone.sql_lift is None
@@ -372,27 +334,11 @@ def test_a_holdout_of_more_leads_than_one_query_takes_counts_each_once(
     sessions: sessionmaker[Session],
 ) -> None:
     with sessions.begin() as s:
-        leads = [
-            Lead(email=f"bulk{n}@x.test", stage=Stage.LEAD, created_at=at(1), updated_at=at(1))
-            for n in range(1203)
-        ]
-        s.add_all(leads)
-        s.flush()
-        for n, row in enumerate(leads):
-            s.add(
-                Enrolment(
-                    lead_id=row.id,
-                    sequence="trial",
-                    sequence_version="v1",
-                    milestone="awareness",
-                    enrolled_at=at(2),
-                    milestone_entered_at=at(2),
-                    trigger="form_submitted",
-                    holdout=n % 3 == 0,
-                )
-            )
+        for n in range(1203):
+            row = lead(s, f"bulk{n}")
+            enrol(s, row, held=n % 3 == 0)
             if n % 2 == 0:
-                moves(s, row, (at(4), Stage.LEAD, Stage.MQL))
+                rows.stage_change(s, row, at(4), Stage.LEAD, Stage.MQL)
     with sessions() as s:
         report = holdout_report(s, "trial", NOW)
     assert (report.sent.leads, report.held_out.leads) == (802, 401)

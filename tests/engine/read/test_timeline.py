@@ -19,7 +19,6 @@ from engine.funnel.service import track
 from engine.models import (
     Delivery,
     DeliveryStatus,
-    Enrolment,
     Handoff,
     Lead,
     ScoreEntry,
@@ -30,6 +29,7 @@ from engine.runner.inline import run_due
 from engine.workflow.runtime import Runtime
 from tests.apps import FIXTURES, outbox_app
 from tests.conftest import START
+from tests.engine import rows
 
 NIGHT_OWL = {"email": "lee@initech.test", "first_name": "Lee", "timezone": "America/Los_Angeles"}
 QUIET = (
@@ -165,7 +165,7 @@ def test_a_lead_with_no_ledger_has_an_empty_score_series(
 
 
 def test_each_delivery_says_what_became_of_it_and_why(sessions: sessionmaker[Session]) -> None:
-    rows = [
+    outcomes = [
         (DeliveryStatus.SKIPPED, "suppressed: kim@x.test", None),
         (DeliveryStatus.FAILED, "permanent: 550 mailbox unavailable", None),
         (DeliveryStatus.UNKNOWN, "unknown: timed out; not resent", None),
@@ -175,21 +175,9 @@ def test_each_delivery_says_what_became_of_it_and_why(sessions: sessionmaker[Ses
         (DeliveryStatus.SENT, "settled as sent by sendgrid feedback (delivered)", START),
     ]
     with sessions.begin() as s:
-        lead = Lead(email="kim@x.test", stage=Stage.SQL, created_at=START, updated_at=START)
-        s.add(lead)
-        s.flush()
-        enrolment = Enrolment(
-            lead_id=lead.id,
-            sequence="drip",
-            sequence_version="v1",
-            milestone="awareness",
-            enrolled_at=START,
-            milestone_entered_at=START,
-            trigger="form_submitted",
-        )
-        s.add(enrolment)
-        s.flush()
-        for n, (status, detail, sent_at) in enumerate(rows):
+        lead = rows.lead(s, "kim@x.test", stage=Stage.SQL)
+        enrolment = rows.enrolment(s, lead, sequence="drip", at=START)
+        for n, (status, detail, sent_at) in enumerate(outcomes):
             s.add(
                 Delivery(
                     id=f"d{n}",
@@ -220,12 +208,12 @@ def test_each_delivery_says_what_became_of_it_and_why(sessions: sessionmaker[Ses
     with sessions() as s:
         entries = timeline(s, 1)
     assert [(e.at, e.kind, e.text, e.reason, e.ref) for e in entries] == [
-        (START, EntryKind.SENT, "email t6", rows[6][1], "d6"),
-        (START, EntryKind.SKIPPED, "email t0", rows[0][1], "d0"),
+        (START, EntryKind.SENT, "email t6", outcomes[6][1], "d6"),
+        (START, EntryKind.SKIPPED, "email t0", outcomes[0][1], "d0"),
         (START, EntryKind.HANDOFF, "handed to sales at score 55 (pending)", None, 1),
-        (START + timedelta(hours=1), EntryKind.FAILED, "email t1", rows[1][1], "d1"),
-        (START + timedelta(hours=2), EntryKind.UNKNOWN, "email t2", rows[2][1], "d2"),
-        (START + timedelta(hours=3), EntryKind.PLANNED, "email t3", rows[3][1], "d3"),
+        (START + timedelta(hours=1), EntryKind.FAILED, "email t1", outcomes[1][1], "d1"),
+        (START + timedelta(hours=2), EntryKind.UNKNOWN, "email t2", outcomes[2][1], "d2"),
+        (START + timedelta(hours=3), EntryKind.PLANNED, "email t3", outcomes[3][1], "d3"),
         (START + timedelta(hours=4), EntryKind.PLANNED, "email t4", None, "d4"),
         (START + timedelta(hours=5), EntryKind.SENDING, "email t5", None, "d5"),
     ]

@@ -9,19 +9,23 @@ from datetime import timedelta
 from pathlib import Path
 
 import pytest
-from sqlalchemy import select
+from dramatiq.brokers.stub import StubBroker
+from sqlalchemy import Engine, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from engine.clock import FrozenClock
 from engine.errors import UnknownExperimentError
 from engine.funnel.experiments import choose_variant
-from engine.models import Delivery, DeliveryStatus, Enrolment, Event, Lead, VariantPick
+from engine.models import Lead, VariantPick
 from engine.read.significance import judge, proportion_p
-from engine.runner.winners import decide_winners, pick_variant
+from engine.runner.actors import Tasks
+from engine.runner.winners import JUDGE_EVERY, decide_winners, pick_variant
 from engine.workflow.loading import load_workflows
 from engine.workflow.runtime import Runtime
 from engine.workflow.spec import Send
+from tests.apps import outbox_app
 from tests.conftest import START
+from tests.engine import rows
 from tests.engine.conftest import EMAIL_TEMPLATES, FIXTURES, SMS_TEMPLATES
 
 TRIAL = """\
@@ -92,61 +96,20 @@ def send_history(session: Session, rates: dict[str, float], per_variant: int) ->
     rng = random.Random(5)
     for i in range(per_variant):
         for variant, rate in rates.items():
-            lead = Lead(email=f"{variant}{i}@northwind.test", created_at=START, updated_at=START)
-            session.add(lead)
-            session.flush()
-            enrolment = Enrolment(
-                lead_id=lead.id,
-                sequence="trial",
-                sequence_version="v",
-                milestone="awareness",
-                enrolled_at=START,
-                milestone_entered_at=START,
-                trigger="event form_submitted",
-            )
-            session.add(enrolment)
-            session.flush()
+            lead = rows.lead(session, f"{variant}{i}@northwind.test")
             sent_at = START + timedelta(hours=i)
-            delivery = Delivery(
-                id=f"{variant}-{i}",
-                enrolment_id=enrolment.id,
-                lead_id=lead.id,
-                sequence="trial",
-                milestone="awareness",
+            delivery = rows.sent(
+                session,
+                rows.enrolment(session, lead, sequence="trial", at=START),
                 step="email:welcome",
-                pass_no=1,
-                channel="email",
-                template="welcome",
                 variant=variant,
-                status=DeliveryStatus.SENT,
-                planned_at=sent_at,
-                due_at=sent_at,
-                sent_at=sent_at,
+                at=sent_at,
+                delivery_id=f"{variant}-{i}",
             )
-            session.add(delivery)
             if rng.random() < rate:  # a click a day later: inside the 2-day window
-                clicked = sent_at + timedelta(days=1)
-                session.add(
-                    Event(
-                        lead_id=lead.id,
-                        type="email_clicked",
-                        properties={"delivery_id": delivery.id},
-                        occurred_at=clicked,
-                        received_at=clicked,
-                    )
-                )
-                # a click three days later (outside the window) does not count
-            elif rng.random() < rate:
-                late = sent_at + timedelta(days=3)
-                session.add(
-                    Event(
-                        lead_id=lead.id,
-                        type="email_clicked",
-                        properties={"delivery_id": delivery.id},
-                        occurred_at=late,
-                        received_at=late,
-                    )
-                )
+                rows.feedback(session, delivery, "email_clicked", sent_at + timedelta(days=1))
+            elif rng.random() < rate:  # a click three days later: outside it, not counted
+                rows.feedback(session, delivery, "email_clicked", sent_at + timedelta(days=3))
 
 
 def test_the_scheduler_decides_a_winner_once_and_later_leads_get_it(
@@ -205,3 +168,26 @@ def test_a_pick_by_hand_overrides_the_decision_and_bad_names_are_refused(
             pick_variant(s, trial, "trial", "welcome", "a", START)
         with pytest.raises(UnknownExperimentError, match="sequences: trial"):
             pick_variant(s, trial, "nurture", "email:welcome", "a", START)
+
+
+def test_a_scheduler_pass_judges_experiments_at_most_every_six_hours(
+    db: Engine, clock: FrozenClock, tmp_path: Path
+) -> None:
+    folder = tmp_path / "workflows"
+    folder.mkdir()
+    shutil.copy(FIXTURES / "scoring.yml", folder)
+    (folder / "trial.yml").write_text(TRIAL)
+    app = outbox_app(db, clock, tmp_path, folder)
+    tasks = Tasks(StubBroker(), app)
+    with app.sessions.begin() as s:
+        send_history(s, {"a": 0.08, "b": 0.30}, 300)
+    clock.set(START + timedelta(days=2, hours=98))  # 99 judged sends each: one too few
+    tasks.scheduler_pass()
+    clock.advance(JUDGE_EVERY - timedelta(minutes=1))  # enough now, but judged too recently
+    tasks.scheduler_pass()
+    with app.sessions() as s:
+        assert s.scalar(select(VariantPick.id)) is None
+    clock.advance(timedelta(minutes=1))
+    tasks.scheduler_pass()
+    with app.sessions() as s:
+        assert s.scalars(select(VariantPick.variant)).all() == ["b"]
