@@ -24,6 +24,7 @@ BENCHMARKS: dict[str, list[str]] = {
     "simulation": ["--leads", "50", "--days", "21"],
     "backtest": ["--leads", "100", "--days", "30"],
     "rescore": ["--leads", "100", "--days", "30"],
+    "experiments": ["--sends", "200"],
     "soak": ["--seconds", "10"],
     "dashboard": ["--leads", "100", "--seed-leads", "50", "--rounds", "2"],
 }

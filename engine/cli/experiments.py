@@ -83,7 +83,7 @@ def report_command(ctx: click.Context, sequence: str, as_json: bool) -> None:
     click.echo(f"{found.sequence}: {len(found.experiments)} step(s) with variants")
     for experiment in found.experiments:
         _show_experiment(experiment)
-    if found.holdout_share or found.holdout.held_out.leads:
+    if found.holdout is not None:
         click.echo(
             f"\nHoldout: {found.holdout_share:.1%} of new leads are enrolled but sent nothing"
         )

@@ -329,7 +329,7 @@ def _one_experiment(session: Session, app: App) -> dict[str, Any] | None:
         return None
     name = (held or tested)[0].name
     found = sequence_experiments(session, app.rt, name, now)
-    if held:
+    if found.holdout is not None:
         line = found.holdout.sentence(Metric.MQL)
         summary = f"Holdout of {name} ({found.holdout_share:.0%} sent nothing), MQL: {line}"
     else:

@@ -111,7 +111,9 @@ class SequenceExperimentsOut(BaseModel):
     sequence: str
     holdout_share: float
     experiments: list[ExperimentOut]
-    holdout: HoldoutReportOut
+    holdout: HoldoutReportOut | None = Field(
+        description="Null when the sequence holds no lead out and never did."
+    )
 
 
 def experiment_routes(router: APIRouter, app: App) -> None:

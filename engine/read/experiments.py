@@ -12,12 +12,12 @@ from sqlalchemy.orm import Session
 
 from engine.clock import as_utc
 from engine.errors import UnknownSequenceError
-from engine.models import ExperimentStatus, PickKind, VariantPick
+from engine.models import Enrolment, ExperimentStatus, PickKind, VariantPick
 from engine.read.holdouts import HoldoutReport, holdout_report
 from engine.read.variants import StepOutcomes, step_outcomes
 from engine.workflow.durations import format_duration
 from engine.workflow.runtime import Runtime
-from engine.workflow.spec import Metric, Send, Variant
+from engine.workflow.spec import Metric, Send, Sequence, Variant
 
 __all__ = [
     "Decision",
@@ -178,11 +178,19 @@ class SequenceExperiments:
     sequence: str
     holdout_share: float
     experiments: list[Experiment]
-    holdout: HoldoutReport
+    holdout: HoldoutReport | None  # None: no holdout now, and no lead ever held out
 
     def as_dict(self) -> dict[str, Any]:
         """As JSON for scripts and the API."""
         return asdict(self)
+
+
+def _held(session: Session, sequence: Sequence) -> bool:
+    """True when the sequence holds leads out, or did in an earlier version."""
+    if sequence.holdout > 0:
+        return True
+    held = select(Enrolment.id).where(Enrolment.sequence == sequence.name, Enrolment.holdout)
+    return session.scalar(held.limit(1)) is not None
 
 
 def sequence_experiments(
@@ -200,5 +208,5 @@ def sequence_experiments(
             _experiment(session, sequence.name, milestone, step, picks, now)
             for milestone, step in sequence.experiments()
         ],
-        holdout_report(session, sequence.name, now),
+        holdout_report(session, sequence.name, now) if _held(session, sequence) else None,
     )

@@ -33,7 +33,7 @@ from engine.runner.scheduler import (
     claim_failed_events,
     horizon,
 )
-from engine.runner.winners import JUDGE_EVERY, decide_winners
+from engine.runner.winners import JUDGE_EVERY, Place, decide_winners
 
 # Ids per message: a worker does one batch in one transaction, and a batch of this size keeps
 # a message's work well under a second while paying the transaction once for many rows.
@@ -87,6 +87,7 @@ class Tasks:
         # runs them (`nurture worker`, `nurture run`) hands their runner in (`runner.jobs`).
         self.jobs = jobs
         self.judge_at: datetime | None = None  # when this scheduler next judges experiments
+        self.judged: dict[Place, int] = {}  # looks judged without a winner, per step
         # one try per message: the job row counts attempts, and the scheduler sends it again
         self.run_backtest = declare(
             self._run_backtest, "maintenance", max_retries=0, time_limit=JOB_TIME_LIMIT_MS
@@ -260,7 +261,7 @@ class Tasks:
         transaction; a failure rolls back the judging alone and waits for the next one."""
         try:
             with session.begin_nested():
-                for pick in decide_winners(session, self.app.rt, now):
+                for pick in decide_winners(session, self.app.rt, now, self.judged):
                     log.info("%s/%s/%s: %s", pick.sequence, pick.milestone, pick.step, pick.reason)
         except Exception:
             log.exception("judging experiments failed: tried again in %s", JUDGE_EVERY)

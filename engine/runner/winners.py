@@ -15,22 +15,30 @@ from sqlalchemy.orm import Session
 
 from engine.errors import UnknownExperimentError
 from engine.models import PickKind, VariantPick
-from engine.read.significance import judge
+from engine.read.significance import MAX_LOOKS, judge
 from engine.read.variants import matured_sends, step_outcomes
 from engine.workflow.runtime import Runtime
 from engine.workflow.spec import Send, Sequence
 
-__all__ = ["JUDGE_EVERY", "decide_winners", "find_step", "pick_variant"]
+__all__ = ["JUDGE_EVERY", "Place", "decide_winners", "find_step", "pick_variant"]
+
+Place = tuple[str, str, str]  # sequence, milestone, step id
 
 JUDGE_EVERY = timedelta(hours=6)  # decisions wait for days of sends; a few hours late is nothing
 
 
-def _picked(session: Session) -> dict[tuple[str, str, str], VariantPick]:
+def _picked(session: Session) -> dict[Place, VariantPick]:
     return {(p.sequence, p.milestone, p.step): p for p in session.scalars(select(VariantPick))}
 
 
-def decide_winners(session: Session, rt: Runtime, now: datetime) -> list[VariantPick]:
-    """Judge each step whose winner rule has not decided yet; record the winners found."""
+def decide_winners(
+    session: Session, rt: Runtime, now: datetime, judged: dict[Place, int] | None = None
+) -> list[VariantPick]:
+    """Judge each step whose winner rule has not decided yet; record the winners found.
+
+    `judged` remembers, per step, how many looks were judged without a winner, so a caller
+    that judges again and again (the scheduler) reads a step's sends once per new look.
+    """
     todo = [
         (sequence, milestone, step)
         for sequence in rt.sequences
@@ -47,8 +55,10 @@ def decide_winners(session: Session, rt: Runtime, now: datetime) -> list[Variant
         assert step.winner is not None
         rule = step.winner
         ready = matured_sends(session, sequence.name, milestone, step.id, rule.within, now)
-        if min(ready.get(v.id, 0) for v in step.variants) < rule.after:
-            continue  # no look is due: a variant lacks the sends of the first one
+        looks = min(min(ready.get(v.id, 0) for v in step.variants) // rule.after, MAX_LOOKS)
+        place = (sequence.name, milestone, step.id)
+        if looks == 0 or (judged or {}).get(place, 0) >= looks:
+            continue  # no new look: a variant lacks the sends of the next one
         found = step_outcomes(
             session, sequence.name, milestone, step.id, rule.metric, rule.within, now
         )
@@ -57,6 +67,8 @@ def decide_winners(session: Session, rt: Runtime, now: datetime) -> list[Variant
             {v.id: found.matured.get(v.id, []) for v in step.variants}, rule.after, rule.confidence
         )
         if verdict is None:
+            if judged is not None:
+                judged[place] = looks
             continue
         figures = verdict.figures() | {
             "metric": str(rule.metric),

@@ -206,6 +206,20 @@ def test_an_unknown_sequence_is_refused_naming_the_loaded_ones(
     assert raised.value.known == ["drip", "trial", "winback"]
 
 
+def test_a_sequence_that_never_held_a_lead_out_has_no_holdout_report(
+    sessions: sessionmaker[Session], trial_rt: Runtime
+) -> None:
+    with sessions.begin() as s:
+        enrol(s, lead(s, "sent"), sequence="drip")
+    with sessions() as s:
+        assert sequence_experiments(s, trial_rt, "drip", NOW).holdout is None
+    with sessions.begin() as s:  # held out by an earlier version that had a holdout
+        enrol(s, lead(s, "held"), held=True, sequence="drip")
+    with sessions() as s:
+        report = sequence_experiments(s, trial_rt, "drip", NOW).holdout
+    assert report is not None and (report.sent.leads, report.held_out.leads) == (1, 1)
+
+
 def _fisher(a: int, b: int, c: int, d: int) -> float:
     """Two-sided Fisher exact p of [[a, b], [c, d]], summed by hand from the hypergeometric."""
     row, col, n = a + b, a + c, a + b + c + d

@@ -5,21 +5,23 @@ from __future__ import annotations
 
 import random
 import shutil
+import subprocess
+import sys
 from datetime import timedelta
 from pathlib import Path
 
 import pytest
 from dramatiq.brokers.stub import StubBroker
-from sqlalchemy import Engine, select
+from sqlalchemy import Engine, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from engine.clock import FrozenClock
 from engine.errors import UnknownExperimentError
 from engine.funnel.experiments import choose_variant
-from engine.models import Lead, VariantPick
-from engine.read.significance import judge, proportion_p
+from engine.models import Event, Lead, VariantPick
+from engine.read.significance import MAX_LOOKS, judge, proportion_p
 from engine.runner.actors import Tasks
-from engine.runner.winners import JUDGE_EVERY, decide_winners, pick_variant
+from engine.runner.winners import JUDGE_EVERY, Place, decide_winners, pick_variant
 from engine.workflow.loading import load_workflows
 from engine.workflow.runtime import Runtime
 from engine.workflow.spec import Send
@@ -92,7 +94,7 @@ def trial(tmp_path: Path, clock: FrozenClock) -> Runtime:
 
 
 def send_history(session: Session, rates: dict[str, float], per_variant: int) -> None:
-    """Sent deliveries of the trial step, one lead each, a day apart in rounds, with clicks."""
+    """Sent deliveries of the trial step, one lead each, an hour apart in rounds, with clicks."""
     rng = random.Random(5)
     for i in range(per_variant):
         for variant, rate in rates.items():
@@ -145,8 +147,28 @@ def test_equal_variants_leave_the_experiment_running(
 ) -> None:
     with sessions.begin() as s:
         send_history(s, {"a": 0.2, "b": 0.2}, 250)
-        assert decide_winners(s, trial, START + timedelta(days=20)) == []
+        judged: dict[Place, int] = {}
+        assert decide_winners(s, trial, START + timedelta(days=20), judged) == []
         assert s.scalar(select(VariantPick.id)) is None
+    place = ("trial", "awareness", "email:welcome")
+    assert judged == {place: 2}  # 250 sends each: two looks of 100, judged without a winner
+    # Judged again with no new look, the step is skipped: were it read, 'b' would win now.
+    with sessions.begin() as s:
+        s.execute(
+            update(Event)
+            .values(type="email_opened")
+            .where(Event.lead_id.in_(select(Lead.id).where(Lead.email.like("a%"))))
+        )
+        assert decide_winners(s, trial, START + timedelta(days=20), judged) == []
+        assert len(decide_winners(s, trial, START + timedelta(days=20))) == 1
+
+
+def test_no_look_past_the_last_is_judged() -> None:
+    late = [False] * (MAX_LOOKS * 10) + [True] * 500  # the difference comes after look 20
+    assert judge({"a": [False] * len(late), "b": late}, after=10, confidence=0.95) is None
+    early = [True] * 500 + [False] * (MAX_LOOKS * 10)
+    verdict = judge({"a": [False] * len(early), "b": early}, after=10, confidence=0.95)
+    assert verdict is not None and verdict.look == 1
 
 
 def test_a_pick_by_hand_overrides_the_decision_and_bad_names_are_refused(
@@ -191,3 +213,15 @@ def test_a_scheduler_pass_judges_experiments_at_most_every_six_hours(
     tasks.scheduler_pass()
     with app.sessions() as s:
         assert s.scalars(select(VariantPick.variant)).all() == ["b"]
+
+
+def test_processes_start_without_loading_scipy_until_a_test_runs() -> None:
+    """SciPy costs 0.6 s and 80 MiB to load: the API, workers and CLI load it only to judge."""
+    code = (
+        "import sys, engine.cli.main, engine.http.api, engine.runner.actors\n"
+        "assert 'scipy' not in sys.modules\n"
+        "from engine.read.significance import proportion_p\n"
+        "proportion_p(1, 10, 5, 10)\n"
+        "assert 'scipy' in sys.modules\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=Path(__file__).parents[3])
