@@ -6,12 +6,14 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
+import pytest
 from sqlalchemy import Engine, inspect, select, text
+from sqlalchemy.exc import IntegrityError
 
 from engine.db import make_engine, make_sessionmaker
 from engine.funnel.topics import has_left, leave_topic
 from engine.migrations import upgrade
-from engine.models import Base, Lead, TopicOptOut
+from engine.models import Base, Delivery, Enrolment, Lead, TopicOptOut, VariantPick
 from tests.conftest import START
 
 TABLES = {t.name for t in Base.metadata.sorted_tables}
@@ -89,6 +91,76 @@ def test_a_postgres_database_at_0002_upgrades_to_record_unsubscribe_topics(
     )
     try:
         _upgrade_with_a_lead_to_unsubscribe_topics(engine)
+    finally:
+        engine.dispose()
+        with postgres_engine.begin() as connection:
+            connection.execute(text(f"DROP SCHEMA {schema} CASCADE"))
+
+
+def _upgrade_with_a_delivery_to_experiments(engine: Engine) -> None:
+    """From 0005 with an enrolment and its delivery to head: neither is held out nor drew a
+    variant, and a step's pick can be recorded once."""
+    upgrade(engine, "0005")
+    with engine.begin() as connection:
+        connection.execute(
+            text(
+                "INSERT INTO leads (id, email, fields, email_consent, sms_consent, stage, fit,"
+                " engagement, fit_rules, sql_crossings, created_at, updated_at) VALUES (7,"
+                " 'ana@northwind.test', '{}', true, false, 'lead', 0, 0, '{}', 0, :at, :at)"
+            ),
+            {"at": START},
+        )
+        connection.execute(
+            text(
+                "INSERT INTO enrolments (id, lead_id, sequence, sequence_version, status,"
+                " milestone, position, pass_no, exhausted, enrolled_at, milestone_entered_at,"
+                " trigger) VALUES (3, 7, 'drip', 'v1', 'active', 'awareness', 1, 1, false, :at,"
+                " :at, 'form_submitted')"
+            ),
+            {"at": START},
+        )
+        connection.execute(
+            text(
+                "INSERT INTO deliveries (id, enrolment_id, lead_id, sequence, milestone, step,"
+                " pass_no, channel, template, status, planned_at, due_at, attempts) VALUES"
+                " ('d1', 3, 7, 'drip', 'awareness', 'email:welcome', 1, 'email', 'welcome',"
+                " 'sent', :at, :at, 1)"
+            ),
+            {"at": START},
+        )
+    upgrade(engine)
+    with make_sessionmaker(engine).begin() as session:
+        assert session.get_one(Enrolment, 3).holdout is False
+        assert session.get_one(Delivery, "d1").variant is None
+        pick = {"sequence": "drip", "milestone": "awareness", "step": "email:welcome"}
+        session.add(
+            VariantPick(**pick, variant="a", kind="auto", figures={}, reason="r", picked_at=START)
+        )
+    with pytest.raises(IntegrityError), make_sessionmaker(engine).begin() as session:
+        session.add(
+            VariantPick(**pick, variant="b", kind="auto", figures={}, reason="r", picked_at=START)
+        )
+
+
+def test_a_sqlite_database_at_0005_upgrades_to_record_experiments(tmp_path: Path) -> None:
+    engine = make_engine(f"sqlite:///{tmp_path / 'at-0005.db'}")
+    _upgrade_with_a_delivery_to_experiments(engine)
+    engine.dispose()
+
+
+def test_a_postgres_database_at_0005_upgrades_to_record_experiments(
+    postgres_engine: Engine,
+) -> None:
+    schema = "migrate_0005"
+    with postgres_engine.begin() as connection:
+        connection.execute(text(f"DROP SCHEMA IF EXISTS {schema} CASCADE"))
+        connection.execute(text(f"CREATE SCHEMA {schema}"))
+    engine = make_engine(
+        postgres_engine.url.render_as_string(hide_password=False),
+        connect_args={"options": f"-csearch_path={schema}"},
+    )
+    try:
+        _upgrade_with_a_delivery_to_experiments(engine)
     finally:
         engine.dispose()
         with postgres_engine.begin() as connection:

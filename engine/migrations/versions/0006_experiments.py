@@ -19,13 +19,15 @@ depends_on = None
 JSON = sa.JSON().with_variant(postgresql.JSONB(), "postgresql")
 
 
+# Plain ADD and DROP COLUMN, never batch mode: on SQLite a batch rebuilds the table, and
+# dropping the old enrolments table would cascade to every delivery and milestone visit.
+
+
 def upgrade() -> None:
-    with op.batch_alter_table("deliveries") as batch:
-        batch.add_column(sa.Column("variant", sa.String(length=100), nullable=True))
-    with op.batch_alter_table("enrolments") as batch:
-        batch.add_column(
-            sa.Column("holdout", sa.Boolean(), nullable=False, server_default=sa.false())
-        )
+    op.add_column("deliveries", sa.Column("variant", sa.String(length=100), nullable=True))
+    op.add_column(
+        "enrolments", sa.Column("holdout", sa.Boolean(), nullable=False, server_default=sa.false())
+    )
     op.create_table(
         "variant_picks",
         sa.Column("id", sa.Integer(), nullable=False),
@@ -44,7 +46,5 @@ def upgrade() -> None:
 
 def downgrade() -> None:
     op.drop_table("variant_picks")
-    with op.batch_alter_table("enrolments") as batch:
-        batch.drop_column("holdout")
-    with op.batch_alter_table("deliveries") as batch:
-        batch.drop_column("variant")
+    op.drop_column("enrolments", "holdout")  # SQLite 3.35+ drops a column in place
+    op.drop_column("deliveries", "variant")
