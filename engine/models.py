@@ -110,6 +110,7 @@ class ExperimentStatus(StrEnum):
     RUNNING = "running"
     DECIDED = "decided"  # by its winner rule
     PICKED = "picked"  # by hand
+    INCONCLUSIVE = "inconclusive"  # every look of its winner rule taken, and none won
 
 
 class VersionKind(StrEnum):

@@ -23,17 +23,22 @@ _EARLIER = (
     .where(
         Delivery.lead_id == bindparam("lead"),
         Delivery.sequence == bindparam("sequence"),
-        Delivery.milestone == bindparam("milestone"),
-        Delivery.step == bindparam("step"),
-        Delivery.variant.is_not(None),
+        Delivery.milestone.in_(bindparam("milestones", expanding=True)),
+        Delivery.step.in_(bindparam("steps", expanding=True)),
+        Delivery.variant.in_(bindparam("variants", expanding=True)),
     )
-    .order_by(Delivery.planned_at)
+    .order_by(Delivery.planned_at.desc())
     .limit(1)
 )
-_PICKED = select(VariantPick.variant).where(
-    VariantPick.sequence == bindparam("sequence"),
-    VariantPick.milestone == bindparam("milestone"),
-    VariantPick.step == bindparam("step"),
+_PICKED = (
+    select(VariantPick.variant)
+    .where(
+        VariantPick.sequence == bindparam("sequence"),
+        VariantPick.milestone.in_(bindparam("milestones", expanding=True)),
+        VariantPick.step.in_(bindparam("steps", expanding=True)),
+    )
+    .order_by(VariantPick.picked_at.desc())
+    .limit(1)
 )
 
 
@@ -64,8 +69,10 @@ def choose_variant(
 ) -> Variant:
     """The variant of `step` for this lead: the one it got before (an edit of weights or new
     variants never reassigns a lead), else the step's picked winner, else its own draw."""
-    where = {"sequence": sequence.name, "milestone": milestone, "step": step.id}
-    earlier = step.variant(session.scalar(_EARLIER, {"lead": lead.id, **where}))
+    names = sequence.known_as(milestone, step)  # a rename keeps a lead's variant and the pick
+    where = {"sequence": sequence.name, "milestones": names.milestones, "steps": names.steps}
+    kept = {"lead": lead.id, "variants": [v.id for v in step.variants], **where}
+    earlier = step.variant(session.scalar(_EARLIER, kept))  # a removed one does not count
     if earlier is not None:
         return earlier
     picked = step.variant(session.scalar(_PICKED, where))

@@ -4,6 +4,7 @@ Prometheus metrics.
 May import: funnel, workflow and the low floors. Reads only; changes nothing.
 """
 
+from engine.read.experiments import experiments_overview, sequence_experiments
 from engine.read.metrics import Metrics
 from engine.read.overview import Period, overview
 from engine.read.stats import funnel, stage_counts
@@ -15,11 +16,13 @@ __all__ = [
     "EntryKind",
     "Metrics",
     "Period",
+    "experiments_overview",
     "find_by_key",
     "funnel",
     "lead_detail",
     "overview",
     "score_series",
+    "sequence_experiments",
     "stage_counts",
     "timeline",
 ]

@@ -14,6 +14,7 @@ from engine.clock import as_utc
 from engine.errors import UnknownSequenceError
 from engine.models import Enrolment, ExperimentStatus, PickKind, VariantPick
 from engine.read.holdouts import HoldoutReport, holdout_report
+from engine.read.significance import MAX_LOOKS
 from engine.read.variants import StepOutcomes, step_outcomes
 from engine.workflow.durations import format_duration
 from engine.workflow.runtime import Runtime
@@ -103,7 +104,7 @@ def experiments_overview(session: Session, rt: Runtime, now: datetime) -> Overvi
     picks = _picks(session)
     return Overview(
         [
-            _experiment(session, sequence.name, milestone, step, picks, now)
+            _experiment(session, sequence, milestone, step, picks, now)
             for sequence in rt.sequences
             for milestone, step in sequence.experiments()
         ],
@@ -119,7 +120,7 @@ def _picks(session: Session, *where: ColumnElement[bool]) -> dict[_Place, Varian
 
 def _experiment(
     session: Session,
-    sequence: str,
+    sequence: Sequence,
     milestone: str,
     step: Send,
     picks: dict[_Place, VariantPick],
@@ -128,15 +129,21 @@ def _experiment(
     rule = step.winner
     metric = rule.metric if rule else DEFAULT_METRIC[step.channel]
     within = rule.within if rule else DEFAULT_WITHIN
-    found = step_outcomes(session, sequence, milestone, step.id, metric, within, now)
-    pick = picks.get((sequence, milestone, step.id))
+    names = sequence.known_as(milestone, step)
+    found = step_outcomes(session, sequence.name, names, metric, within, now)
+    found_picks = (picks.get((sequence.name, m, s)) for m in names.milestones for s in names.steps)
+    pick = next((p for p in found_picks if p is not None), None)
     status = ExperimentStatus.RUNNING
     if pick is not None:
         status = (
             ExperimentStatus.PICKED if pick.kind == PickKind.MANUAL else ExperimentStatus.DECIDED
         )
+    elif rule is not None:
+        judged = min(len(found.matured.get(v.id, [])) for v in step.variants)
+        if judged >= MAX_LOOKS * rule.after:  # every look taken, none won
+            status = ExperimentStatus.INCONCLUSIVE
     return Experiment(
-        sequence=sequence,
+        sequence=sequence.name,
         milestone=milestone,
         step=step.id,
         channel=step.channel,
@@ -205,7 +212,7 @@ def sequence_experiments(
         sequence.name,
         sequence.holdout,
         [
-            _experiment(session, sequence.name, milestone, step, picks, now)
+            _experiment(session, sequence, milestone, step, picks, now)
             for milestone, step in sequence.experiments()
         ],
         holdout_report(session, sequence.name, now) if _held(session, sequence) else None,

@@ -16,6 +16,7 @@ from engine.models import Enrolment, Lead, Stage, StageChange
 from engine.read.significance import Lift, lift
 from engine.read.variants import REACHED, chunks
 from engine.workflow.spec import Metric
+from engine.workflow.versions import load_version
 
 __all__ = ["Arm", "Group", "HoldoutReport", "holdout_report"]
 
@@ -148,16 +149,30 @@ def holdout_report(
 def _first_enrolments(
     session: Session, sequence_name: str, now: datetime
 ) -> dict[int, tuple[datetime, bool]]:
-    """Per lead, when its first enrolment in the sequence began and whether it was held out."""
+    """Per lead, when its first enrolment in the sequence began and whether it was held out;
+    only enrolments of versions that held leads out, so the sent leads are drawn from the same
+    leads and months as the held-out ones (not from before the holdout existed)."""
     rows = session.execute(
-        select(Enrolment.lead_id, Enrolment.enrolled_at, Enrolment.holdout)
+        select(
+            Enrolment.lead_id, Enrolment.enrolled_at, Enrolment.holdout, Enrolment.sequence_version
+        )
         .where(Enrolment.sequence == sequence_name, Enrolment.enrolled_at <= now)
         .order_by(Enrolment.enrolled_at, Enrolment.id)
     )
+    holding: dict[str, bool] = {}
     firsts: dict[int, tuple[datetime, bool]] = {}
-    for lead_id, enrolled_at, held in rows:
-        firsts.setdefault(lead_id, (as_utc(enrolled_at), bool(held)))
+    for lead_id, enrolled_at, held, version in rows:
+        if version not in holding:
+            holding[version] = _holds_out(session, sequence_name, version)
+        if lead_id not in firsts and (held or holding[version]):
+            firsts[lead_id] = (as_utc(enrolled_at), bool(held))
     return firsts
+
+
+def _holds_out(session: Session, sequence_name: str, version: str) -> bool:
+    """True when that version of the sequence had a holdout (or was never stored: unknown)."""
+    stored = load_version(session, sequence_name, version)
+    return stored is None or stored.holdout > 0
 
 
 def _stage_changes(

@@ -5,8 +5,9 @@ not raise the chance of a false winner above 1 - confidence: look j uses the fir
 sends of every variant and may spend alpha / 2**j of the error budget (the looks together
 spend at most alpha), split evenly over the leader's comparisons with the other variants
 (Bonferroni). Each comparison is Pearson's chi-square test of the 2x2 table (the two-sided
-two-proportion z-test). A look's data are fixed once its sends' windows close, so judging the
-same look again gives the same answer: a winner is decided once.
+two-proportion z-test), or Fisher's exact test where the counts are small. A look's data are
+fixed once its sends' windows close, so judging the same look again gives the same answer: a
+winner is decided once. After the last look (`MAX_LOOKS`) an experiment is inconclusive.
 
 SciPy is imported where a test runs, not with this module: it takes 0.6 s and 80 MiB to load,
 which every API, worker and CLI process would pay for a few looks a day.
@@ -55,12 +56,18 @@ class Verdict:
 
 
 def proportion_p(successes_a: int, sends_a: int, successes_b: int, sends_b: int) -> float:
-    """Two-sided p-value that two success rates differ (1.0 when the table has no variation)."""
+    """Two-sided p-value that two success rates differ (1.0 when the table has no variation):
+    Pearson's chi-square, or Fisher's exact test when an expected count is under 5, where the
+    chi-square would claim more certainty than the counts hold."""
     table = [[successes_a, sends_a - successes_a], [successes_b, sends_b - successes_b]]
     successes, failures = successes_a + successes_b, table[0][1] + table[1][1]
     if min(sends_a, sends_b, successes, failures) == 0:
         return 1.0  # all successes or all failures: nothing tells the variants apart
-    from scipy.stats import chi2_contingency
+    from scipy.stats import chi2_contingency, fisher_exact
+
+    total = sends_a + sends_b
+    if min(successes, failures) * min(sends_a, sends_b) / total < 5:
+        return float(fisher_exact(table).pvalue)
 
     return float(chi2_contingency(table, correction=False).pvalue)
 

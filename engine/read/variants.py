@@ -15,7 +15,7 @@ from sqlalchemy.orm import Session
 
 from engine.clock import as_utc
 from engine.models import Delivery, DeliveryStatus, Event, Stage, StageChange
-from engine.workflow.spec import Metric
+from engine.workflow.spec import Metric, StepNames
 
 __all__ = ["REACHED", "StepOutcomes", "chunks", "matured_sends", "step_outcomes"]
 
@@ -39,12 +39,12 @@ class StepOutcomes:
         return len(self.matured.get(variant, [])) + self.pending.get(variant, 0)
 
 
-def _sent(sequence: str, milestone: str, step: str) -> list[ColumnElement[bool]]:
-    """The sent deliveries of one step that drew a variant."""
+def _sent(sequence: str, names: StepNames) -> list[ColumnElement[bool]]:
+    """The sent deliveries of one step (by any name it had) that drew a variant."""
     return [
         Delivery.sequence == sequence,
-        Delivery.milestone == milestone,
-        Delivery.step == step,
+        Delivery.milestone.in_(names.milestones),
+        Delivery.step.in_(names.steps),
         Delivery.status == DeliveryStatus.SENT,
         Delivery.variant.is_not(None),
         Delivery.sent_at.is_not(None),
@@ -52,13 +52,13 @@ def _sent(sequence: str, milestone: str, step: str) -> list[ColumnElement[bool]]
 
 
 def matured_sends(
-    session: Session, sequence: str, milestone: str, step: str, within: timedelta, now: datetime
+    session: Session, sequence: str, names: StepNames, within: timedelta, now: datetime
 ) -> dict[str, int]:
     """How many sends of each variant have had their window close: one aggregate, so a judge
     learns whether a look is due before it reads what the leads did."""
     rows = session.execute(
         select(Delivery.variant, func.count())
-        .where(*_sent(sequence, milestone, step), Delivery.sent_at <= now - within)
+        .where(*_sent(sequence, names), Delivery.sent_at <= now - within)
         .group_by(Delivery.variant)
     )
     return {str(variant): int(count) for variant, count in rows}
@@ -67,8 +67,7 @@ def matured_sends(
 def step_outcomes(
     session: Session,
     sequence: str,
-    milestone: str,
-    step: str,
+    names: StepNames,
     metric: Metric,
     within: timedelta,
     now: datetime,
@@ -77,7 +76,7 @@ def step_outcomes(
     `within` of its send; a send counts once its window has closed by `now`."""
     rows = session.execute(
         select(Delivery.id, Delivery.lead_id, Delivery.variant, Delivery.sent_at)
-        .where(*_sent(sequence, milestone, step))
+        .where(*_sent(sequence, names))
         .order_by(Delivery.sent_at, Delivery.id)
     ).all()
     outcomes = StepOutcomes()
@@ -144,4 +143,5 @@ def _moments(
 
 
 def chunks(ids: list[int]) -> list[list[int]]:
+    """Ids in lists short enough for one `IN (...)` on either database."""
     return [ids[i : i + _CHUNK] for i in range(0, len(ids), _CHUNK)]

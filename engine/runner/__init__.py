@@ -1,4 +1,5 @@
-"""The engine over time: Dramatiq actors, the scheduler, simulation, backtests, demo personas.
+"""The engine over time: Dramatiq actors, the scheduler, simulation, backtests, demo personas,
+experiments' winners.
 
 May import: app, read, delivery, funnel, workflow, channels and the low floors.
 """
@@ -7,6 +8,7 @@ from engine.runner.actors import Tasks, make_broker
 from engine.runner.backtest import BacktestReport, backtest
 from engine.runner.inline import run_due
 from engine.runner.simulation import ScriptedEvent, Simulation
+from engine.runner.winners import decide_winners, pick_variant
 
 __all__ = [
     "BacktestReport",
@@ -14,6 +16,8 @@ __all__ = [
     "Simulation",
     "Tasks",
     "backtest",
+    "decide_winners",
     "make_broker",
+    "pick_variant",
     "run_due",
 ]

@@ -237,9 +237,6 @@ class Tasks:
             if due(seen.stuck):
                 expire_stuck(session, now)
             jobs = claim_due_jobs(session, now, batch) if due(seen.jobs) else []
-            if self.judge_at is None or now >= self.judge_at:
-                self.judge_at = now + JUDGE_EVERY
-                self._judge(session, now)
         for event_id in events:
             self.retry_event.send(event_id)
         for lead_chunk in _chunks(leads):
@@ -254,13 +251,16 @@ class Tasks:
             self.run_backtest.send(job_id)
         enqueued = len(events) + len(leads) + len(enrolments) + len(deliveries) + len(handoffs)
         enqueued += len(jobs)
+        if self.judge_at is None or now >= self.judge_at:
+            self.judge_at = now + JUDGE_EVERY
+            self._judge(now)
         return enqueued, seen
 
-    def _judge(self, session: Session, now: datetime) -> None:
-        """Decide the winners of experiments whose tests now say so, inside the pass's own
-        transaction; a failure rolls back the judging alone and waits for the next one."""
+    def _judge(self, now: datetime) -> None:
+        """Decide the winners of experiments whose tests now say so, after the pass has
+        committed its claims (so no due work waits on it); a failure waits for the next one."""
         try:
-            with session.begin_nested():
+            with self.app.sessions.begin() as session:
                 for pick in decide_winners(session, self.app.rt, now, self.judged):
                     log.info("%s/%s/%s: %s", pick.sequence, pick.milestone, pick.step, pick.reason)
         except Exception:

@@ -67,6 +67,8 @@ NOTES = (
     "'opened/clicked within'), tied to no backtest send: how a lead would have reacted to "
     "another message cannot be known.",
     "Frequency caps count this sequence's sends only: it runs alone.",
+    "Variants and the holdout are drawn per lead as live; a winner is decided by the replay's "
+    "own sends, which no recorded click is tied to, so click and open winners are not found.",
     "Lead attributes are today's: their history is not recorded.",
     "Sends run at the clock's one-hour step, up to an hour later than the live scheduler would.",
 )

@@ -13,12 +13,12 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from engine.errors import UnknownExperimentError
+from engine.errors import UnknownExperimentError, UnknownSequenceError
 from engine.models import PickKind, VariantPick
 from engine.read.significance import MAX_LOOKS, judge
 from engine.read.variants import matured_sends, step_outcomes
 from engine.workflow.runtime import Runtime
-from engine.workflow.spec import Send, Sequence
+from engine.workflow.spec import Send, Sequence, StepNames
 
 __all__ = ["JUDGE_EVERY", "Place", "decide_winners", "find_step", "pick_variant"]
 
@@ -29,6 +29,14 @@ JUDGE_EVERY = timedelta(hours=6)  # decisions wait for days of sends; a few hour
 
 def _picked(session: Session) -> dict[Place, VariantPick]:
     return {(p.sequence, p.milestone, p.step): p for p in session.scalars(select(VariantPick))}
+
+
+def _pick_of(
+    picked: dict[Place, VariantPick], sequence: str, names: StepNames
+) -> VariantPick | None:
+    """The step's pick under any name it had."""
+    found = (picked.get((sequence, m, s)) for m in names.milestones for s in names.steps)
+    return next((p for p in found if p is not None), None)
 
 
 def decide_winners(
@@ -50,18 +58,17 @@ def decide_winners(
     picked = _picked(session)
     decided = []
     for sequence, milestone, step in todo:
-        if (sequence.name, milestone, step.id) in picked:
+        names = sequence.known_as(milestone, step)
+        if _pick_of(picked, sequence.name, names) is not None:
             continue
         assert step.winner is not None
         rule = step.winner
-        ready = matured_sends(session, sequence.name, milestone, step.id, rule.within, now)
+        ready = matured_sends(session, sequence.name, names, rule.within, now)
         looks = min(min(ready.get(v.id, 0) for v in step.variants) // rule.after, MAX_LOOKS)
         place = (sequence.name, milestone, step.id)
         if looks == 0 or (judged or {}).get(place, 0) >= looks:
             continue  # no new look: a variant lacks the sends of the next one
-        found = step_outcomes(
-            session, sequence.name, milestone, step.id, rule.metric, rule.within, now
-        )
+        found = step_outcomes(session, sequence.name, names, rule.metric, rule.within, now)
         # Only the variants the step has now: one removed by an edit is out of the race.
         verdict = judge(
             {v.id: found.matured.get(v.id, []) for v in step.variants}, rule.after, rule.confidence
@@ -102,8 +109,7 @@ def find_step(rt: Runtime, sequence_name: str, step_ref: str) -> tuple[Sequence,
     """The step with variants that `step_ref` names: `step` or `milestone/step`."""
     sequence = rt.workflows.sequences.get(sequence_name)
     if sequence is None:
-        known = ", ".join(sorted(rt.workflows.sequences))
-        raise UnknownExperimentError(f"unknown sequence {sequence_name!r} (sequences: {known})")
+        raise UnknownSequenceError(sequence_name, sorted(rt.workflows.sequences))
     milestone, _, step_id = step_ref.rpartition("/")
     found = [(m, s) for m, s in sequence.experiments() if s.id == step_id and milestone in ("", m)]
     if len(found) != 1:
@@ -123,11 +129,12 @@ def pick_variant(
     if step.variant(variant) is None:
         known = ", ".join(v.id for v in step.variants)
         raise UnknownExperimentError(f"unknown variant {variant!r} (variants: {known})")
-    row = _picked(session).get((sequence.name, milestone, step.id))
+    row = _pick_of(_picked(session), sequence.name, sequence.known_as(milestone, step))
     before = f" (was {row.variant}, {row.kind})" if row is not None else ""
     if row is None:
-        row = VariantPick(sequence=sequence.name, milestone=milestone, step=step.id, figures={})
+        row = VariantPick(sequence=sequence.name, figures={})
         session.add(row)
+    row.milestone, row.step = milestone, step.id  # under the step's name now
     row.variant, row.kind, row.picked_at = variant, PickKind.MANUAL, now
     row.reason = f"picked by hand{before}"
     return row

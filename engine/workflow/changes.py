@@ -221,9 +221,9 @@ def _step_change(old: Step, new: Step) -> str:
     if isinstance(old, Wait) and isinstance(new, Wait) and old.duration != new.duration:
         return f"{format_duration(old.duration)} -> {format_duration(new.duration)}"
     if isinstance(old, Send) and isinstance(new, Send):
-        if old.template != new.template:
-            return f"template {old.template} -> {new.template}"
-        return _variants_change(old, new)
+        template = f"template {old.template} -> {new.template}"
+        changes = [template] if old.template != new.template else []
+        return "; ".join([*changes, _variants_change(old, new)]).strip("; ")
     if isinstance(old, Goto) and isinstance(new, Goto) and old.target != new.target:
         return f"goto {old.target} -> {new.target}"
     if isinstance(old, Branch) and isinstance(new, Branch):
@@ -253,7 +253,10 @@ def _variants_change(old: Send, new: Send) -> str:
         changes.append("winner rule changed")
     if not changes:
         return ""
-    return f"variants: {', '.join(changes)} (leads keep the variant they got)"
+    kept = "leads keep the variant they got"
+    if any(v not in after for v in before):
+        kept += "; leads of a removed variant draw again"
+    return f"variants: {', '.join(changes)} ({kept})"
 
 
 def _describe_settings(old: Sequence, new: Sequence) -> list[str]:

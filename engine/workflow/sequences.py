@@ -19,6 +19,7 @@ from engine.workflow.reader import (
     compose,
     content_hash,
     did_you_mean,
+    is_number,
     join,
     scalar,
 )
@@ -115,10 +116,16 @@ class SequenceReader(Reader):
         """The share of leads enrolled but sent nothing, written like 5% (0% for none)."""
         value = scalar(node)
         found = _PERCENT.fullmatch(value.strip()) if isinstance(value, str) else None
-        if value == 0:
+        if value == 0 and not isinstance(value, bool):
             return 0.0
         if found is None or not 0 <= float(found.group(1)) < 100:
-            self.report(node, path, "expected a share of leads from 0% to under 100%, like 5%")
+            hint = (
+                f" (for {value} write {value * 100:g}%)"
+                if is_number(value) and 0 < value < 1
+                else ""
+            )
+            message = f"expected a share of leads from 0% to under 100%, like 5%{hint}"
+            self.report(node, path, message)
             return 0.0
         return float(found.group(1)) / 100
 
@@ -348,6 +355,8 @@ class SequenceReader(Reader):
         variants: list[Variant] = []
         for item, at in items:
             variant = self.variant(item, at, channel, template)
+            if not isinstance(item, MappingNode):
+                continue  # reported as not a mapping: its id means nothing
             if variant.id and variant.id in [v.id for v in variants]:
                 message = f"two variants resolve to the id '{variant.id}': give one an explicit id"
                 self.report(item, at, message)
@@ -355,6 +364,7 @@ class SequenceReader(Reader):
         return tuple(variants)
 
     def variant(self, node: Node, path: str, channel: str, template: str) -> Variant:
+        """One variant: {id, template, subject, weight}, each optional but an id for a subject."""
         f = self.fields(node, path, optional=("id", "template", "subject", "weight"))
         if "template" in f:
             template = f.read("template", lambda n, p: self.template(n, p, channel), template)
@@ -377,6 +387,8 @@ class SequenceReader(Reader):
 
     def weight(self, node: Node, path: str) -> float:
         """A variant's share relative to the others: any number above 0."""
+        if not is_number(scalar(node)):
+            return self.number(node, path) or 1.0  # reports "expected a number"
         value = self.number(node, path)
         if value <= 0:
             self.report(node, path, "a weight must be more than 0")

@@ -236,6 +236,14 @@ class Winner:
 
 
 @dataclass(frozen=True)
+class StepNames:
+    """Every milestone id and step id one step went by: its deliveries carry one of each."""
+
+    milestones: tuple[str, ...]
+    steps: tuple[str, ...]
+
+
+@dataclass(frozen=True)
 class Send:
     """Plan one email or SMS from a template, or from one of its variants."""
 
@@ -415,6 +423,12 @@ class Sequence:
         except KeyError:
             return None
         return next((s for s in steps if isinstance(s, Send) and s.id == step_id), None)
+
+    def known_as(self, milestone_id: str, step: Send) -> StepNames:
+        """The milestone and step ids a step had in this and earlier versions (`renamed_from`),
+        so its sends, its leads' variants and its winner carry across a rename."""
+        milestone = self.milestone(milestone_id)
+        return StepNames((milestone.id, *milestone.renamed_from), (step.id, *step.renamed_from))
 
     def experiments(self) -> list[tuple[str, Send]]:
         """(milestone id, step) of every send step with variants, in reading order."""

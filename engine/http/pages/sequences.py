@@ -26,11 +26,8 @@ def sequence_routes(router: APIRouter, site: Site) -> None:
         rt = site.app.rt
         with site.app.sessions() as session:
             view = sequence_view(session, rt, name)
-            sequence = rt.workflows.sequences[name]
-            tested = bool(sequence.experiments()) or sequence.holdout > 0
-            view["experiments"] = (
-                sequence_experiments(session, rt, name, rt.clock.now()) if tested else None
-            )
+            found = sequence_experiments(session, rt, name, rt.clock.now())
+            view["experiments"] = found if found.experiments or found.holdout else None
             return view
 
     @router.get("/sequences", include_in_schema=False)

@@ -30,6 +30,8 @@ from engine.models import (
     Stage,
     VariantPick,
 )
+from engine.read.timeline import timeline
+from engine.read.views import find_by_key, lead_detail
 from engine.runner.inline import run_due
 from engine.runner.winners import pick_variant
 from engine.workflow.loading import load_workflows
@@ -253,3 +255,66 @@ def test_leads_keep_their_variant_through_any_edit_of_weights_and_variants(
                 point = draw(lead.key, "drip", "awareness", "s")
                 assert now == by_weight(new.variants, point).id
     engine.dispose()
+
+
+def test_lead_show_and_the_timeline_name_the_variant_and_the_holdout(
+    sessions: sessionmaker[Session], clock: FrozenClock, tmp_path: Path
+) -> None:
+    rt = runtime(tmp_path, clock, TRIAL.replace("WEIGHT", "1") + "holdout: 50%\n")
+    emails = [f"lead{i}@northwind.test" for i in range(12)]
+    held = next(e for e in emails if draw(e, "trial", "holdout") < 0.5)
+    sent = next(e for e in emails if draw(e, "trial", "holdout") >= 0.5)
+    with sessions.begin() as s:
+        for email in (held, sent):
+            track(s, rt, {"email": email}, "form_submitted")
+    run_due(sessions, rt)
+    step = rt.workflows.sequences["trial"].milestones[0].steps[0]
+    assert isinstance(step, Send)
+    drawn = by_weight(step.variants, draw(sent, "trial", "awareness", step.id))
+    with sessions() as s:
+        shown = lead_detail(s, find_by_key(s, sent))
+        assert [(d["variant"], d["template"]) for d in shown["deliveries"]] == [
+            (drawn.id, drawn.template)
+        ]
+        assert [e["holdout"] for e in shown["enrolments"]] == [False]
+        texts = [e.text for e in timeline(s, find_by_key(s, sent).id)]
+        assert f"email {drawn.template} (variant {drawn.id})" in texts
+        hidden = lead_detail(s, find_by_key(s, held))
+        assert [e["holdout"] for e in hidden["enrolments"]] == [True]
+        assert [(d["variant"], d["status"]) for d in hidden["deliveries"]] == [(None, "skipped")]
+        reasons = [e.reason for e in timeline(s, find_by_key(s, held).id) if e.kind == "skipped"]
+        assert reasons == ["holdout: held out of trial to measure its lift"]
+
+
+def test_a_renamed_step_keeps_its_leads_variants_and_its_pick(
+    sessions: sessionmaker[Session], clock: FrozenClock, tmp_path: Path
+) -> None:
+    rt = runtime(tmp_path / "before", clock, TRIAL.replace("WEIGHT", "1"))
+    early = [f"early{i}@northwind.test" for i in range(12)]
+    with sessions.begin() as s:
+        for email in early:
+            track(s, rt, {"email": email}, "form_submitted")
+    run_due(sessions, rt)
+    with sessions.begin() as s:
+        before = variants_of(s)
+        pick_variant(s, rt, "trial", "email:welcome", "story", START)
+    renamed = (
+        TRIAL.replace("WEIGHT", "1")
+        .replace("  - id: awareness\n", "  - id: hello\n    renamed_from: awareness\n")
+        .replace("      - email: welcome\n", "      - email: welcome\n        id: greeting\n"
+                 "        renamed_from: email:welcome\n")
+    )  # fmt: skip
+    edited = runtime(tmp_path / "after", clock, renamed)
+    clock.advance(timedelta(days=2))
+    run_due(sessions, edited)
+    late = [f"late{i}@northwind.test" for i in range(6)]
+    with sessions.begin() as s:
+        for email in [*early, *late]:
+            track(s, edited, {"email": email}, "form_submitted")
+    run_due(sessions, edited)
+    with sessions.begin() as s:
+        after = variants_of(s)
+        steps = set(s.scalars(select(Delivery.step)))
+    assert steps == {"email:welcome", "greeting"}
+    assert all(after[email] == before[email] * 2 for email in early)  # kept across the rename
+    assert {v for email in late for v in after[email]} == {"story"}  # the pick still holds

@@ -29,6 +29,7 @@ from engine.runner.winners import pick_variant
 from engine.workflow.loading import load_workflows
 from engine.workflow.runtime import Runtime
 from engine.workflow.spec import Metric
+from engine.workflow.versions import as_version, store
 from tests.engine import rows
 from tests.engine.conftest import EMAIL_TEMPLATES, FIXTURES, SMS_TEMPLATES
 
@@ -359,3 +360,42 @@ def test_a_holdout_of_more_leads_than_one_query_takes_counts_each_once(
     # Even n reached MQL: of n % 3 == 0 (held), those with n % 6 == 0.
     assert report.held_out.mql.converted == len(range(0, 1203, 6))
     assert report.sent.mql.converted == 602 - len(range(0, 1203, 6))
+
+
+def test_a_step_whose_every_look_was_taken_without_a_winner_is_inconclusive(
+    sessions: sessionmaker[Session], trial_rt: Runtime
+) -> None:
+    """The email step's rule looks every 10 sends: after 20 looks (200 each) it is over."""
+    with sessions.begin() as s:
+        for n in range(200):
+            for variant in ("welcome", "case_study"):
+                send(s, f"{variant}-{n}", variant, at(1))
+    with sessions() as s:
+        found = sequence_experiments(s, trial_rt, "trial", NOW)
+    assert [e.status for e in found.experiments] == [
+        ExperimentStatus.INCONCLUSIVE,  # no clicks at all: no look could name a winner
+        ExperimentStatus.RUNNING,  # the SMS step has no winner rule
+    ]
+
+
+def test_a_holdout_compares_only_enrolments_of_versions_that_held_leads_out(
+    sessions: sessionmaker[Session], trial_rt: Runtime, tmp_path: Path
+) -> None:
+    """Leads enrolled before the holdout existed had months more to convert: left out."""
+    before = tmp_path / "before"
+    write_workflows(before)
+    (before / "trial.yml").write_text(TRIAL.replace("holdout: 10%\n", ""))
+    old = load_workflows(before, EMAIL_TEMPLATES, SMS_TEMPLATES).sequences["trial"]
+    new = trial_rt.workflows.sequences["trial"]
+    with sessions.begin() as s:
+        store(s, [as_version(old), as_version(new)], NOW)
+        early = lead(s, "early")
+        rows.enrolment(s, early, sequence="trial", at=at(1), version=old.version)
+        rows.stage_change(s, early, at(3), Stage.LEAD, Stage.SQL)
+        for name, held in (("sent", False), ("held", True)):
+            who = lead(s, name)
+            rows.enrolment(s, who, sequence="trial", at=at(5), version=new.version, holdout=held)
+    with sessions() as s:
+        report = holdout_report(s, "trial", NOW)
+    assert (report.sent.leads, report.held_out.leads) == (1, 1)
+    assert report.sent.sql.converted == 0  # the early lead's SQL is not the holdout's to count

@@ -3,6 +3,7 @@ the scheduler records the decision and later leads get the winner; a pick by han
 
 from __future__ import annotations
 
+import math
 import random
 import shutil
 import subprocess
@@ -16,7 +17,7 @@ from sqlalchemy import Engine, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from engine.clock import FrozenClock
-from engine.errors import UnknownExperimentError
+from engine.errors import UnknownExperimentError, UnknownSequenceError
 from engine.funnel.experiments import choose_variant
 from engine.models import Event, Lead, VariantPick
 from engine.read.significance import MAX_LOOKS, judge, proportion_p
@@ -188,7 +189,7 @@ def test_a_pick_by_hand_overrides_the_decision_and_bad_names_are_refused(
             UnknownExperimentError, match="steps with variants: awareness/email:welcome"
         ):
             pick_variant(s, trial, "trial", "welcome", "a", START)
-        with pytest.raises(UnknownExperimentError, match="sequences: trial"):
+        with pytest.raises(UnknownSequenceError, match="sequences: trial"):
             pick_variant(s, trial, "nurture", "email:welcome", "a", START)
 
 
@@ -225,3 +226,11 @@ def test_processes_start_without_loading_scipy_until_a_test_runs() -> None:
         "assert 'scipy' in sys.modules\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True, cwd=Path(__file__).parents[3])
+
+
+def test_small_counts_are_judged_by_fishers_exact_test() -> None:
+    """5 of 10 against 0 of 10: the chi-square says p = 0.0098, claiming more than ten sends
+    hold; Fisher's exact p is 2 x C(10,5)C(10,0)/C(20,5) = 0.0325."""
+    assert proportion_p(5, 10, 0, 10) == pytest.approx(2 * math.comb(10, 5) / math.comb(20, 5))
+    outcomes = {"a": [True] * 5 + [False] * 5, "b": [False] * 10}
+    assert judge(outcomes, after=10, confidence=0.95) is None  # 0.0325 > 0.025 at look 1

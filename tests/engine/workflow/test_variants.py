@@ -135,12 +135,30 @@ def test_variants_belong_to_sends_and_need_two_and_sms_has_no_subject(
     assert any("a winner needs variants to choose from" in p for p in found)
 
 
-@pytest.mark.parametrize("share", ["5", "100%", "-1%", "five percent"])
+@pytest.mark.parametrize("share", ["5", "100%", "-1%", "five percent", "no"])
 def test_a_holdout_must_be_a_percentage_under_100(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, share: str
 ) -> None:
     found = problems(tmp_path, monkeypatch, {"trial.yml": TRIAL + f"holdout: {share}\n"})
     assert any("holdout: expected a share of leads from 0% to under 100%" in p for p in found)
+
+
+def test_a_holdout_written_as_a_fraction_is_told_how_to_write_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    found = problems(tmp_path, monkeypatch, {"trial.yml": TRIAL + "holdout: 0.05\n"})
+    assert any("like 5% (for 0.05 write 5%)" in p for p in found), found
+
+
+def test_variants_that_are_not_mappings_are_reported_once_each(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    text = with_variants("      - email: pricing_guide\n        variants: [a, {weight: nope}]\n")
+    found = problems(tmp_path, monkeypatch, {"trial.yml": text})
+    assert [p.split(": ", 1)[1] for p in found] == [
+        "milestones[1].steps[0].variants[0]: expected a mapping",
+        "milestones[1].steps[0].variants[1].weight: expected a number",
+    ]
 
 
 def test_a_variant_subject_that_does_not_render_fails_validation(
