@@ -71,7 +71,7 @@ def results(project: Project) -> Project:
     engine = make_engine(project.database)
     sessions = make_sessionmaker(engine)
     with sessions.begin() as s:
-        for variant, clicks in (("welcome", 2), ("case_study", 7)):
+        for variant, clicks in (("welcome", 1), ("case_study", 8)):
             for n in range(10):
                 enrolment = _enrolled(s, f"{variant}{n}", False, 4 if n % 2 == 0 else None)
                 delivery = rows.sent(
@@ -100,10 +100,10 @@ def test_list_shows_each_variants_rate_its_status_and_the_holdout(results: Proje
     assert result.exit_code == 0, result.output
     lines = result.output.splitlines()
     [welcome] = [line for line in lines if "│ welcome " in line]
-    assert "decided: case_study" in welcome and "20.0%" in welcome
+    assert "decided: case_study" in welcome and "10.0%" in welcome
     assert "│ 10 " in welcome  # sends
     [case_study] = [line for line in lines if "│ case_study " in line]
-    assert "70.0%" in case_study
+    assert "80.0%" in case_study
     assert any("running" in line and "quick_question" in line for line in lines)
     assert "trial: 10.0% of new leads held out" in result.output
 
@@ -121,8 +121,8 @@ def test_list_json_gives_every_experiment_with_its_variants_and_the_holdouts(
         "case_study",
     )
     assert [(v["id"], v["sends"], v["successes"], v["rate"]) for v in email["variants"]] == [
-        ("welcome", 10, 2, 0.2),
-        ("case_study", 10, 7, 0.7),
+        ("welcome", 10, 1, 0.1),
+        ("case_study", 10, 8, 0.8),
     ]
     assert (sms["step"], sms["status"], sms["metric"]) == (SMS_STEP, "running", "replied")
     assert data["holdouts"] == [{"sequence": "trial", "share": 0.1}]
@@ -136,8 +136,8 @@ def test_report_shows_the_decision_its_figures_and_the_holdout_lift_in_words(
     out = result.output
     assert "clicked within 3d, winner after 10 sends each at 90% confidence" in out
     assert "decision: case_study (auto" in out and "case_study won on clicked at look 1" in out
-    assert "welcome: 2 of 10 (20.0%), p = 0.025 against it" in out
-    assert "case_study: 7 of 10 (70.0%)" in out
+    assert "welcome: 1 of 10 (10.0%), p = 0.0055 against it" in out  # Fisher: few sends
+    assert "case_study: 8 of 10 (80.0%)" in out
     assert "leads: 20 sent, 4 held out" in out
     assert "SQL: 10 of 20 sent leads reached SQL (50.0%) vs" in out and "lift +100% (95% CI" in out
     assert "vs 1 of 4 held out (25.0%)" in out
