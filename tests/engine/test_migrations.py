@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import Engine, inspect, select, text
+from sqlalchemy import Connection, Engine, inspect, select, text
 from sqlalchemy.exc import IntegrityError
 
 from engine.db import make_engine, make_sessionmaker
@@ -47,19 +47,43 @@ def _indexes(indexes: Iterable[Mapping[str, Any]]) -> set[tuple[str, tuple[str, 
     return {(str(i["name"]), tuple(i["column_names"])) for i in indexes}
 
 
+def _insert_lead(connection: Connection) -> None:
+    """Lead 7, written with SQL: an old revision has no models to write it with."""
+    connection.execute(
+        text(
+            "INSERT INTO leads (id, email, fields, email_consent, sms_consent, stage, fit,"
+            " engagement, fit_rules, sql_crossings, created_at, updated_at) VALUES (7,"
+            " 'ana@northwind.test', '{}', true, false, 'lead', 0, 0, '{}', 0, :at, :at)"
+        ),
+        {"at": START},
+    )
+
+
+def _in_a_fresh_schema(
+    postgres_engine: Engine, schema: str, check: Callable[[Engine], None]
+) -> None:
+    """Run `check` on an engine whose tables live in a new, empty PostgreSQL schema."""
+    with postgres_engine.begin() as connection:
+        connection.execute(text(f"DROP SCHEMA IF EXISTS {schema} CASCADE"))
+        connection.execute(text(f"CREATE SCHEMA {schema}"))
+    engine = make_engine(
+        postgres_engine.url.render_as_string(hide_password=False),
+        connect_args={"options": f"-csearch_path={schema}"},
+    )
+    try:
+        check(engine)
+    finally:
+        engine.dispose()
+        with postgres_engine.begin() as connection:
+            connection.execute(text(f"DROP SCHEMA {schema} CASCADE"))
+
+
 def _upgrade_with_a_lead_to_unsubscribe_topics(engine: Engine) -> None:
     """From 0002 with a lead in it to head: the lead's topic choices can be recorded, once."""
     upgrade(engine, "0002")
     with engine.begin() as connection:
         assert "topic_opt_outs" not in inspect(connection).get_table_names()
-        connection.execute(
-            text(
-                "INSERT INTO leads (id, email, fields, email_consent, sms_consent, stage, fit,"
-                " engagement, fit_rules, sql_crossings, created_at, updated_at) VALUES (7,"
-                " 'ana@northwind.test', '{}', true, false, 'lead', 0, 0, '{}', 0, :at, :at)"
-            ),
-            {"at": START},
-        )
+        _insert_lead(connection)
     upgrade(engine)
     columns = {c["name"] for c in inspect(engine).get_columns("topic_opt_outs")}
     assert columns == {"id", "lead_id", "topic", "source", "created_at"}
@@ -81,20 +105,7 @@ def test_a_sqlite_database_at_0002_upgrades_to_record_unsubscribe_topics(tmp_pat
 def test_a_postgres_database_at_0002_upgrades_to_record_unsubscribe_topics(
     postgres_engine: Engine,
 ) -> None:
-    schema = "migrate_0003"
-    with postgres_engine.begin() as connection:
-        connection.execute(text(f"DROP SCHEMA IF EXISTS {schema} CASCADE"))
-        connection.execute(text(f"CREATE SCHEMA {schema}"))
-    engine = make_engine(
-        postgres_engine.url.render_as_string(hide_password=False),
-        connect_args={"options": f"-csearch_path={schema}"},
-    )
-    try:
-        _upgrade_with_a_lead_to_unsubscribe_topics(engine)
-    finally:
-        engine.dispose()
-        with postgres_engine.begin() as connection:
-            connection.execute(text(f"DROP SCHEMA {schema} CASCADE"))
+    _in_a_fresh_schema(postgres_engine, "migrate_0003", _upgrade_with_a_lead_to_unsubscribe_topics)
 
 
 def _upgrade_with_a_delivery_to_experiments(engine: Engine) -> None:
@@ -102,14 +113,7 @@ def _upgrade_with_a_delivery_to_experiments(engine: Engine) -> None:
     variant, and a step's pick can be recorded once."""
     upgrade(engine, "0005")
     with engine.begin() as connection:
-        connection.execute(
-            text(
-                "INSERT INTO leads (id, email, fields, email_consent, sms_consent, stage, fit,"
-                " engagement, fit_rules, sql_crossings, created_at, updated_at) VALUES (7,"
-                " 'ana@northwind.test', '{}', true, false, 'lead', 0, 0, '{}', 0, :at, :at)"
-            ),
-            {"at": START},
-        )
+        _insert_lead(connection)
         connection.execute(
             text(
                 "INSERT INTO enrolments (id, lead_id, sequence, sequence_version, status,"
@@ -151,17 +155,4 @@ def test_a_sqlite_database_at_0005_upgrades_to_record_experiments(tmp_path: Path
 def test_a_postgres_database_at_0005_upgrades_to_record_experiments(
     postgres_engine: Engine,
 ) -> None:
-    schema = "migrate_0005"
-    with postgres_engine.begin() as connection:
-        connection.execute(text(f"DROP SCHEMA IF EXISTS {schema} CASCADE"))
-        connection.execute(text(f"CREATE SCHEMA {schema}"))
-    engine = make_engine(
-        postgres_engine.url.render_as_string(hide_password=False),
-        connect_args={"options": f"-csearch_path={schema}"},
-    )
-    try:
-        _upgrade_with_a_delivery_to_experiments(engine)
-    finally:
-        engine.dispose()
-        with postgres_engine.begin() as connection:
-            connection.execute(text(f"DROP SCHEMA {schema} CASCADE"))
+    _in_a_fresh_schema(postgres_engine, "migrate_0005", _upgrade_with_a_delivery_to_experiments)

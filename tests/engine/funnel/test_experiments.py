@@ -67,6 +67,14 @@ def runtime(tmp_path: Path, clock: FrozenClock, text: str) -> Runtime:
     return Runtime(load_workflows(folder, EMAIL_TEMPLATES, SMS_TEMPLATES), clock)
 
 
+def enrol_all(sessions: sessionmaker[Session], rt: Runtime, emails: list[str]) -> None:
+    """Enrol these leads on a form submission and run what falls due."""
+    with sessions.begin() as s:
+        for email in emails:
+            track(s, rt, {"email": email}, "form_submitted")
+    run_due(sessions, rt)
+
+
 def variants_of(session: Session) -> dict[str, list[str | None]]:
     """Each lead's variants of the welcome step, in the order they were planned."""
     rows = session.execute(
@@ -96,10 +104,7 @@ def test_a_lead_gets_its_drawn_variant_and_keeps_it_when_weights_change(
 ) -> None:
     rt = runtime(tmp_path / "before", clock, TRIAL.replace("WEIGHT", "1"))
     leads = [f"lead{i}@northwind.test" for i in range(40)]
-    with sessions.begin() as s:
-        for email in leads:
-            track(s, rt, {"email": email}, "form_submitted")
-    run_due(sessions, rt)
+    enrol_all(sessions, rt, leads)
     with sessions.begin() as s:
         first = variants_of(s)
         templates = dict(s.execute(select(Delivery.variant, Delivery.template)).all())
@@ -114,10 +119,7 @@ def test_a_lead_gets_its_drawn_variant_and_keeps_it_when_weights_change(
     clock.advance(timedelta(days=2))
     run_due(sessions, edited)
     newcomer = "late@northwind.test"
-    with sessions.begin() as s:
-        for email in [*leads, newcomer]:
-            track(s, edited, {"email": email}, "form_submitted")
-    run_due(sessions, edited)
+    enrol_all(sessions, edited, [*leads, newcomer])
     with sessions.begin() as s:
         second = variants_of(s)
     assert all(second[email] == first[email] * 2 for email in leads)
@@ -129,19 +131,13 @@ def test_a_picked_winner_goes_to_later_leads_only(
 ) -> None:
     rt = runtime(tmp_path, clock, TRIAL.replace("WEIGHT", "1"))
     early = [f"early{i}@northwind.test" for i in range(20)]
-    with sessions.begin() as s:
-        for email in early:
-            track(s, rt, {"email": email}, "form_submitted")
-    run_due(sessions, rt)
+    enrol_all(sessions, rt, early)
     with sessions.begin() as s:
         before = variants_of(s)
         pick = pick_variant(s, rt, "trial", "email:welcome", "story", START)
         assert (pick.kind, pick.variant, pick.reason) == ("manual", "story", "picked by hand")
     late = [f"late{i}@northwind.test" for i in range(20)]
-    with sessions.begin() as s:
-        for email in late:
-            track(s, rt, {"email": email}, "form_submitted")
-    run_due(sessions, rt)
+    enrol_all(sessions, rt, late)
     with sessions.begin() as s:
         after = variants_of(s)
         assert s.scalar(select(VariantPick.step)) == "email:welcome"
@@ -264,10 +260,7 @@ def test_lead_show_and_the_timeline_name_the_variant_and_the_holdout(
     emails = [f"lead{i}@northwind.test" for i in range(12)]
     held = next(e for e in emails if draw(e, "trial", "holdout") < 0.5)
     sent = next(e for e in emails if draw(e, "trial", "holdout") >= 0.5)
-    with sessions.begin() as s:
-        for email in (held, sent):
-            track(s, rt, {"email": email}, "form_submitted")
-    run_due(sessions, rt)
+    enrol_all(sessions, rt, [held, sent])
     step = rt.workflows.sequences["trial"].milestones[0].steps[0]
     assert isinstance(step, Send)
     drawn = by_weight(step.variants, draw(sent, "trial", "awareness", step.id))
@@ -291,10 +284,7 @@ def test_a_renamed_step_keeps_its_leads_variants_and_its_pick(
 ) -> None:
     rt = runtime(tmp_path / "before", clock, TRIAL.replace("WEIGHT", "1"))
     early = [f"early{i}@northwind.test" for i in range(12)]
-    with sessions.begin() as s:
-        for email in early:
-            track(s, rt, {"email": email}, "form_submitted")
-    run_due(sessions, rt)
+    enrol_all(sessions, rt, early)
     with sessions.begin() as s:
         before = variants_of(s)
         pick_variant(s, rt, "trial", "email:welcome", "story", START)
@@ -308,10 +298,7 @@ def test_a_renamed_step_keeps_its_leads_variants_and_its_pick(
     clock.advance(timedelta(days=2))
     run_due(sessions, edited)
     late = [f"late{i}@northwind.test" for i in range(6)]
-    with sessions.begin() as s:
-        for email in [*early, *late]:
-            track(s, edited, {"email": email}, "form_submitted")
-    run_due(sessions, edited)
+    enrol_all(sessions, edited, [*early, *late])
     with sessions.begin() as s:
         after = variants_of(s)
         steps = set(s.scalars(select(Delivery.step)))
