@@ -3,17 +3,12 @@ picking a step's winner by hand."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
 from datetime import datetime
-from typing import Any
 
 import click
-from rich.console import Console
-from rich.markup import escape
-from rich.table import Table
 
 from engine.cli.commands import fail, open_app
-from engine.cli.output import emit_json
+from engine.cli.output import emit_json, table
 from engine.errors import NurtureError
 from engine.read.experiments import (
     Experiment,
@@ -21,12 +16,9 @@ from engine.read.experiments import (
     experiments_overview,
     sequence_experiments,
 )
-from engine.read.holdouts import HoldoutReport
+from engine.read.holdouts import HoldoutReport, percent
 from engine.runner.winners import pick_variant
 from engine.workflow.spec import Metric
-
-# Tables are as wide as their cells, whatever the terminal: scripts and tests read the same text.
-_wide = Console(width=1000, highlight=False)
 
 
 @click.group("experiments")
@@ -48,7 +40,7 @@ def list_command(ctx: click.Context, as_json: bool) -> None:
     if not found.experiments and not found.holdouts:
         click.echo("no experiments: no step has variants and no sequence a holdout")
         return
-    _table(
+    table(
         f"{len(found.experiments)} experiment(s)",
         ["sequence", "step", "metric", "status", "variant", "sent", "matured", "rate"],
         [
@@ -56,6 +48,7 @@ def list_command(ctx: click.Context, as_json: bool) -> None:
             for e in found.experiments
             for v in e.variants
         ],
+        wrap=False,
     )
     for holdout in found.holdouts:
         click.echo(
@@ -116,7 +109,7 @@ def _show_experiment(experiment: Experiment) -> None:
         f"\n{experiment.milestone}/{experiment.step} ({experiment.channel}):"
         f" {_measure(experiment)}, {_rule(experiment)} · {_status(experiment)}"
     )
-    _table(
+    table(
         "",
         ["variant", "template", "subject", "weight", "sent", "matured", "successes", "rate"],
         [
@@ -128,10 +121,11 @@ def _show_experiment(experiment: Experiment) -> None:
                 v.sends,
                 v.matured,
                 v.successes,
-                _pct(v.rate),
+                percent(v.rate),
             )
             for v in experiment.variants
         ],
+        wrap=False,
     )
     pick = experiment.pick
     if pick is None:
@@ -144,7 +138,7 @@ def _show_experiment(experiment: Experiment) -> None:
     for name, seen in figures.items():
         against = "" if seen.get("p_value") is None else f", p = {seen['p_value']:.2g} against it"
         click.echo(
-            f"    {name}: {seen['successes']} of {seen['sends']} ({_pct(seen['rate'])}){against}"
+            f"    {name}: {seen['successes']} of {seen['sends']} ({percent(seen['rate'])}){against}"
         )
 
 
@@ -176,25 +170,11 @@ def _status(experiment: Experiment) -> str:
 
 
 def _variant_cells(v: VariantResult) -> tuple[str, int, int, str]:
-    return v.id, v.sends, v.matured, _pct(v.rate)
-
-
-def _pct(rate: float | None) -> str:
-    return "-" if rate is None else f"{rate:.1%}"
+    return v.id, v.sends, v.matured, percent(v.rate)
 
 
 def _days(days: float | None) -> str:
     return "-" if days is None else f"{days:g}"
-
-
-def _table(title: str, columns: Sequence[str], rows: Iterable[Sequence[Any]]) -> None:
-    """A table as `output.table` prints it, but never wrapped to the terminal's width."""
-    out = Table(title=title or None, title_justify="left")
-    for column in columns:
-        out.add_column(column, no_wrap=True)
-    for row in rows:
-        out.add_row(*("" if cell is None else escape(str(cell)) for cell in row))
-    _wide.print(out)
 
 
 def register(group: click.Group) -> None:

@@ -15,6 +15,8 @@ from rich.table import Table
 
 console = Console()
 errors = Console(stderr=True)
+# For tables as wide as their cells whatever the terminal: scripts and tests read the same text.
+_unwrapped = Console(width=1000, highlight=False)
 
 
 def emit_json(data: Any) -> None:
@@ -22,14 +24,19 @@ def emit_json(data: Any) -> None:
     sys.stdout.write(json.dumps(data, indent=2, default=str) + "\n")
 
 
-def table(title: str, columns: Sequence[str], rows: Iterable[Sequence[Any]]) -> None:
-    """Print a table; empty cells for None, cell text shown as written (never rich markup)."""
-    out = Table(title=title, title_justify="left")
+def table(
+    title: str, columns: Sequence[str], rows: Iterable[Sequence[Any]], *, wrap: bool = True
+) -> None:
+    """Print a table; empty cells for None, cell text shown as written (never rich markup).
+
+    `wrap=False` never wraps a cell to the terminal's width: the same text at any width.
+    """
+    out = Table(title=title or None, title_justify="left")
     for column in columns:
-        out.add_column(column)
+        out.add_column(column, no_wrap=not wrap)
     for row in rows:
         out.add_row(*("" if cell is None else escape(str(cell)) for cell in row))
-    console.print(out)
+    (console if wrap else _unwrapped).print(out)
 
 
 @contextmanager

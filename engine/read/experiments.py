@@ -7,7 +7,7 @@ from dataclasses import asdict, dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import ColumnElement, select
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from engine.clock import as_utc
@@ -15,7 +15,7 @@ from engine.errors import UnknownSequenceError
 from engine.models import Enrolment, ExperimentStatus, PickKind, VariantPick
 from engine.read.holdouts import HoldoutReport, holdout_report
 from engine.read.significance import MAX_LOOKS
-from engine.read.variants import StepOutcomes, step_outcomes
+from engine.read.variants import Place, StepOutcomes, pick_of, picks, step_outcomes
 from engine.workflow.durations import format_duration
 from engine.workflow.runtime import Runtime
 from engine.workflow.spec import Metric, Send, Sequence, Variant
@@ -34,7 +34,6 @@ __all__ = [
 # What a step without a winner rule is measured on, and over how long.
 DEFAULT_METRIC = {"email": Metric.CLICKED, "sms": Metric.REPLIED}
 DEFAULT_WITHIN = timedelta(days=7)
-_Place = tuple[str, str, str]  # sequence, milestone, step
 
 
 @dataclass(frozen=True)
@@ -101,10 +100,10 @@ class Overview:
 
 def experiments_overview(session: Session, rt: Runtime, now: datetime) -> Overview:
     """Each step with variants of every current sequence, and each sequence's holdout."""
-    picks = _picks(session)
+    picked = picks(session)
     return Overview(
         [
-            _experiment(session, sequence, milestone, step, picks, now)
+            _experiment(session, sequence, milestone, step, picked, now)
             for sequence in rt.sequences
             for milestone, step in sequence.experiments()
         ],
@@ -112,18 +111,12 @@ def experiments_overview(session: Session, rt: Runtime, now: datetime) -> Overvi
     )
 
 
-def _picks(session: Session, *where: ColumnElement[bool]) -> dict[_Place, VariantPick]:
-    """The decided steps, by (sequence, milestone, step)."""
-    rows = session.scalars(select(VariantPick).where(*where))
-    return {(p.sequence, p.milestone, p.step): p for p in rows}
-
-
 def _experiment(
     session: Session,
     sequence: Sequence,
     milestone: str,
     step: Send,
-    picks: dict[_Place, VariantPick],
+    picked: dict[Place, VariantPick],
     now: datetime,
 ) -> Experiment:
     rule = step.winner
@@ -131,8 +124,7 @@ def _experiment(
     within = rule.within if rule else DEFAULT_WITHIN
     names = sequence.known_as(milestone, step)
     found = step_outcomes(session, sequence.name, names, metric, within, now)
-    found_picks = (picks.get((sequence.name, m, s)) for m in names.milestones for s in names.steps)
-    pick = next((p for p in found_picks if p is not None), None)
+    pick = pick_of(picked, sequence.name, names)
     status = ExperimentStatus.RUNNING
     if pick is not None:
         status = (
@@ -207,12 +199,12 @@ def sequence_experiments(
     sequence = rt.workflows.sequences.get(sequence_name)
     if sequence is None:
         raise UnknownSequenceError(sequence_name, sorted(rt.workflows.sequences))
-    picks = _picks(session, VariantPick.sequence == sequence.name)
+    picked = picks(session, VariantPick.sequence == sequence.name)
     return SequenceExperiments(
         sequence.name,
         sequence.holdout,
         [
-            _experiment(session, sequence, milestone, step, picks, now)
+            _experiment(session, sequence, milestone, step, picked, now)
             for milestone, step in sequence.experiments()
         ],
         holdout_report(session, sequence.name, now) if _held(session, sequence) else None,

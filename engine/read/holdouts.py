@@ -18,7 +18,7 @@ from engine.read.variants import REACHED, chunks
 from engine.workflow.spec import Metric
 from engine.workflow.versions import load_version
 
-__all__ = ["Arm", "Group", "HoldoutReport", "holdout_report"]
+__all__ = ["Arm", "Group", "HoldoutReport", "holdout_report", "percent"]
 
 # Stages a lead must be in at enrolment to count as able to reach MQL, and SQL.
 _BELOW = {
@@ -69,8 +69,8 @@ class HoldoutReport:
             arm = "held-out" if ours.eligible else "sent"
             return f"no lift to measure yet: no {arm} lead could still reach {name}"
         said = (
-            f"{ours.converted} of {ours.eligible} sent leads reached {name} ({_pct(ours.rate)})"
-            f" vs {theirs.converted} of {theirs.eligible} held out ({_pct(theirs.rate)})"
+            f"{ours.converted} of {ours.eligible} sent leads reached {name} ({percent(ours.rate)})"
+            f" vs {theirs.converted} of {theirs.eligible} held out ({percent(theirs.rate)})"
         )
         if lifted.lift is None:
             change = "no lift figure yet: no held-out lead reached it"
@@ -199,7 +199,8 @@ def _share(part: int, whole: int) -> float | None:
     return part / whole if whole else None
 
 
-def _pct(rate: float | None) -> str:
+def percent(rate: float | None) -> str:
+    """A rate as people read it, one decimal; "-" when there is none yet."""
     return "-" if rate is None else f"{rate:.1%}"
 
 

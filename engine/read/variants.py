@@ -14,10 +14,21 @@ from sqlalchemy import ColumnElement, func, select
 from sqlalchemy.orm import Session
 
 from engine.clock import as_utc
-from engine.models import Delivery, DeliveryStatus, Event, Stage, StageChange
+from engine.models import Delivery, DeliveryStatus, Event, Stage, StageChange, VariantPick
 from engine.workflow.spec import Metric, StepNames
 
-__all__ = ["REACHED", "StepOutcomes", "chunks", "matured_sends", "step_outcomes"]
+__all__ = [
+    "REACHED",
+    "Place",
+    "StepOutcomes",
+    "chunks",
+    "matured_sends",
+    "pick_of",
+    "picks",
+    "step_outcomes",
+]
+
+Place = tuple[str, str, str]  # sequence, milestone, step id
 
 # The events that make an email send a success, matched to it by its delivery id.
 _FEEDBACK = {Metric.CLICKED: "email_clicked", Metric.OPENED: "email_opened"}
@@ -37,6 +48,20 @@ class StepOutcomes:
     def sends(self, variant: str) -> int:
         """Every send of the variant, matured or not."""
         return len(self.matured.get(variant, [])) + self.pending.get(variant, 0)
+
+
+def picks(session: Session, *where: ColumnElement[bool]) -> dict[Place, VariantPick]:
+    """The steps given a variant (by their winner rule or by hand), by place."""
+    rows = session.scalars(select(VariantPick).where(*where))
+    return {(p.sequence, p.milestone, p.step): p for p in rows}
+
+
+def pick_of(
+    picked: dict[Place, VariantPick], sequence: str, names: StepNames
+) -> VariantPick | None:
+    """The step's pick under any name it had."""
+    found = (picked.get((sequence, m, s)) for m in names.milestones for s in names.steps)
+    return next((p for p in found if p is not None), None)
 
 
 def _sent(sequence: str, names: StepNames) -> list[ColumnElement[bool]]:

@@ -21,6 +21,7 @@ from engine.app import App
 from engine.delivery.handoff import claim_due_handoffs, hand_over
 from engine.delivery.sending import expire_stuck, send_deliveries, send_delivery
 from engine.funnel.service import NewEvent, Outcome, record, refresh, refresh_leads, reprocess
+from engine.read.variants import Place
 from engine.runner.scheduler import (
     DEFAULT_LEASE,
     Horizon,
@@ -33,7 +34,7 @@ from engine.runner.scheduler import (
     claim_failed_events,
     horizon,
 )
-from engine.runner.winners import JUDGE_EVERY, Place, decide_winners
+from engine.runner.winners import JUDGE_EVERY, decide_winners
 
 # Ids per message: a worker does one batch in one transaction, and a batch of this size keeps
 # a message's work well under a second while paying the transaction once for many rows.

@@ -9,34 +9,19 @@ from __future__ import annotations
 
 from datetime import datetime, timedelta
 
-from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from engine.errors import UnknownExperimentError, UnknownSequenceError
 from engine.models import PickKind, VariantPick
 from engine.read.significance import MAX_LOOKS, judge
-from engine.read.variants import matured_sends, step_outcomes
+from engine.read.variants import Place, matured_sends, pick_of, picks, step_outcomes
 from engine.workflow.runtime import Runtime
-from engine.workflow.spec import Send, Sequence, StepNames
+from engine.workflow.spec import Send, Sequence
 
-__all__ = ["JUDGE_EVERY", "Place", "decide_winners", "find_step", "pick_variant"]
-
-Place = tuple[str, str, str]  # sequence, milestone, step id
+__all__ = ["JUDGE_EVERY", "decide_winners", "find_step", "pick_variant"]
 
 JUDGE_EVERY = timedelta(hours=6)  # decisions wait for days of sends; a few hours late is nothing
-
-
-def _picked(session: Session) -> dict[Place, VariantPick]:
-    return {(p.sequence, p.milestone, p.step): p for p in session.scalars(select(VariantPick))}
-
-
-def _pick_of(
-    picked: dict[Place, VariantPick], sequence: str, names: StepNames
-) -> VariantPick | None:
-    """The step's pick under any name it had."""
-    found = (picked.get((sequence, m, s)) for m in names.milestones for s in names.steps)
-    return next((p for p in found if p is not None), None)
 
 
 def decide_winners(
@@ -55,11 +40,11 @@ def decide_winners(
     ]
     if not todo:
         return []
-    picked = _picked(session)
+    picked = picks(session)
     decided = []
     for sequence, milestone, step in todo:
         names = sequence.known_as(milestone, step)
-        if _pick_of(picked, sequence.name, names) is not None:
+        if pick_of(picked, sequence.name, names) is not None:
             continue
         assert step.winner is not None
         rule = step.winner
@@ -129,7 +114,7 @@ def pick_variant(
     if step.variant(variant) is None:
         known = ", ".join(v.id for v in step.variants)
         raise UnknownExperimentError(f"unknown variant {variant!r} (variants: {known})")
-    row = _pick_of(_picked(session), sequence.name, sequence.known_as(milestone, step))
+    row = pick_of(picks(session), sequence.name, sequence.known_as(milestone, step))
     before = f" (was {row.variant}, {row.kind})" if row is not None else ""
     if row is None:
         row = VariantPick(sequence=sequence.name, figures={})

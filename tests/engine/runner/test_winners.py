@@ -21,8 +21,9 @@ from engine.errors import UnknownExperimentError, UnknownSequenceError
 from engine.funnel.experiments import choose_variant
 from engine.models import Event, Lead, VariantPick
 from engine.read.significance import MAX_LOOKS, judge, proportion_p
+from engine.read.variants import Place
 from engine.runner.actors import Tasks
-from engine.runner.winners import JUDGE_EVERY, Place, decide_winners, pick_variant
+from engine.runner.winners import JUDGE_EVERY, decide_winners, pick_variant
 from engine.workflow.loading import load_workflows
 from engine.workflow.runtime import Runtime
 from engine.workflow.spec import Send
