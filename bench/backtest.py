@@ -16,7 +16,6 @@ running the period live cost. Goal: 10,000 leads x 30 days within a few minutes 
 from __future__ import annotations
 
 import argparse
-import os
 import random
 import resource
 import shutil
@@ -26,7 +25,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from bench.common import Figure, report, reset_database
+from bench.common import Figure, add_url_option, report, reset_database
 from engine.app import App
 from engine.clock import FrozenClock
 from engine.db import make_engine
@@ -74,11 +73,7 @@ def main() -> None:
     parser.add_argument("--days", type=int, default=30, help="days of the period backtested")
     parser.add_argument("--before", type=int, default=7, help="days of history before it")
     parser.add_argument("--seed", type=int, default=7, help="random seed of the personas")
-    parser.add_argument(
-        "--url",
-        default=os.environ.get("NURTURE_BENCH_DATABASE_URL") or None,
-        help="PostgreSQL URL of the live database (emptied first); default a SQLite file",
-    )
+    add_url_option(parser)
     args = parser.parse_args()
     workdir = Path(tempfile.mkdtemp(prefix="nurture-bench-backtest-"))
     if args.url:

@@ -3,6 +3,7 @@ JSON record."""
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import platform
@@ -68,6 +69,16 @@ def report(title: str, figures: list[Figure]) -> None:
         "figures": [{**asdict(f), "ratio": f.ratio} for f in figures],
     }
     (RESULTS / f"{title}.json").write_text(json.dumps(record, indent=2))
+
+
+def add_url_option(parser: argparse.ArgumentParser) -> None:
+    """`--url`: a PostgreSQL database to empty and use (NURTURE_BENCH_DATABASE_URL by default);
+    without one the benchmark makes a fresh SQLite file."""
+    parser.add_argument(
+        "--url",
+        default=os.environ.get("NURTURE_BENCH_DATABASE_URL") or None,
+        help="PostgreSQL URL of the database (emptied first); default a fresh SQLite file",
+    )
 
 
 def reset_database(url: str) -> None:

@@ -13,7 +13,6 @@ the holdout report, reading the enrolments and stage changes it counts.
 from __future__ import annotations
 
 import argparse
-import os
 import random
 import shutil
 import tempfile
@@ -26,7 +25,7 @@ from pathlib import Path
 from sqlalchemy import insert, select
 
 from bench.backtest import ROOT, START
-from bench.common import Figure, report, reset_database
+from bench.common import Figure, add_url_option, report, reset_database
 from engine.app import App
 from engine.clock import FrozenClock
 from engine.models import (
@@ -155,11 +154,7 @@ def main() -> None:
     """Seed the sends and enrolments, time the judge and the reports beside the bare reads."""
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--sends", type=int, default=10_000, help="sends per variant")
-    parser.add_argument(
-        "--url",
-        default=os.environ.get("NURTURE_BENCH_DATABASE_URL") or None,
-        help="PostgreSQL URL of the database (emptied first); default a SQLite file",
-    )
+    add_url_option(parser)
     args = parser.parse_args()
     workdir = Path(tempfile.mkdtemp(prefix="nurture-bench-experiments-"))
     url = args.url or f"sqlite:///{workdir / 'bench.db'}"

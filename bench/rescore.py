@@ -13,7 +13,6 @@ without replaying it: what the replay adds to the reads it cannot avoid.
 from __future__ import annotations
 
 import argparse
-import os
 import shutil
 import tempfile
 import time
@@ -23,7 +22,7 @@ from pathlib import Path
 from sqlalchemy import select
 
 from bench.backtest import LIVE, ROOT, START, cpu_seconds, live
-from bench.common import Figure, report, reset_database
+from bench.common import Figure, add_url_option, report, reset_database
 from engine.app import App
 from engine.clock import FrozenClock
 from engine.funnel.replay import read_past
@@ -63,11 +62,7 @@ def main() -> None:
     parser.add_argument("--leads", type=int, default=10_000, help="synthetic leads")
     parser.add_argument("--days", type=int, default=30, help="days of history")
     parser.add_argument("--seed", type=int, default=7, help="random seed of the personas")
-    parser.add_argument(
-        "--url",
-        default=os.environ.get("NURTURE_BENCH_DATABASE_URL") or None,
-        help="PostgreSQL URL of the database (emptied first); default a SQLite file",
-    )
+    add_url_option(parser)
     args = parser.parse_args()
     workdir = Path(tempfile.mkdtemp(prefix="nurture-bench-rescore-"))
     if args.url:

@@ -26,7 +26,6 @@ import contextlib
 import cProfile
 import io
 import json
-import os
 import pstats
 import random
 import resource
@@ -44,7 +43,7 @@ from typing import Any
 from sqlalchemy import Engine, func, select, text
 from sqlalchemy.engine import make_url
 
-from bench.common import Figure, report, reset_database
+from bench.common import Figure, add_url_option, report, reset_database
 from engine.db import make_engine
 from engine.models import Delivery, Enrolment, Handoff
 from engine.read.stats import funnel
@@ -247,11 +246,7 @@ def main() -> None:
     parser.add_argument("--days", type=int, default=60, help="simulated days")
     parser.add_argument("--baseline-leads", type=int, help="baseline size (default leads/10)")
     parser.add_argument("--seed", type=int, default=7, help="random seed of the personas")
-    parser.add_argument(
-        "--url",
-        default=os.environ.get("NURTURE_BENCH_DATABASE_URL") or None,
-        help="PostgreSQL URL (emptied first); default a fresh SQLite file",
-    )
+    add_url_option(parser)
     parser.add_argument("--profile", type=Path, help="cProfile the full size into this file")
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
