@@ -357,11 +357,17 @@ def _plan(
         is not None
     ):
         return None
-    window = sequence.send.window
-    due = open_slot(rt.send, now, lead.timezone, window, step.channel)
-    variant = None
-    if step.variants and not enrolment.holdout:
-        variant = choose_variant(session, lead, sequence, enrolment.milestone, step)
+    variant, status, due, detail = None, DeliveryStatus.SKIPPED, now, None
+    if enrolment.holdout:
+        detail = f"holdout: held out of {sequence.name} to measure its lift"
+    else:
+        window = sequence.send.window
+        status = DeliveryStatus.PLANNED
+        due = open_slot(rt.send, now, lead.timezone, window, step.channel)
+        if due > now:
+            detail = deferral(rt.send, now, due, lead.timezone, window, step.channel)
+        if step.variants:
+            variant = choose_variant(session, lead, sequence, enrolment.milestone, step)
     delivery = Delivery(
         id=str(uuid.uuid4()),
         enrolment_id=enrolment.id,
@@ -373,17 +379,11 @@ def _plan(
         channel=step.channel,
         template=variant.template if variant is not None else step.template,
         variant=variant.id if variant is not None else None,
-        status=DeliveryStatus.PLANNED,
+        status=status,
         planned_at=now,
         due_at=due,
         attempts=0,
-        detail=(
-            deferral(rt.send, now, due, lead.timezone, window, step.channel) if due > now else None
-        ),
+        detail=detail,
     )
     session.add(delivery)
-    if enrolment.holdout:
-        delivery.status, delivery.due_at = DeliveryStatus.SKIPPED, now
-        delivery.detail = f"holdout: held out of {sequence.name} to measure its lift"
-        return None
-    return delivery
+    return None if enrolment.holdout else delivery
