@@ -113,6 +113,13 @@ class ExperimentStatus(StrEnum):
     INCONCLUSIVE = "inconclusive"  # every look of its winner rule taken, and none won
 
 
+class ErasureReason(StrEnum):
+    """Why a lead's personal data was erased: someone asked, or it sat idle past retention."""
+
+    REQUEST = "request"
+    RETENTION = "retention"
+
+
 class VersionKind(StrEnum):
     """Which workflow file a stored version holds: a sequence, scoring.yml or sending.yml."""
 
@@ -199,6 +206,7 @@ class Lead(Base):
     inactive_due_at: Mapped[datetime | None] = mapped_column(index=True)
     mql_at: Mapped[datetime | None]
     sql_at: Mapped[datetime | None]
+    erased_at: Mapped[datetime | None]  # personal data erased; the row stays as a tombstone
 
     @property
     def score(self) -> float:
@@ -503,3 +511,52 @@ class BacktestJob(Base):
     finished_at: Mapped[datetime | None]
     report: Mapped[dict[str, Any] | None]
     error: Mapped[str | None] = mapped_column(Text)
+
+
+class Erasure(Base):
+    """The log of one erasure: which tombstone, why, through what, and what it scrubbed.
+
+    It holds no personal data itself: the lead's identity is gone by the time it is written.
+    """
+
+    __tablename__ = "erasures"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    lead_id: Mapped[int] = mapped_column(ForeignKey("leads.id", ondelete="CASCADE"), index=True)
+    reason: Mapped[ErasureReason] = mapped_column(EnumText(ErasureReason, 12))
+    via: Mapped[str] = mapped_column(String(32))  # cli, api, scheduler
+    erased_at: Mapped[datetime]
+    summary: Mapped[dict[str, Any]]  # rows scrubbed or removed, by table
+
+
+class Visitor(Base):
+    """An anonymous browser or device (snippet cookie, Segment anonymousId) and, once it is
+    identified, the lead it turned out to be."""
+
+    __tablename__ = "visitors"
+
+    id: Mapped[str] = mapped_column(String(200), primary_key=True)
+    lead_id: Mapped[int | None] = mapped_column(
+        ForeignKey("leads.id", ondelete="CASCADE"), index=True
+    )
+    first_seen_at: Mapped[datetime]
+    last_seen_at: Mapped[datetime]
+    identified_at: Mapped[datetime | None]
+
+
+class VisitorEvent(Base):
+    """An event of a visitor not yet identified: kept here, unscored, until the visitor names a
+    lead, then recorded on that lead once (by its idempotency key) and removed."""
+
+    __tablename__ = "visitor_events"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    visitor_id: Mapped[str] = mapped_column(
+        ForeignKey("visitors.id", ondelete="CASCADE"), index=True
+    )
+    type: Mapped[str] = mapped_column(String(64))
+    properties: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    occurred_at: Mapped[datetime]
+    received_at: Mapped[datetime]
+    idempotency_key: Mapped[str | None] = mapped_column(String(200), unique=True)
+    source: Mapped[str] = mapped_column(String(32))
