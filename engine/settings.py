@@ -6,7 +6,9 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import urlsplit
 
+from engine.errors import ConfigurationError
 from engine.safety import DEV_SECRET
 
 # The Dramatiq queues of a deployment, by the work they carry: workers, the CLI's --queues and
@@ -31,6 +33,11 @@ class Settings:
     postal_address: str = "Acme Analytics, 1 Example Street, Springfield"
     # The answer to an SMS HELP (unless Twilio's Advanced Opt-Out answers keywords itself).
     sms_help_text: str = HELP_TEXT.format(company="Acme Analytics")
+    # The websites (scheme://host[:port]) whose pages run the tracking snippet; tracked email
+    # links to them carry the lead's signed token so the snippet can identify the visitor.
+    site_origins: tuple[str, ...] = ()
+    # Leads idle (no activity) for this many months are erased by the scheduler; None keeps all.
+    retention_months: int | None = None
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -49,4 +56,30 @@ class Settings:
             postal_address=env.get("NURTURE_POSTAL_ADDRESS")
             or "Acme Analytics, 1 Example Street, Springfield",
             sms_help_text=env.get("NURTURE_SMS_HELP_TEXT") or HELP_TEXT.format(company=company),
+            site_origins=_origins(env.get("NURTURE_SITE_ORIGINS") or ""),
+            retention_months=_months(env.get("NURTURE_RETENTION_MONTHS") or ""),
         )
+
+
+def _origins(text: str) -> tuple[str, ...]:
+    """Comma-separated origins, each checked to be scheme://host[:port] and stored lower-case."""
+    origins = []
+    for item in filter(None, (part.strip() for part in text.split(","))):
+        parts = urlsplit(item)
+        if parts.scheme not in ("http", "https") or not parts.netloc or parts.path not in ("", "/"):
+            raise ConfigurationError(
+                f"NURTURE_SITE_ORIGINS: {item!r} is not an origin like https://www.example.com"
+            )
+        origins.append(f"{parts.scheme}://{parts.netloc}".lower())
+    return tuple(origins)
+
+
+def _months(text: str) -> int | None:
+    """A whole number of months of at least 1, or None when unset."""
+    if not text.strip():
+        return None
+    if not text.strip().isdigit() or int(text) < 1:
+        raise ConfigurationError(
+            f"NURTURE_RETENTION_MONTHS: {text!r} is not a whole number of months (1 or more)"
+        )
+    return int(text)
