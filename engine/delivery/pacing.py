@@ -62,9 +62,24 @@ class PacingTimeout(NurtureError):
 class Pacer(Protocol):
     """Hands out send slots per key ("sms:+15005550006", "email:sendgrid") at a given rate."""
 
+    def reserve(self, key: str, rate: float, *, timeout: float) -> float:
+        """Reserve the next slot for `key` without waiting; return the seconds until it.
+
+        A slot further than `timeout` away raises PacingTimeout and reserves nothing, so with a
+        timeout of n/rate this is a rate limit that lets bursts of about n through.
+        """
+        ...
+
     def acquire(self, key: str, rate: float, *, timeout: float) -> float:
         """Block until one message for `key` may go; return the seconds waited."""
         ...
+
+
+def _wait(delay: float) -> float:
+    """Sleep until a reserved slot, returning the delay (acquire = reserve, then wait)."""
+    if delay > 0:
+        time.sleep(delay)
+    return delay
 
 
 def _interval(rate: float) -> float:
@@ -81,8 +96,8 @@ class LocalPacer:
         self._lock = threading.Lock()
         self._tat: dict[str, float] = {}
 
-    def acquire(self, key: str, rate: float, *, timeout: float) -> float:
-        """Reserve the next slot for `key` and sleep until it; PacingTimeout past `timeout`."""
+    def reserve(self, key: str, rate: float, *, timeout: float) -> float:
+        """Reserve the next slot for `key`; PacingTimeout past `timeout`."""
         interval = _interval(rate)
         with self._lock:
             now = time.monotonic()
@@ -91,9 +106,11 @@ class LocalPacer:
             if delay > timeout:
                 raise PacingTimeout(key, delay)
             self._tat[key] = slot + interval
-        if delay > 0:
-            time.sleep(delay)
         return delay
+
+    def acquire(self, key: str, rate: float, *, timeout: float) -> float:
+        """Reserve the next slot for `key` and sleep until it; PacingTimeout past `timeout`."""
+        return _wait(self.reserve(key, rate, timeout=timeout))
 
 
 class RedisPacer:
@@ -103,8 +120,8 @@ class RedisPacer:
         self._prefix = prefix
         self._reserve = client.register_script(_RESERVE)
 
-    def acquire(self, key: str, rate: float, *, timeout: float) -> float:
-        """Reserve the next slot for `key` and sleep until it; PacingTimeout past `timeout`."""
+    def reserve(self, key: str, rate: float, *, timeout: float) -> float:
+        """Reserve the next slot for `key`; PacingTimeout past `timeout`."""
         interval_us = max(round(_interval(rate) * 1_000_000), 1)
         timeout_us = int(timeout * 1_000_000)
         reserved, delay_us = self._reserve(
@@ -113,9 +130,11 @@ class RedisPacer:
         delay = int(delay_us) / 1_000_000
         if not reserved:
             raise PacingTimeout(key, delay)
-        if delay > 0:
-            time.sleep(delay)
         return delay
+
+    def acquire(self, key: str, rate: float, *, timeout: float) -> float:
+        """Reserve the next slot for `key` and sleep until it; PacingTimeout past `timeout`."""
+        return _wait(self.reserve(key, rate, timeout=timeout))
 
 
 def rate_for(channel: str, sender: str, rates: Mapping[str, float]) -> float:

@@ -144,3 +144,16 @@ def test_rate_for_refuses_an_unknown_channel_and_a_non_positive_rate() -> None:
         rate_for("push", "app", {})
     with pytest.raises(ConfigurationError):
         rate_for("sms", "+15005550006", {"+15005550006": 0})
+
+
+def test_reserving_without_waiting_lets_a_burst_through_and_refuses_the_rest(pacer: Pacer) -> None:
+    key = f"collect:{uuid.uuid4().hex}"
+    started = time.monotonic()
+    delays = [pacer.reserve(key, 10, timeout=0.45) for _ in range(5)]
+    assert time.monotonic() - started < 0.2  # nothing slept
+    assert delays == pytest.approx([0, 0.1, 0.2, 0.3, 0.4], abs=JITTER)
+    with pytest.raises(PacingTimeout):
+        pacer.reserve(key, 10, timeout=0.45)
+    time.sleep(0.15)  # 1.5 slots pass: one more is free, half an interval sooner
+    expected = 0.5 - (time.monotonic() - started)
+    assert pacer.reserve(key, 10, timeout=0.45) == pytest.approx(expected, abs=JITTER)
