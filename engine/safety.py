@@ -29,6 +29,8 @@ PLACEHOLDERS = frozenset(
 # The variables that hold our own secrets (provider credentials are the provider's to judge).
 SECRET_VARIABLES = ("NURTURE_SECRET_KEY", "NURTURE_CRM_WEBHOOK_SECRET")
 API_KEYS_VARIABLE = "NURTURE_API_KEYS"
+# Write keys of Segment-spec sources (Segment, RudderStack, Jitsu) posting to /v1/segment.
+WRITE_KEYS_VARIABLE = "NURTURE_SEGMENT_WRITE_KEYS"
 
 
 def new_secret() -> str:
@@ -36,9 +38,10 @@ def new_secret() -> str:
     return secrets.token_urlsafe(48)
 
 
-def api_keys_from(environ: Mapping[str, str]) -> list[str]:
-    """NURTURE_API_KEYS split on commas, blanks dropped: several keys let one be rotated."""
-    return [key.strip() for key in environ.get(API_KEYS_VARIABLE, "").split(",") if key.strip()]
+def api_keys_from(environ: Mapping[str, str], variable: str = API_KEYS_VARIABLE) -> list[str]:
+    """NURTURE_API_KEYS (or another keys `variable`) split on commas, blanks dropped: several
+    keys let one be rotated."""
+    return [key.strip() for key in environ.get(variable, "").split(",") if key.strip()]
 
 
 def weakness(value: str) -> str | None:
@@ -62,11 +65,12 @@ def unsafe_settings(environ: Mapping[str, str]) -> list[str]:
         value = environ.get(name)
         if value and (why := weakness(value)):
             problems.append(f"{name} {why}")
-    keys = api_keys_from(environ)
-    for number, key in enumerate(keys, start=1):
-        if why := weakness(key):
-            which = f" (key {number} of {len(keys)})" if len(keys) > 1 else ""
-            problems.append(f"{API_KEYS_VARIABLE}{which} {why}")
+    for variable in (API_KEYS_VARIABLE, WRITE_KEYS_VARIABLE):
+        keys = api_keys_from(environ, variable)
+        for number, key in enumerate(keys, start=1):
+            if why := weakness(key):
+                which = f" (key {number} of {len(keys)})" if len(keys) > 1 else ""
+                problems.append(f"{variable}{which} {why}")
     return problems
 
 

@@ -9,7 +9,7 @@ from sqlalchemy import Engine
 from channels.base import EMAIL, SMS
 from channels.outbox import OutboxChannel
 from engine.app import App
-from engine.clock import FrozenClock
+from engine.clock import Clock
 from engine.settings import Settings
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -18,7 +18,7 @@ FIXTURES = ROOT / "tests" / "engine" / "fixtures" / "workflows"
 
 def outbox_app(
     db: Engine,
-    clock: FrozenClock,
+    clock: Clock,
     tmp_path: Path,
     workflows: Path = FIXTURES,
     **environ: str,

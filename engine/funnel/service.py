@@ -190,9 +190,12 @@ def record(session: Session, rt: Runtime, events: Sequence[NewEvent]) -> list[Ou
     return outcomes
 
 
-def _check(event: NewEvent, now: datetime) -> _Checked:
-    """Check one new event; InvalidLeadError names what is wrong."""
-    kind = event.type
+def check_event(
+    kind: str, properties: Mapping[str, Any] | None, event_id: str | None
+) -> dict[str, Any]:
+    """The checks of what an event holds (type, id, properties), also made where events wait
+    before they are recorded, so a kept event never fails later; returns storable properties.
+    InvalidLeadError names what is wrong."""
     if (
         not isinstance(kind, str)
         or not kind.replace("_", "").isalnum()
@@ -200,9 +203,16 @@ def _check(event: NewEvent, now: datetime) -> _Checked:
         or len(kind) > 64
     ):
         raise InvalidLeadError(f"invalid event type {kind!r}: up to 64 letters, digits and _")
-    if event.event_id is not None:
-        storable(event.event_id, "event id", 200)
-    properties = storable_json(dict(event.properties or {}), "properties")
+    if event_id is not None:
+        storable(event_id, "event id", 200)
+    checked: dict[str, Any] = storable_json(dict(properties or {}), "properties")
+    return checked
+
+
+def _check(event: NewEvent, now: datetime) -> _Checked:
+    """Check one new event; InvalidLeadError names what is wrong."""
+    kind = event.type
+    properties = check_event(kind, event.properties, event.event_id)
     return _Checked(
         identity=Identity.parse(event.lead),
         attributes=check_attributes(event.lead),
@@ -526,7 +536,7 @@ def _refresh(session: Session, rt: Runtime, lead: Lead) -> Outcome:
 
 def recycle_lead(session: Session, rt: Runtime, lead_id: int, reason: str) -> Outcome:
     """Sales sends a lead back to nurture; re-engagement sequences may enrol it."""
-    lead = lock_lead(session, lead_id)
+    lead = _living(lock_lead(session, lead_id))
     if lead.stage not in (Stage.SQL, Stage.MQL, Stage.CUSTOMER):
         raise InvalidLeadError(
             f"lead is {lead.stage}: only an mql, sql or customer can be recycled"
@@ -539,10 +549,17 @@ def recycle_lead(session: Session, rt: Runtime, lead_id: int, reason: str) -> Ou
 
 def win_lead(session: Session, rt: Runtime, lead_id: int, reason: str = "won by sales") -> Outcome:
     """Sales closed the lead: it becomes a customer and leaves every sequence."""
-    lead = lock_lead(session, lead_id)
+    lead = _living(lock_lead(session, lead_id))
     mark_customer(session, rt, lead, reason)
     _react(session, rt, lead, ())
     return Outcome.of(lead, rt.clock.now())
+
+
+def _living(lead: Lead) -> Lead:
+    """The lead, unless it was erased: sales actions on a tombstone would act on nobody."""
+    if lead.erased_at is not None:
+        raise InvalidLeadError(f"lead {lead.id} was erased on {lead.erased_at:%Y-%m-%d}")
+    return lead
 
 
 def rescore_leads(

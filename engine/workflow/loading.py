@@ -15,7 +15,8 @@ from engine.errors import Problem, WorkflowError
 from engine.workflow.reader import content_hash, display
 from engine.workflow.scoring_rules import load_scoring
 from engine.workflow.sequences import load_sequence
-from engine.workflow.spec import Scoring, Sequence, Source, TemplateUse, Workflows
+from engine.workflow.sources import SOURCES_FILE, load_sources
+from engine.workflow.spec import Scoring, SegmentMapping, Sequence, Source, TemplateUse, Workflows
 
 SCORING_FILE = "scoring.yml"
 OTHER_FILES = ("sending.yml",)
@@ -53,6 +54,7 @@ def load_workflows(
     scoring: Scoring | None = None
     sequences: dict[str, Sequence] = {}
     uses: list[TemplateUse] = []
+    segment = SegmentMapping()
     for path in paths:
         file, data = display(path), path.read_bytes()
         try:
@@ -60,6 +62,8 @@ def load_workflows(
                 continue  # read by their own modules (sending.yml: sending_rules.py)
             if path.name == SCORING_FILE:
                 scoring = load_scoring(file, data, problems)
+            elif path.name == SOURCES_FILE:
+                segment = load_sources(file, data, problems)
             elif path.stem == SCORING_FILE.removesuffix(".yml"):
                 problems.append(Problem(file, 1, "", f"name this file {SCORING_FILE}"))
             elif sequence := load_sequence(file, data, templates, names, problems, uses):
@@ -86,6 +90,7 @@ def load_workflows(
         version=_version(contents),
         template_uses=tuple(uses),
         sources=sources,
+        segment=segment,
     )
 
 
@@ -98,7 +103,7 @@ def load_previous(path: Path) -> dict[str, Sequence]:
     problems: list[Problem] = []
     found: dict[str, Sequence] = {}
     for file in files:
-        if file.name in (SCORING_FILE, *OTHER_FILES):
+        if file.name in (SCORING_FILE, SOURCES_FILE, *OTHER_FILES):
             continue
         if sequence := load_sequence(display(file), file.read_bytes(), None, {}, problems, []):
             found[sequence.name] = sequence

@@ -415,6 +415,7 @@ class Sequence:
     source: str = ""  # the file's text, stored with the version
     topic: str = DEFAULT_TOPIC  # what its emails are about, named in its unsubscribe links
     holdout: float = 0.0  # the share of leads enrolled but sent nothing, to measure the lift
+    track_clicks: bool = False  # email links go through nurture's signed redirect (/c/...)
 
     def send_step(self, milestone_id: str, step_id: str) -> Send | None:
         """The send step with this id in that milestone; None when this version has none."""
@@ -541,6 +542,23 @@ class Source:
     text: str
 
 
+class Unmapped(StrEnum):
+    """What sources.yml does with a tracked event name it does not map: keep it (in
+    snake_case) or drop it."""
+
+    KEEP = "keep"
+    DROP = "drop"
+
+
+@dataclass(frozen=True)
+class SegmentMapping:
+    """sources.yml's `segment:` section: track event names to event types, traits to fields."""
+
+    events: Mapping[str, str] = field(default_factory=dict)
+    unmapped: Unmapped = Unmapped.KEEP
+    traits: Mapping[str, str] = field(default_factory=dict)  # trait -> lead field, over defaults
+
+
 @dataclass(frozen=True)
 class Workflows:
     """Everything loaded from the workflows folder, validated together."""
@@ -552,3 +570,5 @@ class Workflows:
     sources: tuple[Source, ...] = ()
     # Every template a step names, located, so validation can render each one.
     template_uses: tuple[TemplateUse, ...] = ()
+    # How Segment-spec calls map to events and lead fields (sources.yml; defaults without it).
+    segment: SegmentMapping = field(default_factory=SegmentMapping)
