@@ -277,6 +277,9 @@ def _describe_settings(old: Sequence, new: Sequence) -> list[str]:
     if old.holdout != new.holdout:
         shares = f"{old.holdout * 100:g}% -> {new.holdout * 100:g}%"
         lines.append(f"holdout {shares}: applies to new enrolments")
+    if old.track_clicks != new.track_clicks:
+        tracked = "on" if new.track_clicks else "off"
+        lines.append(f"click tracking {tracked}: applies to emails sent after apply")
     return lines
 
 

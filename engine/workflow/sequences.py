@@ -94,7 +94,14 @@ class SequenceReader(Reader):
             root,
             "",
             required=("name", "enrol", "send", "milestones"),
-            optional=("description", "topic", "exit_when", "on_change", "holdout"),
+            optional=(
+                "description",
+                "topic",
+                "exit_when",
+                "on_change",
+                "holdout",
+                "track_clicks",
+            ),
         )
         send = f.read("send", self.send, SendSettings(from_email=""))
         return Sequence(
@@ -110,6 +117,7 @@ class SequenceReader(Reader):
             source=source,
             topic=f.read("topic", self.topic, DEFAULT_TOPIC),
             holdout=f.read("holdout", self.holdout, 0.0),
+            track_clicks=f.read("track_clicks", self.flag, False),
         )
 
     def holdout(self, node: Node, path: str) -> float:
