@@ -133,10 +133,13 @@ def lead_show(ctx: click.Context, key: str, as_json: bool) -> None:
         emit_json(detail)
         return
     lead, score = detail["lead"], detail["score"]
+    key = lead["email"] or lead["phone"] or lead["external_id"] or f"lead {lead['id']}"
     console.print(
-        f"[bold]{lead['email'] or lead['phone'] or lead['external_id']}[/] "
+        f"[bold]{key}[/] "
         f"{lead['first_name'] or ''} {lead['last_name'] or ''} · {lead['company'] or ''}"
     )
+    if lead.get("erased_at"):
+        console.print(f"[bold]erased[/] {lead['erased_at']}: personal data removed (a tombstone)")
     console.print(
         f"stage [bold]{lead['stage']}[/] · score {score['total']:g} "
         f"(fit {score['fit']:g}, engagement {score['engagement']:g}) · owner {lead['owner']}"

@@ -22,6 +22,7 @@ from engine.cli.commands import open_app, register
 from engine.cli.experiments import register as register_experiments
 from engine.cli.imports import register as register_imports
 from engine.cli.playback import register as register_playback
+from engine.cli.privacy import register as register_privacy
 from engine.cli.project import init_command
 from engine.cli.rollout import apply_at_start
 from engine.cli.rollout import register as register_rollout
@@ -250,6 +251,7 @@ register_playback(main)
 register_rollout(main)
 register_backtest(main)
 register_experiments(main)
+register_privacy(main)
 
 
 def cli() -> None:

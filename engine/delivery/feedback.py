@@ -22,6 +22,7 @@ from sqlalchemy.orm import Session
 from channels.base import EMAIL, SMS, DeliveryEvent
 from engine.delivery.sending import UNSETTLED, suppress
 from engine.errors import InvalidLeadError
+from engine.funnel.erasure import address_forms, hashed_address
 from engine.funnel.lead_fields import normalise_email, normalise_phone
 from engine.funnel.leads import Identity
 from engine.funnel.service import NewEvent, Outcome, record
@@ -104,7 +105,8 @@ def _restore(session: Session, target: _Target, event: DeliveryEvent, now: datet
     if address:
         session.execute(
             delete(Suppression).where(
-                Suppression.channel == event.channel, Suppression.address == address
+                Suppression.channel == event.channel,
+                Suppression.address.in_(address_forms(address)),
             )
         )
     setattr(target.lead, _CONSENT[event.channel], True)
@@ -320,10 +322,11 @@ class _Refusal:
 
     event: DeliveryEvent
     address: str
+    reason: str
 
     def finish(self, session: Session, now: datetime) -> FeedbackResult:
         """Suppressed once: a duplicate when the address already was."""
-        added = suppress(session, self.event.channel, self.address, _reason(self.event), now)
+        added = suppress(session, self.event.channel, self.address, self.reason, now)
         return FeedbackResult(not added, None, None, "suppressed")
 
 
@@ -344,17 +347,31 @@ def _step(known: _Known, event: DeliveryEvent) -> FeedbackResult | _Step:
     if target is None:
         address = _recipient(event)
         if rule.effect is _withdraw and address:
-            return _Refusal(event, address)
+            return _Refusal(event, address, _reason(event))
         return FeedbackResult(False, None, None, "unknown_recipient")
+    if target.lead.erased_at is not None:
+        return _after_erasure(event, rule)
     if target.delivery is not None:
         known.settle(target.delivery, event)
     return _Turn(event, rule, target)
+
+
+def _after_erasure(event: DeliveryEvent, rule: _Rule) -> FeedbackResult | _Step:
+    """Feedback on a send to a lead erased since: nothing is written back onto its tombstone
+    (no event, no settled send, no provider id). A refusal still suppresses the address, as
+    its hash and with no provider words, so it stays blocked should the person come back."""
+    address = _recipient(event)
+    if rule.effect is _withdraw and address:
+        return _Refusal(event, hashed_address(address), f"{event.provider} {event.kind}")
+    return FeedbackResult(False, None, None, "ignored")
 
 
 def _accepted(known: _Known, event: DeliveryEvent) -> FeedbackResult:
     """The provider says it has the message: settle its delivery if the send's answer was lost;
     nothing else happens, so no lead event is recorded (one per send would add nothing)."""
     delivery = known.delivery(event)
+    if delivery is not None and known.leads[delivery.lead_id].erased_at is not None:
+        return FeedbackResult(False, None, None, "ignored")  # see `_after_erasure`
     if delivery is None or not known.settle(delivery, event):
         return FeedbackResult(False, None, None, "ignored")
     return FeedbackResult(False, delivery.lead_id, delivery.id, "settled")

@@ -14,6 +14,7 @@ from sqlalchemy import and_, bindparam, func, or_, select
 from sqlalchemy.orm import Session
 
 from engine.delivery.context import recent_activities
+from engine.funnel.erasure import address_forms
 from engine.models import (
     OUT_OF_NURTURE,
     Delivery,
@@ -97,13 +98,20 @@ class SendFacts:
         """Read the batch's leads' guard facts; the caps say how far back sends count."""
         by_id = {lead.id: lead for lead in leads}
         ids = sorted(by_id)
-        addresses = sorted({a for lead in by_id.values() for a in (lead.email, lead.phone) if a})
+        # each address as the suppression list may hold it: written out, or hashed by an erasure
+        forms = {
+            form: address
+            for lead in by_id.values()
+            for address in (lead.email, lead.phone)
+            if address
+            for form in address_forms(address)
+        }
         facts = cls(now, set(), set(), {}, set(), recent_activities(session, ids))
         if not ids:
             return facts
-        if addresses:
-            rows = session.execute(_SUPPRESSED, {"addresses": addresses})
-            facts.suppressed = {(channel, address) for channel, address in rows}
+        if forms:
+            rows = session.execute(_SUPPRESSED, {"addresses": sorted(forms)})
+            facts.suppressed = {(channel, forms[stored]) for channel, stored in rows}
         facts.left = {(lead_id, topic) for lead_id, topic in session.execute(_LEFT, {"leads": ids})}
         if caps:
             since = now - max(cap.per for cap in caps.values())

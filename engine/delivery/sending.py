@@ -24,10 +24,12 @@ from channels.base import EmailMessage, SendResult, SmsMessage
 from engine.db import is_postgres
 from engine.delivery.context import message_context
 from engine.delivery.guards import SendFacts, address_of, stale_reason
+from engine.delivery.links import track_links
 from engine.delivery.pacing import PacingTimeout, rate_for
 from engine.delivery.process import DeliveryContext
 from engine.delivery.rendering import Renderer
 from engine.errors import ChannelError, ErrorKind, NurtureError
+from engine.funnel.erasure import address_forms
 from engine.models import (
     Delivery,
     DeliveryStatus,
@@ -64,7 +66,8 @@ class Prepared:
 
 
 _SUPPRESSED = select(Suppression.id).where(
-    Suppression.channel == bindparam("channel"), Suppression.address == bindparam("address")
+    Suppression.channel == bindparam("channel"),
+    Suppression.address.in_(bindparam("forms", expanding=True)),
 )
 _DUE = (
     select(Delivery, Enrolment, Lead)
@@ -78,7 +81,8 @@ _DUE_LOCKED = _DUE.with_for_update(of=Delivery, skip_locked=True)
 
 def suppress(session: Session, channel: str, address: str, reason: str, now: datetime) -> bool:
     """Add an address to the suppression list once (True then); later sends to it are skipped."""
-    if session.scalar(_SUPPRESSED, {"channel": channel, "address": address}) is not None:
+    forms = list(address_forms(address))  # also suppressed when held hashed, by an erasure
+    if session.scalar(_SUPPRESSED, {"channel": channel, "forms": forms}) is not None:
         return False
     session.add(Suppression(channel=channel, address=address, reason=reason, created_at=now))
     return True
@@ -190,6 +194,8 @@ def _render(
     try:
         if delivery.channel == "email":
             email = renderer.render_email(delivery.template, context, _subject(delivery, sequence))
+            if sequence.track_clicks:
+                email = track_links(settings, delivery.id, email, context)
             delivery.subject = email.subject
             return EmailMessage(
                 delivery_id=delivery.id,

@@ -30,7 +30,8 @@ from engine.workflow.versions import store_all
 
 MOVERS = 20
 BIN = 10  # points per bar of the score histogram
-_IDS = select(Lead.id).order_by(Lead.id)
+# Tombstones are left as erased: their scrubbed events would score differently.
+_IDS = select(Lead.id).where(Lead.erased_at.is_(None)).order_by(Lead.id)
 
 
 @dataclass(frozen=True)
@@ -150,7 +151,12 @@ def plan_rescore(session: Session, rt: Runtime, batch: int = 1000) -> RescorePla
     plan = RescorePlan(versions(session, rt))
     after = 0
     while leads := list(
-        session.scalars(select(Lead).where(Lead.id > after).order_by(Lead.id).limit(batch))
+        session.scalars(
+            select(Lead)
+            .where(Lead.id > after, Lead.erased_at.is_(None))
+            .order_by(Lead.id)
+            .limit(batch)
+        )
     ):
         ids = [lead.id for lead in leads]
         pasts = read_past(session, ids)

@@ -40,10 +40,12 @@ from fastapi import APIRouter, Depends, FastAPI
 
 from engine.app import App
 from engine.http.auth import authoriser, check_keys
+from engine.http.clicks import click_router
 from engine.http.errors import install_error_handlers
 from engine.http.experiments import experiment_routes
 from engine.http.limits import MAX_BODY_BYTES, BodyLimit
 from engine.http.pages import mount_dashboard
+from engine.http.privacy import privacy_routes
 from engine.http.routes import (
     FollowUps,
     Workers,
@@ -54,6 +56,8 @@ from engine.http.routes import (
     report_routes,
 )
 from engine.http.schemas import error_responses
+from engine.http.segment import segment_router
+from engine.http.tracking import tracking_router
 from engine.http.webhooks import unsubscribe_router, webhook_router
 from engine.http.whatif import list_sequences, whatif_routes
 from engine.read.metrics import Metrics
@@ -96,6 +100,7 @@ def create_api(
     report_routes(router, app, metrics)
     whatif_routes(router, app, tasks)
     experiment_routes(router, app)
+    privacy_routes(router, app)
     list_sequences(api, app)
     health_route(api, app, probe)
     api.include_router(router)
@@ -110,5 +115,8 @@ def create_api(
         )
     )
     api.include_router(unsubscribe_router(app, follow.after))
+    api.include_router(segment_router(app, follow, env))
+    api.include_router(click_router(app, follow.after))
+    api.include_router(tracking_router(app, follow))
     mount_dashboard(api, app, follow.after, keys)
     return api

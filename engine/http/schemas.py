@@ -182,6 +182,7 @@ class LeadView(BaseModel):
     sms_consent: bool
     created_at: datetime
     last_activity_at: datetime | None
+    erased_at: datetime | None = None  # personal data erased: the lead is a tombstone
 
 
 class LeadOut(LeadView):

@@ -354,7 +354,7 @@ def unsubscribe_router(app: App, after: AfterTrack) -> APIRouter:
         def handle() -> HTMLResponse:
             with app.sessions.begin() as session:
                 lead = session.get(Lead, lead_id)
-                if lead is None:
+                if lead is None or lead.erased_at is not None:
                     return _page("Not found", "<p>There is nothing left to unsubscribe.</p>", 404)
                 column, value = Identity.of(lead).key()
                 result = track(

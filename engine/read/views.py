@@ -9,6 +9,7 @@ from sqlalchemy import and_, or_, select
 from sqlalchemy.orm import Session
 
 from engine.errors import UnknownLeadError
+from engine.funnel.erasure import address_forms
 from engine.funnel.leads import Identity, get_lead
 from engine.models import (
     Delivery,
@@ -40,6 +41,18 @@ def find_by_key(session: Session, key: str) -> Lead:
     return get_lead(session, Identity.parse({field: key}))
 
 
+def lead_suppressions(session: Session, lead: Lead) -> Iterable[Suppression]:
+    """The suppressions of the lead's addresses, written out or hashed by an erasure."""
+    addresses = [
+        and_(Suppression.channel == channel, Suppression.address.in_(address_forms(address)))
+        for channel, address in (("email", lead.email), ("sms", lead.phone))
+        if address
+    ]
+    if not addresses:
+        return ()
+    return session.scalars(select(Suppression).where(or_(*addresses)).order_by(Suppression.id))
+
+
 def _iso(value: Any) -> str | None:
     return value.isoformat() if value is not None else None
 
@@ -69,16 +82,7 @@ def lead_detail(session: Session, lead: Lead) -> dict[str, Any]:
         .where(Event.lead_id == lead.id, Event.status != EventStatus.PROCESSED)
         .order_by(Event.id)
     )
-    addresses = [
-        and_(Suppression.channel == channel, Suppression.address == address)
-        for channel, address in (("email", lead.email), ("sms", lead.phone))
-        if address
-    ]
-    suppressions: Iterable[Suppression] = (
-        session.scalars(select(Suppression).where(or_(*addresses)).order_by(Suppression.id))
-        if addresses
-        else ()
-    )
+    suppressions = lead_suppressions(session, lead)
     topics = session.scalars(
         select(TopicOptOut).where(TopicOptOut.lead_id == lead.id).order_by(TopicOptOut.id)
     )
@@ -100,6 +104,7 @@ def lead_detail(session: Session, lead: Lead) -> dict[str, Any]:
             "sms_consent": lead.sms_consent,
             "created_at": _iso(lead.created_at),
             "last_activity_at": _iso(lead.last_activity_at),
+            "erased_at": _iso(lead.erased_at),
         },
         "score": {"total": lead.score, "fit": lead.fit, "engagement": lead.engagement},
         "ledger": [

@@ -20,6 +20,7 @@ from sqlalchemy.orm import Session
 from engine.app import App
 from engine.delivery.handoff import claim_due_handoffs, hand_over
 from engine.delivery.sending import expire_stuck, send_deliveries, send_delivery
+from engine.funnel.erasure import RETENTION_BATCH, erase_idle
 from engine.funnel.service import NewEvent, Outcome, record, refresh, refresh_leads, reprocess
 from engine.read.variants import Place
 from engine.runner.scheduler import (
@@ -55,6 +56,9 @@ POLL_MS = 100
 # A backtest of a large base runs for minutes: far past Dramatiq's default of 10 minutes.
 JOB_TIME_LIMIT_MS = 60 * 60 * 1000
 PRIORITIES = {"handoffs": 0, "events": 10, "journeys": 20, "maintenance": 30, "sends": 40}
+# Leads idle past NURTURE_RETENTION_MONTHS are looked for this often (sooner while a batch
+# came back full, so a backlog drains a batch per pass).
+RETAIN_EVERY = timedelta(hours=1)
 
 
 def make_broker(redis_url: str | None) -> dramatiq.Broker:
@@ -89,6 +93,7 @@ class Tasks:
         self.jobs = jobs
         self.judge_at: datetime | None = None  # when this scheduler next judges experiments
         self.judged: dict[Place, int] = {}  # looks judged without a winner, per step
+        self.retain_at: datetime | None = None  # when this scheduler next erases idle leads
         # one try per message: the job row counts attempts, and the scheduler sends it again
         self.run_backtest = declare(
             self._run_backtest, "maintenance", max_retries=0, time_limit=JOB_TIME_LIMIT_MS
@@ -255,6 +260,9 @@ class Tasks:
         if self.judge_at is None or now >= self.judge_at:
             self.judge_at = now + JUDGE_EVERY
             self._judge(now)
+        if app.settings.retention_months and (self.retain_at is None or now >= self.retain_at):
+            self.retain_at = now + RETAIN_EVERY
+            self._retain(now, app.settings.retention_months)
         return enqueued, seen
 
     def _judge(self, now: datetime) -> None:
@@ -266,6 +274,20 @@ class Tasks:
                     log.info("%s/%s/%s: %s", pick.sequence, pick.milestone, pick.step, pick.reason)
         except Exception:
             log.exception("judging experiments failed: tried again in %s", JUDGE_EVERY)
+
+    def _retain(self, now: datetime, months: int) -> None:
+        """Erase a batch of leads idle past retention in a transaction of its own, after the
+        pass's claims; a full batch brings the next pass back for more."""
+        try:
+            with self.app.sessions.begin() as session:
+                erased = erase_idle(session, self.app.rt, months, "scheduler")
+        except Exception:
+            log.exception("erasing idle leads failed: tried again in %s", RETAIN_EVERY)
+            return
+        if erased:
+            log.info("retention: erased %s lead(s) idle for %s month(s)", len(erased), months)
+        if len(erased) == RETENTION_BATCH:
+            self.retain_at = now
 
 
 def _chunks(items: list[_Item], size: int = CHUNK) -> list[list[_Item]]:

@@ -34,6 +34,7 @@ from engine.app import App
 from engine.delivery.feedback import RULES
 from engine.delivery.sending import suppress
 from engine.errors import InvalidLeadError
+from engine.funnel.erasure import address_forms
 from engine.funnel.leads import Identity, find_lead
 from engine.funnel.service import CONSENT_EVENTS, recycle_lead, upsert_leads, win_lead
 from engine.models import STANDARD_FIELDS, Event, Lead, Stage, StageChange, Suppression
@@ -178,10 +179,12 @@ def backtest(
 
 
 def _eligible(session: Session, start: datetime, until: datetime) -> list[int]:
-    """The ids of the leads with at least one event in the period, in order."""
+    """The ids of the leads with at least one event in the period, in order; an erased lead
+    has no identity left to replay its history under."""
     query = (
         select(Event.lead_id)
-        .where(Event.occurred_at >= start, Event.occurred_at <= until)
+        .join(Lead, Lead.id == Event.lead_id)
+        .where(Event.occurred_at >= start, Event.occurred_at <= until, Lead.erased_at.is_(None))
         .distinct()
         .order_by(Event.lead_id)
     )
@@ -302,8 +305,11 @@ def _changes(kind: str, column: str) -> bool:
 
 
 def _suppressions(session: Session, leads: Any, until: datetime) -> Iterator[_Action]:
-    """The suppressions of the leads' addresses, each applied when it was made."""
-    addresses = sorted({a for lead in leads for a in (lead.email, lead.phone) if a})
+    """The suppressions of the leads' addresses (written out or hashed), each applied when it
+    was made, in the form it is stored in."""
+    addresses = sorted(
+        {f for lead in leads for a in (lead.email, lead.phone) if a for f in address_forms(a)}
+    )
     if not addresses:
         return
     rows = session.execute(
