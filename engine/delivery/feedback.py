@@ -20,6 +20,7 @@ from sqlalchemy import bindparam, delete, or_, select, update
 from sqlalchemy.orm import Session
 
 from channels.base import EMAIL, SMS, DeliveryEvent
+from engine.delivery.links import tracked_click_key
 from engine.delivery.sending import UNSETTLED, suppress
 from engine.errors import InvalidLeadError
 from engine.funnel.erasure import address_forms, hashed_address
@@ -175,7 +176,10 @@ def _properties(event: DeliveryEvent, delivery: Delivery | None) -> dict[str, An
 
 
 def _event_key(event: DeliveryEvent) -> str:
-    """The idempotency key of a provider event; an id too long for the column is hashed."""
+    """The idempotency key of a provider event; an id too long for the column is hashed. A
+    click on one of our tracked links takes the key our redirect records it under."""
+    if event.kind == "clicked" and event.url and (key := tracked_click_key(event.url)):
+        return key
     key = _text(f"{event.provider}:{event.provider_event_id}")
     if len(key) <= 200:
         return key

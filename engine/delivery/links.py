@@ -44,6 +44,9 @@ from engine.workflow.runtime import Runtime
 
 CLICK_PATH = "/c/"
 _PURPOSE = "click"
+_REDIRECT = re.compile(
+    re.escape(CLICK_PATH) + r"(?P<delivery>[A-Za-z0-9_-]+)\.(?P<index>\d{1,6})\.[A-Za-z0-9_-]+\."
+)
 _WEB = re.compile(r"https?://", re.IGNORECASE)
 _TEXT_URL = re.compile(r"https?://[^\s<>\"'`]+", re.IGNORECASE)
 _TRAILING = ".,;:!?'\""
@@ -100,7 +103,9 @@ def track_links(
         """The redirect for a link to track, None for one to leave alone."""
         if not _trackable(url, settings.public_url):
             return None
-        if _origin(url) not in sites and any(url.startswith(data) for data in chosen):
+        if _origin(url) not in sites and any(
+            url.startswith(data) or data.startswith(url) for data in chosen
+        ):
             return None
         index = numbers.setdefault(url, len(numbers))
         return click_url(settings, delivery_id, index, url)
@@ -118,8 +123,10 @@ def _data_urls(context: Mapping[str, Any]) -> set[str]:
     pending: list[Any] = [context.get("lead"), context.get("recent_activity")]
     while pending:
         value = pending.pop()
-        if isinstance(value, str) and _WEB.match(value.strip(_OUTER)):
-            found.add(_clean(value))
+        if isinstance(value, str):  # a whole value, or any address inside a text
+            if _WEB.match(value.strip(_OUTER)):
+                found.add(_clean(value))
+            found.update(_clean(match) for match in _TEXT_URL.findall(value))
         elif isinstance(value, Mapping):
             pending.extend(value.values())
         elif isinstance(value, list | tuple):
@@ -155,10 +162,23 @@ def record_click(session: Session, rt: Runtime, click: Click) -> Outcome | None:
         "email_clicked",
         properties,
         rt.clock.now(),
-        f"click:{delivery.id}:{click.index}",
+        click_key(delivery.id, click.index),
         "click",
     )
     return record(session, rt, [event])[0]
+
+
+def click_key(delivery_id: str, index: int) -> str:
+    """The idempotency key of a click on link `index` of a delivery: one click per link."""
+    return f"click:{delivery_id}:{index}"
+
+
+def tracked_click_key(url: str) -> str | None:
+    """The click key of a provider's click on one of our redirects, else None: with the
+    provider's click tracking left on, its click and ours are then one event, not two. The
+    token is read, not verified: it only names the key (provider webhooks are signed)."""
+    found = _REDIRECT.search(url)
+    return click_key(found["delivery"], int(found["index"])) if found else None
 
 
 def with_lead_token(url: str, site_origins: Iterable[str], token: str) -> str:
@@ -174,8 +194,11 @@ def with_lead_token(url: str, site_origins: Iterable[str], token: str) -> str:
 
 
 def _origin(url: str) -> str | None:
-    """scheme://host[:port] of a web URL, the default port left out; None for anything else."""
+    """scheme://host[:port] of a web URL, the default port left out; None for anything else,
+    and for an address browsers may read otherwise (a backslash, a user name before `@`)."""
     parts = urlsplit(url)
+    if "\\" in url or "@" in parts.netloc:
+        return None
     try:
         port = parts.port
     except ValueError:

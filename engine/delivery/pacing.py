@@ -28,6 +28,7 @@ TOLL_FREE_RATE = 3.0  # Twilio: a toll-free number sends 3 messages/s
 SHORT_CODE_RATE = 100.0  # Twilio: a short code sends 100 messages/s
 EMAIL_RATE = 10.0  # SendGrid mail send requests/s; plans differ, so set it in `rates`
 
+_PRUNE_AT = 10_000  # keys a LocalPacer holds before it drops those whose slot is free anyway
 _SHORT_CODE = re.compile(r"\d{5,6}")
 _TOLL_FREE = re.compile(r"\+1(?:800|833|844|855|866|877|888)\d{7}")
 
@@ -105,6 +106,8 @@ class LocalPacer:
             delay = slot - now
             if delay > timeout:
                 raise PacingTimeout(key, delay)
+            if len(self._tat) >= _PRUNE_AT:  # keys of many clients: forget those now free
+                self._tat = {k: tat for k, tat in self._tat.items() if tat > now}
             self._tat[key] = slot + interval
         return delay
 

@@ -124,6 +124,14 @@ def erase_leads(
     for loaded in list(session.identity_map.values()):
         if isinstance(loaded, Lead) and loaded.id in wanted:
             session.expire(loaded)  # read again under the lock: another erasure may have won
+    # Visitors before leads, the order stitching takes them in (`visitors.take`), so a beacon
+    # and an erasure of one person wait for each other instead of deadlocking.
+    session.execute(
+        select(Visitor.id)
+        .where(Visitor.lead_id.in_(wanted))
+        .order_by(Visitor.id)
+        .with_for_update()
+    )
     leads = lock_leads(session, wanted)
     done = []
     for lead in (leads[lead_id] for lead_id in sorted(leads)):

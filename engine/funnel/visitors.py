@@ -9,9 +9,10 @@ the journey, follow-ups and the event-survival rule hold as for any event. Decis
 
 - Identifying records the visitor's stored events on the lead through `record` in time order
   (with the call's own event among them), each with a stable id: its own idempotency id, or
-  `visit:<row id>`; they are removed in the same transaction. A second identify, a replayed
-  call or two processes at once count each event once. Engagement limits look both ways in
-  time (`scoring._over_limit`), so late events score as if they had come on time, within caps.
+  `visit:<random id>` given when it was kept; they are removed in the same transaction. A
+  second identify, a replayed call or two processes at once count each event once.
+  Engagement limits look both ways in time (`scoring._over_limit`), so late events score as
+  if they had come on time, within caps.
 - A visitor linked to lead A and then identified as lead B (a shared computer, a sign-out
   and sign-in) keeps A's past on A and follows B from then on: it is linked to the lead it
   named last. Nothing moves between leads: each event is a fact about who was named then.
@@ -24,6 +25,7 @@ the journey, follow-ups and the event-survival rule hold as for any event. Decis
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -228,7 +230,9 @@ def _store(session: Session, hits: Sequence[Hit], now: datetime) -> list[bool]:
             "properties": dict(hit.properties or {}),
             "occurred_at": as_utc(hit.occurred_at or now),
             "received_at": now,
-            "idempotency_key": hit.event_id,
+            # A random key for an event sent without an id: never the row id, which SQLite hands
+            # out again once stitched rows are deleted (the event would then count as a repeat).
+            "idempotency_key": hit.event_id or f"visit:{uuid.uuid4().hex}",
             "source": hit.source,
         }
         for hit in hits
@@ -270,7 +274,7 @@ def _identify(session: Session, rt: Runtime, visitor: Visitor, hit: Hit, now: da
             row.type,
             row.properties,
             row.occurred_at,
-            row.idempotency_key or f"visit:{row.id}",
+            row.idempotency_key,
             row.source,
         )
         for row in stored

@@ -16,6 +16,7 @@ Decisions:
 
 from __future__ import annotations
 
+import logging
 import math
 from datetime import datetime, timedelta
 from importlib.resources import files
@@ -26,6 +27,7 @@ from fastapi import APIRouter, HTTPException, Request
 from fastapi.responses import Response
 from pydantic import BaseModel, Field, ValidationError
 from sqlalchemy.orm import Session
+from starlette.concurrency import run_in_threadpool
 
 from engine.app import App
 from engine.delivery.pacing import LocalPacer, Pacer, PacingTimeout, RedisPacer
@@ -34,6 +36,8 @@ from engine.http.routes import FollowUps
 from engine.http.schemas import ErrorOut
 from engine.models import Lead
 from engine.signing import InvalidTokenError, read_lead_token
+
+log = logging.getLogger(__name__)
 
 RATE = 5.0  # batches per second per client address, sustained
 BURST = 20  # batches a client address may send at once
@@ -134,29 +138,42 @@ def tracking_router(app: App, follow: FollowUps, pacer: Pacer | None = None) -> 
         if origin.lower() not in origins:
             raise HTTPException(403, f"origin {origin[:200]!r} is not in NURTURE_SITE_ORIGINS")
         client = request.client.host if request.client else "unknown"
-        try:
-            limit.reserve(f"collect:{client}", RATE, timeout=BURST / RATE)
-        except PacingTimeout as error:
-            raise HTTPException(
-                429,
-                "too many tracking requests from this address",
-                headers={"Retry-After": str(math.ceil(error.retry_after))},
-            ) from error
-        try:
-            batch = Beacon.model_validate_json(await request.body())
-        except ValidationError as error:
-            raise HTTPException(422, _first_error(error)) from error
-        received = app.rt.clock.now()
-        hits = [(hit, occurred(hit, batch.sent, received)) for hit in batch.events]
-        with app.sessions.begin() as session:
-            taken = take(session, app.rt, _calls(session, app, batch, hits, received))
-        for each in taken:
-            for outcome in each.outcomes:
-                follow.after(outcome)
+        body = await request.body()
+
+        def handle() -> None:  # blocking work (Redis, row locks, the broker) off the event loop
+            _limit(limit, client)
+            try:
+                batch = Beacon.model_validate_json(body)
+            except ValidationError as error:
+                raise HTTPException(422, _first_error(error)) from error
+            received = app.rt.clock.now()
+            hits = [(hit, occurred(hit, batch.sent, received)) for hit in batch.events]
+            with app.sessions.begin() as session:
+                taken = take(session, app.rt, _calls(session, app, batch, hits, received))
+            for each in taken:
+                for outcome in each.outcomes:
+                    follow.after(outcome)
+
+        await run_in_threadpool(handle)
         headers = {"Access-Control-Allow-Origin": origin, "Vary": "Origin"}
         return Response(status_code=204, headers=headers)
 
     return router
+
+
+def _limit(limit: Pacer, client: str) -> None:
+    """429 for an address over its rate; a limiter that fails (Redis down) lets beacons in,
+    as losing page views is worse than a burst the database takes anyway."""
+    try:
+        limit.reserve(f"collect:{client}", RATE, timeout=BURST / RATE)
+    except PacingTimeout as error:
+        raise HTTPException(
+            429,
+            "too many tracking requests from this address",
+            headers={"Retry-After": str(math.ceil(error.retry_after))},
+        ) from error
+    except redis.RedisError as error:
+        log.warning("tracking rate limit unavailable, beacon let through: %s", error)
 
 
 def _calls(

@@ -175,6 +175,31 @@ def test_links_from_the_leads_own_data_are_tracked_only_to_our_own_sites() -> No
     assert 'href="https://evil.test/"' in rewritten and 'href="https://evil.test/x?y"' in rewritten
 
 
+def test_an_address_inside_the_leads_text_or_one_browsers_read_otherwise_gets_no_redirect() -> None:
+    settings = Settings.from_env(
+        {
+            "NURTURE_PUBLIC_URL": PUBLIC,
+            "NURTURE_SECRET_KEY": SECRET,
+            "NURTURE_SITE_ORIGINS": "https://site.acme.test",
+        }
+    )
+    context = {
+        "lead": {"company": "see https://evil.test/login."},
+        "recent_activity": [{"title": "Pricing https://evil.com\\@site.acme.test/ now"}],
+    }
+    text = (
+        "Hello see https://evil.test/login. and Pricing https://evil.com\\@site.acme.test/ now;"
+        " our guide https://site.acme.test/guide"
+    )
+    rewritten = track_links(settings, "d-1", RenderedEmail("Hi", "", text, ""), context).text
+
+    assert [c.url for c in _clicks(rewritten)] == ["https://site.acme.test/guide"]
+    assert "https://evil.test/login." in rewritten
+    assert with_lead_token("https://evil.com\\@site.acme.test/", settings.site_origins, "T") == (
+        "https://evil.com\\@site.acme.test/"
+    )
+
+
 # --- Tokens ----------------------------------------------------------------------------------
 
 

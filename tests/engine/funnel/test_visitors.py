@@ -127,6 +127,21 @@ def test_later_events_of_an_identified_visitor_go_straight_to_its_lead(
     assert [rule for rule, _, _ in _ledger(sessions, ANA["email"])] == ["pricing"]
 
 
+def test_views_sent_without_ids_by_visitors_stitched_one_after_another_are_all_recorded(
+    sessions: sessionmaker[Session], rt: Runtime
+) -> None:
+    # SQLite reuses the row ids of deleted visitor events; no view may pass for an earlier one.
+    _take(sessions, rt, _view("v1", 0))
+    _take(sessions, rt, Hit("v1", ANA))
+    _take(sessions, rt, _view("v2", 30))
+    _take(sessions, rt, Hit("v2", BEN))
+
+    with sessions() as s:
+        owners = s.scalars(select(Event.lead_id).order_by(Event.id)).all()
+        leads = {lead.email: lead.id for lead in s.scalars(select(Lead))}
+    assert owners == [leads[ANA["email"]], leads[BEN["email"]]]
+
+
 def test_a_form_fill_that_identifies_a_visitor_is_scored_after_the_views_before_it(
     sessions: sessionmaker[Session], rt: Runtime
 ) -> None:

@@ -20,10 +20,11 @@ from sqlalchemy import Engine, delete, func, select
 from sqlalchemy import event as sa_event
 from sqlalchemy.exc import OperationalError
 
-from channels.base import EMAIL
+from channels.base import EMAIL, DeliveryEvent
 from channels.outbox import OutboxChannel
 from engine.app import App
 from engine.clock import FrozenClock
+from engine.delivery.feedback import record_delivery_event
 from engine.delivery.links import click_url
 from engine.delivery.sending import send_delivery
 from engine.funnel.service import Outcome, track
@@ -164,6 +165,22 @@ def test_a_tracked_click_counts_for_the_step_and_its_variant_like_a_providers_cl
         stats = funnel(s, nurture.rt)
     assert dict(outcomes.matured) == {str(delivery.variant): [True]}
     assert stats["sequences"]["news"]["steps"][0]["clicked"] == 1
+
+
+def test_the_providers_own_click_on_a_tracked_link_and_ours_are_one_click(
+    client: TestClient, nurture: App, clock: FrozenClock
+) -> None:
+    link, delivery = _tracked_link(nurture), _delivery(nurture)
+    provider_click = DeliveryEvent(
+        "clicked", EMAIL, "sendgrid", "sg-evt-1", clock.now(), delivery.id, None, ANA,
+        url=f"{PUBLIC}{link}",
+    )
+    with nurture.sessions.begin() as s:
+        record_delivery_event(s, nurture.rt, provider_click)
+    assert _follow(client, link).status_code == 302
+
+    (click,) = _clicks(nurture)
+    assert click.properties["provider"] == "sendgrid"
 
 
 def test_clicking_a_link_again_counts_once_and_another_link_of_the_email_counts_too(
