@@ -34,6 +34,7 @@ from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, HTTPException, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.security import HTTPBasic, HTTPBasicCredentials
 from pydantic import (
     AfterValidator,
@@ -83,7 +84,15 @@ _EVENT_TYPE = re.compile(r"[a-z][a-z0-9_]{0,63}")
 Kind = Literal["identify", "track", "page", "screen", "alias", "group"]
 KINDS: tuple[Kind, ...] = ("identify", "track", "page", "screen", "alias", "group")
 Status = Literal[
-    "recorded", "duplicate", "failed", "stored", "identified", "anonymous", "dropped", "ignored"
+    "recorded",
+    "duplicate",
+    "failed",
+    "stored",
+    "identified",
+    "anonymous",
+    "dropped",
+    "ignored",
+    "invalid",
 ]
 
 
@@ -216,7 +225,8 @@ class CallOut(BaseModel):
         description="recorded (on a lead), duplicate (its messageId was seen), failed (stored, "
         "its scoring failed and is retried), stored (an anonymous visitor's, unscored until "
         "identified), identified (the lead upserted, its visitor linked), anonymous (an "
-        "identify naming no lead), dropped (an unmapped event), ignored (unused call type)"
+        "identify naming no lead), dropped (an unmapped event), ignored (unused call type), "
+        "invalid (a call of a batch that could not be taken; `detail` says why)"
     )
     detail: str | None = None
     lead_id: int | None = None
@@ -383,6 +393,25 @@ def plan(
     return _Plan(call, [hit])
 
 
+def _batched(
+    call: SegmentCall,
+    loc: tuple[Any, ...],
+    mapping: SegmentMapping,
+    now: datetime,
+    sent: datetime | None,
+) -> _Plan:
+    """A batch call's plan, or `invalid` with why: pipelines do not resend a refused batch,
+    so one bad call must not lose the others."""
+    try:
+        return plan(call, mapping, now, sent, loc)
+    except RequestValidationError as error:
+        first = error.errors()[0]
+        where = _shown(tuple(first["loc"])[len(loc) :]) or "call"
+        return _Plan(call, status="invalid", detail=f"{where}: {first['msg']}")
+    except HTTPException as error:
+        return _Plan(call, status="invalid", detail=str(error.detail))
+
+
 # --- Recording -------------------------------------------------------------------------------
 
 
@@ -517,11 +546,17 @@ def segment_router(app: App, follow: FollowUps, environ: Mapping[str, str]) -> A
     )
 
     def ingest(
-        calls: Sequence[SegmentCall], locs: Sequence[tuple[Any, ...]], sent: datetime | None
+        calls: Sequence[SegmentCall],
+        locs: Sequence[tuple[Any, ...]],
+        sent: datetime | None,
+        batch: bool = False,
     ) -> SegmentOut:
         now = app.rt.clock.now()
         mapping = app.rt.workflows.segment
-        plans = [plan(c, mapping, now, sent, loc) for c, loc in zip(calls, locs, strict=True)]
+        plans = [
+            _batched(c, loc, mapping, now, sent) if batch else plan(c, mapping, now, sent, loc)
+            for c, loc in zip(calls, locs, strict=True)
+        ]
         with app.sessions.begin() as session:
             done = carry_out(session, app, plans)
             lines = [answer(p, taken) for p, taken in done]
@@ -539,10 +574,11 @@ def segment_router(app: App, follow: FollowUps, environ: Mapping[str, str]) -> A
 
     @router.post(f"{SEGMENT_PATH}/batch", response_model=SegmentOut)
     def batch(body: SegmentBatch) -> SegmentOut:
-        """Up to 500 calls: all checked first (422 naming batch[i]), then recorded in order in
-        one transaction."""
+        """Up to 500 calls recorded in order in one transaction; a call that cannot be taken (a
+        bad trait, a time beyond tomorrow) is answered `invalid` and the others are recorded,
+        as pipelines do not resend a refused batch. A body that is not a batch is a 422."""
         locs = [("body", "batch", index) for index in range(len(body.batch))]
-        return ingest(body.batch, locs, body.sentAt)
+        return ingest(body.batch, locs, body.sentAt, batch=True)
 
     for kind in KINDS:
         router.add_api_route(
@@ -555,7 +591,9 @@ def segment_router(app: App, follow: FollowUps, environ: Mapping[str, str]) -> A
     return router
 
 
-_Ingest = Callable[[Sequence[SegmentCall], Sequence[tuple[Any, ...]], datetime | None], SegmentOut]
+_Ingest = Callable[
+    [Sequence[SegmentCall], Sequence[tuple[Any, ...]], datetime | None, bool], SegmentOut
+]
 
 
 def _typed(kind: Kind, ingest: _Ingest) -> Callable[[TypedCall], SegmentOut]:
@@ -567,6 +605,6 @@ def _typed(kind: Kind, ingest: _Ingest) -> Callable[[TypedCall], SegmentOut]:
         call = SegmentCall.model_construct(
             body.model_fields_set | {"type"}, **{**dict(body), "type": kind}
         )
-        return ingest([call], [("body",)], None)
+        return ingest([call], [("body",)], None, False)
 
     return one_kind

@@ -305,19 +305,22 @@ def test_a_weak_write_key_is_refused_at_start(nurture: App, key: str, why: str) 
 # --- Validation ------------------------------------------------------------------------------
 
 
-def test_a_batch_with_one_bad_call_is_refused_whole_naming_the_call_and_field(
+def test_bad_calls_of_a_batch_are_answered_invalid_naming_the_field_and_the_rest_recorded(
     client: TestClient, nurture: App
 ) -> None:
     body = _fixture("batch")
     body["batch"][5]["traits"]["email"] = "peter at initech"
     body["batch"][6].pop("event")
 
-    response = client.post("/v1/segment/batch", json=body)
+    calls = _post(client, "/v1/segment/batch", body)
 
-    assert _loc(response) == [["body", "batch", 5, "traits", "email"]]
-    body["batch"][5]["traits"]["email"] = EMAIL
-    assert _loc(client.post("/v1/segment/batch", json=body)) == [["body", "batch", 6, "event"]]
-    assert _count(nurture, VisitorEvent) == 0 and _count(nurture, Lead) == 0
+    assert [c["status"] for c in calls[5:7]] == ["invalid", "invalid"]
+    assert calls[5]["detail"].startswith("traits.email: ")
+    assert calls[6]["detail"].startswith("event: a track call needs an event name")
+    assert all(c["status"] != "invalid" for c in calls[:5] + calls[7:])
+    with nurture.sessions() as s:
+        emails = set(s.scalars(select(Lead.email)))
+    assert "peter at initech" not in emails
 
 
 @pytest.mark.parametrize(
@@ -339,6 +342,25 @@ def test_a_bad_call_is_a_422_naming_the_field(
     assert _loc(client.post("/v1/segment", json=body)) == [loc]
 
 
+def test_a_call_of_a_batch_that_cannot_be_taken_is_answered_invalid_and_the_rest_recorded(
+    client: TestClient, nurture: App
+) -> None:
+    batch = _fixture("batch")
+    batch["batch"][2]["timestamp"] = "2026-03-05T00:00:00Z"
+    calls = _post(client, "/v1/segment/batch", batch)
+
+    assert calls[2]["status"] == "invalid"
+    assert calls[2]["detail"].startswith("batch[2].timestamp: more than a day ahead")
+    assert all(c["status"] != "invalid" for i, c in enumerate(calls) if i != 2)
+    taken = {c["messageId"] for c in calls if c["status"] in ("recorded", "stored")}
+    with nurture.sessions() as s:
+        keys = set(s.scalars(select(Event.idempotency_key))) | set(
+            s.scalars(select(VisitorEvent.idempotency_key))
+        )
+    assert {f"segment:{m}" for m in taken} <= keys
+    assert f"segment:{calls[2]['messageId']}" not in keys
+
+
 def test_a_typed_path_takes_calls_without_a_type_and_refuses_another_type(
     client: TestClient,
 ) -> None:
@@ -354,11 +376,6 @@ def test_a_time_beyond_tomorrow_is_a_conflict_and_a_skewed_client_clock_is_corre
     response = client.post("/v1/segment", json=future)
     assert response.status_code == 409
     assert response.json()["detail"].startswith("timestamp: more than a day ahead")
-    batch = _fixture("batch")
-    batch["batch"][2]["timestamp"] = "2026-03-05T00:00:00Z"
-    response = client.post("/v1/segment/batch", json=batch)
-    assert response.status_code == 409
-    assert response.json()["detail"].startswith("batch[2].timestamp: more than a day ahead")
     assert _count(nurture, VisitorEvent) == 0
 
     # the client's clock runs two days ahead: sentAt - originalTimestamp is what counts
