@@ -67,6 +67,7 @@ class HandoffStatus(StrEnum):
 
     PENDING = "pending"
     DELIVERED = "delivered"
+    WITHDRAWN = "withdrawn"  # its lead was erased before it reached the CRM: never sent
 
 
 class LedgerKind(StrEnum):

@@ -29,6 +29,7 @@ class HandoffAttempt(StrEnum):
     DELIVERED = "delivered"  # the CRM acknowledged it (now or before)
     RECORDED = "recorded"  # no CRM configured: the database row is the handoff
     RETRY = "retry"  # the CRM refused or was unreachable: tried again after a backoff
+    WITHDRAWN = "withdrawn"  # its lead was erased first: nothing sent, nobody notified
 
 
 SIGNATURE_HEADER = "X-Nurture-Signature"
@@ -111,7 +112,8 @@ def claim_due_handoffs(
 def hand_over(ctx: DeliveryContext, handoff_id: int) -> HandoffAttempt:
     """Deliver a handoff to the CRM, then note it to its owner when sending.yml asks for that."""
     attempt = deliver_handoff(ctx.sessions, ctx.rt, ctx.crm, handoff_id)
-    if attempt != HandoffAttempt.RETRY and ctx.rt.assignment.notify_owner:
+    done = attempt not in (HandoffAttempt.RETRY, HandoffAttempt.WITHDRAWN)
+    if done and ctx.rt.assignment.notify_owner:
         sender = ctx.settings.notify_from
         notify_owner(ctx.sessions, ctx.rt, ctx.channels[EMAIL], sender, handoff_id)
     return attempt
@@ -123,6 +125,8 @@ def deliver_handoff(
     """Deliver one handoff; 2xx marks it delivered, anything else schedules a retry with backoff."""
     with sessions.begin() as session:
         handoff = session.get_one(Handoff, handoff_id)
+        if handoff.status == HandoffStatus.WITHDRAWN:
+            return HandoffAttempt.WITHDRAWN
         if handoff.status != HandoffStatus.PENDING:
             return HandoffAttempt.DELIVERED
         if not crm.url:
@@ -188,7 +192,11 @@ def notify_owner(
     """Email the owner once: marked before the send, like every delivery, so never twice."""
     with sessions.begin() as session:
         handoff = session.get_one(Handoff, handoff_id)
-        if handoff.owner is None or handoff.owner_notified_at is not None:
+        if (
+            handoff.owner is None
+            or handoff.owner_notified_at is not None
+            or handoff.status == HandoffStatus.WITHDRAWN
+        ):
             return False
         handoff.owner_notified_at = rt.clock.now()
         payload = document(session, handoff)

@@ -218,8 +218,8 @@ def _scrub_events(session: Session, lead: Lead) -> int:
 
 def _scrub_handoffs(session: Session, lead: Lead) -> int:
     """A handoff keeps its score breakdown (rules and points, as the ledger does) and its
-    threshold; the cause and the recent activity it carried go. A pending one is never tried
-    again: the scheduler claims only pending handoffs with a next attempt."""
+    threshold; the cause and the recent activity it carried go (`_stop` withdraws a pending
+    one)."""
     handoffs = list(session.scalars(select(Handoff).where(Handoff.lead_id == lead.id)))
     for handoff in handoffs:
         handoff.reasons = {
@@ -227,8 +227,6 @@ def _scrub_handoffs(session: Session, lead: Lead) -> int:
             "cause": ERASED,
             "recent_activity": [],
         }
-        if handoff.status == HandoffStatus.PENDING:
-            handoff.next_attempt_at = None
     return len(handoffs)
 
 
@@ -276,17 +274,17 @@ def _remove_visitors(session: Session, lead: Lead) -> dict[str, int]:
 
 def _stop(session: Session, rt: Runtime, lead: Lead) -> dict[str, int]:
     """End running enrolments (exit reason `erased`), skip every send still planned, and
-    withdraw pending handoffs (counted here, changed in `_scrub_handoffs`)."""
+    withdraw pending handoffs: never sent to the CRM nor noted to their owner, even by a
+    message already queued."""
     planned = (Delivery.lead_id == lead.id, Delivery.status == DeliveryStatus.PLANNED)
     skipped = session.scalar(select(func.count()).where(*planned)) or 0
     ended = end_all(session, rt, lead, ERASED)  # skips its own planned sends
     _set(session, Delivery, *planned, status=DeliveryStatus.SKIPPED, detail=f"lead {ERASED}")
-    pending = session.scalars(
-        select(Handoff.id).where(
-            Handoff.lead_id == lead.id, Handoff.status == HandoffStatus.PENDING
-        )
-    ).all()
-    return {"enrolments": len(ended), "deliveries": skipped, "handoffs": len(pending)}
+    pending = (Handoff.lead_id == lead.id, Handoff.status == HandoffStatus.PENDING)
+    withdrawn = _set(
+        session, Handoff, *pending, status=HandoffStatus.WITHDRAWN, next_attempt_at=None
+    )
+    return {"enrolments": len(ended), "deliveries": skipped, "handoffs": withdrawn}
 
 
 def months_before(moment: datetime, months: int) -> datetime:

@@ -18,7 +18,13 @@ from channels.base import EMAIL, DeliveryEvent
 from engine.app import App
 from engine.clock import FrozenClock
 from engine.delivery.feedback import record_delivery_event
-from engine.delivery.handoff import claim_due_handoffs
+from engine.delivery.handoff import (
+    HandoffAttempt,
+    claim_due_handoffs,
+    deliver_handoff,
+    notify_owner,
+)
+from engine.delivery.process import CrmTarget
 from engine.delivery.sending import send_delivery
 from engine.errors import InvalidLeadError, UnknownLeadError
 from engine.funnel.erasure import erase_idle, erase_lead, hashed_address, months_before
@@ -139,6 +145,8 @@ def test_erasing_ends_running_enrolments_skips_planned_sends_and_withdraws_pendi
     with nurture.sessions.begin() as session:
         lead_id = track(session, nurture.rt, {"email": "bo@x.test"}, "form_submitted").lead.id
     run_due(nurture.sessions, nurture.rt)
+    with nurture.sessions.begin() as session:
+        session.scalars(select(Handoff)).one().owner = "rep@acme.test"
 
     bo = _erase(nurture, lead_id, via="api")
     handed = _erase(nurture, anastasia.lead_id)
@@ -154,11 +162,18 @@ def test_erasing_ends_running_enrolments_skips_planned_sends_and_withdraws_pendi
         sends = session.scalars(select(Delivery).where(Delivery.lead_id == lead_id)).all()
         assert {d.status for d in sends} == {DeliveryStatus.SKIPPED}
         handoff = session.scalars(select(Handoff)).one()
-        assert handoff.status == HandoffStatus.PENDING and handoff.next_attempt_at is None
+        assert handoff.status == HandoffStatus.WITHDRAWN and handoff.next_attempt_at is None
         assert handoff.reasons["recent_activity"] == []
     with nurture.sessions.begin() as session:
         later = clock.now() + timedelta(days=1)
         assert claim_due_handoffs(session, later, 10) == []
+    # A message queued before the erasure posts nothing (the CRM address would refuse) and
+    # notifies nobody.
+    crm = CrmTarget("http://127.0.0.1:9/crm", "crm-secret")
+    attempt = deliver_handoff(nurture.sessions, nurture.rt, crm, handoff.id)
+    assert attempt == HandoffAttempt.WITHDRAWN
+    owner = nurture.channels[EMAIL]
+    assert not notify_owner(nurture.sessions, nurture.rt, owner, "n@x.test", handoff.id)
 
 
 def test_erasing_an_erased_lead_is_refused_and_logs_nothing_more(
