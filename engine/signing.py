@@ -19,7 +19,7 @@ from datetime import datetime, timedelta
 from engine.errors import NurtureError
 
 # The query parameter of a tracked link to one of NURTURE_SITE_ORIGINS: the lead's token,
-# read by the tracking snippet (engine/http/assets/t.js) and sent back with its page views.
+# read by the tracking snippet (engine/http/t.js) and sent back with its page views.
 LEAD_PARAM = "nurture_lead"
 # How long after the click a lead token identifies a visitor: long enough for the page to load
 # behind a consent banner, short enough that a shared or bookmarked URL soon stops naming them.

@@ -33,6 +33,7 @@ def test_the_installed_package_starts_a_project_and_plays_the_demo_anywhere(
     names = zipfile.ZipFile(wheel).namelist()
     assert "engine/examples/workflows/scoring.yml" in names
     assert "engine/examples/templates/email/welcome.j2" in names
+    assert "engine/http/t.js" in names  # the tracking snippet the API serves
 
     venv = tmp_path / "fresh"
     run([sys.executable, "-m", "venv", str(venv)], tmp_path, env)

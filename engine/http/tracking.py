@@ -46,7 +46,7 @@ MAX_AGE = timedelta(days=1)  # the oldest a hit may be dated
 VISITOR = r"^[A-Za-z0-9-]{16,64}$"
 HIT_ID = r"^[A-Za-z0-9-]{8,64}$"
 SOURCE = "snippet"  # events.source of what the snippet sends
-SCRIPT = files("engine.http").joinpath("assets/t.js").read_bytes()
+SCRIPT = files("engine.http").joinpath("t.js").read_bytes()
 
 
 class PageView(BaseModel):
