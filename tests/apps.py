@@ -1,9 +1,16 @@
-"""An App for tests: the test database, a workflows folder, the shipped templates, the outbox."""
+"""An App for tests: the test database, a workflows folder, the shipped templates, the outbox;
+and an API served on a free port of this machine, for browsers and other processes."""
 
 from __future__ import annotations
 
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
+import uvicorn
+from fastapi import FastAPI
 from sqlalchemy import Engine
 
 from channels.base import EMAIL, SMS
@@ -35,3 +42,20 @@ def outbox_app(
     outbox = tmp_path / "outbox"
     channels = {EMAIL: OutboxChannel(outbox, EMAIL, clock), SMS: OutboxChannel(outbox, SMS, clock)}
     return App.create(settings, clock=clock, environ={}, channels=channels, engine=db, paced=False)
+
+
+@contextmanager
+def serving(api: FastAPI) -> Iterator[str]:
+    """Serve `api` with uvicorn on a free port of 127.0.0.1 in a thread; yields its base URL."""
+    server = uvicorn.Server(uvicorn.Config(api, host="127.0.0.1", port=0, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 20
+    while not server.started:
+        assert time.monotonic() < deadline, "the server did not start"
+        time.sleep(0.05)
+    try:
+        yield f"http://127.0.0.1:{server.servers[0].sockets[0].getsockname()[1]}"
+    finally:
+        server.should_exit = True
+        thread.join(10)

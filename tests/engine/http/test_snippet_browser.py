@@ -4,7 +4,6 @@ once, in order; Do-Not-Track, Global Privacy Control and a missing consent stop 
 
 from __future__ import annotations
 
-import shutil
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -14,8 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import uvicorn
-from playwright.sync_api import Browser, BrowserContext, sync_playwright
+from playwright.sync_api import Browser, BrowserContext
 from sqlalchemy import Engine, select
 
 from engine.app import App
@@ -23,8 +21,7 @@ from engine.clock import SystemClock
 from engine.http.api import create_api
 from engine.models import Event, Lead, ScoreEntry, Visitor, VisitorEvent
 from engine.signing import lead_token
-from tests.apps import ROOT, outbox_app
-from tests.conftest import IN_CI
+from tests.apps import ROOT, outbox_app, serving
 
 SECRET = "snippet-secret-0123456789abcdef-0123456789"
 KEY = "snippet-key-0123456789abcdef-0123456789"
@@ -69,19 +66,6 @@ def _site() -> Site:
     return site
 
 
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Browser]:
-    found = shutil.which("chromium") or shutil.which("chromium-browser")
-    if found is None:
-        if IN_CI:
-            pytest.fail("chromium is not installed (apt-get install -y chromium chromium-driver)")
-        pytest.skip("chromium is not installed")
-    with sync_playwright() as driver:
-        launched = driver.chromium.launch(executable_path=found, args=["--no-sandbox"])
-        yield launched
-        launched.close()
-
-
 @dataclass
 class Served:
     app: App
@@ -101,18 +85,9 @@ def served(db: Engine, tmp_path: Path) -> Iterator[Served]:
         NURTURE_SECRET_KEY=SECRET,
         NURTURE_SITE_ORIGINS=site.origin,
     )
-    api = create_api(app, None, api_keys=[KEY], environ={})
-    server = uvicorn.Server(uvicorn.Config(api, port=0, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 20
-    while not server.started:
-        assert time.monotonic() < deadline, "nurture did not start"
-        time.sleep(0.05)
-    site.nurture_url = f"http://127.0.0.1:{server.servers[0].sockets[0].getsockname()[1]}"
-    yield Served(app, site)
-    server.should_exit = True
-    thread.join(10)
+    with serving(create_api(app, None, api_keys=[KEY], environ={})) as url:
+        site.nurture_url = url
+        yield Served(app, site)
     site.server.shutdown()
 
 

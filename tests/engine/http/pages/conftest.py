@@ -4,34 +4,19 @@ with a key, and a fresh tab per test (one demo and one server per test module)."
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-import uvicorn
 from click.testing import CliRunner
-from playwright.sync_api import Browser, Dialog, sync_playwright
+from playwright.sync_api import Browser, Dialog
 
 from engine.app import App
 from engine.cli.main import main
 from engine.http.api import create_api
 from engine.settings import Settings
+from tests.apps import serving
 from tests.engine.http.pages.browser import KEY, ROOT, SECRET, Served, Tab
-
-
-@pytest.fixture(scope="module")
-def chromium() -> str:
-    """Debian's chromium: skipped without it, failed without it under CI=true."""
-    found = shutil.which("chromium") or shutil.which("chromium-browser")
-    if found is None:
-        if os.environ.get("CI") == "true":
-            pytest.fail("chromium is not installed (apt-get install -y chromium chromium-driver)")
-        pytest.skip("chromium is not installed")
-    return found
 
 
 @pytest.fixture(scope="module")
@@ -75,27 +60,9 @@ def served(demo: Path) -> Iterator[Served]:
         }
     )
     app = App.create(settings, environ={})
-    api = create_api(app, None, api_keys=[KEY], environ={})
-    server = uvicorn.Server(uvicorn.Config(api, host="127.0.0.1", port=0, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 20
-    while not server.started:
-        assert time.monotonic() < deadline, "the dashboard did not start"
-        time.sleep(0.05)
-    port = server.servers[0].sockets[0].getsockname()[1]
-    yield Served(f"http://127.0.0.1:{port}", app, database)
-    server.should_exit = True
-    thread.join(10)
+    with serving(create_api(app, None, api_keys=[KEY], environ={})) as url:
+        yield Served(url, app, database)
     app.engine.dispose()
-
-
-@pytest.fixture(scope="module")
-def browser(chromium: str) -> Iterator[Browser]:
-    with sync_playwright() as driver:
-        launched = driver.chromium.launch(executable_path=chromium, args=["--no-sandbox"])
-        yield launched
-        launched.close()
 
 
 @pytest.fixture
