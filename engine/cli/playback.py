@@ -25,10 +25,11 @@ from engine.delivery.context import preview_context, recent_activity
 from engine.errors import NurtureError, UnknownSequenceError, WorkflowError
 from engine.models import Enrolment, Handoff, Lead
 from engine.read.experiments import sequence_experiments
+from engine.read.sources import website_figures
 from engine.read.stats import funnel
 from engine.read.timeline import timeline
 from engine.read.views import find_by_key
-from engine.runner.demo import persona
+from engine.runner.demo import crowd
 from engine.runner.simulation import ScriptedEvent, Simulation
 from engine.settings import Settings
 from engine.starter import examples
@@ -251,7 +252,7 @@ def demo_command(
 ) -> None:
     """Two months of nurture for synthetic leads through the real pipeline, in under a minute."""
     rng = random.Random(seed)
-    personas = [persona(rng, i, DEFAULT_START) for i in range(count)]
+    personas = crowd(rng, count, DEFAULT_START)
     if (out / "outbox").exists():
         shutil.rmtree(out / "outbox")
     settings = replace(
@@ -289,6 +290,7 @@ def demo_command(
                 or 0
             )
             data["experiment"] = _one_experiment(s, sim.app)
+            data["website"] = website_figures(s)
     finally:
         sim.close()
     outbox = out / "outbox"
@@ -306,6 +308,12 @@ def demo_command(
     console.print(
         f"MQLs: {data['stages']['mql_ever']} · handoffs to sales: {data['handoffs']} · "
         f"re-engaged leads: {data['re_engaged']}"
+    )
+    site = data["website"]
+    console.print(
+        f"Website: {site['page_views']:,} page views from {site['visitors']:,} visitors; "
+        f"{site['identified']:,} identified, and their {site['joined']:,} earlier page views "
+        f"joined their leads; {site['anonymous']:,} still anonymous"
     )
     if data["experiment"] is not None:
         console.print(data["experiment"]["summary"])

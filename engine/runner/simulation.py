@@ -18,6 +18,7 @@ from engine.app import App
 from engine.clock import FrozenClock
 from engine.db import make_engine
 from engine.errors import UnknownSequenceError
+from engine.funnel.visitors import Hit, take
 from engine.migrations import stamp
 from engine.models import (
     Base,
@@ -25,22 +26,32 @@ from engine.models import (
     DeliveryStatus,
     Lead,
 )
+from engine.read.sources import SNIPPET
 from engine.runner.actors import Tasks
 from engine.runner.scheduler import Horizon
 from engine.settings import QUEUES, Settings
 from engine.workflow.spec import Sequence, Workflows
 
+FORM = "form"  # events.source of a hosted form's fill (as engine/http/forms.py records it)
+
 
 @dataclass(order=True)
 class ScriptedEvent:
     """Something a simulated lead does at a moment; `of` names the template of the email it
-    opens or clicks, which the lead does only if that email was sent to it."""
+    opens or clicks, which the lead does only if that email was sent to it.
+
+    With a `visitor` (its browser's anonymous id) it happens on the website and comes in as
+    the snippet and hosted forms send it, through `take`: a form fill names `lead` and so
+    identifies the visitor; a page view leaves `lead` empty and goes to the visitor's lead
+    once it has one, or waits for it unscored.
+    """
 
     at: datetime
     lead: dict[str, Any] = field(compare=False)
     type: str = field(compare=False)
     properties: dict[str, Any] = field(default_factory=dict, compare=False)
     of: str | None = field(default=None, compare=False)
+    visitor: str | None = field(default=None, compare=False)
 
 
 class Simulation:
@@ -111,20 +122,32 @@ class Simulation:
 
     def post(self, events: list[ScriptedEvent], batch: int = 500) -> None:
         """Record scripted events the way a busy source does: in batches through the events
-        queue, each event with its own payload as the API would take it.
+        queue, each event with its own payload as the API would take it; what happens on the
+        website first, as the collect and forms endpoints take it (`visit`).
 
-        The lookups of clicked emails run first, in one query, so they never wait for the
-        write lock of a worker busy with the events posted before them.
+        The lookups of clicked emails and the website's calls run first, so they never wait
+        for the write lock of a worker busy with the events posted before them.
         """
         sent = self._sent_of([event for event in events if event.of])
+        self.visit([event for event in events if event.visitor is not None], batch)
         # Nobody opens or clicks an email they never got (held out, skipped, not yet sent).
         payloads = [
             self._payload(event, sent)
             for event in events
-            if not event.of or (_email(event.lead), event.of) in sent
+            if event.visitor is None and (not event.of or (_email(event.lead), event.of) in sent)
         ]
         for offset in range(0, len(payloads), batch):
             self.tasks.process_events.send(payloads[offset : offset + batch])
+
+    def visit(self, events: list[ScriptedEvent], batch: int = 500) -> None:
+        """Record what visitors do on the website as `/t/collect` and hosted forms do: their
+        calls through `take` in batches, each batch one transaction, and then the follow-up
+        work it made due handed to the workers."""
+        for offset in range(0, len(events), batch):
+            hits = [_hit(event) for event in events[offset : offset + batch]]
+            with self.app.sessions.begin() as session:
+                taken = take(session, self.app.rt, hits)
+            self.tasks.follow_up(*(outcome for each in taken for outcome in each.outcomes))
 
     @staticmethod
     def _payload(
@@ -217,6 +240,18 @@ def sequences_named(workflows: Workflows, names: Collection[str]) -> dict[str, S
         if name not in workflows.sequences:
             raise UnknownSequenceError(name, sorted(workflows.sequences))
     return {name: workflows.sequences[name] for name in names}
+
+
+def _hit(event: ScriptedEvent) -> Hit:
+    """A website call: a page view of the visitor (source `snippet`), or a form fill naming
+    the lead (source `form`); its id stands for the snippet's or the form's own, so a replay
+    counts once."""
+    assert event.visitor is not None
+    event_id = f"sim:{event.visitor}:{event.type}:{event.at.isoformat()}"
+    source = FORM if event.lead else SNIPPET
+    return Hit(
+        event.visitor, event.lead or None, event.type, event.properties, event.at, event_id, source
+    )
 
 
 def _email(lead: Mapping[str, Any]) -> str:
