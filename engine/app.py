@@ -14,6 +14,7 @@ from channels import build_channels
 from channels.base import Channel
 from engine.clock import Clock, SystemClock
 from engine.db import make_engine, make_sessionmaker
+from engine.delivery.confirmation import check_confirmations
 from engine.delivery.pacing import LocalPacer, Pacer, RedisPacer
 from engine.delivery.process import CrmTarget
 from engine.delivery.rendering import Renderer
@@ -60,6 +61,7 @@ def load(settings: Settings) -> tuple[Workflows, Renderer, Policy]:
     if workflows is not None:
         limits = {s.file: s.send.sms_max_segments for s in workflows.sequences.values()}
         problems.extend(renderer.check(workflows.template_uses, sms_max_segments=limits))
+        problems.extend(check_confirmations(renderer, settings, workflows.forms.values()))
     if problems or workflows is None:
         raise WorkflowError(problems)
     return workflows, renderer, policy

@@ -121,6 +121,18 @@ class ErasureReason(StrEnum):
     RETENTION = "retention"
 
 
+class ConsentStatus(StrEnum):
+    """Where a consent record stands: given on the form, or for double opt-in pending until the
+    confirmation link is followed; `existing` when the lead already had that consent, `blocked`
+    when its address is suppressed for a bounce or complaint (no confirmation sent)."""
+
+    GIVEN = "given"
+    PENDING = "pending"
+    CONFIRMED = "confirmed"
+    EXISTING = "existing"
+    BLOCKED = "blocked"
+
+
 class VersionKind(StrEnum):
     """Which workflow file a stored version holds: a sequence, scoring.yml or sending.yml."""
 
@@ -561,3 +573,26 @@ class VisitorEvent(Base):
     received_at: Mapped[datetime]
     idempotency_key: Mapped[str | None] = mapped_column(String(200), unique=True)
     source: Mapped[str] = mapped_column(String(32))
+
+
+class Consent(Base):
+    """Proof of one consent a lead gave on a form: what it was shown word for word, where, when,
+    from which address and browser, and for double opt-in when and whence it confirmed."""
+
+    __tablename__ = "consents"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    lead_id: Mapped[int] = mapped_column(ForeignKey("leads.id", ondelete="CASCADE"), index=True)
+    channel: Mapped[str] = mapped_column(String(8))
+    topic: Mapped[str] = mapped_column(String(100))
+    form: Mapped[str] = mapped_column(String(100))
+    text: Mapped[str] = mapped_column(Text)  # the consent text as shown
+    status: Mapped[ConsentStatus] = mapped_column(EnumText(ConsentStatus, 12))
+    ip: Mapped[str | None] = mapped_column(String(64))
+    user_agent: Mapped[str | None] = mapped_column(String(500))
+    page_url: Mapped[str | None] = mapped_column(String(2000))  # where the form was
+    requested_at: Mapped[datetime]
+    confirmation_sent_at: Mapped[datetime | None]
+    confirmed_at: Mapped[datetime | None]
+    confirm_ip: Mapped[str | None] = mapped_column(String(64))
+    confirm_user_agent: Mapped[str | None] = mapped_column(String(500))

@@ -28,6 +28,7 @@ from engine.errors import UnknownLeadError
 from engine.funnel.journey import end_all
 from engine.funnel.leads import lock_leads
 from engine.models import (
+    Consent,
     Delivery,
     DeliveryStatus,
     Enrolment,
@@ -170,6 +171,17 @@ def _erase(session: Session, rt: Runtime, lead: Lead, reason: ErasureReason, via
         ),
         "handoffs": _scrub_handoffs(session, lead),
         "suppressions": _hash_suppressions(session, lead),
+        # proof of consent keeps what was shown and when; where from and by whom go
+        "consents": _set(
+            session,
+            Consent,
+            Consent.lead_id == lead.id,
+            ip=None,
+            user_agent=None,
+            page_url=None,
+            confirm_ip=None,
+            confirm_user_agent=None,
+        ),
     }
     summary: dict[str, Any] = {
         "scrubbed": scrubbed,

@@ -47,6 +47,9 @@ from engine.models import Lead, Visitor, VisitorEvent
 from engine.workflow.runtime import Runtime
 
 VISITOR_MAX = 200  # the length of visitors.id
+# events.source of what reaches a lead from the website: the tracking snippet and its forms
+SNIPPET = "snippet"
+FORM = "form"
 
 
 @dataclass(frozen=True)

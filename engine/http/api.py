@@ -43,6 +43,7 @@ from engine.http.auth import authoriser, check_keys
 from engine.http.clicks import click_router
 from engine.http.errors import install_error_handlers
 from engine.http.experiments import experiment_routes
+from engine.http.forms import forms_router
 from engine.http.limits import MAX_BODY_BYTES, BodyLimit
 from engine.http.pages import mount_dashboard
 from engine.http.privacy import privacy_routes
@@ -118,5 +119,6 @@ def create_api(
     api.include_router(segment_router(app, follow, env))
     api.include_router(click_router(app, follow.after))
     api.include_router(tracking_router(app, follow))
+    api.include_router(forms_router(app, follow, tasks))
     mount_dashboard(api, app, follow.after, keys)
     return api

@@ -9,20 +9,17 @@ Decisions:
 - Browser clocks are wrong often; the snippet sends when each hit happened and when it sent
   the batch, both by the browser's clock, and the server dates each hit that long before it
   received the batch (at most a day, never in the future).
-- Each client address may send RATE batches a second with bursts of BURST (one limiter shared
+- Each client address may send QUOTA: 5 batches a second, bursts of 20 (one limiter shared
   by every API process through Redis when NURTURE_REDIS_URL is set; 429 with Retry-After).
 - Hits are idempotent by the snippet's own random hit id, so a beacon sent twice counts once.
 """
 
 from __future__ import annotations
 
-import logging
-import math
 from datetime import datetime, timedelta
 from importlib.resources import files
 from typing import Any, Literal
 
-import redis
 from fastapi import APIRouter, HTTPException, Request
 from fastapi.responses import Response
 from pydantic import BaseModel, Field, ValidationError
@@ -30,22 +27,19 @@ from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 
 from engine.app import App
-from engine.delivery.pacing import LocalPacer, Pacer, PacingTimeout, RedisPacer
-from engine.funnel.visitors import Hit, named, take
+from engine.delivery.pacing import Pacer
+from engine.funnel.visitors import SNIPPET, Hit, named, take
 from engine.http.routes import FollowUps
 from engine.http.schemas import ErrorOut
+from engine.http.throttle import Quota, limiter, throttle
 from engine.models import Lead
 from engine.signing import InvalidTokenError, read_lead_token
 
-log = logging.getLogger(__name__)
-
-RATE = 5.0  # batches per second per client address, sustained
-BURST = 20  # batches a client address may send at once
+QUOTA = Quota(rate=5.0, burst=20)  # beacons per second per client address, and at once
 MAX_HITS = 20  # hits per batch (the snippet sends at most this many)
 MAX_AGE = timedelta(days=1)  # the oldest a hit may be dated
 VISITOR = r"^[A-Za-z0-9-]{16,64}$"
 HIT_ID = r"^[A-Za-z0-9-]{8,64}$"
-SOURCE = "snippet"  # events.source of what the snippet sends
 SCRIPT = files("engine.http").joinpath("t.js").read_bytes()
 
 
@@ -101,14 +95,9 @@ _COLLECT_BODY = {
 }
 
 
-def limiter(app: App) -> Pacer:
-    """The per-client limiter: on Redis when the deployment has one, else in this process."""
-    if app.settings.redis_url:
-        return RedisPacer(redis.Redis.from_url(app.settings.redis_url), prefix="nurture:limit:")
-    return LocalPacer()
-
-
-def tracking_router(app: App, follow: FollowUps, pacer: Pacer | None = None) -> APIRouter:
+def tracking_router(
+    app: App, follow: FollowUps, pacer: Pacer | None = None, quota: Quota = QUOTA
+) -> APIRouter:
     """`GET /t.js` and `POST /t/collect` (no API key: origin checked, rate limited)."""
     router = APIRouter(tags=["tracking"])
     origins = frozenset(app.settings.site_origins)
@@ -141,7 +130,7 @@ def tracking_router(app: App, follow: FollowUps, pacer: Pacer | None = None) -> 
         body = await request.body()
 
         def handle() -> None:  # blocking work (Redis, row locks, the broker) off the event loop
-            _limit(limit, client)
+            throttle(limit, f"collect:{client}", quota, "tracking requests")
             try:
                 batch = Beacon.model_validate_json(body)
             except ValidationError as error:
@@ -161,21 +150,6 @@ def tracking_router(app: App, follow: FollowUps, pacer: Pacer | None = None) -> 
     return router
 
 
-def _limit(limit: Pacer, client: str) -> None:
-    """429 for an address over its rate; a limiter that fails (Redis down) lets beacons in,
-    as losing page views is worse than a burst the database takes anyway."""
-    try:
-        limit.reserve(f"collect:{client}", RATE, timeout=BURST / RATE)
-    except PacingTimeout as error:
-        raise HTTPException(
-            429,
-            "too many tracking requests from this address",
-            headers={"Retry-After": str(math.ceil(error.retry_after))},
-        ) from error
-    except redis.RedisError as error:
-        log.warning("tracking rate limit unavailable, beacon let through: %s", error)
-
-
 def _calls(
     session: Session, app: App, batch: Beacon, hits: list[tuple[View, datetime]], now: datetime
 ) -> list[Hit]:
@@ -184,11 +158,11 @@ def _calls(
     calls: list[Hit] = []
     lead = _token_lead(session, app.settings.secret_key, batch.lead_token, now)
     if lead is not None:
-        calls.append(Hit(batch.visitor, named(lead), source=SOURCE))
+        calls.append(Hit(batch.visitor, named(lead), source=SNIPPET))
     for hit, when in hits:
         properties = hit.properties.model_dump()
         event_id = f"t:{batch.visitor}:{hit.id}"
-        calls.append(Hit(batch.visitor, None, hit.type, properties, when, event_id, SOURCE))
+        calls.append(Hit(batch.visitor, None, hit.type, properties, when, event_id, SNIPPET))
     return calls
 
 

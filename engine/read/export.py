@@ -17,6 +17,7 @@ from sqlalchemy.orm import Session
 
 from engine.models import (
     Base,
+    Consent,
     Delivery,
     Enrolment,
     Erasure,
@@ -108,6 +109,7 @@ def export_lead(session: Session, lead: Lead, now: datetime) -> dict[str, Any]:
         "deliveries": of_lead(Delivery),
         "handoffs": of_lead(Handoff),
         "topic_opt_outs": of_lead(TopicOptOut),
+        "consents": of_lead(Consent),
         "suppressions": _rows(lead_suppressions(session, lead)),
         "visitors": [
             row(visitor) | {"events": visitor_events.get(visitor.id, [])} for visitor in visitors

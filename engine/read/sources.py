@@ -6,9 +6,9 @@ from __future__ import annotations
 from sqlalchemy import Select, exists, func, select
 from sqlalchemy.orm import Session
 
+from engine.funnel.visitors import SNIPPET
 from engine.models import Event, Visitor, VisitorEvent
 
-SNIPPET = "snippet"  # events.source of what the tracking snippet sends
 PAGE_VIEWED = "page_viewed"
 
 

@@ -18,6 +18,7 @@ from dramatiq.brokers.stub import StubBroker
 from sqlalchemy.orm import Session
 
 from engine.app import App
+from engine.delivery.confirmation import send_confirmation
 from engine.delivery.handoff import claim_due_handoffs, hand_over
 from engine.delivery.sending import expire_stuck, send_deliveries, send_delivery
 from engine.funnel.erasure import RETENTION_BATCH, erase_idle
@@ -87,6 +88,8 @@ class Tasks:
         self.advance_enrolments = declare(self._advance_enrolments, "journeys")
         self.send_deliveries = declare(self._send_deliveries, "sends")
         self.deliver_handoff = declare(self._deliver_handoff, "handoffs")
+        # one-off emails outside sequences go with handoffs: a person is waiting for them
+        self.send_confirmation = declare(self._send_confirmation, "handoffs")
         self.refresh_leads = declare(self._refresh_leads, "maintenance")
         # Backtest jobs run simulations, which are built on these actors: the process that
         # runs them (`nurture worker`, `nurture run`) hands their runner in (`runner.jobs`).
@@ -152,6 +155,13 @@ class Tasks:
 
     def _deliver_handoff(self, handoff_id: int) -> None:
         hand_over(self.app, handoff_id)
+
+    def _send_confirmation(self, consent_id: int) -> None:
+        send_confirmation(self.app, consent_id)
+
+    def confirm_later(self, consent_id: int) -> None:
+        """Enqueue the double opt-in email of a pending consent (sent at most once)."""
+        self.send_confirmation.send(consent_id)
 
     def start_job(self, job_id: str) -> None:
         """Hand a stored backtest job to a worker (the scheduler does, if this message is lost)."""

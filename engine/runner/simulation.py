@@ -18,7 +18,7 @@ from engine.app import App
 from engine.clock import FrozenClock
 from engine.db import make_engine
 from engine.errors import UnknownSequenceError
-from engine.funnel.visitors import Hit, take
+from engine.funnel.visitors import FORM, SNIPPET, Hit, take
 from engine.migrations import stamp
 from engine.models import (
     Base,
@@ -26,13 +26,10 @@ from engine.models import (
     DeliveryStatus,
     Lead,
 )
-from engine.read.sources import SNIPPET
 from engine.runner.actors import Tasks
 from engine.runner.scheduler import Horizon
 from engine.settings import QUEUES, Settings
 from engine.workflow.spec import Sequence, Workflows
-
-FORM = "form"  # events.source of a hosted form's fill (as engine/http/forms.py records it)
 
 
 @dataclass(order=True)

@@ -12,11 +12,20 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from engine.errors import Problem, WorkflowError
+from engine.workflow.forms import FORMS_FILE, load_forms
 from engine.workflow.reader import content_hash, display
 from engine.workflow.scoring_rules import load_scoring
 from engine.workflow.sequences import load_sequence
 from engine.workflow.sources import SOURCES_FILE, load_sources
-from engine.workflow.spec import Scoring, SegmentMapping, Sequence, Source, TemplateUse, Workflows
+from engine.workflow.spec import (
+    Form,
+    Scoring,
+    SegmentMapping,
+    Sequence,
+    Source,
+    TemplateUse,
+    Workflows,
+)
 
 SCORING_FILE = "scoring.yml"
 OTHER_FILES = ("sending.yml",)
@@ -55,6 +64,7 @@ def load_workflows(
     sequences: dict[str, Sequence] = {}
     uses: list[TemplateUse] = []
     segment = SegmentMapping()
+    forms: dict[str, Form] = {}
     for path in paths:
         file, data = display(path), path.read_bytes()
         try:
@@ -64,6 +74,8 @@ def load_workflows(
                 scoring = load_scoring(file, data, problems)
             elif path.name == SOURCES_FILE:
                 segment = load_sources(file, data, problems)
+            elif path.name == FORMS_FILE:
+                forms = load_forms(file, data, problems, email_templates)
             elif path.stem == SCORING_FILE.removesuffix(".yml"):
                 problems.append(Problem(file, 1, "", f"name this file {SCORING_FILE}"))
             elif sequence := load_sequence(file, data, templates, names, problems, uses):
@@ -91,6 +103,7 @@ def load_workflows(
         template_uses=tuple(uses),
         sources=sources,
         segment=segment,
+        forms=forms,
     )
 
 
@@ -103,7 +116,7 @@ def load_previous(path: Path) -> dict[str, Sequence]:
     problems: list[Problem] = []
     found: dict[str, Sequence] = {}
     for file in files:
-        if file.name in (SCORING_FILE, SOURCES_FILE, *OTHER_FILES):
+        if file.name in (SCORING_FILE, SOURCES_FILE, FORMS_FILE, *OTHER_FILES):
             continue
         if sequence := load_sequence(display(file), file.read_bytes(), None, {}, problems, []):
             found[sequence.name] = sequence

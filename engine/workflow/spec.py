@@ -559,6 +559,59 @@ class SegmentMapping:
     traits: Mapping[str, str] = field(default_factory=dict)  # trait -> lead field, over defaults
 
 
+class FieldType(StrEnum):
+    """What a form field takes: free text, an email address, a phone number, or one of choices."""
+
+    TEXT = "text"
+    EMAIL = "email"
+    TEL = "tel"
+    SELECT = "select"
+
+
+@dataclass(frozen=True)
+class FormField:
+    """One field of a hosted form: the lead field it fills, its label and its checks."""
+
+    name: str
+    label: str
+    type: FieldType = FieldType.TEXT
+    required: bool = False
+    max_length: int = 200
+    choices: tuple[str, ...] = ()
+    placeholder: str = ""
+
+
+@dataclass(frozen=True)
+class FormConsent:
+    """The consent box of a form: the exact text shown, whether it must be ticked, and whether
+    email consent waits for the click in a confirmation email (double opt-in)."""
+
+    text: str
+    required: bool = False
+    double_opt_in: bool = False
+
+
+@dataclass(frozen=True)
+class Form:
+    """A hosted form from forms.yml: what it asks, the event it records, where it sends people."""
+
+    name: str
+    title: str
+    file: str
+    line: int
+    event: str = "form_submitted"
+    topic: str = DEFAULT_TOPIC
+    fields: tuple[FormField, ...] = ()
+    consent: FormConsent | None = None
+    description: str = ""
+    submit: str = "Submit"
+    thanks: str = "Thank you."
+    redirect: str | None = None
+    properties: Mapping[str, str] = field(default_factory=dict)
+    confirm_template: str = "confirm_subscription"
+    sender: tuple[str, str] | None = None  # (name, address) of the confirmation email
+
+
 @dataclass(frozen=True)
 class Workflows:
     """Everything loaded from the workflows folder, validated together."""
@@ -572,3 +625,5 @@ class Workflows:
     template_uses: tuple[TemplateUse, ...] = ()
     # How Segment-spec calls map to events and lead fields (sources.yml; defaults without it).
     segment: SegmentMapping = field(default_factory=SegmentMapping)
+    # Hosted forms by name (forms.yml; none without it).
+    forms: Mapping[str, Form] = field(default_factory=dict)

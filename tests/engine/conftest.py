@@ -21,6 +21,7 @@ EMAIL_TEMPLATES = {
     "win_back",
     "whats_new",
     "last_chance",
+    "confirm_subscription",
 }
 SMS_TEMPLATES = {"quick_question", "demo_nudge", "win_back_sms"}
 

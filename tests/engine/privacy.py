@@ -1,6 +1,7 @@
 """A person with a row in every table that can hold something about them, built through the
 engine (events, a sent email, provider feedback, a handoff, a topic left, suppressions) plus
-the visitor rows the tracking snippet would write; and a scan of every column of every table."""
+the visitor rows the tracking snippet and the consent a form would write; and a scan of every
+column of every table."""
 
 from __future__ import annotations
 
@@ -16,7 +17,15 @@ from engine.delivery.feedback import record_delivery_event
 from engine.delivery.sending import send_delivery, suppress
 from engine.funnel.service import track
 from engine.funnel.topics import TOPIC_EVENT
-from engine.models import Base, Delivery, Lead, Visitor, VisitorEvent
+from engine.models import (
+    Base,
+    Consent,
+    ConsentStatus,
+    Delivery,
+    Lead,
+    Visitor,
+    VisitorEvent,
+)
 from engine.runner.inline import run_due
 
 EMAIL_ADDRESS = "anastasia.quill@northwind-privacy.test"
@@ -28,6 +37,8 @@ COMPANY = "Zanzibar Lighthouse Works"
 FIELD_VALUE = "sails-a-yawl-named-petrichor"
 PROPERTY_VALUE = "campaign-ref-99417-quill"
 VISITOR_ID = "anon-visitor-5e1d"
+IP = "203.0.113.77"
+USER_AGENT = "Mozilla/5.0 (QuillOS 9; Lighthouse) Gecko/2026"
 # What must not survive an erasure anywhere in the database.
 PERSONAL = (
     EMAIL_ADDRESS,
@@ -39,6 +50,8 @@ PERSONAL = (
     FIELD_VALUE,
     PROPERTY_VALUE,
     VISITOR_ID,
+    IP,
+    USER_AGENT,
 )
 
 
@@ -127,6 +140,23 @@ def person(app: App, clock: FrozenClock) -> Person:
         now = clock.now()
         suppress(session, "sms", PHONE, f"twilio opted_out: {PHONE} replied STOP", now)
         suppress(session, EMAIL, EMAIL_ADDRESS, f"sendgrid bounced: 550 <{EMAIL_ADDRESS}>", now)
+        session.add(
+            Consent(
+                lead_id=lead_id,
+                channel=EMAIL,
+                topic="newsletter",
+                form="newsletter",
+                text="Yes, email me the newsletter.",
+                status=ConsentStatus.CONFIRMED,
+                ip=IP,
+                user_agent=USER_AGENT,
+                page_url=f"https://acme.test/subscribe?ref={PROPERTY_VALUE}",
+                requested_at=now - timedelta(days=1),
+                confirmed_at=now,
+                confirm_ip=IP,
+                confirm_user_agent=USER_AGENT,
+            )
+        )
         lead = session.get_one(Lead, lead_id)
         assert lead.fields == {"boat": FIELD_VALUE}
     run_due(app.sessions, app.rt)

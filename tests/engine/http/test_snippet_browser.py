@@ -49,7 +49,10 @@ def _site() -> Site:
             consent = ' data-consent="required"' if "consent" in self.path else ""
             page = (
                 f"<!doctype html><title>Page {self.path.split('?')[0]}</title>"
-                f'<form><input type="hidden" name="nurture_visitor"></form>'
+                # The site's own newsletter form, posting to nurture's hosted form.
+                f'<form method="post" action="{site.nurture_url}/f/newsletter">'
+                '<input name="email" type="email"><input name="consent" type="checkbox">'
+                '<input type="hidden" name="nurture_visitor"><button>Subscribe</button></form>'
                 f'<script async src="{site.nurture_url}/t.js"{consent}></script>'
             ).encode()
             self.send_response(200)
@@ -172,6 +175,45 @@ def test_page_views_before_and_after_identifying_join_one_lead_scored_once_in_or
     assert ledger == [("pricing_page_view", 7.0)]
     with app.sessions() as session:
         assert session.get_one(Lead, lead_id).engagement == 7.0
+
+
+def test_page_views_before_and_after_a_form_fill_end_up_on_one_lead_scored_once_in_order(
+    browser: Browser, served: Served
+) -> None:
+    app, site = served.app, served.site
+    context = browser.new_context()
+    _visit(context, f"{site.origin}/pricing")
+    _visit(context, f"{site.origin}/blog/scoring")
+    _eventually(lambda: len(_rows(app, VisitorEvent)) == 2)
+
+    page = context.new_page()
+    page.goto(f"{site.origin}/signup")
+    page.wait_for_function("window.nurture && window.nurture.loaded")
+    page.fill("input[name=email]", "jens@northwind.test")
+    page.check("input[name=consent]")
+    page.click("button")  # leaving the page sends its view; the form names the visitor
+    page.wait_for_url("**/f/newsletter/thanks")
+    page.close()
+    _eventually(lambda: len(_rows(app, Event)) == 4)
+    _visit(context, f"{site.origin}/pricing")
+    _eventually(lambda: len(_rows(app, Event)) == 5)
+
+    with app.sessions() as session:
+        lead = session.scalars(select(Lead)).one()
+        events = list(session.scalars(select(Event).order_by(Event.occurred_at, Event.id)))
+    assert lead.email == "jens@northwind.test"
+    assert {event.lead_id for event in events} == {lead.id}
+    seen = [(e.type, e.properties.get("path")) for e in events]
+    assert seen[:2] == [("page_viewed", "/pricing"), ("page_viewed", "/blog/scoring")]
+    # The signup page's view leaves with the page as the form is sent: either may come first.
+    assert sorted(seen[2:4], key=str) == [
+        ("newsletter_subscribed", None),
+        ("page_viewed", "/signup"),
+    ]
+    assert seen[4] == ("page_viewed", "/pricing")
+    assert _rows(app, VisitorEvent) == []
+    ledger = [e.rule for e in _rows(app, ScoreEntry) if e.rule == "pricing_page_view"]
+    assert ledger == ["pricing_page_view"]  # two pricing views of one morning: scored once
 
 
 @pytest.mark.parametrize(

@@ -218,7 +218,7 @@ def test_handoffs_of_the_last_seven_days_are_listed_newest_first_and_counted_by_
             "score": 51,
         },
     ]
-    assert figures["handoff_counts"] == {"delivered": 1, "pending": 1}
+    assert figures["handoff_counts"] == {"delivered": 1, "pending": 1, "withdrawn": 0}
 
 
 def test_sends_due_in_the_period_are_counted_by_channel_and_status(
@@ -255,7 +255,8 @@ def test_an_empty_database_gives_zeros_for_every_figure(sessions: sessionmaker[S
     with sessions() as s:
         figures = overview(s, WEEK, NOW)
     assert [d["mql"] + d["sql"] for d in figures["per_day"]] == [0] * 7
-    assert figures["handoffs"] == [] and figures["handoff_counts"] == {"pending": 0, "delivered": 0}
+    assert figures["handoffs"] == []
+    assert figures["handoff_counts"] == {"pending": 0, "delivered": 0, "withdrawn": 0}
     assert figures["sends"] == [] and figures["provider_errors"] == []
     assert figures["events"] == {"pending": 0, "failed": 0, "oldest_failed_at": None}
 
@@ -270,7 +271,7 @@ def test_the_handoff_list_stops_at_fifty_but_the_counts_take_every_handoff_of_th
     with sessions() as s:
         figures = overview(s, WEEK, NOW)
     assert [h["score"] for h in figures["handoffs"]] == [50 + n for n in range(1, 51)]
-    assert figures["handoff_counts"] == {"pending": 55, "delivered": 0}
+    assert figures["handoff_counts"] == {"pending": 55, "delivered": 0, "withdrawn": 0}
 
 
 TODAY = date(2026, 3, 31)

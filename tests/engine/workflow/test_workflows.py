@@ -33,7 +33,7 @@ from engine.workflow.spec import (
 SHIPPED = Path(__file__).resolve().parents[3] / "workflows"
 EMAIL = {
     "welcome", "case_study", "pricing_guide", "demo_invite", "customer_story", "win_back",
-    "whats_new", "last_chance",
+    "whats_new", "last_chance", "confirm_subscription",
 }  # fmt: skip
 SMS = {"quick_question", "demo_nudge", "win_back_sms"}
 

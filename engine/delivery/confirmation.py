@@ -1,0 +1,143 @@
+"""The double opt-in email: one confirmation link per pending consent, sent at most once.
+
+Like the note to a lead's owner (`handoff.notify_owner`) it is no sequence step: it is marked
+sent in the database before the channel is called, so a retry or a second worker never sends
+it twice (a send lost on the way is not repeated; the person can fill the form again).
+Submitting again within RESEND_AFTER of a sent confirmation for the same lead and topic sends
+no new one: the first link still works, and a form cannot be used to flood an inbox.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from datetime import datetime, timedelta
+from typing import Any
+
+from markupsafe import escape
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from channels.base import EMAIL, EmailMessage
+from engine.delivery.context import lead_view, unsubscribe_url
+from engine.delivery.process import DeliveryContext
+from engine.delivery.rendering import Renderer, TemplateError, sample_context
+from engine.errors import Problem
+from engine.funnel.consents import confirm_token
+from engine.models import Consent, ConsentStatus, Lead
+from engine.settings import Settings
+from engine.workflow.spec import Form
+
+RESEND_AFTER = timedelta(hours=1)
+SAMPLE_CONFIRM_URL = "https://nurture.acme-analytics.example/f/confirm/c2FtcGxl.MTc3.c2ln"
+
+
+def confirm_url(settings: Settings, consent_id: int, issued_at: datetime) -> str:
+    """The link that confirms a pending consent, signed against forgery, expiring."""
+    token = confirm_token(settings.secret_key, consent_id, issued_at)
+    return f"{settings.public_url}/f/confirm/{token}"
+
+
+def confirmation_context(
+    settings: Settings, form: Form, lead: Mapping[str, Any], link: str, unsubscribe: str, now: Any
+) -> dict[str, Any]:
+    """What a confirmation template sees: the lead, the form, the link, the sender."""
+    name, address = form.sender or ("", settings.notify_from)
+    return {
+        "lead": lead,
+        "form": {"name": form.name, "title": form.title, "topic": form.topic},
+        "confirm_url": link,
+        "unsubscribe_url": unsubscribe,
+        "sender": {
+            "name": name or settings.company_name,
+            "email": address,
+            "company": settings.company_name,
+            "postal_address": settings.postal_address,
+        },
+        "now": now,
+    }
+
+
+def send_confirmation(ctx: DeliveryContext, consent_id: int) -> bool:
+    """Email the confirmation link of a pending consent once; False when none is due (sent
+    before, confirmed, the lead erased, or another sent for the same topic within the hour)."""
+    now = ctx.rt.clock.now()
+    with ctx.sessions.begin() as session:
+        consent = session.get(Consent, consent_id, with_for_update=True)
+        if consent is None or consent.status != ConsentStatus.PENDING:
+            return False
+        lead = session.get_one(Lead, consent.lead_id)
+        form = ctx.rt.workflows.forms.get(consent.form)
+        if consent.confirmation_sent_at is not None or lead.erased_at or not lead.email:
+            return False
+        if form is None or _sent_lately(session, consent, now):
+            return False
+        consent.confirmation_sent_at = now
+        context = confirmation_context(
+            ctx.settings,
+            form,
+            lead_view(lead),
+            confirm_url(ctx.settings, consent.id, now),
+            unsubscribe_url(ctx.settings, lead.id, consent.topic),
+            now,
+        )
+        email = ctx.renderer.render_email(form.confirm_template, context)
+        message = EmailMessage(
+            delivery_id=f"consent-{consent.id}",
+            to_email=lead.email,
+            to_name=lead.full_name,
+            from_email=context["sender"]["email"],
+            from_name=context["sender"]["name"],
+            subject=email.subject,
+            html=email.html,
+            text=email.text,
+            unsubscribe_url=context["unsubscribe_url"],
+        )
+    ctx.channels[EMAIL].send(message)
+    return True
+
+
+def _sent_lately(session: Session, consent: Consent, now: datetime) -> bool:
+    """True when a confirmation for the same lead and topic went out within RESEND_AFTER."""
+    query = select(Consent.id).where(
+        Consent.lead_id == consent.lead_id,
+        Consent.topic == consent.topic,
+        Consent.id != consent.id,
+        Consent.confirmation_sent_at > now - RESEND_AFTER,
+    )
+    return session.scalar(query.limit(1)) is not None
+
+
+def check_confirmations(
+    renderer: Renderer, settings: Settings, forms: Iterable[Form]
+) -> list[Problem]:
+    """Render each double opt-in form's confirmation template against the sample lead, so a
+    typo or a missing link fails `nurture validate`, not a sign-up."""
+    sample = sample_context()
+    problems: list[Problem] = []
+    for form in forms:
+        if form.consent is None or not form.consent.double_opt_in:
+            continue
+        context = confirmation_context(
+            settings,
+            form,
+            sample["lead"],
+            SAMPLE_CONFIRM_URL,
+            sample["unsubscribe_url"],
+            sample["now"],
+        )
+        where = (form.file, form.line, f"forms.{form.name}.confirm_template")
+        try:
+            email = renderer.render_email(form.confirm_template, context)
+        except TemplateError as error:
+            problems.append(Problem(*where, str(error)))
+            continue
+        unsubscribe = str(escape(sample["unsubscribe_url"]))
+        for part, body, link, what in (
+            ("HTML", email.html, str(escape(SAMPLE_CONFIRM_URL)), "confirmation"),
+            ("text", email.text, SAMPLE_CONFIRM_URL, "confirmation"),
+            ("HTML", email.html, unsubscribe, "unsubscribe"),
+        ):
+            if link not in body:
+                message = f"template {form.confirm_template!r}: the {part} part has no {what} link"
+                problems.append(Problem(*where, message))
+    return problems
