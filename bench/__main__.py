@@ -25,6 +25,7 @@ BENCHMARKS: dict[str, list[str]] = {
     "backtest": ["--leads", "100", "--days", "30"],
     "rescore": ["--leads", "100", "--days", "30"],
     "experiments": ["--sends", "200"],
+    "stitching": ["--visitors", "100"],
     "soak": ["--seconds", "10"],
     "dashboard": ["--leads", "100", "--seed-leads", "50", "--rounds", "2"],
 }

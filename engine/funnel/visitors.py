@@ -103,37 +103,61 @@ def take(session: Session, rt: Runtime, hits: Sequence[Hit]) -> list[Taken]:
     visitors = _claim(session, {hit.visitor for hit in hits if hit.visitor}, now)
     linked = _leads(session, {v.lead_id for v in visitors.values() if v.lead_id is not None})
     taken: list[Taken] = [Taken() for _ in hits]
-    run: list[tuple[int, NewEvent]] = []  # events on leads, for one `record` pass
+    # Events on leads for one `record` pass, each with the hit it answers and whether it is a
+    # visitor's stitched past (True) or the hit's own event; visitors identified in the pass.
+    run: list[tuple[int, bool, NewEvent]] = []
+    joining: dict[str, _Joining] = {}
     stash: list[tuple[int, Hit]] = []  # anonymous events, for one insert
 
-    def flush() -> None:
-        if run:
-            outcomes = record(session, rt, [event for _, event in run])
-            for (index, _), outcome in zip(run, outcomes, strict=True):
-                taken[index].outcome = outcome
-            run.clear()
+    def store() -> None:
         if stash:
             kept = _store(session, [hit for _, hit in stash], now)
             for (index, _), new in zip(stash, kept, strict=True):
                 taken[index].stored, taken[index].duplicate = new, not new
             stash.clear()
 
+    def flush() -> None:
+        if run:
+            outcomes = record(session, rt, [event for _, _, event in run])
+            for (index, past, _), outcome in zip(run, outcomes, strict=True):
+                if past:
+                    taken[index].stitched.append(outcome)
+                else:
+                    taken[index].outcome = outcome
+            run.clear()
+        for visitor_id, joined in joining.items():
+            taken[joined.index].relinked_from = _link(
+                session, visitors[visitor_id], joined.rows, taken[joined.index], now
+            )
+            identified = taken[joined.index].outcome
+            assert identified is not None
+            linked[identified.lead_id] = identified.lead
+        joining.clear()
+        store()
+
     for index, hit in enumerate(hits):
         visitor = visitors[hit.visitor] if hit.visitor else None
         lead = linked.get(visitor.lead_id) if visitor and visitor.lead_id is not None else None
+        current = _current(visitor, lead, joining)
         if hit.lead is None:  # an anonymous call: to the visitor's lead, if it has one
             if hit.type is None:
                 continue
-            if lead is None:
+            if current is None:
                 stash.append((index, hit))
             else:
-                run.append((index, hit.on(named(lead))))
-        elif visitor is None or _names(lead, hit.lead):  # nothing to stitch
+                run.append((index, False, hit.on(current)))
+        elif visitor is None or _same(current, hit.lead):  # nothing to stitch
             if hit.type is not None:
-                run.append((index, hit.on(hit.lead)))
+                run.append((index, False, hit.on(hit.lead)))
             else:
                 flush()
                 taken[index].outcome = upsert_leads(session, rt, [hit.lead])[0]
+        elif hit.type is not None and visitor.id not in joining:
+            # Identified by an event (a form fill): its past joins this pass, in time order.
+            store()  # the visitor's anonymous events of this batch are kept first
+            rows, events = _stitching(session, visitor, hit, now)
+            run.extend((index, past, event) for past, event in events)
+            joining[visitor.id] = _Joining(index, hit.lead, rows)
         else:
             flush()  # the visitor's events so far are stored, the events before it recorded
             taken[index] = _identify(session, rt, visitor, hit, now)
@@ -215,12 +239,29 @@ def named(lead: Lead) -> dict[str, str]:
     return {column: value}
 
 
-def _names(lead: Lead | None, data: Mapping[str, Any]) -> bool:
-    """True when the lead a call names is `lead` (the visitor's): nothing to stitch."""
-    if lead is None:
-        return False
-    column, value = Identity.parse(data).key()
-    return bool(getattr(lead, column) == value)
+@dataclass
+class _Joining:
+    """A visitor identified in the current `record` pass: by which hit (naming `lead`), and
+    its kept rows, removed once the pass recorded them."""
+
+    index: int
+    lead: Mapping[str, Any]
+    rows: Sequence[VisitorEvent]
+
+
+def _current(
+    visitor: Visitor | None, lead: Lead | None, joining: Mapping[str, _Joining]
+) -> Mapping[str, Any] | None:
+    """Who a visitor's calls are recorded on now: the lead a hit of this pass named, else the
+    lead it is linked to, else nobody (anonymous)."""
+    if visitor is not None and visitor.id in joining:
+        return joining[visitor.id].lead
+    return named(lead) if lead is not None else None
+
+
+def _same(current: Mapping[str, Any] | None, data: Mapping[str, Any]) -> bool:
+    """True when a call names the lead the visitor is on already: nothing to stitch."""
+    return current is not None and Identity.parse(current).key() == Identity.parse(data).key()
 
 
 def _store(session: Session, hits: Sequence[Hit], now: datetime) -> list[bool]:
@@ -262,9 +303,11 @@ def _store(session: Session, hits: Sequence[Hit], now: datetime) -> list[bool]:
     ]
 
 
-def _identify(session: Session, rt: Runtime, visitor: Visitor, hit: Hit, now: datetime) -> Taken:
-    """Link the visitor to the lead the hit names: its stored events and the hit's own
-    recorded on that lead in time order (an identify upserts the lead first), then removed."""
+def _stitching(
+    session: Session, visitor: Visitor, hit: Hit, now: datetime
+) -> tuple[Sequence[VisitorEvent], list[tuple[bool, NewEvent]]]:
+    """The visitor's kept rows, and the events to record on the lead the hit names: those
+    rows' (True: its past) and the hit's own (False), in time order."""
     assert hit.lead is not None
     stored = session.scalars(
         select(VisitorEvent)
@@ -272,38 +315,54 @@ def _identify(session: Session, rt: Runtime, visitor: Visitor, hit: Hit, now: da
         .order_by(VisitorEvent.occurred_at, VisitorEvent.id)
     ).all()
     events = [
-        NewEvent(
-            hit.lead,
-            row.type,
-            row.properties,
-            row.occurred_at,
-            row.idempotency_key,
-            row.source,
+        (
+            True,
+            NewEvent(
+                hit.lead, row.type, row.properties, row.occurred_at, row.idempotency_key, row.source
+            ),
         )
         for row in stored
     ]
-    upserted = upsert_leads(session, rt, [hit.lead])[0] if hit.type is None else None
     if hit.type is not None:
-        events.append(hit.on(hit.lead))
-    order = sorted(range(len(events)), key=lambda i: (as_utc(events[i].occurred_at or now), i))
-    recorded = record(session, rt, [events[i] for i in order]) if events else []
-    outcomes = dict(zip(order, recorded, strict=True))
-    if stored:
+        events.append((False, hit.on(hit.lead)))
+    events.sort(key=lambda each: as_utc(each[1].occurred_at or now))  # stable: ties keep order
+    return stored, events
+
+
+def _link(
+    session: Session, visitor: Visitor, rows: Sequence[VisitorEvent], taken: Taken, now: datetime
+) -> int | None:
+    """After the pass that recorded them: the rows removed, the visitor linked to the lead its
+    hit named; the lead it followed before, when that was another."""
+    if rows:
         session.execute(
             delete(VisitorEvent)
-            .where(VisitorEvent.id.in_([row.id for row in stored]))
+            .where(VisitorEvent.id.in_([row.id for row in rows]))
             .execution_options(synchronize_session=False)
         )
-        for row in stored:
+        for row in rows:
             session.expunge(row)
-    own = outcomes.pop(len(stored)) if hit.type is not None else upserted
-    assert own is not None
-    previous = visitor.lead_id
-    if previous != own.lead_id:
-        visitor.lead_id = own.lead_id
+    assert taken.outcome is not None
+    lead_id, previous = taken.outcome.lead_id, visitor.lead_id
+    if previous != lead_id:
+        visitor.lead_id = lead_id
         visitor.identified_at = now
-    return Taken(
-        own,
-        stitched=[outcomes[i] for i in sorted(outcomes)],
-        relinked_from=previous if previous not in (None, own.lead_id) else None,
-    )
+    return previous if previous not in (None, lead_id) else None
+
+
+def _identify(session: Session, rt: Runtime, visitor: Visitor, hit: Hit, now: datetime) -> Taken:
+    """Link the visitor to the lead the hit names, in a pass of its own: its stored events
+    and the hit's own recorded on that lead in time order (an identify upserts it first)."""
+    assert hit.lead is not None
+    rows, events = _stitching(session, visitor, hit, now)
+    taken = Taken()
+    if hit.type is None:
+        taken.outcome = upsert_leads(session, rt, [hit.lead])[0]
+    recorded = record(session, rt, [event for _, event in events]) if events else []
+    for (past, _), outcome in zip(events, recorded, strict=True):
+        if past:
+            taken.stitched.append(outcome)
+        else:
+            taken.outcome = outcome
+    taken.relinked_from = _link(session, visitor, rows, taken, now)
+    return taken

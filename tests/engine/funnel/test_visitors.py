@@ -13,7 +13,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from engine.clock import FrozenClock
 from engine.errors import InvalidLeadError
 from engine.funnel.visitors import Hit, Taken, join, take
-from engine.models import Event, Lead, ScoreEntry, Visitor, VisitorEvent
+from engine.models import Base, Event, Lead, ScoreEntry, Visitor, VisitorEvent
 from engine.workflow.runtime import Runtime
 from tests.conftest import START
 
@@ -199,6 +199,64 @@ def test_joining_two_anonymous_ids_links_both_to_the_lead_one_has(
     assert len(_ledger(sessions, ANA["email"])) == 2
     with sessions() as s:
         assert s.get_one(Visitor, "phone").lead_id == s.get_one(Visitor, "laptop").lead_id
+
+
+def _facts(sessions: sessionmaker[Session]) -> tuple[Any, ...]:
+    """What hits left: events and ledger per lead (by email), visitors' links, kept events."""
+    with sessions() as s:
+        emails = {lead.id: lead.email for lead in s.scalars(select(Lead))}
+        events = sorted(
+            (emails[e.lead_id], e.type, e.occurred_at, e.idempotency_key, e.source)
+            for e in s.scalars(select(Event))
+        )
+        ledger = sorted(
+            (emails[e.lead_id], e.rule, e.points, e.occurred_at)
+            for e in s.scalars(select(ScoreEntry))
+        )
+        links = sorted((v.id, emails.get(v.lead_id)) for v in s.scalars(select(Visitor)))
+        kept = sorted((e.visitor_id, e.idempotency_key) for e in s.scalars(select(VisitorEvent)))
+        scores = sorted((lead.email, lead.engagement) for lead in s.scalars(select(Lead)))
+    return events, ledger, links, kept, scores
+
+
+def _wipe(sessions: sessionmaker[Session]) -> None:
+    with sessions.begin() as s:
+        for table in reversed(Base.metadata.sorted_tables):
+            s.execute(table.delete())
+
+
+def test_visitors_identified_together_in_one_call_end_as_when_their_hits_come_one_by_one(
+    sessions: sessionmaker[Session], rt: Runtime
+) -> None:
+    ben_form = Hit("v2", BEN, "form_submitted", {}, START + timedelta(hours=3), "f2", "form")
+    hits = [
+        _view("v1", 0, "a"),
+        _view("v2", 0.5, "b"),
+        _view("v1", 1, "c"),
+        Hit("v1", ANA, "form_submitted", {}, START + timedelta(hours=2), "f1", "form"),
+        _view("v2", 2.5, "d"),
+        ben_form,
+        _view("v1", 26, "e"),  # after its form: straight to Ana
+        _view("v3", 27, "f"),  # never identified
+        Hit("v1", BEN, "form_submitted", {}, START + timedelta(hours=28), "f3", "form"),
+        _view("v1", 29, "g"),  # now Ben's
+        _view("v2", 30),  # no id: a random key, once
+    ]
+    together = _take(sessions, rt, *hits)
+    batched = _facts(sessions)
+    _wipe(sessions)
+    alone = [_take(sessions, rt, hit)[0] for hit in hits]
+
+    assert _facts(sessions)[:3] == batched[:3]
+    assert [len(k) for k in (_facts(sessions)[3], batched[3])] == [1, 1]  # v3's one view
+    assert _facts(sessions)[4] == batched[4]
+    assert [len(t.stitched) for t in together] == [len(t.stitched) for t in alone]
+    assert [t.relinked_from is not None for t in together] == [
+        t.relinked_from is not None for t in alone
+    ]
+    events, _, links, _, _ = batched
+    assert links == [("v1", BEN["email"]), ("v2", BEN["email"]), ("v3", None)]
+    assert [e[1] for e in events if e[0] == ANA["email"]].count("page_viewed") == 3
 
 
 def test_joining_two_ids_no_lead_has_moves_the_stored_events_to_the_current_id(
