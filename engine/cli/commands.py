@@ -203,6 +203,16 @@ def lead_show(ctx: click.Context, key: str, as_json: bool) -> None:
             ["topic", "since", "via"],
             [(t["topic"], t["created_at"], t["source"]) for t in detail["unsubscribed_topics"]],
         )
+    if detail["consents"]:
+        table(
+            "Consents given on forms (the text shown, where, when)",
+            ["form", "topic", "status", "asked", "confirmed", "page", "IP", "text"],
+            [
+                (c["form"], c["topic"], c["status"], c["requested_at"], c["confirmed_at"] or "-",
+                 c["page_url"] or "-", c["ip"] or "-", c["text"])
+                for c in detail["consents"]
+            ],
+        )
     unprocessed = detail["unprocessed_events"]
     if unprocessed:
         table(

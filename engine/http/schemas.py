@@ -274,6 +274,19 @@ class UnsubscribedTopicOut(BaseModel):
     created_at: datetime
 
 
+class ConsentOut(BaseModel):
+    """Proof of a consent given on a form: the text shown, where, from which address, when."""
+
+    form: str
+    topic: str
+    status: str = Field(description="given, pending (double opt-in), confirmed, existing, blocked")
+    text: str
+    page_url: str | None
+    ip: str | None
+    requested_at: datetime
+    confirmed_at: datetime | None
+
+
 class LeadDetailOut(BaseModel):
     """Everything about one lead: score and why (newest 50 ledger rows), sequences, sends."""
 
@@ -286,6 +299,7 @@ class LeadDetailOut(BaseModel):
     unprocessed_events: list[UnprocessedEventOut]
     suppressions: list[SuppressionOut]
     unsubscribed_topics: list[UnsubscribedTopicOut]
+    consents: list[ConsentOut]
 
 
 class EventOut(BaseModel):

@@ -12,6 +12,7 @@ from engine.errors import UnknownLeadError
 from engine.funnel.erasure import address_forms
 from engine.funnel.leads import Identity, get_lead
 from engine.models import (
+    Consent,
     Delivery,
     Enrolment,
     Event,
@@ -85,6 +86,9 @@ def lead_detail(session: Session, lead: Lead) -> dict[str, Any]:
     suppressions = lead_suppressions(session, lead)
     topics = session.scalars(
         select(TopicOptOut).where(TopicOptOut.lead_id == lead.id).order_by(TopicOptOut.id)
+    )
+    consents = session.scalars(
+        select(Consent).where(Consent.lead_id == lead.id).order_by(Consent.id)
     )
     return {
         "lead": {
@@ -184,5 +188,18 @@ def lead_detail(session: Session, lead: Lead) -> dict[str, Any]:
         ],
         "unsubscribed_topics": [
             {"topic": t.topic, "source": t.source, "created_at": _iso(t.created_at)} for t in topics
+        ],
+        "consents": [
+            {
+                "form": c.form,
+                "topic": c.topic,
+                "status": c.status,
+                "text": c.text,
+                "page_url": c.page_url,
+                "ip": c.ip,
+                "requested_at": _iso(c.requested_at),
+                "confirmed_at": _iso(c.confirmed_at),
+            }
+            for c in consents
         ],
     }

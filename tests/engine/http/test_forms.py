@@ -267,6 +267,12 @@ def test_double_opt_in_gives_email_consent_only_after_the_confirmation_link(
     assert client.post(path).status_code == 200  # a second click changes nothing
     assert [e.type for e in _all(nurture, Event)] == ["newsletter_subscribed", "email_confirmed"]
     assert len(_outbox(tmp_path)) == 1
+    # The lead's page in the API shows the proof.
+    key = {"Authorization": f"Bearer {'k' * 40}"}
+    (proof,) = client.get("/v1/leads/ana@northwind.test", headers=key).json()["consents"]
+    assert (proof["form"], proof["status"]) == ("newsletter", "confirmed")
+    assert proof["ip"] == "testclient"
+    assert proof["text"] == consent.text and proof["page_url"] == f"{SITE}/blog"
 
 
 def test_an_unsubscribed_lead_asking_again_is_back_only_after_confirming(

@@ -17,7 +17,7 @@ from engine.clock import FrozenClock
 from engine.funnel.service import track, upsert_lead
 from engine.http.api import create_api
 from engine.http.pages.access import COOKIE
-from engine.models import Handoff, Lead, Stage
+from engine.models import Consent, ConsentStatus, Handoff, Lead, Stage
 from tests.apps import outbox_app
 
 KEY = "dashboard-key-0123456789abcdef-0123456789"
@@ -140,6 +140,31 @@ def test_recycle_from_the_lead_page_changes_the_stage(nurture: App) -> None:
         assert s.get(Lead, lead_id).stage == Stage.RECYCLED  # type: ignore[union-attr]
     again = client.get(f"/leads/{lead_id}")
     assert 'id="lead-stage">recycled<' in again.text
+
+
+def test_the_lead_page_shows_the_proof_of_each_consent(nurture: App, clock: FrozenClock) -> None:
+    lead_id = _hot_lead(nurture)
+    with nurture.sessions.begin() as s:
+        s.add(
+            Consent(
+                lead_id=lead_id,
+                channel="email",
+                topic="newsletter",
+                form="newsletter",
+                text=f"Yes, email me {HOSTILE}",
+                status=ConsentStatus.CONFIRMED,
+                ip="203.0.113.9",
+                requested_at=clock.now(),
+                confirmed_at=clock.now(),
+            )
+        )
+    client = _client(nurture)
+    _sign_in(client)
+    page = client.get(f"/leads/{lead_id}").text
+    consents = page.split('id="consents"', 1)[1].split("</ul>", 1)[0]
+    assert "newsletter on form newsletter: confirmed" in consents
+    assert "from 203.0.113.9" in consents and "&lt;script&gt;" in consents
+    assert HOSTILE not in consents
 
 
 def test_a_lead_named_with_markup_shows_as_text(nurture: App) -> None:
