@@ -71,10 +71,30 @@ def unsign(secret: str, token: str, count: int, purpose: str = "") -> list[str]:
     return fields
 
 
+def dated_token(secret: str, purpose: str, row_id: int, issued_at: datetime) -> str:
+    """A token naming one row (a lead, a consent) for `purpose`, with when it was issued, so
+    `read_dated_token` can refuse it once it is too old."""
+    return sign(secret, [str(row_id), str(int(issued_at.timestamp()))], purpose)
+
+
+def read_dated_token(
+    secret: str, token: str, purpose: str, now: datetime, max_age: timedelta
+) -> int:
+    """The row a `dated_token` we issued for `purpose` names; InvalidTokenError when forged,
+    altered, issued for another purpose, older than `max_age` or issued in the future."""
+    row_part, issued_part = unsign(secret, token, 2, purpose)
+    if not (row_part.isdigit() and issued_part.isdigit()):
+        raise InvalidTokenError(f"malformed {purpose} token")
+    age = now.timestamp() - int(issued_part)
+    if not -_SKEW.total_seconds() <= age <= max_age.total_seconds():
+        raise InvalidTokenError(f"{purpose} token expired")
+    return int(row_part)
+
+
 def lead_token(secret: str, lead_id: int, issued_at: datetime) -> str:
     """A token naming a lead, for a link to the website: the snippet sends it back, and the
     collect endpoint (`read_lead_token`) joins the visitor to that lead."""
-    return sign(secret, [str(lead_id), str(int(issued_at.timestamp()))], "lead")
+    return dated_token(secret, "lead", lead_id, issued_at)
 
 
 def read_lead_token(
@@ -82,10 +102,4 @@ def read_lead_token(
 ) -> int:
     """The lead a token we issued names; InvalidTokenError when forged, altered or older than
     `max_age` (or issued in the future)."""
-    lead_part, issued_part = unsign(secret, token, 2, "lead")
-    if not (lead_part.isdigit() and issued_part.isdigit()):
-        raise InvalidTokenError("malformed lead token")
-    age = now.timestamp() - int(issued_part)
-    if not -_SKEW.total_seconds() <= age <= max_age.total_seconds():
-        raise InvalidTokenError("lead token expired")
-    return int(lead_part)
+    return read_dated_token(secret, token, "lead", now, max_age)

@@ -6,7 +6,6 @@ field, as for the other workflow files.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Collection
 from urllib.parse import urlsplit
 
@@ -14,7 +13,7 @@ from yaml.nodes import Node, SequenceNode
 
 from engine.errors import Problem
 from engine.workflow.reader import Reader, compose, join, scalar
-from engine.workflow.sources import LEAD_FIELDS, NOT_FROM_TRAITS
+from engine.workflow.sources import NOT_FROM_TRAITS, field_problem
 from engine.workflow.spec import DEFAULT_TOPIC, FieldType, Form, FormConsent, FormField
 
 FORMS_FILE = "forms.yml"
@@ -27,7 +26,6 @@ PAGE_FIELD = "nurture_page"
 CONSENT_FIELD = "consent"
 RESERVED = frozenset({HONEYPOT, VISITOR_FIELD, RENDERED_FIELD, PAGE_FIELD, CONSENT_FIELD})
 MAX_LENGTH = 2000  # the longest a field may be allowed to be
-_CUSTOM = re.compile(r"[a-z][a-z0-9_]{0,99}")
 _DEFAULT_TYPE = {"email": FieldType.EMAIL, "phone": FieldType.TEL}
 _DEFAULT_LENGTH = {"email": 320, "phone": 30}
 _FORM_KEYS = (
@@ -155,13 +153,8 @@ class FormsReader(Reader):
             return ""
         if name in RESERVED or name in NOT_FROM_TRAITS:
             self.report(node, path, f"'{name}' cannot be a form field")
-        elif name not in LEAD_FIELDS and not _CUSTOM.fullmatch(name):
-            self.report(
-                node,
-                path,
-                f"bad field '{name}': use one of {', '.join(LEAD_FIELDS)}, or a custom field "
-                "name in lower_snake_case",
-            )
+        elif problem := field_problem(name):
+            self.report(node, path, problem)
         return name
 
     def field_type(self, node: Node, path: str) -> FieldType:

@@ -32,6 +32,17 @@ NOT_FROM_TRAITS = (
 _FIELD = re.compile(r"[a-z][a-z0-9_]{0,99}")
 
 
+def field_problem(name: str) -> str | None:
+    """Why `name` is no lead field a source (a trait, a form field) may fill; None when it is:
+    one of LEAD_FIELDS, or a custom field in lower_snake_case."""
+    if name in LEAD_FIELDS or _FIELD.fullmatch(name):
+        return None
+    return (
+        f"bad field '{name}': use one of {', '.join(LEAD_FIELDS)}, or a custom field name "
+        "in lower_snake_case"
+    )
+
+
 class SourcesReader(Reader):
     """Reads sources.yml with the same file:line: field messages as the other workflow files."""
 
@@ -70,13 +81,8 @@ class SourcesReader(Reader):
                 continue
             if target in NOT_FROM_TRAITS:
                 self.report(value, where, f"'{target}' cannot come from a trait")
-            elif target not in LEAD_FIELDS and not _FIELD.fullmatch(target):
-                self.report(
-                    value,
-                    where,
-                    f"bad field '{target}': use one of {', '.join(LEAD_FIELDS)}, or a custom "
-                    "field name in lower_snake_case",
-                )
+            elif problem := field_problem(target):
+                self.report(value, where, problem)
             mapped[name] = target
         return mapped
 
