@@ -7,6 +7,7 @@ import argparse
 from pathlib import Path
 
 from bench.common import Figure, rate, report
+from engine.delivery.confirmation import SAMPLE_CONFIRM_URL
 from engine.delivery.rendering import Renderer, sample_context
 
 TEMPLATES = Path(__file__).resolve().parent.parent / "templates"
@@ -18,7 +19,9 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=1.0, help="time per measurement")
     args = parser.parse_args()
     renderer = Renderer(TEMPLATES)
-    context = sample_context()
+    # The double opt-in confirmation also names its form and link; the others ignore them.
+    form = {"name": "newsletter", "title": "The newsletter", "topic": "newsletter"}
+    context = sample_context() | {"form": form, "confirm_url": SAMPLE_CONFIRM_URL}
     figures = []
     for name in sorted(renderer.email_templates()):
         renderer.render_email(name, context)

@@ -47,7 +47,7 @@ ROOT = Path(__file__).resolve().parent.parent
 SHIPPED = ROOT / "workflows"
 EMAIL_TEMPLATES = {
     "welcome", "case_study", "pricing_guide", "demo_invite", "customer_story", "win_back",
-    "whats_new", "last_chance",
+    "whats_new", "last_chance", "confirm_subscription",
 }  # fmt: skip
 SMS_TEMPLATES = {"quick_question", "demo_nudge", "win_back_sms"}
 SENDING = """\
