@@ -4,7 +4,8 @@ Like the note to a lead's owner (`handoff.notify_owner`) it is no sequence step:
 sent in the database before the channel is called, so a retry or a second worker never sends
 it twice (a send lost on the way is not repeated; the person can fill the form again).
 Submitting again within RESEND_AFTER of a sent confirmation for the same lead and topic sends
-no new one: the first link still works, and a form cannot be used to flood an inbox.
+no new one (the first link still works), nor beyond WEEKLY_MAX to one lead a week: a form
+cannot be used to flood an inbox.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from markupsafe import escape
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from channels.base import EMAIL, EmailMessage
@@ -23,11 +24,15 @@ from engine.delivery.process import DeliveryContext
 from engine.delivery.rendering import Renderer, TemplateError, sample_context
 from engine.errors import Problem
 from engine.funnel.consents import confirm_token
-from engine.models import Consent, ConsentStatus, Lead
+from engine.funnel.leads import lock_lead
+from engine.models import Consent, ConsentStatus
 from engine.settings import Settings
 from engine.workflow.spec import Form
 
 RESEND_AFTER = timedelta(hours=1)
+# At most this many confirmations to one lead (any topic) a week: anyone can type an address
+# into a form, and a form must not become a way to flood someone's inbox.
+WEEKLY_MAX = 3
 SAMPLE_CONFIRM_URL = "https://nurture.acme-analytics.example/f/confirm/c2FtcGxl.MTc3.c2ln"
 
 
@@ -62,10 +67,15 @@ def send_confirmation(ctx: DeliveryContext, consent_id: int) -> bool:
     before, confirmed, the lead erased, or another sent for the same topic within the hour)."""
     now = ctx.rt.clock.now()
     with ctx.sessions.begin() as session:
-        consent = session.get(Consent, consent_id, with_for_update=True)
-        if consent is None or consent.status != ConsentStatus.PENDING:
+        lead_id = session.scalar(select(Consent.lead_id).where(Consent.id == consent_id))
+        if lead_id is None:
             return False
-        lead = session.get_one(Lead, consent.lead_id)
+        # The lead's lock first, as every writer of a lead takes it: two pending consents of
+        # one lead and topic (a double click on a site's own form) then send one email.
+        lead = lock_lead(session, lead_id)
+        consent = session.get_one(Consent, consent_id, populate_existing=True)
+        if consent.status != ConsentStatus.PENDING:
+            return False
         form = ctx.rt.workflows.forms.get(consent.form)
         if consent.confirmation_sent_at is not None or lead.erased_at or not lead.email:
             return False
@@ -97,14 +107,16 @@ def send_confirmation(ctx: DeliveryContext, consent_id: int) -> bool:
 
 
 def _sent_lately(session: Session, consent: Consent, now: datetime) -> bool:
-    """True when a confirmation for the same lead and topic went out within RESEND_AFTER."""
-    query = select(Consent.id).where(
-        Consent.lead_id == consent.lead_id,
-        Consent.topic == consent.topic,
-        Consent.id != consent.id,
-        Consent.confirmation_sent_at > now - RESEND_AFTER,
+    """True when a confirmation for the same lead and topic went out within RESEND_AFTER, or
+    WEEKLY_MAX to the lead within a week."""
+    sent = (Consent.lead_id == consent.lead_id, Consent.id != consent.id)
+    same_topic = select(Consent.id).where(
+        *sent, Consent.topic == consent.topic, Consent.confirmation_sent_at > now - RESEND_AFTER
     )
-    return session.scalar(query.limit(1)) is not None
+    if session.scalar(same_topic.limit(1)) is not None:
+        return True
+    week = select(func.count()).where(*sent, Consent.confirmation_sent_at > now - timedelta(days=7))
+    return (session.scalar(week) or 0) >= WEEKLY_MAX
 
 
 def check_confirmations(

@@ -138,7 +138,9 @@ def deliver_handoff(
         payload = document(session, handoff)
     status = post(crm.url, crm.secret, f"handoff-{handoff_id}", payload, rt.clock.now())
     with sessions.begin() as session:
-        handoff = session.get_one(Handoff, handoff_id)
+        handoff = session.get_one(Handoff, handoff_id, with_for_update=True)
+        if handoff.status == HandoffStatus.WITHDRAWN:
+            return HandoffAttempt.WITHDRAWN  # erased while it was posted: keep it withdrawn
         handoff.attempts += 1
         now = rt.clock.now()
         if 200 <= status < 300:

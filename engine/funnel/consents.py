@@ -32,7 +32,15 @@ from engine.funnel.leads import Identity, find_lead, lock_lead
 from engine.funnel.service import Outcome, track
 from engine.funnel.topics import has_left
 from engine.funnel.visitors import named
-from engine.models import Consent, ConsentStatus, Lead, Suppression, TopicOptOut
+from engine.models import (
+    IDENTITY_FIELDS,
+    STANDARD_FIELDS,
+    Consent,
+    ConsentStatus,
+    Lead,
+    Suppression,
+    TopicOptOut,
+)
 from engine.signing import dated_token, read_dated_token
 from engine.workflow.runtime import Runtime
 from engine.workflow.spec import Form
@@ -65,14 +73,41 @@ def read_confirm_token(
 
 
 def withheld(session: Session, form: Form, lead: Mapping[str, Any], given: bool) -> dict[str, Any]:
-    """The lead data a submission records: a lead it creates gets no email consent when the
-    form asks for consent and it was not given, or waits for confirmation (double opt-in)."""
-    data = dict(lead)
-    if form.consent is None or (given and not form.consent.double_opt_in):
-        return data
-    if find_lead(session, Identity.parse(data)) is None:
+    """The lead data a public submission records. Anyone can type an address, so it may create
+    a lead but never rewrite one: on a lead that exists it fills only fields still empty, and
+    an identity (phone, external id) another lead holds is left out, never refused (the answer
+    must not say whose it is). A lead it creates gets no email consent when the form asks for
+    consent and it was not given, or until it is confirmed (double opt-in)."""
+    identity = Identity.parse(lead)
+    column, value = identity.key()
+    data = {
+        name: given_value
+        for name, given_value in lead.items()
+        if name not in IDENTITY_FIELDS or name == column or not _held(session, identity, name)
+    }
+    existing = find_lead(session, identity)
+    if existing is not None:
+        return {
+            name: given_value
+            for name, given_value in data.items()
+            if name == column or _empty(existing, name)
+        }
+    if form.consent is not None and not (given and not form.consent.double_opt_in):
         data["email_consent"] = False
     return data
+
+
+def _held(session: Session, identity: Identity, name: str) -> bool:
+    """True when the identity's `name` (phone, external id) belongs to a lead already."""
+    value = getattr(identity, name)
+    return value is not None and find_lead(session, Identity(**{name: value})) is not None
+
+
+def _empty(lead: Lead, name: str) -> bool:
+    """True when the lead has no value for a field a form may fill."""
+    if name in IDENTITY_FIELDS or name in STANDARD_FIELDS:
+        return getattr(lead, name) in (None, "")
+    return (lead.fields or {}).get(name) in (None, "")
 
 
 def ask(

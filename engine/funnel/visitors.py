@@ -43,7 +43,7 @@ from engine.errors import InvalidLeadError
 from engine.funnel.lead_fields import storable
 from engine.funnel.leads import Identity
 from engine.funnel.service import NewEvent, Outcome, check_event, record, upsert_leads
-from engine.models import Lead, Visitor, VisitorEvent
+from engine.models import IDENTITY_FIELDS, Lead, Visitor, VisitorEvent
 from engine.workflow.runtime import Runtime
 
 VISITOR_MAX = 200  # the length of visitors.id
@@ -256,12 +256,18 @@ def _current(
     lead it is linked to, else nobody (anonymous)."""
     if visitor is not None and visitor.id in joining:
         return joining[visitor.id].lead
-    return named(lead) if lead is not None else None
+    if lead is None:
+        return None
+    return {name: getattr(lead, name) for name in IDENTITY_FIELDS if getattr(lead, name)}
 
 
 def _same(current: Mapping[str, Any] | None, data: Mapping[str, Any]) -> bool:
-    """True when a call names the lead the visitor is on already: nothing to stitch."""
-    return current is not None and Identity.parse(current).key() == Identity.parse(data).key()
+    """True when a call names the lead the visitor is on already (by any of its identities:
+    a Segment call may name it by user id only): nothing to stitch."""
+    if current is None:
+        return False
+    column, value = Identity.parse(data).key()
+    return bool(getattr(Identity.parse(current), column) == value)
 
 
 def _store(session: Session, hits: Sequence[Hit], now: datetime) -> list[bool]:

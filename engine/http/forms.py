@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import html
 import json
+import logging
 import re
 import secrets
 from collections.abc import Mapping
@@ -41,7 +42,7 @@ from starlette.concurrency import run_in_threadpool
 from engine.app import App
 from engine.delivery.confirmation import send_confirmation
 from engine.delivery.pacing import Pacer
-from engine.errors import InvalidLeadError
+from engine.errors import InvalidLeadError, LeadConflictError
 from engine.funnel.consents import Where, ask, confirm, read_confirm_token, withheld
 from engine.funnel.lead_fields import normalise_email, normalise_phone, storable
 from engine.funnel.visitors import FORM, Hit, take
@@ -58,6 +59,8 @@ from engine.workflow.forms import (
     VISITOR_FIELD,
 )
 from engine.workflow.spec import FieldType, Form
+
+log = logging.getLogger(__name__)
 
 QUOTA = Quota(rate=1.0, burst=10)  # form posts per second per client address, and at once
 MIN_FILL = timedelta(seconds=3)  # faster than a person fills a form
@@ -148,7 +151,10 @@ def forms_router(
                 return
             except Exception:  # noqa: BLE001 - the broker is down: send it from this process
                 pass
-        send_confirmation(app, consent_id)
+        try:
+            send_confirmation(app, consent_id)
+        except Exception as error:  # noqa: BLE001 - the submission is recorded: answer it
+            log.warning("confirmation email of consent %s not sent: %s", consent_id, error)
 
     @router.get("/confirm/{token}", response_class=HTMLResponse, responses=_CONFIRM)
     def confirm_page(token: str) -> HTMLResponse:
@@ -247,6 +253,9 @@ def forms_router(
                 where = Where(client, request.headers.get("user-agent"), page[:2000] or None)
                 try:
                     pending = record(form, lead, given, values, rendered, where)
+                except LeadConflictError as error:  # a race `withheld` could not see
+                    log.warning("form %s not recorded: %s", form.name, error)
+                    return _done(form, wants_json, cors)  # never say whose address it is
                 except InvalidLeadError as error:
                     errors[error.field or "form"] = error.reason
                 else:
@@ -330,7 +339,7 @@ async def _values(request: Request) -> tuple[dict[str, Any], bool]:
     if kind == "application/json":
         try:
             data = json.loads(await request.body())
-        except (ValueError, UnicodeDecodeError) as error:
+        except (ValueError, UnicodeDecodeError, RecursionError) as error:
             raise HTTPException(422, f"body: not JSON ({error})") from error
         if not isinstance(data, dict):
             raise HTTPException(422, "body: expected a JSON object of field names and values")

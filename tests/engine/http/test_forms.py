@@ -21,6 +21,7 @@ from engine.app import App
 from engine.clock import FrozenClock
 from engine.delivery.pacing import LocalPacer
 from engine.funnel.consents import confirm_token
+from engine.funnel.service import upsert_lead
 from engine.http.api import create_api
 from engine.http.forms import forms_router
 from engine.http.routes import FollowUps
@@ -339,3 +340,41 @@ def test_a_forged_or_expired_confirmation_link_is_refused(
     assert client.post(f"/f/confirm/{old}").status_code == 404
     assert _all(nurture, Lead)[0].email_consent is False
     assert _all(nurture, Consent)[0].status == ConsentStatus.PENDING
+
+
+def test_a_post_naming_a_known_address_fills_only_empty_fields_and_never_says_whose_phone(
+    nurture: App, client: TestClient, clock: FrozenClock
+) -> None:
+    with nurture.sessions.begin() as s:
+        upsert_lead(s, nurture.rt, {"email": "ana@northwind.test", "first_name": "Ana",
+                                    "phone": "+15005550001"})  # fmt: skip
+        upsert_lead(s, nurture.rt, {"email": "ben@contoso.test", "phone": "+15005550002"})
+    hijack = {"email": "ana@northwind.test", "first_name": "Mallory", "company": "Evil Inc",
+              "phone": "+15005550666"}  # fmt: skip
+    assert _fill(client, clock, "demo-request", **hijack).status_code == 303
+    squat = {"email": "new@x.test", "first_name": "Neo", "company": "X", "phone": "+15005550002"}
+    answer = client.post("/f/demo-request", json=squat)
+    assert answer.status_code == 200, answer.text
+    assert "+15005550002" not in answer.text
+
+    with nurture.sessions() as s:
+        ana = s.scalars(select(Lead).where(Lead.email == "ana@northwind.test")).one()
+        new = s.scalars(select(Lead).where(Lead.email == "new@x.test")).one()
+    assert (ana.first_name, ana.phone, ana.company) == ("Ana", "+15005550001", "Evil Inc")
+    assert (new.first_name, new.phone) == ("Neo", None)  # another lead's phone left out
+
+
+def test_one_address_gets_at_most_three_confirmations_a_week(
+    nurture: App, client: TestClient, clock: FrozenClock, tmp_path: Path
+) -> None:
+    for _ in range(5):
+        _fill(client, clock, "newsletter", email="target@x.test", consent="yes")
+        clock.advance(timedelta(hours=2))
+    assert len(_outbox(tmp_path)) == 3
+
+
+def test_a_body_nested_too_deep_is_a_422(client: TestClient) -> None:
+    deep = "[" * 100_000 + "]" * 100_000
+    json_type = {"Content-Type": "application/json"}
+    answer = client.post("/f/newsletter", content=deep, headers=json_type)
+    assert answer.status_code == 422
