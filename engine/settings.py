@@ -6,9 +6,9 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from urllib.parse import urlsplit
 
 from engine.errors import ConfigurationError
+from engine.origins import origin
 from engine.safety import DEV_SECRET
 
 # The Dramatiq queues of a deployment, by the work they carry: workers, the CLI's --queues and
@@ -62,15 +62,16 @@ class Settings:
 
 
 def _origins(text: str) -> tuple[str, ...]:
-    """Comma-separated origins, each checked to be scheme://host[:port] and stored lower-case."""
+    """Comma-separated origins, each checked to be scheme://host[:port] and stored as
+    `engine.origins.origin` spells it, so every comparison with a site is of one spelling."""
     origins = []
     for item in filter(None, (part.strip() for part in text.split(","))):
-        parts = urlsplit(item)
-        if parts.scheme not in ("http", "https") or not parts.netloc or parts.path not in ("", "/"):
+        site = origin(item, exact=True)
+        if site is None:
             raise ConfigurationError(
                 f"NURTURE_SITE_ORIGINS: {item!r} is not an origin like https://www.example.com"
             )
-        origins.append(f"{parts.scheme}://{parts.netloc}".lower())
+        origins.append(site)
     return tuple(origins)
 
 

@@ -42,14 +42,10 @@ from engine.workflow.sending_rules import load_policy
 from tests.apps import outbox_app
 from tests.channels.servers import SendGridSigner
 from tests.conftest import START
+from tests.shipped import EMAIL_TEMPLATES, SMS_TEMPLATES
 
 ROOT = Path(__file__).resolve().parent.parent
 SHIPPED = ROOT / "workflows"
-EMAIL_TEMPLATES = {
-    "welcome", "case_study", "pricing_guide", "demo_invite", "customer_story", "win_back",
-    "whats_new", "last_chance", "confirm_subscription",
-}  # fmt: skip
-SMS_TEMPLATES = {"quick_question", "demo_nudge", "win_back_sms"}
 SENDING = """\
 timezone: America/New_York
 quiet_hours: {sms: "21:00-08:00"}

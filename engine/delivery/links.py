@@ -38,6 +38,7 @@ from engine.delivery.rendering import RenderedEmail
 from engine.funnel.leads import Identity
 from engine.funnel.service import NewEvent, Outcome, record
 from engine.models import Delivery, Lead
+from engine.origins import origin
 from engine.settings import Settings
 from engine.signing import LEAD_PARAM, InvalidTokenError, b64, sign, unb64, unsign
 from engine.workflow.runtime import Runtime
@@ -61,7 +62,6 @@ _ATTRIBUTE = re.compile(
     r"[\s/]*(?P<name>[^\s/>][^\s/>=]*)(?:\s*=\s*(?P<value>\"[^\"]*\"|'[^']*'|[^\s>]*))?"
 )
 _TAG_NAME = re.compile(r"<[^\s/>]+")
-_DEFAULT_PORTS = {"http": 80, "https": 443}
 
 Tracker = Callable[[str], str | None]  # a link's redirect, None for a link left alone
 
@@ -96,14 +96,14 @@ def track_links(
     """The email with its web links in HTML and text rewritten to signed redirects; `context`
     is what it was rendered from, whose lead data says which links someone else could choose."""
     chosen = _data_urls(context)
-    sites = {_origin(site) for site in settings.site_origins}
+    sites = {found for found in map(origin, settings.site_origins) if found is not None}
     numbers: dict[str, int] = {}
 
     def tracked(url: str) -> str | None:
         """The redirect for a link to track, None for one to leave alone."""
         if not _trackable(url, settings.public_url):
             return None
-        if _origin(url) not in sites and any(
+        if origin(url) not in sites and any(
             url.startswith(data) or data.startswith(url) for data in chosen
         ):
             return None
@@ -185,30 +185,12 @@ def with_lead_token(url: str, site_origins: Iterable[str], token: str) -> str:
     """`url` with the lead's token in `LEAD_PARAM` when it leads to one of the website's
     origins (which run the tracking snippet); any other URL unchanged, so no other host ever
     sees the token."""
-    origin = _origin(url)
-    if origin is None or origin not in {_origin(site) for site in site_origins}:
+    found = origin(url)
+    if found is None or found not in {origin(site) for site in site_origins}:
         return url
     base, hash_, fragment = url.partition("#")
     joiner = "" if base.endswith(("?", "&")) else "&" if "?" in base else "?"
     return f"{base}{joiner}{LEAD_PARAM}={token}{hash_}{fragment}"
-
-
-def _origin(url: str) -> str | None:
-    """scheme://host[:port] of a web URL, the default port left out; None for anything else,
-    and for an address browsers may read otherwise (a backslash, a user name before `@`)."""
-    parts = urlsplit(url)
-    if "\\" in url or "@" in parts.netloc:
-        return None
-    try:
-        port = parts.port
-    except ValueError:
-        return None
-    scheme, host = parts.scheme.lower(), parts.hostname
-    if scheme not in _DEFAULT_PORTS or not host:
-        return None
-    host = f"[{host}]" if ":" in host else host
-    shown = "" if port is None or port == _DEFAULT_PORTS[scheme] else f":{port}"
-    return f"{scheme}://{host}{shown}"
 
 
 def _clean(url: str) -> str:

@@ -1,10 +1,11 @@
 """Exception handlers: engine refusals as 4xx, conflicts as 409, validation errors as 422,
-and a 405 whose `Allow` names every method of the path."""
+and a 405 whose `Allow` names every method of the path; a validation error as one line."""
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exception_handlers import (
@@ -90,6 +91,21 @@ async def _http_error(request: Request, error: Exception) -> Response:
 def invalid(loc: Sequence[str | int], message: str) -> RequestValidationError:
     """A 422 for a value only the endpoint can judge, shaped like FastAPI's own."""
     return RequestValidationError([{"loc": tuple(loc), "msg": message, "type": "value_error"}])
+
+
+def field_path(path: Sequence[Any]) -> str:
+    """A place in a body as people write it: batch[3].timestamp."""
+    text = ""
+    for part in path:
+        text += f"[{part}]" if isinstance(part, int) else f".{part}" if text else str(part)
+    return text
+
+
+def first_error(errors: Sequence[Mapping[str, Any]], skip: int = 0, whole: str = "body") -> str:
+    """The first of pydantic's errors as one line, `field.path: message`, for the endpoints that
+    answer one: its path less the first `skip` parts, `whole` when it is about the whole."""
+    first = errors[0]
+    return f"{field_path(tuple(first['loc'])[skip:]) or whole}: {first['msg']}"
 
 
 def install_error_handlers(api: FastAPI) -> None:

@@ -14,8 +14,10 @@ Decisions:
   time: it is taken (the honeypot, the origin check and the rate limit still apply); add
   the hidden field from the hosted page to opt in to the trap.
 - Origin: a browser post whose `Origin` is neither nurture's own nor in NURTURE_SITE_ORIGINS is
-  refused (403); posts without one (a server) are taken. Answers to a site origin carry CORS
-  headers, and `OPTIONS` answers its preflight (a JSON post), so a site's script can read them.
+  refused (403); posts without one (a server) are taken. Origins compare as `engine.origins`
+  spells them: `https://www.example.com:443` is `https://www.example.com`. Answers to a site
+  origin carry CORS headers, and `OPTIONS` answers its preflight (a JSON post), so a site's
+  script can read them.
 - Each client address may post QUOTA: a form a second in bursts of 10 (429, Retry-After).
 - The visitor the snippet stamps into `nurture_visitor` is identified as the lead, so its
   page views so far join the lead, in time order, before the form's own event.
@@ -33,7 +35,7 @@ import secrets
 from collections.abc import Mapping
 from datetime import datetime, timedelta
 from typing import Any, Protocol, runtime_checkable
-from urllib.parse import parse_qsl, urlsplit
+from urllib.parse import parse_qsl
 
 from fastapi import APIRouter, HTTPException, Request
 from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
@@ -46,10 +48,12 @@ from engine.errors import InvalidLeadError, LeadConflictError
 from engine.funnel.consents import Where, ask, confirm, read_confirm_token, withheld
 from engine.funnel.lead_fields import normalise_email, normalise_phone, storable
 from engine.funnel.visitors import FORM, Hit, take
+from engine.http.public import client_address, cors, names_one_of, site_origin
 from engine.http.routes import FollowUps, Workers
 from engine.http.throttle import Quota, limiter, throttle
 from engine.http.tracking import VISITOR
 from engine.models import ConsentStatus
+from engine.origins import origin
 from engine.signing import InvalidTokenError, sign, unsign
 from engine.workflow.forms import (
     CONSENT_FIELD,
@@ -138,7 +142,7 @@ def forms_router(
     forms = app.rt.workflows.forms  # their confirmation templates checked by `load`
     router = APIRouter(prefix="/f", tags=["forms"])
     sites = frozenset(app.settings.site_origins)
-    own = {_origin(app.settings.public_url)}
+    own = {origin(app.settings.public_url)}
     limit = pacer or limiter(app)
     queue = tasks if isinstance(tasks, Confirmations) else None
     secret = app.settings.secret_key
@@ -173,7 +177,7 @@ def forms_router(
         consent_id = _consent_of(secret, token, app.rt.clock.now())
         if consent_id is None:
             return _invalid()
-        where = Where(_client(request), request.headers.get("user-agent"))
+        where = Where(client_address(request), request.headers.get("user-agent"))
 
         def handle() -> HTMLResponse:
             with app.sessions.begin() as session:
@@ -208,10 +212,7 @@ def forms_router(
     def preflight(name: str, request: Request) -> Response:
         """CORS preflight of a JSON post from one of NURTURE_SITE_ORIGINS."""
         _form(forms, name)
-        origin = request.headers.get("origin", "")
-        if origin.lower() not in sites:
-            raise HTTPException(403, f"origin {origin[:200]!r} is not in NURTURE_SITE_ORIGINS")
-        headers = _cors(origin) | {
+        headers = cors(site_origin(request, sites)) | {
             "Access-Control-Allow-Methods": "POST",
             "Access-Control-Allow-Headers": "Content-Type",
             "Access-Control-Max-Age": "600",
@@ -224,23 +225,23 @@ def forms_router(
     async def submit(name: str, request: Request) -> Response:
         """Take a filled form: check it, record its event on the lead, ask for confirmation."""
         form = _form(forms, name)
-        origin = request.headers.get("origin")
-        cors = _cors(origin) if origin and origin.lower() in sites else {}
-        allowed = own | sites | {_origin(str(request.base_url))}
-        if origin is not None and origin.lower() not in allowed:
-            raise HTTPException(403, f"origin {origin[:200]!r} may not post this form")
+        header = request.headers.get("origin")
+        cors_headers = cors(header) if header and names_one_of(header, sites) else {}
+        allowed = own | sites | {origin(str(request.base_url))}
+        if header is not None and not names_one_of(header, allowed):
+            raise HTTPException(403, f"origin {header[:200]!r} may not post this form")
         values, is_json = await _values(request)
         wants_json = is_json or _prefers_json(request.headers.get("accept", ""))
-        client = _client(request)
+        client = client_address(request)
 
         def handle() -> Response:
             try:
                 throttle(limit, f"form:{client}", quota, "form posts")
             except HTTPException as error:
-                error.headers = {**(error.headers or {}), **cors}
+                error.headers = {**(error.headers or {}), **cors_headers}
                 raise
             if str(values.get(HONEYPOT) or "").strip():
-                return _done(form, wants_json, cors)
+                return _done(form, wants_json, cors_headers)
             now = app.rt.clock.now()
             rendered = str(values.get(RENDERED_FIELD) or "")
             errors: dict[str, str] = {}
@@ -255,17 +256,17 @@ def forms_router(
                     pending = record(form, lead, given, values, rendered, where)
                 except LeadConflictError as error:  # a race `withheld` could not see
                     log.warning("form %s not recorded: %s", form.name, error)
-                    return _done(form, wants_json, cors)  # never say whose address it is
+                    return _done(form, wants_json, cors_headers)  # never say whose address it is
                 except InvalidLeadError as error:
                     errors[error.field or "form"] = error.reason
                 else:
                     if pending is not None:
                         confirmation(pending)
-                    return _done(form, wants_json, cors)
+                    return _done(form, wants_json, cors_headers)
             if wants_json:
-                return JSONResponse({"errors": errors}, status_code=422, headers=cors)
+                return JSONResponse({"errors": errors}, status_code=422, headers=cors_headers)
             token = _render_token(secret, form, now)
-            return _form_page(form, token, values, errors, sites, status=422, headers=cors)
+            return _form_page(form, token, values, errors, sites, status=422, headers=cors_headers)
 
         def record(
             form: Form,
@@ -313,20 +314,6 @@ def _form(forms: Mapping[str, Form], name: str) -> Form:
     if form is None:
         raise HTTPException(404, f"no form {name[:100]!r} in forms.yml")
     return form
-
-
-def _origin(url: str) -> str:
-    """scheme://host[:port] of a URL, lower-case, as browsers send it in `Origin`."""
-    parts = urlsplit(url)
-    return f"{parts.scheme}://{parts.netloc}".lower()
-
-
-def _cors(origin: str) -> dict[str, str]:
-    return {"Access-Control-Allow-Origin": origin, "Vary": "Origin"}
-
-
-def _client(request: Request) -> str:
-    return request.client.host if request.client else "unknown"
 
 
 def _prefers_json(accept: str) -> bool:
@@ -433,13 +420,13 @@ def _consent_of(secret: str, token: str, now: datetime) -> int | None:
         return None
 
 
-def _done(form: Form, wants_json: bool, cors: dict[str, str]) -> Response:
+def _done(form: Form, wants_json: bool, headers: dict[str, str]) -> Response:
     """The answer to a good submission (and to a bot's: it learns nothing)."""
     if wants_json:
         body = {"ok": True, "message": form.thanks, "redirect": form.redirect}
-        return JSONResponse(body, headers=cors)
+        return JSONResponse(body, headers=headers)
     target = form.redirect or f"/f/{form.name}/thanks"
-    return RedirectResponse(target, status_code=303, headers=cors)
+    return RedirectResponse(target, status_code=303, headers=headers)
 
 
 def _invalid() -> HTMLResponse:

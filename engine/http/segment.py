@@ -53,7 +53,7 @@ from engine.errors import ConfigurationError, InvalidLeadError
 from engine.funnel.lead_fields import EXTERNAL_ID_PATTERN, check_lead
 from engine.funnel.leads import Identity, find_lead
 from engine.funnel.visitors import VISITOR_MAX, Hit, Taken, join, take
-from engine.http.errors import invalid
+from engine.http.errors import field_path, first_error, invalid
 from engine.http.limits import MAX_BATCH
 from engine.http.routes import MAX_FUTURE, FollowUps
 from engine.http.schemas import error_responses
@@ -308,18 +308,10 @@ def _when(
     if moment > now + MAX_FUTURE:
         raise HTTPException(
             409,
-            f"{_shown((*loc[1:], where))}: more than a day ahead of the server's clock "
+            f"{field_path((*loc[1:], where))}: more than a day ahead of the server's clock "
             f"({now.isoformat()})",
         )
     return moment.astimezone(UTC)
-
-
-def _shown(path: Sequence[Any]) -> str:
-    """A place in the body as people write it: batch[3].timestamp."""
-    text = ""
-    for part in path:
-        text += f"[{part}]" if isinstance(part, int) else f".{part}" if text else str(part)
-    return text
 
 
 def _page(call: SegmentCall) -> dict[str, Any]:
@@ -405,9 +397,7 @@ def _batched(
     try:
         return plan(call, mapping, now, sent, loc)
     except RequestValidationError as error:
-        first = error.errors()[0]
-        where = _shown(tuple(first["loc"])[len(loc) :]) or "call"
-        return _Plan(call, status="invalid", detail=f"{where}: {first['msg']}")
+        return _Plan(call, status="invalid", detail=first_error(error.errors(), len(loc), "call"))
     except HTTPException as error:
         return _Plan(call, status="invalid", detail=str(error.detail))
 

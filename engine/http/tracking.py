@@ -29,6 +29,8 @@ from starlette.concurrency import run_in_threadpool
 from engine.app import App
 from engine.delivery.pacing import Pacer
 from engine.funnel.visitors import SNIPPET, Hit, named, take
+from engine.http.errors import first_error
+from engine.http.public import client_address, cors, site_origin
 from engine.http.routes import FollowUps
 from engine.http.schemas import ErrorOut
 from engine.http.throttle import Quota, limiter, throttle
@@ -121,12 +123,10 @@ def tracking_router(
     )
     async def collect(request: Request) -> Response:
         """Record a beacon's page views for its visitor (on the lead once it is known)."""
-        origin = request.headers.get("origin", "")
         if not origins:
             raise HTTPException(404, "tracking is off: NURTURE_SITE_ORIGINS names no site")
-        if origin.lower() not in origins:
-            raise HTTPException(403, f"origin {origin[:200]!r} is not in NURTURE_SITE_ORIGINS")
-        client = request.client.host if request.client else "unknown"
+        origin = site_origin(request, origins)
+        client = client_address(request)
         body = await request.body()
 
         def handle() -> None:  # blocking work (Redis, row locks, the broker) off the event loop
@@ -134,7 +134,7 @@ def tracking_router(
             try:
                 batch = Beacon.model_validate_json(body)
             except ValidationError as error:
-                raise HTTPException(422, _first_error(error)) from error
+                raise HTTPException(422, first_error(error.errors())) from error
             received = app.rt.clock.now()
             hits = [(hit, occurred(hit, batch.sent, received)) for hit in batch.events]
             with app.sessions.begin() as session:
@@ -144,8 +144,7 @@ def tracking_router(
                     follow.after(outcome)
 
         await run_in_threadpool(handle)
-        headers = {"Access-Control-Allow-Origin": origin, "Vary": "Origin"}
-        return Response(status_code=204, headers=headers)
+        return Response(status_code=204, headers=cors(origin))
 
     return router
 
@@ -175,10 +174,3 @@ def _token_lead(session: Session, secret: str, token: str | None, now: datetime)
     except InvalidTokenError:
         return None
     return lead if lead is not None and lead.erased_at is None else None
-
-
-def _first_error(error: ValidationError) -> str:
-    """The first problem of a body, naming its field path (`events.0.at: ...`)."""
-    first = error.errors()[0]
-    where = ".".join(str(part) for part in first["loc"]) or "body"
-    return f"{where}: {first['msg']}"

@@ -9,21 +9,10 @@ import pytest
 from engine.clock import FrozenClock
 from engine.workflow.loading import load_workflows
 from engine.workflow.runtime import Runtime
+from tests.shipped import EMAIL_TEMPLATES, SMS_TEMPLATES
 
 FIXTURES = Path(__file__).parent / "fixtures" / "workflows"
 SHIPPED = Path(__file__).resolve().parents[2] / "workflows"
-EMAIL_TEMPLATES = {
-    "welcome",
-    "case_study",
-    "pricing_guide",
-    "demo_invite",
-    "customer_story",
-    "win_back",
-    "whats_new",
-    "last_chance",
-    "confirm_subscription",
-}
-SMS_TEMPLATES = {"quick_question", "demo_nudge", "win_back_sms"}
 
 
 @pytest.fixture

@@ -6,7 +6,6 @@ from __future__ import annotations
 import email
 import email.policy
 import re
-import shutil
 from datetime import timedelta
 from email.message import EmailMessage
 from pathlib import Path
@@ -29,8 +28,8 @@ from engine.settings import Settings
 from engine.signing import InvalidTokenError, lead_token, read_lead_token
 from tests.apps import outbox_app
 from tests.conftest import START
+from tests.engine.tracked import tracked_workflows
 
-ROOT = Path(__file__).resolve().parents[3]
 SECRET = "links-test-secret"
 PUBLIC = "https://nurture.acme.test"
 SETTINGS = Settings.from_env({"NURTURE_PUBLIC_URL": PUBLIC, "NURTURE_SECRET_KEY": SECRET})
@@ -275,15 +274,6 @@ def test_the_lead_token_goes_only_to_the_websites_origins() -> None:
 # --- Sent emails -----------------------------------------------------------------------------
 
 ANA = "ana@northwind.test"
-TRACKED = """\
-name: news
-track_clicks: true
-enrol: {on: {event: form_submitted}}
-send: {from: "Acme <hello@acme.test>"}
-milestones:
-  - id: hello
-    steps: [{email: welcome}]
-"""
 UNTRACKED = """\
 name: plain
 enrol: {on: {event: form_submitted}}
@@ -297,11 +287,7 @@ milestones:
 @pytest.fixture
 def sent(db: Engine, clock: FrozenClock, tmp_path: Path) -> App:
     """Ana signed up: the tracking sequence sent her welcome, the other one whats_new."""
-    folder = tmp_path / "workflows"
-    folder.mkdir()
-    shutil.copy(ROOT / "workflows" / "scoring.yml", folder)
-    (folder / "news.yml").write_text(TRACKED)
-    (folder / "plain.yml").write_text(UNTRACKED)
+    folder = tracked_workflows(tmp_path / "workflows", plain=UNTRACKED)
     app = outbox_app(
         db, clock, tmp_path, folder, NURTURE_PUBLIC_URL=PUBLIC, NURTURE_SECRET_KEY=SECRET
     )

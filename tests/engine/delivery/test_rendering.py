@@ -18,19 +18,13 @@ from engine.delivery.rendering import (
     sample_context,
 )
 from engine.errors import NurtureError, Problem
+from engine.workflow.loading import load_workflows
+from tests.shipped import EMAIL_TEMPLATES, SMS_TEMPLATES
 
 SHIPPED = Path(__file__).resolve().parents[3] / "templates"
-SHIPPED_EMAIL = {
-    "welcome",
-    "case_study",
-    "pricing_guide",
-    "demo_invite",
-    "customer_story",
-    "win_back",
-    "whats_new",
-    "last_chance",
-}
-SHIPPED_SMS = {"quick_question", "demo_nudge", "win_back_sms"}
+WORKFLOWS = SHIPPED.parent / "workflows"
+# The double opt-in confirmation renders with its own link (tests/engine/http/test_forms.py).
+SEQUENCE_EMAILS = EMAIL_TEMPLATES - {"confirm_subscription"}
 
 GREETING = """{% extends "email/_layout.j2" %}
 {% block subject %}Hello {{ lead.first_name }} from {{ lead.company }}{% endblock %}
@@ -292,13 +286,14 @@ def test_an_sms_reports_its_segments_and_encoding(tmp_path: Path) -> None:
 
 
 def test_the_shipped_templates_are_the_ones_the_workflows_name() -> None:
-    renderer = Renderer(SHIPPED)
-    # The double opt-in confirmation renders with its own link (tests/engine/http/test_forms.py).
-    assert renderer.email_templates() == SHIPPED_EMAIL | {"confirm_subscription"}
-    assert renderer.sms_templates() == SHIPPED_SMS
+    workflows = load_workflows(WORKFLOWS, EMAIL_TEMPLATES, SMS_TEMPLATES)
+    named = {(use[1], use[0]) for use in workflows.template_uses}
+    named |= {("email", form.confirm_template) for form in workflows.forms.values()}
+    shipped = {("email", name) for name in EMAIL_TEMPLATES}
+    assert named == shipped | {("sms", name) for name in SMS_TEMPLATES}
 
 
-@pytest.mark.parametrize("name", sorted(SHIPPED_EMAIL))
+@pytest.mark.parametrize("name", sorted(SEQUENCE_EMAILS))
 def test_every_shipped_email_renders_for_the_sample_lead_with_an_unsubscribe_link(
     name: str,
 ) -> None:
@@ -311,7 +306,7 @@ def test_every_shipped_email_renders_for_the_sample_lead_with_an_unsubscribe_lin
     assert "{{" not in email.html + email.text and "None" not in email.html + email.text
 
 
-@pytest.mark.parametrize("name", sorted(SHIPPED_EMAIL))
+@pytest.mark.parametrize("name", sorted(SEQUENCE_EMAILS))
 def test_every_shipped_email_renders_for_a_lead_we_know_little_about(name: str) -> None:
     context = lead_context(first_name="", company="", title="", fields={})
     context["recent_activity"] = []
@@ -320,7 +315,7 @@ def test_every_shipped_email_renders_for_a_lead_we_know_little_about(name: str) 
     assert "None" not in email.html + email.text
 
 
-@pytest.mark.parametrize("name", sorted(SHIPPED_SMS))
+@pytest.mark.parametrize("name", sorted(SMS_TEMPLATES))
 def test_every_shipped_sms_fits_one_segment_and_the_first_one_two(name: str) -> None:
     renderer = Renderer(SHIPPED)
     later = renderer.render_sms(name, sample_context(), first_message=False)
@@ -330,8 +325,8 @@ def test_every_shipped_sms_fits_one_segment_and_the_first_one_two(name: str) -> 
 
 
 def test_check_finds_nothing_wrong_with_the_shipped_templates() -> None:
-    uses = [(name, "email", "w.yml", 1) for name in SHIPPED_EMAIL]
-    uses += [(name, "sms", "w.yml", 2) for name in SHIPPED_SMS]
+    uses = [(name, "email", "w.yml", 1) for name in SEQUENCE_EMAILS]
+    uses += [(name, "sms", "w.yml", 2) for name in SMS_TEMPLATES]
     assert Renderer(SHIPPED).check(uses, sms_max_segments=1) == []
 
 

@@ -5,7 +5,6 @@ forged or altered links are refused and go nowhere."""
 from __future__ import annotations
 
 import re
-import shutil
 from dataclasses import replace
 from datetime import timedelta
 from pathlib import Path
@@ -36,8 +35,8 @@ from engine.runner.inline import run_due
 from engine.signing import b64, read_lead_token
 from engine.workflow.spec import Metric
 from tests.apps import outbox_app
+from tests.engine.tracked import tracked_workflows
 
-ROOT = Path(__file__).resolve().parents[3]
 KEY = "clicks-key-0123456789abcdef-0123456789"
 SECRET = "clicks-test-secret"
 PUBLIC = "https://nurture.acme.test"
@@ -47,34 +46,25 @@ ANA = "ana@northwind.test"
 NO_KEY = {"Authorization": ""}
 # The welcome email (its link to SITE/start) as one of two variants, so the experiments'
 # `clicked` metric has a send to count.
-NEWS = """\
-name: news
-track_clicks: true
-enrol: {on: {event: form_submitted}}
-send: {from: "Acme <hello@acme.test>"}
-milestones:
-  - id: hello
-    steps:
-      - email: welcome
-        variants: [{id: plain}, {id: named, subject: "Hello {{ lead.first_name }}"}]
-"""
+VARIANTS = '[{id: plain}, {id: named, subject: "Hello {{ lead.first_name }}"}]'
 
 
 @pytest.fixture
 def nurture(db: Engine, clock: FrozenClock, tmp_path: Path) -> App:
     """Ana signed up and the news sequence sent her its welcome email, links tracked."""
-    folder = tmp_path / "workflows"
-    folder.mkdir()
-    shutil.copy(ROOT / "workflows" / "scoring.yml", folder)
-    (folder / "news.yml").write_text(NEWS)
+    return _sent(db, clock, tmp_path, SITE)
+
+
+def _sent(db: Engine, clock: FrozenClock, tmp_path: Path, sites: str) -> App:
+    """The app of `nurture`, with NURTURE_SITE_ORIGINS set to `sites`."""
     app = outbox_app(
         db,
         clock,
         tmp_path,
-        folder,
+        tracked_workflows(tmp_path / "workflows", VARIANTS),
         NURTURE_PUBLIC_URL=PUBLIC,
         NURTURE_SECRET_KEY=SECRET,
-        NURTURE_SITE_ORIGINS=SITE,
+        NURTURE_SITE_ORIGINS=sites,
     )
     with app.sessions.begin() as s:
         track(s, app.rt, {"email": ANA, "first_name": "Ana"}, "form_submitted")
@@ -241,6 +231,19 @@ def test_the_lead_token_is_added_only_for_the_websites_own_origins(
     assert re.fullmatch(
         re.escape(f"{SITE}:443/docs?x=1&nurture_lead=") + r"[\w.-]+#top", locations[2]
     )
+
+
+def test_a_site_configured_with_its_default_port_gets_the_lead_token_on_links_without_it(
+    db: Engine, clock: FrozenClock, tmp_path: Path
+) -> None:
+    app = _sent(db, clock, tmp_path, f"{SITE}:443")
+    client = TestClient(create_api(app, api_keys=[KEY], environ={}), follow_redirects=False)
+
+    location = urlsplit(_follow(client, _tracked_link(app)).headers["Location"])
+
+    assert location._replace(query="").geturl() == START_URL
+    (token,) = parse_qs(location.query)["nurture_lead"]
+    assert read_lead_token(SECRET, token, clock.now()) == _lead(app).id
 
 
 def test_a_click_for_a_lead_erased_or_a_delivery_gone_still_redirects_and_records_nothing(

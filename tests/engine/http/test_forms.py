@@ -225,6 +225,35 @@ def test_only_site_origins_get_cors_and_other_origins_are_refused(
     assert len(_all(nurture, Event)) == 1
 
 
+def test_origins_configured_with_their_default_port_are_the_origins_browsers_send(
+    db: Engine, clock: FrozenClock, tmp_path: Path
+) -> None:
+    app = outbox_app(
+        db,
+        clock,
+        tmp_path,
+        ROOT / "workflows",
+        NURTURE_SECRET_KEY=SECRET,
+        NURTURE_SITE_ORIGINS=f"{SITE}:443",
+        NURTURE_PUBLIC_URL="https://nurture.acme.test:443",
+    )
+    client = TestClient(create_api(app, None, api_keys=["k" * 40], environ={}))
+    body = {"email": "ana@northwind.test", "first_name": "Ana", "company": "Northwind"}
+
+    site = client.post("/f/demo-request", json=body, headers={"Origin": SITE})
+    preflight = client.options("/f/demo-request", headers={"Origin": SITE})
+    own = client.post(
+        "/f/demo-request",
+        json=body | {"email": "ben@northwind.test"},
+        headers={"Origin": "https://nurture.acme.test"},
+    )
+
+    assert site.status_code == 200 and site.headers["access-control-allow-origin"] == SITE
+    assert preflight.status_code == 204 and preflight.headers["access-control-allow-origin"] == SITE
+    assert own.status_code == 200 and "access-control-allow-origin" not in own.headers
+    assert len(_all(app, Event)) == 2
+
+
 def test_double_opt_in_gives_email_consent_only_after_the_confirmation_link(
     nurture: App, client: TestClient, clock: FrozenClock, tmp_path: Path
 ) -> None:

@@ -115,7 +115,17 @@ def test_a_beacon_sent_twice_counts_once(client: TestClient, nurture: App) -> No
     assert len(_all(nurture, VisitorEvent)) == 1
 
 
-@pytest.mark.parametrize("origin", ["https://evil.test", "", "https://www.acme.test.evil.test"])
+@pytest.mark.parametrize(
+    "origin",
+    [
+        "https://evil.test",
+        "",
+        "null",
+        "https://www.acme.test.evil.test",
+        "https://www.acme.test:8443",
+        "http://www.acme.test",
+    ],
+)
 def test_other_origins_are_refused_without_cors_headers(
     client: TestClient, nurture: App, origin: str
 ) -> None:
@@ -123,6 +133,26 @@ def test_other_origins_are_refused_without_cors_headers(
     assert response.status_code == 403
     assert "access-control-allow-origin" not in response.headers
     assert _all(nurture, VisitorEvent) == []
+
+
+def test_a_site_configured_with_its_default_port_may_send_from_the_origin_browsers_send(
+    db: Engine, clock: FrozenClock, tmp_path: Path
+) -> None:
+    app = outbox_app(
+        db,
+        clock,
+        tmp_path,
+        ROOT / "workflows",
+        NURTURE_SECRET_KEY=SECRET,
+        NURTURE_SITE_ORIGINS=f"{SITE}:443",
+    )
+    client = TestClient(create_api(app, None, api_keys=["k" * 40], environ={}))
+
+    response = _collect(client, _beacon("/pricing"))
+
+    assert response.status_code == 204, response.text
+    assert response.headers["access-control-allow-origin"] == SITE
+    assert len(_all(app, VisitorEvent)) == 1
 
 
 def test_without_configured_sites_tracking_is_off(
@@ -136,10 +166,13 @@ def test_without_configured_sites_tracking_is_off(
 @pytest.mark.parametrize(
     ("body", "field"),
     [
-        ("not json", "body"),
-        (_beacon("/") | {"visitor": "short"}, "visitor"),
-        (_beacon("/") | {"events": [{"id": "hit-000001", "type": "bought", "at": 1}]}, "events.0"),
-        (_beacon(*[f"/{n}" for n in range(21)]), "events"),
+        ("not json", "body: "),
+        (_beacon("/") | {"visitor": "short"}, "visitor: "),
+        (
+            _beacon("/") | {"events": [{"id": "hit-000001", "type": "bought", "at": 1}]},
+            "events[0].type: ",
+        ),
+        (_beacon(*[f"/{n}" for n in range(21)]), "events: "),
     ],
     ids=["not-json", "bad-visitor", "unknown-type", "too-many-hits"],
 )

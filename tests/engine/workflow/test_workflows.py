@@ -29,13 +29,9 @@ from engine.workflow.spec import (
     WhenDone,
     Workflows,
 )
+from tests.shipped import EMAIL_TEMPLATES, SMS_TEMPLATES
 
 SHIPPED = Path(__file__).resolve().parents[3] / "workflows"
-EMAIL = {
-    "welcome", "case_study", "pricing_guide", "demo_invite", "customer_story", "win_back",
-    "whats_new", "last_chance", "confirm_subscription",
-}  # fmt: skip
-SMS = {"quick_question", "demo_nudge", "win_back_sms"}
 
 TRIAL = """\
 name: trial
@@ -59,7 +55,7 @@ milestones:
 
 
 def load(folder: Path) -> Workflows:
-    return load_workflows(folder, EMAIL, SMS)
+    return load_workflows(folder, EMAIL_TEMPLATES, SMS_TEMPLATES)
 
 
 def problems(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, files: dict[str, str]) -> list[str]:
@@ -161,7 +157,8 @@ def test_the_shipped_sequences_use_only_the_shipped_templates() -> None:
         for milestone in sequence.milestones:
             for step in milestone.program:
                 if isinstance(step, Send):
-                    assert step.template in (EMAIL if step.channel == "email" else SMS)
+                    shipped = EMAIL_TEMPLATES if step.channel == "email" else SMS_TEMPLATES
+                    assert step.template in shipped
 
 
 def test_versions_are_short_content_hashes(tmp_path: Path) -> None:
