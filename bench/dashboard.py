@@ -43,6 +43,7 @@ COPIES: dict[str, dict[str, str]] = {
     "leads": {
         "id": "id + k * :leads",
         "email": "replace(email, '@', '+' || k || '@')",
+        "email_key": "replace(email_key, '@', '+' || k || '@')",
         "external_id": "external_id || ':' || k",
         "phone": "NULL",
     },

@@ -180,6 +180,7 @@ def copy_leads(app: App, seed: str, count: int) -> list[str]:
             {
                 "id": f"{lead} + g",
                 "email": "'copy' || g || '@bench.test'",
+                "email_key": "'copy' || g || '@bench.test'",
                 "first_name": "'Lee' || g",
             },
             count,

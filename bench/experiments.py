@@ -51,7 +51,8 @@ def seed(app: App, sends: int, rng: random.Random) -> None:
     enrolments (every tenth held out) of which some reach MQL."""
     sequence, milestone, step = STEP
     leads = [
-        {"email": f"l{i}@bench.test", "stage": Stage.LEAD, "created_at": START,
+        {"email": f"l{i}@bench.test", "email_key": f"l{i}@bench.test", "stage": Stage.LEAD,
+         "created_at": START,
          "updated_at": START, "fields": {}, "fit_rules": {}}
         for i in range(2 * sends)
     ]  # fmt: skip

@@ -55,10 +55,11 @@ WHERE due OR NOT :only_due"""
 # One lead per row.
 LOAD_LEADS = (
     """
-INSERT INTO leads (id, email, first_name, timezone, fields, email_consent, sms_consent, stage,
-                   fit, engagement, fit_rules, sql_crossings, created_at, updated_at,
-                   last_activity_at, decay_due_at, inactive_due_at)
-SELECT g, 'lead' || g || '@bench.test', 'Lee' || g, 'UTC', '{}', true, false, 'lead',
+INSERT INTO leads (id, email, email_key, first_name, timezone, fields, email_consent,
+                   sms_consent, stage, fit, engagement, fit_rules, sql_crossings, created_at,
+                   updated_at, last_activity_at, decay_due_at, inactive_due_at)
+SELECT g, 'lead' || g || '@bench.test', 'lead' || g || '@bench.test', 'Lee' || g, 'UTC', '{}',
+       true, false, 'lead',
        0, 10, '{}', 0, :now - interval '10 days', :now - interval '1 day',
        :now - interval '1 day', :now + interval '1 day' * (1 + g % 14),
        :now + interval '1 day' * (30 + g % 15)

@@ -170,7 +170,7 @@ def lead_pool(count: int, zones: list[str], seed: int) -> list[dict[str, Any]]:
             "timezone": rng.choice(zones),
         }
         if rng.random() < 0.4:
-            lead |= {"phone": f"+1555{i:07d}", "sms_consent": True}
+            lead |= {"phone": f"+1415{2_000_000 + i:07d}", "sms_consent": True}
         pool.append(lead)
     return pool
 

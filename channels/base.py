@@ -202,6 +202,9 @@ class Channel(ABC):
     # True where the provider's rate limit counts requests, not messages: a batch handed to
     # `send_many` then takes one send slot, not one per message.
     paced_per_request: ClassVar[bool] = False
+    # True where the adapter carries an address whose local part is not ASCII (SMTPUTF8,
+    # RFC 6531); others get an internationalised domain in its ASCII (IDNA) form only.
+    smtputf8: ClassVar[bool] = False
     channel: str
 
     @abstractmethod

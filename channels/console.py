@@ -26,6 +26,7 @@ class ConsoleChannel(Channel):
 
     name = "console"
     paced = False
+    smtputf8 = True  # it prints the address; nothing has to carry it
 
     def __init__(self, channel: str = EMAIL, stream: TextIO | None = None) -> None:
         if channel not in (EMAIL, SMS):

@@ -13,6 +13,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from channels import build_channels
 from channels.base import Channel
 from engine.clock import Clock, SystemClock
+from engine.contacts import use_region
 from engine.db import make_engine, make_sessionmaker
 from engine.delivery.confirmation import check_confirmations
 from engine.delivery.pacing import LocalPacer, Pacer, RedisPacer
@@ -94,6 +95,7 @@ class App:
         """Validate workflows and templates (all problems at once), connect what is configured."""
         env = dict(os.environ if environ is None else environ)
         settings = settings or Settings.from_env(env)
+        use_region(settings.default_region)
         clock = clock or SystemClock()
         workflows, renderer, policy = load(settings)
         if channels is None:

@@ -21,9 +21,10 @@ from sqlalchemy import (
 )
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.engine import Dialect
-from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship, validates
 
 from engine.clock import as_utc
+from engine.contacts import email_key, local_zone
 
 JSONType = JSON().with_variant(JSONB(), "postgresql")
 _E = TypeVar("_E", bound=StrEnum)
@@ -195,7 +196,9 @@ class Lead(Base):
     __tablename__ = "leads"
 
     id: Mapped[int] = mapped_column(primary_key=True)
-    email: Mapped[str | None] = mapped_column(String(320), unique=True)
+    email: Mapped[str | None] = mapped_column(String(320), unique=True)  # as written
+    # What lookups compare: the address lower-cased, kept in step with `email` by `_keyed`.
+    email_key: Mapped[str | None] = mapped_column(String(320), unique=True, index=True)
     external_id: Mapped[str | None] = mapped_column(String(200), unique=True)
     phone: Mapped[str | None] = mapped_column(String(20), unique=True)
     first_name: Mapped[str | None] = mapped_column(String(200))
@@ -221,10 +224,21 @@ class Lead(Base):
     sql_at: Mapped[datetime | None]
     erased_at: Mapped[datetime | None]  # personal data erased; the row stays as a tombstone
 
+    @validates("email")
+    def _keyed(self, _: str, address: str | None) -> str | None:
+        self.email_key = None if address is None else email_key(address)
+        return address
+
     @property
     def score(self) -> float:
         """Total score: fit plus engagement."""
         return self.fit + self.engagement
+
+    @property
+    def zone(self) -> str | None:
+        """The time zone sends are timed in: the lead's own, else its phone number's area's
+        (when that area has one zone), else None (the sending rules' default)."""
+        return local_zone(self.timezone, self.phone)
 
     @property
     def key(self) -> str:

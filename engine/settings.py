@@ -7,6 +7,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from engine.contacts import check_region
 from engine.errors import ConfigurationError
 from engine.origins import origin
 from engine.safety import DEV_SECRET
@@ -38,6 +39,8 @@ class Settings:
     site_origins: tuple[str, ...] = ()
     # Leads idle (no activity) for this many months are erased by the scheduler; None keeps all.
     retention_months: int | None = None
+    # The country (ISO 3166 code) of phone numbers written the national way, without +.
+    default_region: str | None = None
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -58,6 +61,7 @@ class Settings:
             sms_help_text=env.get("NURTURE_SMS_HELP_TEXT") or HELP_TEXT.format(company=company),
             site_origins=_origins(env.get("NURTURE_SITE_ORIGINS") or ""),
             retention_months=_months(env.get("NURTURE_RETENTION_MONTHS") or ""),
+            default_region=_region(env.get("NURTURE_DEFAULT_REGION") or ""),
         )
 
 
@@ -73,6 +77,16 @@ def _origins(text: str) -> tuple[str, ...]:
             )
         origins.append(site)
     return tuple(origins)
+
+
+def _region(text: str) -> str | None:
+    """A two-letter country code phone numbers know, or None when unset."""
+    if not text.strip():
+        return None
+    try:
+        return check_region(text)
+    except ValueError as error:
+        raise ConfigurationError(f"NURTURE_DEFAULT_REGION: {error}") from error
 
 
 def _months(text: str) -> int | None:

@@ -12,6 +12,7 @@ from sqlalchemy import Engine, text
 from sqlalchemy.orm import Session, sessionmaker
 
 from engine.clock import FrozenClock
+from engine.contacts import use_region
 from engine.db import make_engine, make_sessionmaker
 from engine.models import Base
 
@@ -96,3 +97,10 @@ def redis_url() -> str:
     finally:
         client.close()
     return REDIS_URL
+
+
+@pytest.fixture(autouse=True)
+def _no_region_left_behind() -> Iterator[None]:
+    """A process's phone region is set by `App.create`: no test leaves one for the next."""
+    yield
+    use_region(None)

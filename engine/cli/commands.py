@@ -148,6 +148,13 @@ def lead_show(ctx: click.Context, key: str, as_json: bool) -> None:
         f"email consent {'yes' if lead['email_consent'] else 'no'} · "
         f"SMS opt-in {'yes' if lead['sms_consent'] else 'no'}"
     )
+    if lead["phone"]:
+        console.print(
+            f"phone {lead['phone']} ({lead['phone_kind']}, {lead['phone_region'] or 'no region'})"
+        )
+    zone = lead["send_zone"] or "the sending rules' default zone"
+    by_phone = " (from the phone number)" if lead["send_zone_from"] == "phone" else ""
+    console.print(f"sends timed in {zone}{by_phone}")
     table(
         "Why (score ledger, newest first)",
         ["when", "rule", "points", "reason"],

@@ -21,6 +21,7 @@ from sqlalchemy.orm import Session
 from engine.app import App
 from engine.cli.commands import EXIT_FOUND, EXIT_USAGE, fail, open_app, print_funnel
 from engine.cli.output import console, emit_json, errors, table
+from engine.contacts import email_key
 from engine.delivery.context import preview_context, recent_activity
 from engine.errors import NurtureError, UnknownSequenceError, WorkflowError
 from engine.models import Enrolment, Handoff, Lead
@@ -121,7 +122,7 @@ def simulate_command(
         sim.run(events, DEFAULT_START + timedelta(days=days))
         with sim.app.sessions() as s:
             row = s.scalars(
-                select(Lead).where(Lead.email == str(lead.get("email", "")).lower())
+                select(Lead).where(Lead.email_key == email_key(str(lead.get("email", ""))))
             ).first()
             entries = timeline(s, row.id) if row else []
     finally:

@@ -19,6 +19,7 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from channels.base import EMAIL, EmailMessage
+from engine.contacts import ascii_address
 from engine.delivery.context import lead_view, unsubscribe_url
 from engine.delivery.process import DeliveryContext
 from engine.delivery.rendering import Renderer, TemplateError, sample_context
@@ -79,6 +80,9 @@ def send_confirmation(ctx: DeliveryContext, consent_id: int) -> bool:
         form = ctx.rt.workflows.forms.get(consent.form)
         if consent.confirmation_sent_at is not None or lead.erased_at or not lead.email:
             return False
+        to_email = ascii_address(lead.email)
+        if to_email is None and not ctx.channels[EMAIL].smtputf8:
+            return False  # a mailbox the channel cannot carry: no email, no consent asked
         if form is None or _sent_lately(session, consent, now):
             return False
         consent.confirmation_sent_at = now
@@ -93,7 +97,7 @@ def send_confirmation(ctx: DeliveryContext, consent_id: int) -> bool:
         email = ctx.renderer.render_email(form.confirm_template, context)
         message = EmailMessage(
             delivery_id=f"consent-{consent.id}",
-            to_email=lead.email,
+            to_email=to_email or lead.email,
             to_name=lead.full_name,
             from_email=context["sender"]["email"],
             from_name=context["sender"]["name"],

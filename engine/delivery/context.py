@@ -43,6 +43,7 @@ def lead_view(lead: Lead) -> dict[str, Any]:
         "company": lead.company or "",
         "title": lead.title or "",
         "timezone": lead.timezone or "",
+        "send_zone": lead.zone or "",  # its own, else its phone number's area's
         "stage": lead.stage,
         "fields": dict(lead.fields or {}),
     }

@@ -20,10 +20,11 @@ from sqlalchemy import bindparam, delete, or_, select, update
 from sqlalchemy.orm import Session
 
 from channels.base import EMAIL, SMS, DeliveryEvent
+from engine.contacts import email_key
 from engine.delivery.links import tracked_click_key
 from engine.delivery.sending import UNSETTLED, suppress
 from engine.errors import InvalidLeadError
-from engine.funnel.erasure import address_forms, hashed_address
+from engine.funnel.erasure import address_forms
 from engine.funnel.lead_fields import normalise_email, normalise_phone
 from engine.funnel.leads import Identity
 from engine.funnel.service import NewEvent, Outcome, record
@@ -192,8 +193,8 @@ def _text(value: str) -> str:
 
 
 def _column(channel: str) -> str:
-    """The lead column that holds a channel's addresses."""
-    return "email" if channel == EMAIL else "phone"
+    """The lead column a channel's addresses are looked up in."""
+    return "email_key" if channel == EMAIL else "phone"
 
 
 @dataclass
@@ -219,17 +220,19 @@ class _Known:
         for delivery in found:
             if delivery.provider_message_id:
                 by_message.setdefault(delivery.provider_message_id, delivery)
-        addresses = {(_column(e.channel), a) for e in events if (a := _recipient(e)) is not None}
+        addresses = {
+            (_column(e.channel), email_key(a)) for e in events if (a := _recipient(e)) is not None
+        }
         wanted = {
             "ids": sorted({delivery.lead_id for delivery in found}),
-            "emails": sorted(address for column, address in addresses if column == "email"),
+            "emails": sorted(address for column, address in addresses if column == "email_key"),
             "phones": sorted(address for column, address in addresses if column == "phone"),
         }
         leads = list(session.scalars(_LOCKED_LEADS, wanted))
         by_address = {
             (column, address): lead
             for lead in leads
-            for column in ("email", "phone")
+            for column in ("email_key", "phone")
             if (address := getattr(lead, column))
         }
         return cls(
@@ -250,7 +253,8 @@ class _Known:
         if delivery is not None:
             return _Target(self.leads[delivery.lead_id], delivery)
         address = _recipient(event)
-        lead = self.by_address.get((_column(event.channel), address)) if address else None
+        key = email_key(address) if address else None
+        lead = self.by_address.get((_column(event.channel), key)) if key else None
         return None if lead is None else _Target(lead, None)
 
     def settle(self, delivery: Delivery, event: DeliveryEvent) -> bool:
@@ -278,7 +282,7 @@ _LOCKED_LEADS = (
     .where(
         or_(
             Lead.id.in_(bindparam("ids", expanding=True)),
-            Lead.email.in_(bindparam("emails", expanding=True)),
+            Lead.email_key.in_(bindparam("emails", expanding=True)),
             Lead.phone.in_(bindparam("phones", expanding=True)),
         )
     )
@@ -366,7 +370,7 @@ def _after_erasure(event: DeliveryEvent, rule: _Rule) -> FeedbackResult | _Step:
     its hash and with no provider words, so it stays blocked should the person come back."""
     address = _recipient(event)
     if rule.effect is _withdraw and address:
-        return _Refusal(event, hashed_address(address), f"{event.provider} {event.kind}")
+        return _Refusal(event, address_forms(address)[1], f"{event.provider} {event.kind}")
     return FeedbackResult(False, None, None, "ignored")
 
 

@@ -13,6 +13,7 @@ from typing import Any
 from sqlalchemy import and_, bindparam, func, or_, select
 from sqlalchemy.orm import Session
 
+from engine.contacts import PhoneKind, ascii_address, phone_kind
 from engine.delivery.context import recent_activities
 from engine.funnel.erasure import address_forms
 from engine.models import (
@@ -69,15 +70,27 @@ def stale_reason(delivery: Delivery, enrolment: Enrolment, lead: Lead) -> str | 
     return None
 
 
-def address_of(lead: Lead, channel: str) -> tuple[str | None, str | None]:
-    """The address to use and, when there is none or no consent, why not."""
+def address_of(lead: Lead, channel: str, smtputf8: bool) -> tuple[str | None, str | None]:
+    """The address to use and, when there is none, no consent, or none the channel can reach
+    (a fixed line for SMS; a non-ASCII mailbox without `smtputf8`), why not."""
     if channel == "email":
         if not lead.email:
             return None, "no email address"
-        return (lead.email, None) if lead.email_consent else (None, "no email consent")
+        if not lead.email_consent:
+            return None, "no email consent"
+        if not smtputf8 and ascii_address(lead.email) is None:
+            return None, (
+                f"{lead.email}: a mailbox name in other letters than ASCII needs SMTPUTF8, "
+                "which the email channel does not carry"
+            )
+        return lead.email, None
     if not lead.phone:
         return None, "no phone number"
-    return (lead.phone, None) if lead.sms_consent else (None, "no SMS opt-in")
+    if not lead.sms_consent:
+        return None, "no SMS opt-in"
+    if phone_kind(lead.phone) == PhoneKind.FIXED:
+        return None, f"{lead.phone} is a fixed line: SMS cannot reach it"
+    return lead.phone, None
 
 
 @dataclass

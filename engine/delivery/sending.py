@@ -21,6 +21,7 @@ from sqlalchemy import Table, bindparam, case, or_, select, update
 from sqlalchemy.orm import Session
 
 from channels.base import EmailMessage, SendResult, SmsMessage
+from engine.contacts import ascii_address
 from engine.db import is_postgres
 from engine.delivery.context import message_context
 from engine.delivery.guards import SendFacts, address_of, stale_reason
@@ -84,7 +85,7 @@ def suppress(session: Session, channel: str, address: str, reason: str, now: dat
     forms = list(address_forms(address))  # also suppressed when held hashed, by an erasure
     if session.scalar(_SUPPRESSED, {"channel": channel, "forms": forms}) is not None:
         return False
-    session.add(Suppression(channel=channel, address=address, reason=reason, created_at=now))
+    session.add(Suppression(channel=channel, address=forms[0], reason=reason, created_at=now))
     return True
 
 
@@ -100,10 +101,12 @@ def prepare(
     renderer: Renderer,
     delivery_ids: Many[str],
     wait: timedelta = timedelta(0),
+    smtputf8: bool = False,
 ) -> list[Prepared | None]:
     """Guard and render due deliveries and mark them `sending`, each leased for the send lease
     plus `wait` per delivery before it in the batch (the pacing it may wait behind them);
-    None for each not to send now. What the guards read is read once for the batch."""
+    None for each not to send now. What the guards read is read once for the batch;
+    `smtputf8` says whether the email channel carries non-ASCII mailboxes."""
     now = rt.clock.now()
     query = _DUE_LOCKED if is_postgres(session) else _DUE
     rows = {row[0].id: row for row in session.execute(query, {"ids": list(delivery_ids)})}
@@ -119,7 +122,7 @@ def prepare(
             row = due.get(delivery_id)
             lease = now + rt.send.lease + wait * index
             prepared.append(
-                _guard_and_render(session, rt, settings, renderer, facts, lease, *row)
+                _guard_and_render(session, rt, settings, renderer, facts, lease, smtputf8, *row)
                 if row
                 else None
             )
@@ -133,6 +136,7 @@ def _guard_and_render(
     renderer: Renderer,
     facts: SendFacts,
     lease: datetime,
+    smtputf8: bool,
     delivery: Delivery,
     enrolment: Enrolment,
     lead: Lead,
@@ -145,7 +149,7 @@ def _guard_and_render(
     reason = (
         "stale: sequence removed" if sequence is None else stale_reason(delivery, enrolment, lead)
     )
-    address, refusal = address_of(lead, delivery.channel)
+    address, refusal = address_of(lead, delivery.channel, smtputf8)
     if reason or refusal or address is None:
         _skip(delivery, reason or refusal or "no address")
         return None
@@ -158,15 +162,16 @@ def _guard_and_render(
         _skip(delivery, f"unsubscribed from topic {sequence.topic}")
         return None
     window, channel = sequence.send.window, delivery.channel
-    slot = open_slot(policy, now, lead.timezone, window, channel)
+    zone = lead.zone
+    slot = open_slot(policy, now, zone, window, channel)
     cap = policy.caps.get(channel)
     cap_at = facts.cap_opens_at(lead.id, channel, cap)
     limit = None  # the cap, when it is what the send waits for
     if cap_at is not None and cap_at > slot:
-        slot, limit = open_slot(policy, cap_at, lead.timezone, window, channel), cap
+        slot, limit = open_slot(policy, cap_at, zone, window, channel), cap
     if slot > now:
         delivery.due_at = slot
-        delivery.detail = deferral(policy, now, slot, lead.timezone, window, channel, limit)
+        delivery.detail = deferral(policy, now, slot, zone, window, channel, limit)
         return None
     message = _render(settings, renderer, facts, delivery, lead, sequence, address, now)
     if message is None:
@@ -199,7 +204,7 @@ def _render(
             delivery.subject = email.subject
             return EmailMessage(
                 delivery_id=delivery.id,
-                to_email=address,
+                to_email=ascii_address(address) or address,  # IDN domains as IDNA ASCII
                 # One line: a name with a line break in it is still a name to mail, not a
                 # header to refuse (the channels refuse line breaks in every header).
                 to_name=" ".join(context["lead"]["full_name"].split()),
@@ -388,7 +393,8 @@ def send_deliveries(ctx: DeliveryContext, delivery_ids: Many[str]) -> list[SendA
     # Each may wait for its pacing slot behind those before it: its lease covers the wait.
     slot = timedelta(seconds=rt.send.pace_timeout if ctx.pacer is not None else 0)
     with sessions.begin() as session:
-        prepared = prepare(session, rt, ctx.settings, ctx.renderer, delivery_ids, slot)
+        smtputf8 = "email" in ctx.channels and ctx.channels["email"].smtputf8
+        prepared = prepare(session, rt, ctx.settings, ctx.renderer, delivery_ids, slot, smtputf8)
     answers = _answers(ctx, prepared)
     with sessions.begin() as session:
         attempts = [_record(session, rt, i, a) for i, a in zip(delivery_ids, answers, strict=True)]

@@ -24,6 +24,7 @@ from typing import Any, cast
 from sqlalchemy import CursorResult, Executable, and_, delete, func, or_, select, update
 from sqlalchemy.orm import Session
 
+from engine.contacts import email_key
 from engine.errors import UnknownLeadError
 from engine.funnel.journey import end_all
 from engine.funnel.leads import lock_leads
@@ -64,9 +65,10 @@ def hashed_address(address: str) -> str:
 
 
 def address_forms(address: str) -> tuple[str, str]:
-    """The forms a suppression of `address` may be stored in: as written, or hashed after its
-    lead was erased; every lookup of the suppression list matches both."""
-    return address, hashed_address(address)
+    """The forms a suppression of `address` may be stored in: its lookup key (an email
+    lower-cased), or that hashed after its lead was erased; every lookup matches both."""
+    key = email_key(address)
+    return key, hashed_address(key)
 
 
 @dataclass(frozen=True)

@@ -363,9 +363,9 @@ def _plan(
     else:
         window = sequence.send.window
         status = DeliveryStatus.PLANNED
-        due = open_slot(rt.send, now, lead.timezone, window, step.channel)
+        due = open_slot(rt.send, now, lead.zone, window, step.channel)
         if due > now:
-            detail = deferral(rt.send, now, due, lead.timezone, window, step.channel)
+            detail = deferral(rt.send, now, due, lead.zone, window, step.channel)
         if step.variants:
             variant = choose_variant(session, lead, sequence, enrolment.milestone, step)
     delivery = Delivery(

@@ -1,13 +1,15 @@
 """What a lead record may hold: one set of rules for the API, the CLI and file imports.
 
-Each rule takes a value as given and returns it as stored (trimmed, lower-cased, E.164) or
-raises InvalidLeadError naming the field. `check_lead` applies them all to one flat record
+Each rule takes a value as given and returns it as stored (trimmed, an address's domain
+lower-cased, a phone number in E.164, read by `engine.contacts`) or raises InvalidLeadError
+naming the field. `check_lead` applies them all to one flat record
 (identity, attributes, consent, custom fields); `check_attribute` is the rule for one
 attribute. An empty string for an identity key or the time zone means "not given".
 
 The patterns are written in the common subset of Python and ECMA-262 regular expressions
-(no `\\s` or `\\d`, whose meanings differ), so the OpenAPI document states them and the server
-enforces exactly what it states.
+(no `\\s` or `\\d`, whose meanings differ), so the OpenAPI document states them; the server
+also checks addresses and numbers against their standards (a domain's labels, a country's
+numbering plan), which no pattern states.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from functools import cache
 from typing import Any
 from zoneinfo import available_timezones
 
+from engine.contacts import check_region, email_address, email_key, phone_number
 from engine.errors import InvalidLeadError
 from engine.models import IDENTITY_FIELDS, STANDARD_FIELDS
 
@@ -42,20 +45,22 @@ RESERVED_FIELDS = frozenset(
 # What Python's str.isspace() (and so str.strip()) counts as white space, spelled out.
 _SPACE = r"\t\n\x0b\x0c\r\x1c-\x20\x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000"
 TEXT_PATTERN = r"^[^\x00]*$"  # text PostgreSQL stores: no NUL characters
-# Spaces around it are ignored; the address itself has no white space or control characters.
-EMAIL_PATTERN = (
-    r"^ *[^\x00-\x20\x7f\x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000"
-    r'@<>()\[\],;:"]+'
-    r"@[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?(?:\.[A-Za-z0-9-]+)+ *$"
+# Spaces around it are ignored; the address itself has no white space or control characters,
+# and its domain (letters of any script) has a dot.
+_ADDRESS_CHAR = (
+    r"[^\x00-\x20\x7f\x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000"
+    r'@<>()\[\],;:"]'
 )
-# `+` or `00`, then 7 to 15 digits; spaces, dots, dashes and brackets between them are ignored.
-PHONE_PATTERN = r"^[ ().-]*(?:\+|00)[ ().-]*[1-9](?:[ ().-]*[0-9]){6,14}[ ().-]*$"
+EMAIL_PATTERN = rf"^ *{_ADDRESS_CHAR}+@{_ADDRESS_CHAR}+\.{_ADDRESS_CHAR}+ *$"
+# An optional `+` or `00`, then 4 to 17 digits; spaces, dots, dashes, slashes and brackets
+# between them are ignored. Without a country code, the number is read in the lead's country
+# or the installation's region.
+PHONE_PATTERN = r"^[ ()./-]*(?:\+|00)?[ ()./-]*[0-9](?:[ ()./-]*[0-9]){3,16}[ ()./-]*$"
 # Something other than white space; the white space around it is trimmed.
 EXTERNAL_ID_PATTERN = rf"^[^\x00]*[^\x00{_SPACE}][^\x00]*$"
 
 _EMAIL = re.compile(EMAIL_PATTERN)
 _PHONE = re.compile(PHONE_PATTERN)
-_PHONE_SEPARATORS = re.compile(r"[ ().-]")
 _SHOWN = 40  # characters of a refused value that a message quotes
 
 
@@ -127,21 +132,38 @@ def text(value: Any, field: str, max_length: int = TEXT_MAX) -> str:
 
 
 def normalise_email(value: str, field: str = "email") -> str:
-    """Trim spaces and lower-case an email address; InvalidLeadError when it is not one."""
+    """An email address as stored (domain lower-cased, local part as written); InvalidLeadError
+    saying what is wrong with it otherwise."""
     if len(value) > EMAIL_MAX or not _EMAIL.fullmatch(value):
         raise InvalidLeadError(f"invalid email address {shown(value)}", field)
-    # U+0130 (I with a dot) lower-cases to two characters; "i" keeps the length as checked.
-    return value.strip(" ").replace("\u0130", "i").lower()
+    try:
+        return email_address(value)
+    except ValueError as error:
+        raise InvalidLeadError(f"invalid email address {shown(value)}: {error}", field) from error
 
 
-def normalise_phone(value: str, field: str = "phone") -> str:
-    """Reduce a phone number to E.164 (`+` and digits); InvalidLeadError otherwise."""
+def normalise_phone(value: str, field: str = "phone", region: str | None = None) -> str:
+    """A phone number in E.164, read in `region` (else the installation's) when written
+    without a country code; InvalidLeadError saying why it is not a number otherwise."""
     if len(value) > PHONE_MAX or not _PHONE.fullmatch(value):
         raise InvalidLeadError(
-            f"invalid phone number {shown(value)}: use E.164, e.g. +14155550100", field
+            f"invalid phone number {shown(value)}: use digits, e.g. +45 20 12 34 56", field
         )
-    phone = _PHONE_SEPARATORS.sub("", value)
-    return "+" + phone[2:] if phone.startswith("00") else phone
+    try:
+        return phone_number(value.strip(), region)
+    except ValueError as error:
+        raise InvalidLeadError(f"invalid phone number {shown(value)}: {error}", field) from error
+
+
+def record_region(record: Mapping[str, Any]) -> str | None:
+    """The region a record's phone is read in: its `country` when that is a country code."""
+    country = record.get("country")
+    if not isinstance(country, str) or not country.strip():
+        return None
+    try:
+        return check_region(country)
+    except ValueError:
+        return None
 
 
 def normalise_external_id(value: str, field: str = "external_id") -> str:
@@ -199,14 +221,15 @@ def _given(value: Any) -> bool:
     return value is not None and value != ""
 
 
-def check_identity(name: str, value: Any) -> str:
-    """One identity key (email, external_id or phone), given, as stored."""
+def check_identity(name: str, value: Any, region: str | None = None) -> str:
+    """One identity key (email, external_id or phone), given, as stored; a phone number
+    without a country code is read in `region`, else the installation's."""
     if not isinstance(value, str):
         raise InvalidLeadError(f"must be text, not {type(value).__name__}", name)
     if name == "email":
         return normalise_email(value)
     if name == "phone":
-        return normalise_phone(value)
+        return normalise_phone(value, region=region)
     return normalise_external_id(value)
 
 
@@ -228,20 +251,37 @@ def check_attribute(name: Any, value: Any) -> Any:
 def check_lead(record: Mapping[str, Any]) -> dict[str, Any]:
     """A flat lead record as stored: identity normalised, every attribute checked.
 
-    Keys other than identity, standard attributes, consent and `stage` are custom fields.
+    Keys other than identity, standard attributes, consent and `stage` are custom fields; a
+    `country` that is a country code (DK) is also the region its phone number is read in.
     Identity keys and the time zone that are None or "" are left out (not given).
     """
     lead: dict[str, Any] = {}
+    region = record_region(record)
     for name, value in record.items():
         if name in (*IDENTITY_FIELDS, "timezone") and not _given(value):
             continue
         if name in IDENTITY_FIELDS:
-            lead[name] = check_identity(name, value)
+            lead[name] = _identity(record, name, value, region)
         else:
             lead[name] = check_attribute(name, value)
     if not any(name in lead for name in IDENTITY_FIELDS):
         raise InvalidLeadError(NO_IDENTITY)
     return lead
+
+
+def _identity(record: Mapping[str, Any], name: str, value: Any, region: str | None) -> str:
+    """`check_identity`, its error saying when the record's country could not be its region."""
+    try:
+        return check_identity(name, value, region)
+    except InvalidLeadError as error:
+        country = record.get("country")
+        if name != "phone" or region or not isinstance(country, str) or not country.strip():
+            raise
+        raise InvalidLeadError(
+            f"{error.reason} (the lead's country {shown(country)} is not a two-letter code"
+            " such as PL)",
+            name,
+        ) from error
 
 
 def check_attributes(record: Mapping[str, Any]) -> dict[str, Any]:
@@ -255,5 +295,10 @@ def check_attributes(record: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def identity_keys(lead: Mapping[str, Any]) -> list[tuple[str, str]]:
-    """The (key, value) pairs that name a checked lead: any of them names it alone."""
-    return [(name, lead[name]) for name in IDENTITY_FIELDS if lead.get(name)]
+    """The (key, value) pairs that name a checked lead, as lookups compare them (an email
+    lower-cased): any of them names it alone."""
+    return [
+        (name, email_key(lead[name]) if name == "email" else lead[name])
+        for name in IDENTITY_FIELDS
+        if lead.get(name)
+    ]

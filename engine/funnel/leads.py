@@ -13,9 +13,10 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session, object_session
 
+from engine.contacts import email_key
 from engine.db import is_postgres
 from engine.errors import InvalidLeadError, LeadConflictError, UnknownLeadError
-from engine.funnel.lead_fields import NO_IDENTITY, check_identity
+from engine.funnel.lead_fields import NO_IDENTITY, check_identity, record_region
 from engine.models import IDENTITY_FIELDS, STANDARD_FIELDS, Lead
 
 
@@ -36,26 +37,30 @@ class Identity:
     def parse(cls, data: Mapping[str, Any]) -> Identity:
         """Pick and normalise the identity keys of `data`; at least one is required."""
         given = {name: data.get(name) for name in IDENTITY_FIELDS}
-        identity = cls(**{k: check_identity(k, v) if v else None for k, v in given.items()})
+        region = record_region(data)
+        identity = cls(**{k: check_identity(k, v, region) if v else None for k, v in given.items()})
         if not (identity.email or identity.external_id or identity.phone):
             raise InvalidLeadError(NO_IDENTITY)
         return identity
 
     def key(self) -> tuple[str, str]:
-        """The column and value that identify the lead."""
+        """The identity key that names the lead and the value lookups compare."""
         if self.email:
-            return "email", self.email
+            return "email", email_key(self.email)
         if self.external_id:
             return "external_id", self.external_id
         return "phone", self.phone or ""
 
 
-# Leads whose column is one of the `values` parameter, in id order (the order locks are taken).
+# The column each identity key is looked up in: an email by its lower-cased key.
+_LOOKUP = {"email": "email_key", "external_id": "external_id", "phone": "phone"}
+# Leads whose lookup column holds one of the `values` parameter, in id order (the order locks
+# are taken).
 _BY = {
     name: select(Lead)
-    .where(getattr(Lead, name).in_(bindparam("values", expanding=True)))
+    .where(getattr(Lead, column).in_(bindparam("values", expanding=True)))
     .order_by(Lead.id)
-    for name in IDENTITY_FIELDS
+    for name, column in _LOOKUP.items()
 }
 _BY_ID = select(Lead).where(Lead.id == bindparam("id"))
 _BY_IDS = select(Lead).where(Lead.id.in_(bindparam("ids", expanding=True))).order_by(Lead.id)
@@ -108,10 +113,10 @@ def ensure_leads(
     """
     keys = [identity.key() for identity, _ in wanted]
     found = _load(session, keys)
-    missing: dict[tuple[str, str], str] = {}
-    for key, (_, stage) in zip(keys, wanted, strict=True):
+    missing: dict[tuple[str, str], tuple[str, str]] = {}  # key: (value as written, stage)
+    for key, (identity, stage) in zip(keys, wanted, strict=True):
         if key not in found:
-            missing.setdefault(key, stage)
+            missing.setdefault(key, (getattr(identity, key[0]), stage))
     created: set[tuple[str, str]] = set()
     if missing:
         created = _insert(session, missing, now)
@@ -132,32 +137,35 @@ def _load(session: Session, keys: Sequence[tuple[str, str]]) -> dict[tuple[str, 
         values = sorted({value for name, value in keys if name == column})
         if values:
             rows = session.scalars(_query(session, _BY[column], True), {"values": values})
-            found.update(((column, getattr(lead, column)), lead) for lead in rows)
+            found.update(((column, getattr(lead, _LOOKUP[column])), lead) for lead in rows)
     return found
 
 
 def _insert(
-    session: Session, missing: dict[tuple[str, str], str], now: datetime
+    session: Session, missing: dict[tuple[str, str], tuple[str, str]], now: datetime
 ) -> set[tuple[str, str]]:
     """Insert the missing leads unless another transaction just did; the keys inserted here."""
     insert = pg_insert if is_postgres(session) else sqlite_insert
     inserted: set[tuple[str, str]] = set()
-    for column in IDENTITY_FIELDS:
+    for name, column in _LOOKUP.items():
         rows = [
-            _new_lead(column, value, stage, now)
-            for (name, value), stage in sorted(missing.items())
-            if name == column
+            _new_lead(name, value, stage, now)
+            for (key_name, _), (value, stage) in sorted(missing.items())
+            if key_name == name
         ]
         if rows:
-            statement = insert(Lead).on_conflict_do_nothing(index_elements=[column])
+            # Any conflict: an address's key and its written form are both unique, and two
+            # transactions may insert the same address at once.
+            statement = insert(Lead).on_conflict_do_nothing()
             values = session.scalars(statement.returning(getattr(Lead, column)), rows)
-            inserted.update((column, value) for value in values)
+            inserted.update((name, value) for value in values)
     return inserted
 
 
-def _new_lead(column: str, value: str, stage: str, now: datetime) -> dict[str, Any]:
+def _new_lead(name: str, value: str, stage: str, now: datetime) -> dict[str, Any]:
+    keys = {"email": value, "email_key": email_key(value)} if name == "email" else {name: value}
     return {
-        column: value,
+        **keys,
         "stage": stage,
         "fields": {},
         "fit_rules": {},
@@ -174,7 +182,8 @@ def _new_lead(column: str, value: str, stage: str, now: datetime) -> dict[str, A
 def _ensure_unclaimed(lead: Lead, name: str, value: str) -> None:
     """An email, phone or external id names one lead: refuse to give it to a second one."""
     session = object_session(lead)
-    column = getattr(Lead, name)
+    column = getattr(Lead, _LOOKUP[name])
+    value = email_key(value) if name == "email" else value
     owner = (
         session.scalar(select(Lead.id).where(column == value, Lead.id != lead.id))
         if session is not None and lead.id is not None
@@ -189,7 +198,8 @@ def apply_attributes(lead: Lead, identity: Identity, attributes: Mapping[str, An
     changed = False
     for name in IDENTITY_FIELDS:
         value = getattr(identity, name)
-        if value and getattr(lead, name) != value:
+        # an address written in other letter cases is the same address: kept as first written
+        if value and getattr(lead, _LOOKUP[name]) != Identity(**{name: value}).key()[1]:
             _ensure_unclaimed(lead, name, value)
             setattr(lead, name, value)
             changed = True

@@ -267,7 +267,8 @@ def _same(current: Mapping[str, Any] | None, data: Mapping[str, Any]) -> bool:
     if current is None:
         return False
     column, value = Identity.parse(data).key()
-    return bool(getattr(Identity.parse(current), column) == value)
+    named = getattr(Identity.parse(current), column)
+    return named is not None and Identity(**{column: named}).key()[1] == value
 
 
 def _store(session: Session, hits: Sequence[Hit], now: datetime) -> list[bool]:

@@ -18,7 +18,9 @@ the scheduler. Decisions:
 - The OpenAPI document states what the server enforces (`engine.funnel.lead_fields`: email
   and phone patterns, time zone names, text without NUL, number bounds, a lead named by one of
   email, external_id or phone), so a body it allows is taken and one it forbids is a 422 with
-  the field's path, never a 500. What it cannot state: an identity that belongs to another
+  the field's path, never a 500. Email and phone also carry a format named for the library
+  that checks it (`email-validator`, `phonenumbers`: a domain's labels, a country's numbering
+  plan), which no pattern can state. What it cannot state: an identity that belongs to another
   lead and an occurred_at more than a day ahead of the server's clock are 409s; a path key
   that cannot name a lead is a 404 like one that names nobody.
 

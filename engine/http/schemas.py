@@ -66,13 +66,19 @@ class LeadAttributes(_Body):
     model_config = ConfigDict(extra="forbid", json_schema_extra={"anyOf": IDENTIFIED})
 
     email: Email | None = Field(
-        None, examples=["dana@initech.example"], description="Stored trimmed and lower-cased."
+        None,
+        examples=["dana@initech.example"],
+        description="Checked by email-validator (internationalised domains welcome) and stored "
+        "trimmed with its domain lower-cased; the local part is kept as written, and looked up "
+        "in any letter case.",
     )
     external_id: ExternalId | None = Field(None, description="Stored trimmed.")
     phone: Phone | None = Field(
         None,
-        description="E.164, e.g. +14155550100; spaces, dots, dashes and brackets between the "
-        "digits and 00 for + are accepted, and stored as E.164.",
+        examples=["+45 20 12 34 56"],
+        description="With its country code (+45 20 12 34 56, 0045 ...) or written the national "
+        "way of NURTURE_DEFAULT_REGION; checked against the country's numbering plan "
+        "(phonenumbers) and stored as E.164.",
     )
     first_name: Short | None = None
     last_name: Short | None = None
@@ -175,6 +181,10 @@ class LeadView(BaseModel):
     company: str | None
     title: str | None
     timezone: str | None
+    phone_region: str | None = None  # the country of the phone number's plan
+    phone_kind: str | None = None  # mobile, fixed, fixed or mobile, other: SMS skips fixed
+    send_zone: str | None = None  # what sends are timed in; None: the sending rules' default
+    send_zone_from: str = "default"  # timezone (the lead's own), phone (its area) or default
     fields: dict[str, Any]
     stage: str
     owner: str | None

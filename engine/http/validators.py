@@ -70,11 +70,21 @@ def _or_empty(pattern: str) -> str:
     return f"^(?:{pattern.removeprefix('^').removesuffix('$')})?$"
 
 
-def _text_schema(max_length: int, pattern: str = TEXT_PATTERN, min_length: int = 0) -> Any:
-    """The OpenAPI entry of a string the server checks with `pattern` and these lengths."""
+# Formats the server checks beyond any pattern, each by the library named: an address by
+# email-validator (its domain's labels, IDNA), a number by phonenumbers (its country's plan).
+EMAIL_FORMAT, PHONE_FORMAT = "email-validator", "phonenumbers"
+
+
+def _text_schema(
+    max_length: int, pattern: str = TEXT_PATTERN, min_length: int = 0, form: str | None = None
+) -> Any:
+    """The OpenAPI entry of a string the server checks with `pattern`, these lengths and, when
+    given, the format `form`."""
     schema: dict[str, Any] = {"type": "string", "maxLength": max_length, "pattern": pattern}
     if min_length:
         schema["minLength"] = min_length
+    if form:
+        schema["format"] = form
     return WithJsonSchema(schema)
 
 
@@ -162,13 +172,13 @@ Email = Annotated[
     str,
     StringConstraints(max_length=EMAIL_MAX),
     AfterValidator(_unless_empty(normalise_email)),
-    _text_schema(EMAIL_MAX, _or_empty(EMAIL_PATTERN)),
+    _text_schema(EMAIL_MAX, _or_empty(EMAIL_PATTERN), form=EMAIL_FORMAT),
 ]
 Phone = Annotated[
     str,
     StringConstraints(max_length=PHONE_MAX),
     AfterValidator(_unless_empty(normalise_phone)),
-    _text_schema(PHONE_MAX, _or_empty(PHONE_PATTERN)),
+    _text_schema(PHONE_MAX, _or_empty(PHONE_PATTERN), form=PHONE_FORMAT),
 ]
 ExternalId = Annotated[
     str,

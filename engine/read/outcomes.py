@@ -13,6 +13,7 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from engine.contacts import local_zone
 from engine.models import Delivery, DeliveryStatus, Lead
 from engine.read.journeys import step_reasons
 from engine.read.stats import Scope, reached, send_places, sequence_funnel
@@ -62,10 +63,10 @@ def sequence_outcome(session: Session, rt: Runtime, name: str, scope: Scope) -> 
 def _send_times(
     session: Session, rt: Runtime, name: str, scope: Scope
 ) -> dict[str, dict[str, Counter[Any]]]:
-    """Per step place: its sends counted by weekday and by hour, in each lead's own zone (the
-    sending rules' default zone for a lead without one, as the send window reads it)."""
+    """Per step place: its sends counted by weekday and by hour, in each lead's own zone (its
+    phone number's, else the sending rules' default, as the send window reads it)."""
     rows = session.execute(
-        select(Delivery.milestone, Delivery.step, Delivery.sent_at, Lead.timezone)
+        select(Delivery.milestone, Delivery.step, Delivery.sent_at, Lead.timezone, Lead.phone)
         .join(Lead, Lead.id == Delivery.lead_id)
         .where(
             Delivery.sequence == name,
@@ -75,10 +76,10 @@ def _send_times(
     )
     found: dict[str, dict[str, Counter[Any]]] = {}
     default = rt.send.default_timezone
-    for milestone, step, sent_at, timezone in rows:
+    for milestone, step, sent_at, timezone, phone in rows:
         if sent_at is None:  # never for a sent row, but the column allows it
             continue
-        local = sent_at.astimezone(zone(timezone, default))
+        local = sent_at.astimezone(zone(local_zone(timezone, phone), default))
         counts = found.setdefault(
             f"{milestone}/{step}", {"weekdays": Counter(), "hours": Counter()}
         )

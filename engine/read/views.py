@@ -8,6 +8,7 @@ from typing import Any
 from sqlalchemy import and_, or_, select
 from sqlalchemy.orm import Session
 
+from engine.contacts import phone_kind, phone_region
 from engine.errors import UnknownLeadError
 from engine.funnel.erasure import address_forms
 from engine.funnel.leads import Identity, get_lead
@@ -58,6 +59,19 @@ def _iso(value: Any) -> str | None:
     return value.isoformat() if value is not None else None
 
 
+def _contact_facts(lead: Lead) -> dict[str, Any]:
+    """What the phone number's plan says (its region and kind) and the zone sends are timed in,
+    with where that zone came from: the lead's own, its phone number's area, or (None) the
+    sending rules' default."""
+    zone_from = "timezone" if lead.timezone else "phone" if lead.zone else "default"
+    return {
+        "phone_region": phone_region(lead.phone) if lead.phone else None,
+        "phone_kind": str(phone_kind(lead.phone)) if lead.phone else None,
+        "send_zone": lead.zone,
+        "send_zone_from": zone_from,
+    }
+
+
 def lead_detail(session: Session, lead: Lead) -> dict[str, Any]:
     """Who the lead is, its score and why, its sequences and sends, and events not yet processed;
     the suppressions of its addresses and the email topics it left: why a send was skipped."""
@@ -101,6 +115,7 @@ def lead_detail(session: Session, lead: Lead) -> dict[str, Any]:
             "company": lead.company,
             "title": lead.title,
             "timezone": lead.timezone,
+            **_contact_facts(lead),
             "fields": dict(lead.fields or {}),
             "stage": lead.stage,
             "owner": lead.owner,

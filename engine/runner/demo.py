@@ -69,6 +69,15 @@ TITLES = [
     "Marketing Coordinator",
     "Student",
 ]
+# Every INTERNATIONAL_EVERY-th lead is one of these people, named in their own script, with a
+# national number (read in its country) and an address on an internationalised domain.
+INTERNATIONAL = [  # first, last, mailbox, domain, number as written, country, zone
+    ("Zofia", "Wójcik", "zofia.wojcik", "wiśniowy.test", "512 {n:06d}", "PL", None),
+    ("Дмитрий", "Соколов", "dmitry", "сталь.test", "8 912 {n:07d}", "RU", "Europe/Moscow"),
+    ("Søren", "Bækgaard", "soren.baekgaard", "blåbær.test", "+45 20 {n:06d}", "DK", None),
+    ("Łukasz", "Dąbrowski", "lukasz.dabrowski", "gdańsk.test", "601 {n:06d}", "PL", None),
+]
+INTERNATIONAL_EVERY = 25
 INDUSTRIES = ["software", "saas", "fintech", "retail", "e-commerce", "education", "marketing"]
 ZONES = [
     "America/New_York",
@@ -120,7 +129,8 @@ class Persona:
     visitor: str | None = None  # its browser's anonymous id, when it comes through the site
 
 
-def _lead(rng: random.Random, index: int, kind: str) -> dict[str, Any]:
+def lead_of(rng: random.Random, index: int, kind: str) -> dict[str, Any]:
+    """Who one synthetic lead is: drawn from `rng`, or one of the international people."""
     first, last = rng.choice(FIRST), rng.choice(LAST)
     company = rng.choice(COMPANIES)
     domain = (
@@ -138,8 +148,25 @@ def _lead(rng: random.Random, index: int, kind: str) -> dict[str, Any]:
         "timezone": rng.choice(ZONES),
         "company_size": rng.choice([12, 40, 80, 250, 1200]) if kind != "cold" else 8,
         "industry": rng.choice(INDUSTRIES),
-        "phone": f"+1555{index:07d}" if rng.random() < 0.5 else None,
+        "phone": f"+1415{2_000_000 + index:07d}" if rng.random() < 0.5 else None,
         "sms_consent": rng.random() < 0.4,
+    } | _international(index)
+
+
+def _international(index: int) -> dict[str, Any]:
+    """Who an international lead is instead, drawn without the random stream (so every other
+    lead stays the same); nothing for the others."""
+    if index % INTERNATIONAL_EVERY != INTERNATIONAL_EVERY - 1:
+        return {}
+    n = index // INTERNATIONAL_EVERY
+    first, last, local, domain, phone, country, zone = INTERNATIONAL[n % len(INTERNATIONAL)]
+    return {
+        "email": f"{local}.{index}@{domain}",
+        "first_name": first,
+        "last_name": last,
+        "phone": phone.format(n=100_000 + n),  # read in the lead's country
+        "country": country,
+        "timezone": zone,  # None: the number's area tells it
     }
 
 
@@ -147,7 +174,7 @@ def persona(rng: random.Random, index: int, start: datetime) -> Persona:
     """One lead and its scripted behaviour, drawn from the persona mix; for a share of each
     kind (ON_SITE), what it does on the website comes from one anonymous browser."""
     kind = rng.choices([k for k, _ in PERSONAS], [w for _, w in PERSONAS])[0]
-    lead = {k: v for k, v in _lead(rng, index, kind).items() if v is not None}
+    lead = {k: v for k, v in lead_of(rng, index, kind).items() if v is not None}
     first = start + timedelta(days=rng.uniform(0, 20), hours=rng.uniform(0, 10))
     site = _visitor_id(rng) if rng.random() < ON_SITE[kind] else None
     events: list[ScriptedEvent] = []

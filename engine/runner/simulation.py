@@ -16,6 +16,7 @@ from sqlalchemy import Engine, select
 
 from engine.app import App
 from engine.clock import FrozenClock
+from engine.contacts import email_key
 from engine.db import make_engine
 from engine.errors import UnknownSequenceError
 from engine.funnel.visitors import FORM, SNIPPET, Hit, take
@@ -170,10 +171,10 @@ class Simulation:
         latest: dict[tuple[str, str], dict[str, str]] = {}
         with self.app.sessions() as s:
             rows = s.execute(
-                select(Lead.email, Delivery.template, Delivery.id, Delivery.sequence)
+                select(Lead.email_key, Delivery.template, Delivery.id, Delivery.sequence)
                 .join(Lead, Lead.id == Delivery.lead_id)
                 .where(
-                    Lead.email.in_(emails),
+                    Lead.email_key.in_(emails),
                     Delivery.template.in_(templates),
                     Delivery.status == DeliveryStatus.SENT,
                 )
@@ -252,5 +253,5 @@ def _hit(event: ScriptedEvent) -> Hit:
 
 
 def _email(lead: Mapping[str, Any]) -> str:
-    """A scripted lead's email as the leads table keeps it."""
-    return str(lead.get("email", "")).lower()
+    """A scripted lead's email as the leads table looks it up."""
+    return email_key(str(lead.get("email", "")))

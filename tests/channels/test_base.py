@@ -196,3 +196,30 @@ def test_the_fast_mime_writer_gives_the_stdlib_headers_and_bodies_that_decode_to
     assert html.get_payload(decode=True).decode() == message.html
     for part in (text, html):  # quoted-printable keeps body lines within 76 characters
         assert max(len(line) for line in str(part.get_payload()).splitlines()) <= 76
+
+
+@pytest.mark.parametrize(
+    ("name", "subject"),
+    [
+        ("Zofia Wójcik", "Zofia, Twój raport jest gotowy: zażółć gęślą jaźń"),
+        ("Дмитрий Соколов", "Дмитрий, ваш отчёт готов — " + "очень длинная тема " * 4),
+        ("Søren Bækgaard", "Søren: din rapport er klar"),
+    ],
+)
+def test_names_and_subjects_in_any_script_read_back_as_written(name: str, subject: str) -> None:
+    message = replace(MESSAGE, to_name=name, to_email="soren@xn--blbr-roah.test", subject=subject)
+    written = build_mime(message, datetime(2026, 3, 2, 9, 0, tzinfo=UTC)).as_bytes()
+
+    assert written.isascii()  # RFC 2047 words: any relay takes the headers
+    parsed = email.message_from_bytes(written, policy=email.policy.default)
+    assert parsed["Subject"] == subject
+    assert parsed["To"].addresses[0].display_name == name
+    assert parsed["To"].addresses[0].addr_spec == "soren@xn--blbr-roah.test"
+
+
+def test_only_the_console_carries_a_mailbox_that_is_not_ascii() -> None:
+    assert [
+        c.__name__
+        for c in (ConsoleChannel, OutboxChannel, SmtpChannel, SendGridChannel)
+        if c.smtputf8
+    ] == ["ConsoleChannel"]

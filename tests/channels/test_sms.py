@@ -73,3 +73,23 @@ def test_an_emoji_counts_two_utf16_units() -> None:
 def test_a_surrogate_pair_never_straddles_two_parts() -> None:
     assert segments("a" * 66 + "😀" + "a" * 66) == (3, UCS2)
     assert segments("a" * 65 + "😀" + "a" * 67) == (2, UCS2)
+
+
+@pytest.mark.parametrize(
+    ("name", "encoding"),
+    [
+        ("Søren Bækgaard", GSM7),  # Danish letters are in GSM 03.38
+        ("Jürgen Müller", GSM7),
+        ("Zofia Wójcik", UCS2),  # ó is not; ł, ń, ż, ą neither
+        ("Łukasz Dąbrowski", UCS2),
+        ("Дмитрий Соколов", UCS2),
+    ],
+)
+def test_a_name_in_its_own_script_decides_the_encoding_of_the_whole_body(
+    name: str, encoding: str
+) -> None:
+    body = f"Hi {name}, your report is ready: " + "x" * 10
+    assert segments(body)[1] == encoding
+    limit = 160 if encoding == GSM7 else 70
+    assert segments(body + "x" * (limit - len(body)))[0] == 1
+    assert segments(body + "x" * (limit - len(body) + 1))[0] == 2

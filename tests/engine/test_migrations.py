@@ -11,9 +11,18 @@ from sqlalchemy import Connection, Engine, inspect, select, text
 from sqlalchemy.exc import IntegrityError
 
 from engine.db import make_engine, make_sessionmaker
+from engine.funnel.leads import Identity, find_lead
 from engine.funnel.topics import has_left, leave_topic
 from engine.migrations import upgrade
-from engine.models import Base, Delivery, Enrolment, Lead, TopicOptOut, VariantPick
+from engine.models import (
+    Base,
+    Delivery,
+    Enrolment,
+    Lead,
+    Suppression,
+    TopicOptOut,
+    VariantPick,
+)
 from tests.conftest import START
 
 TABLES = {t.name for t in Base.metadata.sorted_tables}
@@ -156,3 +165,49 @@ def test_a_postgres_database_at_0005_upgrades_to_record_experiments(
     postgres_engine: Engine,
 ) -> None:
     _in_a_fresh_schema(postgres_engine, "migrate_0005", _upgrade_with_a_delivery_to_experiments)
+
+
+def _upgrade_to_email_keys(engine: Engine) -> None:
+    """From 0008 with leads stored lower-cased, one on an xn-- domain, and suppressions of
+    that domain: every lead keeps its key, the IDNA domain reads in Unicode, and the lead
+    and its suppression are found by the address however it is written."""
+    upgrade(engine, "0008")
+    with engine.begin() as connection:
+        _insert_lead(connection)
+        connection.execute(
+            text(
+                "INSERT INTO leads (id, email, fields, email_consent, sms_consent, stage, fit,"
+                " engagement, fit_rules, sql_crossings, created_at, updated_at) VALUES (8,"
+                " 'jens@xn--blbr-roah.dk', '{}', true, false, 'lead', 0, 0, '{}', 0, :at, :at)"
+            ),
+            {"at": START},
+        )
+        for address in ("jens@xn--blbr-roah.dk", "ole@xn--blbr-roah.dk", "ole@blåbær.dk"):
+            connection.execute(
+                text(
+                    "INSERT INTO suppressions (channel, address, reason, created_at)"
+                    " VALUES ('email', :address, 'bounced', :at)"
+                ),
+                {"address": address, "at": START},
+            )
+    upgrade(engine)
+    with make_sessionmaker(engine).begin() as session:
+        leads = {lead.id: (lead.email, lead.email_key) for lead in session.scalars(select(Lead))}
+        assert leads == {
+            7: ("ana@northwind.test", "ana@northwind.test"),
+            8: ("jens@blåbær.dk", "jens@blåbær.dk"),
+        }
+        found = find_lead(session, Identity.parse({"email": "Jens@xn--BLBR-roah.dk"}))
+        assert found is not None and found.id == 8
+        suppressed = session.scalars(select(Suppression.address).order_by(Suppression.address))
+        assert list(suppressed) == ["jens@blåbær.dk", "ole@blåbær.dk"]
+
+
+def test_a_sqlite_database_at_0008_upgrades_to_email_keys(tmp_path: Path) -> None:
+    engine = make_engine(f"sqlite:///{tmp_path / 'at-0008.db'}")
+    _upgrade_to_email_keys(engine)
+    engine.dispose()
+
+
+def test_a_postgres_database_at_0008_upgrades_to_email_keys(postgres_engine: Engine) -> None:
+    _in_a_fresh_schema(postgres_engine, "migrate_0008", _upgrade_to_email_keys)

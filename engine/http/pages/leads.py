@@ -120,7 +120,7 @@ def _search(session: Session, q: str, stage: Stage | None, page: int) -> tuple[l
         like = f"%{q.strip().lower()}%"
         query = query.where(
             or_(
-                Lead.email.like(like),
+                Lead.email_key.like(like),
                 func.lower(Lead.first_name + " " + Lead.last_name).like(like),
                 func.lower(Lead.company).like(like),
             )

@@ -214,7 +214,7 @@ def test_leads_import_lands_good_rows_and_reports_bad_ones_by_row_number(
     result = nurture("leads", "import", str(csv))
     assert result.exit_code == 1
     assert f"{csv}:3: email: invalid email address 'not-an-email'" in result.output
-    assert f"{csv}:4: phone: invalid phone number '12': use E.164, e.g. +14155550100" in (
+    assert f"{csv}:4: phone: invalid phone number '12': use digits, e.g. +45 20 12 34 56" in (
         result.output
     )
     assert f"{csv}:5: sms_consent: 'maybe' is not true/false or yes/no" in result.output

@@ -158,7 +158,7 @@ def test_bad_emails_phones_and_consents_are_each_reported_and_the_exit_code_is_1
             {
                 "row": 3,
                 "field": "phone",
-                "error": "invalid phone number '555-CALL-NOW': use E.164, e.g. +14155550100",
+                "error": "invalid phone number '555-CALL-NOW': use digits, e.g. +45 20 12 34 56",
             },
             {"row": 4, "field": "sms_consent", "error": "'maybe' is not true/false or yes/no"},
         ],
@@ -168,6 +168,71 @@ def test_bad_emails_phones_and_consents_are_each_reported_and_the_exit_code_is_1
         "+442079460958",
         True,
         {"company_size": "250"},
+    )
+
+
+def test_a_crm_export_in_national_formats_reads_each_number_in_its_rows_country(
+    nurture: Nurture, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("NURTURE_DEFAULT_REGION", "DK")
+    csv = tmp_path / "crm-export.csv"
+    csv.write_text(
+        "email,first_name,phone,country\n"
+        "Jens.Hansen@Blåbær.dk,Jens,20 12 34 56,\n"  # the installation's region
+        "zofia@firma.pl,Zofia,512 345 678,PL\n"
+        "anna@firma.de,Anna,030 1234567,de\n"
+        "ivan@firma.ru,Иван,8 (912) 345-67-89,RU\n"
+        "dana@initech.test,Dana,+1 (415) 555-0100,DK\n"  # a + number is its own country's
+        "lars@firma.dk,Lars,20 12 34,\n"
+        "piotr@firma.pl,Piotr,512 345 678,Poland\n",
+        encoding="utf-8",
+    )
+
+    result = nurture("leads", "import", str(csv), "--json")
+
+    report = _report(result)
+    assert (result.exit_code, report["imported"]) == (1, 5)
+    assert report["problems"] == [
+        {
+            "row": 7,
+            "field": "phone",
+            "error": "invalid phone number '20 12 34': is not a number in the numbering plan of DK",
+        },
+        {
+            "row": 8,
+            "field": "phone",
+            "error": "invalid phone number '512 345 678': is not a number in the numbering plan"
+            " of DK (the lead's country 'Poland' is not a two-letter code such as PL)",
+        },
+    ]
+    phones = {
+        email: json.loads(nurture("lead", "show", email, "--json").stdout)["lead"]["phone"]
+        for email in (
+            "jens.hansen@blåbær.dk",
+            "zofia@firma.pl",
+            "anna@firma.de",
+            "ivan@firma.ru",
+            "dana@initech.test",
+        )
+    }
+    assert phones == {
+        "jens.hansen@blåbær.dk": "+4520123456",
+        "zofia@firma.pl": "+48512345678",
+        "anna@firma.de": "+49301234567",
+        "ivan@firma.ru": "+79123456789",
+        "dana@initech.test": "+14155550100",
+    }
+    zofia = json.loads(nurture("lead", "show", "ZOFIA@firma.pl", "--json").stdout)["lead"]
+    assert (zofia["phone_region"], zofia["phone_kind"], zofia["timezone"]) == ("PL", "mobile", None)
+    assert (zofia["send_zone"], zofia["send_zone_from"]) == ("Europe/Warsaw", "phone")
+    shown = nurture("lead", "show", "anna@firma.de").stdout
+    assert "phone +49301234567 (fixed, DE)" in shown
+    assert "sends timed in Europe/Berlin (from the phone number)" in shown
+    ivan = json.loads(nurture("lead", "show", "ivan@firma.ru", "--json").stdout)["lead"]
+    assert (ivan["first_name"], ivan["send_zone"], ivan["send_zone_from"]) == (
+        "Иван",
+        None,
+        "default",
     )
 
 
@@ -280,8 +345,8 @@ def _write_leads(path: Path, rows: int, start: int = 0) -> Path:
         out.write("email,first_name,company,phone,timezone,plan\n")
         for i in range(start, start + rows):
             out.write(
-                f"lead{i}@example{i % 97}.test,Name{i},Co {i % 1000},+1415{i:07d},"
-                "Europe/Berlin,pro\n"
+                f"lead{i}@example{i % 97}.test,Name{i},Co {i % 1000},"
+                f"+1415{2_000_000 + i % 8_000_000:07d},Europe/Berlin,pro\n"
             )
     return path
 
@@ -297,11 +362,13 @@ def _peak_reading(path: Path) -> tuple[int, int]:
         tracemalloc.stop()
 
 
-def test_reading_200k_rows_takes_no_more_memory_than_20k(tmp_path: Path) -> None:
-    small = _peak_reading(_write_leads(tmp_path / "small.csv", 20_000))
-    large = _peak_reading(_write_leads(tmp_path / "large.csv", 200_000))
+def test_reading_50k_rows_takes_no_more_memory_than_5k(tmp_path: Path) -> None:
+    # Each row's address and number are read by their libraries (a tenth of a millisecond,
+    # five times that under tracemalloc): ten times the rows, the same peak.
+    small = _peak_reading(_write_leads(tmp_path / "small.csv", 5_000))
+    large = _peak_reading(_write_leads(tmp_path / "large.csv", 50_000))
 
-    assert (small[0], large[0]) == (20_000, 200_000)
+    assert (small[0], large[0]) == (5_000, 50_000)
     # Flat: a list of the rows would take over 100 MB; the identities seen live on disk.
     assert large[1] < 512 * 1024, large  # measured: about 60 kB for either
     assert large[1] < small[1] + 128 * 1024, (small, large)

@@ -658,3 +658,24 @@ def test_a_webhooks_events_recorded_together_answer_and_change_what_they_would_o
     )
     assert state["deliveries"][(BEN["email"], "welcome")][3] == "msg-b"
     assert state["leads"][ANA["email"]][:3] == ("mql", 22.0, False)
+
+
+def test_a_bounce_reported_in_another_letter_case_or_in_idna_finds_the_lead(
+    sessions: sessionmaker[Session], rt: Runtime, clock: FrozenClock
+) -> None:
+    with sessions.begin() as s:
+        track(s, rt, {"email": "Jens.Hansen@blåbær.dk"}, "form_submitted")
+    bounce = DeliveryEvent(
+        kind="bounced",
+        channel=EMAIL,
+        provider="sendgrid",
+        provider_event_id="sg-bounce-1",
+        occurred_at=clock.now(),
+        delivery_id=None,
+        provider_message_id=None,
+        recipient="JENS.HANSEN@XN--BLBR-ROAH.DK",
+    )
+    assert _record(sessions, rt, bounce).action != "unknown_recipient"
+    with sessions.begin() as s:
+        assert not _lead(s).email_consent
+        assert _suppressions(s) == [("email", "jens.hansen@blåbær.dk")]

@@ -33,7 +33,7 @@ def test_a_record_comes_back_as_stored_identity_normalised_and_empty_keys_not_gi
     )
 
     assert lead == {
-        "email": "dana@initech.test",
+        "email": "Dana@initech.test",  # the local part as written, the domain lower-cased
         "phone": "+442079460958",
         "external_id": "crm-7",
         "first_name": "Dana",

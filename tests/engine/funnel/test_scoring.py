@@ -17,7 +17,7 @@ ANA = {"email": "Ana@Northwind.test"}
 
 
 def _lead(session: Session, email: str = "ana@northwind.test") -> Lead:
-    return session.scalars(select(Lead).where(Lead.email == email)).one()
+    return session.scalars(select(Lead).where(Lead.email_key == email)).one()
 
 
 def _ledger(session: Session, lead: Lead) -> list[tuple[str, float, str]]:

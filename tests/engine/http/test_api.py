@@ -165,7 +165,7 @@ def test_upserting_a_lead_returns_it_with_identity_stage_and_score(client: TestC
 
     assert response.status_code == 200, response.text
     lead = response.json()
-    assert lead["email"] == "dana@initech.test"
+    assert lead["email"] == "Dana@initech.test"  # the mailbox as written, the domain lower-cased
     assert lead["stage"] == "lead"
     assert lead["score"] == {"total": 10.0, "fit": 10.0, "engagement": 0.0}
     assert lead["fields"] == {"company_size": 250, "industry": "saas"}

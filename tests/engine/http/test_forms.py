@@ -12,6 +12,7 @@ from email.message import Message
 from pathlib import Path
 from typing import Any
 
+import idna
 import pytest
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
@@ -151,7 +152,7 @@ def test_a_good_post_records_the_event_and_stitches_the_visitors_page_views_in_o
     assert answer.headers["location"] == "https://acme-analytics.example/thanks"
     (lead,) = _all(nurture, Lead)
     assert (lead.email, lead.company, lead.fields["industry"]) == (
-        "ana@northwind.test",
+        "Ana@northwind.test",  # the mailbox as typed
         "Northwind",
         "saas",
     )
@@ -407,3 +408,17 @@ def test_a_body_nested_too_deep_is_a_422(client: TestClient) -> None:
     json_type = {"Content-Type": "application/json"}
     answer = client.post("/f/newsletter", content=deep, headers=json_type)
     assert answer.status_code == 422
+
+
+def test_a_confirmation_goes_to_an_idn_domain_in_ascii_and_not_to_a_mailbox_it_cannot_carry(
+    nurture: App, client: TestClient, clock: FrozenClock, tmp_path: Path
+) -> None:
+    _fill(client, clock, "newsletter", email="Zofia@Wiśniowy.test", consent="yes")
+    (message,) = _outbox(tmp_path)
+    assert message["To"] == "Zofia@" + idna.encode("wiśniowy.test").decode()
+    assert [lead.email for lead in _all(nurture, Lead)] == ["Zofia@wiśniowy.test"]
+
+    clock.advance(timedelta(minutes=1))
+    answer = _fill(client, clock, "newsletter", email="дмитрий@сталь.test", consent="yes")
+    assert answer.status_code == 303  # the post is answered; no email goes out
+    assert len(_outbox(tmp_path)) == 1

@@ -29,7 +29,7 @@ API_KEY = "test-key-0123456789abcdef-0123456789"
 WRITE_KEY = "wk_8f3b2c1d9e7a6b5c4d3e2f1a0b9c8d7e"
 ANON = "3f2a9c4e-6b1d-4e8a-a7c2-5d9b0e1f4a63"
 USER = "usr_97980cfea0067"
-EMAIL = "peter.gibbons@initech.example"
+EMAIL = "Peter.Gibbons@initech.example"  # as the fixtures' traits write it
 
 
 def _basic(key: str) -> dict[str, str]:

@@ -62,7 +62,7 @@ def known_history() -> list[ScriptedEvent]:
     for i in range(100):
         lead = _key(i) | {"timezone": "UTC"}
         if 50 <= i < 70:
-            lead |= {"phone": f"+1555{i:07d}", "sms_consent": True}
+            lead |= {"phone": f"+1415555{i:04d}", "sms_consent": True}
         events.append(ScriptedEvent(TEN, lead, "content_downloaded", {"title": "Report"}))
         if i < 40:
             tuesday = TEN + timedelta(days=1)

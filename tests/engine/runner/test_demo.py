@@ -14,9 +14,10 @@ from sqlalchemy import Engine, func, select
 
 from engine.cli.main import main
 from engine.db import make_engine, make_sessionmaker
+from engine.funnel.lead_fields import check_lead
 from engine.models import Event, Lead, ScoreEntry, Visitor, VisitorEvent
 from engine.read.sources import SNIPPET, website_figures
-from engine.runner.demo import Persona, crowd
+from engine.runner.demo import Persona, crowd, lead_of
 from engine.runner.simulation import ScriptedEvent, Simulation
 from engine.settings import Settings
 from engine.starter import examples
@@ -154,3 +155,17 @@ def test_the_demo_prints_the_websites_figures_read_from_its_database(tmp_path: P
         f"{website['identified']:,} identified, and their {website['joined']:,} earlier page "
         f"views joined their leads; {website['anonymous']:,} still anonymous"
     ) in line
+
+
+
+def test_every_demo_lead_up_to_100k_has_a_number_of_its_own_that_its_plan_knows() -> None:
+    leads = [lead_of(random.Random(i), i, "warm") for i in range(0, 100_000, 3)]
+    numbers = [
+        check_lead({k: v for k, v in lead.items() if v is not None})["phone"]  # refuses bad ones
+        for lead in leads
+        if lead["phone"]
+    ]
+    assert len(set(numbers)) == len(numbers) > 10_000
+    international = [lead for lead in leads if "country" in lead]
+    assert {lead["country"] for lead in international} == {"PL", "RU", "DK"}
+    assert {lead["first_name"] for lead in international} == {"Zofia", "Дмитрий", "Søren", "Łukasz"}
