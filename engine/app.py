@@ -105,7 +105,7 @@ class App:
             settings=settings,
             engine=engine,
             sessions=make_sessionmaker(engine),
-            rt=Runtime(workflows, clock, policy.assignment, policy.send),
+            rt=Runtime(workflows, clock, policy.assignment, policy.send, settings.merge),
             renderer=renderer,
             channels=channels,
             crm=CrmTarget(

@@ -3,9 +3,19 @@
 from __future__ import annotations
 
 from functools import cache
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import Engine, Select, Update, bindparam, create_engine, event, update
+from sqlalchemy import (
+    CursorResult,
+    Engine,
+    Executable,
+    Select,
+    Update,
+    bindparam,
+    create_engine,
+    event,
+    update,
+)
 from sqlalchemy.orm import Session, sessionmaker
 
 
@@ -83,3 +93,10 @@ def _leasing(model: Any, column: str) -> Update:
         .values({column: bindparam("lease")})
         .execution_options(synchronize_session=False)
     )
+
+
+def changed_rows(session: Session, statement: Executable) -> int:
+    """Run an UPDATE or DELETE (keeping loaded objects in step); the rows it matched."""
+    options = {"synchronize_session": "fetch"}
+    result = cast(CursorResult[Any], session.execute(statement, execution_options=options))
+    return int(result.rowcount)

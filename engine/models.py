@@ -122,6 +122,14 @@ class ErasureReason(StrEnum):
     RETENTION = "retention"
 
 
+class MergeMode(StrEnum):
+    """What happens when one call names identities of two leads (email of one, phone of the
+    other): merge them at once, or keep both and list the conflict for a person to decide."""
+
+    AUTO = "auto"
+    ASK = "ask"
+
+
 class ConsentStatus(StrEnum):
     """Where a consent record stands: given on the form, or for double opt-in pending until the
     confirmation link is followed; `existing` when the lead already had that consent, `blocked`
@@ -610,3 +618,44 @@ class Consent(Base):
     confirmed_at: Mapped[datetime | None]
     confirm_ip: Mapped[str | None] = mapped_column(String(64))
     confirm_user_agent: Mapped[str | None] = mapped_column(String(500))
+
+
+class LeadAlias(Base):
+    """An identity of a lead merged into another: it still names the survivor.
+
+    `value` is what lookups compare (an address's lower-cased key), so a call naming the
+    merged lead by its old email or phone finds the survivor.
+    """
+
+    __tablename__ = "lead_aliases"
+    __table_args__ = (UniqueConstraint("field", "value", name="uq_lead_alias"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    field: Mapped[str] = mapped_column(String(16))  # email, external_id or phone
+    value: Mapped[str] = mapped_column(String(320))
+    lead_id: Mapped[int] = mapped_column(ForeignKey("leads.id", ondelete="CASCADE"), index=True)
+    merged_lead: Mapped[int]  # the id the merged lead had, for the timeline
+    merged_at: Mapped[datetime]
+
+
+class LeadConflict(Base):
+    """A call named an identity of another lead (merge: ask): the two may be one person.
+
+    Listed by `nurture leads conflicts` until the two are merged (either one's deletion
+    removes the row).
+    """
+
+    __tablename__ = "lead_conflicts"
+    __table_args__ = (
+        UniqueConstraint("lead_id", "other_id", "field", name="uq_lead_conflict"),
+    )
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    lead_id: Mapped[int] = mapped_column(ForeignKey("leads.id", ondelete="CASCADE"), index=True)
+    other_id: Mapped[int] = mapped_column(ForeignKey("leads.id", ondelete="CASCADE"), index=True)
+    field: Mapped[str] = mapped_column(String(16))
+    value: Mapped[str] = mapped_column(String(320))
+    source: Mapped[str] = mapped_column(String(32))
+    first_seen_at: Mapped[datetime]
+    last_seen_at: Mapped[datetime]
+    times: Mapped[int] = mapped_column(Integer, default=1)

@@ -9,6 +9,7 @@ from pathlib import Path
 
 from engine.contacts import check_region
 from engine.errors import ConfigurationError
+from engine.models import MergeMode
 from engine.origins import origin
 from engine.safety import DEV_SECRET
 
@@ -41,6 +42,8 @@ class Settings:
     retention_months: int | None = None
     # The country (ISO 3166 code) of phone numbers written the national way, without +.
     default_region: str | None = None
+    # One call naming identities of two leads: merge them at once, or list the conflict.
+    merge: MergeMode = MergeMode.ASK
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -62,7 +65,16 @@ class Settings:
             site_origins=_origins(env.get("NURTURE_SITE_ORIGINS") or ""),
             retention_months=_months(env.get("NURTURE_RETENTION_MONTHS") or ""),
             default_region=_region(env.get("NURTURE_DEFAULT_REGION") or ""),
+            merge=_merge(env.get("NURTURE_MERGE") or "ask"),
         )
+
+
+def _merge(text: str) -> MergeMode:
+    """NURTURE_MERGE: auto or ask."""
+    try:
+        return MergeMode(text.strip().lower())
+    except ValueError:
+        raise ConfigurationError(f"NURTURE_MERGE: {text!r} is not auto or ask") from None
 
 
 def _origins(text: str) -> tuple[str, ...]:

@@ -19,12 +19,13 @@ import hashlib
 from collections.abc import Collection
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, cast
+from typing import Any
 
-from sqlalchemy import CursorResult, Executable, and_, delete, func, or_, select, update
+from sqlalchemy import and_, delete, func, or_, select, update
 from sqlalchemy.orm import Session
 
 from engine.contacts import email_key
+from engine.db import changed_rows
 from engine.errors import UnknownLeadError
 from engine.funnel.journey import end_all
 from engine.funnel.leads import lock_leads
@@ -206,14 +207,8 @@ def _erase(session: Session, rt: Runtime, lead: Lead, reason: ErasureReason, via
 
 def _set(session: Session, model: type[Any], *where: Any, **values: Any) -> int:
     """Set columns on the rows `where` picks; how many there were."""
-    return _rows(session, update(model).where(*where).values(**values))
+    return changed_rows(session, update(model).where(*where).values(**values))
 
-
-def _rows(session: Session, statement: Executable) -> int:
-    """Run an UPDATE or DELETE (keeping loaded objects in step); the rows it matched."""
-    options = {"synchronize_session": "fetch"}
-    result = cast(CursorResult[Any], session.execute(statement, execution_options=options))
-    return int(result.rowcount)
 
 
 def _scrub_events(session: Session, lead: Lead) -> int:
@@ -279,10 +274,10 @@ def _engine_part(reason: str, names: tuple[str | None, ...]) -> str:
 def _remove_visitors(session: Session, lead: Lead) -> dict[str, int]:
     """The lead's anonymous visitors and their events go: a browser id is a way back to them."""
     visitors = select(Visitor.id).where(Visitor.lead_id == lead.id)
-    removed_events = _rows(
+    removed_events = changed_rows(
         session, delete(VisitorEvent).where(VisitorEvent.visitor_id.in_(visitors))
     )
-    removed = _rows(session, delete(Visitor).where(Visitor.lead_id == lead.id))
+    removed = changed_rows(session, delete(Visitor).where(Visitor.lead_id == lead.id))
     return {"visitors": removed, "visitor_events": removed_events}
 
 

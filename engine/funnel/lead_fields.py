@@ -294,11 +294,12 @@ def check_attributes(record: Mapping[str, Any]) -> dict[str, Any]:
     }
 
 
+def lookup_value(name: str, value: str) -> str:
+    """A checked identity value as lookups compare it: an email by its lower-cased key."""
+    return email_key(value) if name == "email" else value
+
+
 def identity_keys(lead: Mapping[str, Any]) -> list[tuple[str, str]]:
     """The (key, value) pairs that name a checked lead, as lookups compare them (an email
     lower-cased): any of them names it alone."""
-    return [
-        (name, email_key(lead[name]) if name == "email" else lead[name])
-        for name in IDENTITY_FIELDS
-        if lead.get(name)
-    ]
+    return [(name, lookup_value(name, lead[name])) for name in IDENTITY_FIELDS if lead.get(name)]

@@ -16,8 +16,8 @@ from sqlalchemy.orm import Session, object_session
 from engine.contacts import email_key
 from engine.db import is_postgres
 from engine.errors import InvalidLeadError, LeadConflictError, UnknownLeadError
-from engine.funnel.lead_fields import NO_IDENTITY, check_identity, record_region
-from engine.models import IDENTITY_FIELDS, STANDARD_FIELDS, Lead
+from engine.funnel.lead_fields import NO_IDENTITY, check_identity, lookup_value, record_region
+from engine.models import IDENTITY_FIELDS, STANDARD_FIELDS, Lead, LeadAlias
 
 
 @dataclass(frozen=True)
@@ -45,11 +45,16 @@ class Identity:
 
     def key(self) -> tuple[str, str]:
         """The identity key that names the lead and the value lookups compare."""
-        if self.email:
-            return "email", email_key(self.email)
-        if self.external_id:
-            return "external_id", self.external_id
-        return "phone", self.phone or ""
+        name = "email" if self.email else "external_id" if self.external_id else "phone"
+        return name, lookup_value(name, getattr(self, name) or "")
+
+    def keys(self) -> list[tuple[str, str]]:
+        """Every identity key given, as lookups compare them."""
+        return [
+            (name, lookup_value(name, value))
+            for name in IDENTITY_FIELDS
+            if (value := getattr(self, name))
+        ]
 
 
 # The column each identity key is looked up in: an email by its lower-cased key.
@@ -62,6 +67,17 @@ _BY = {
     .order_by(Lead.id)
     for name, column in _LOOKUP.items()
 }
+# Leads that a merged lead's identity (an alias) now names.
+_BY_ALIAS = {
+    name: select(Lead)
+    .join(LeadAlias, LeadAlias.lead_id == Lead.id)
+    .where(LeadAlias.field == name, LeadAlias.value.in_(bindparam("values", expanding=True)))
+    .order_by(Lead.id)
+    for name in _LOOKUP
+}
+_ALIASES = select(LeadAlias.value, LeadAlias.lead_id).where(
+    LeadAlias.field == bindparam("field"), LeadAlias.value.in_(bindparam("values", expanding=True))
+)
 _BY_ID = select(Lead).where(Lead.id == bindparam("id"))
 _BY_IDS = select(Lead).where(Lead.id.in_(bindparam("ids", expanding=True))).order_by(Lead.id)
 
@@ -76,10 +92,14 @@ def _query(session: Session, query: Select[Lead], lock: bool) -> Select[Lead]:
 
 
 def find_lead(session: Session, identity: Identity, *, lock: bool = False) -> Lead | None:
-    """The lead with this identity, row-locked on PostgreSQL when `lock` (None if unknown)."""
+    """The lead with this identity, row-locked on PostgreSQL when `lock` (None if unknown);
+    an identity of a lead merged into another names the survivor."""
     column, value = identity.key()
-    query = _query(session, _BY[column], lock)
-    return session.scalars(query, {"values": [value]}).one_or_none()
+    lead = session.scalars(_query(session, _BY[column], lock), {"values": [value]}).one_or_none()
+    if lead is None:
+        query = _query(session, _BY_ALIAS[column], lock)
+        lead = session.scalars(query, {"values": [value]}).one_or_none()
+    return lead
 
 
 def get_lead(session: Session, identity: Identity, *, lock: bool = False) -> Lead:
@@ -131,13 +151,23 @@ def ensure_leads(
 
 
 def _load(session: Session, keys: Sequence[tuple[str, str]]) -> dict[tuple[str, str], Lead]:
-    """The leads these (column, value) keys name, locked, one statement per column."""
+    """The leads these (column, value) keys name, locked, one statement per column; keys
+    no lead holds are looked up among the aliases of merged leads (read after the locking
+    read, so a merge that removed a lead meanwhile is seen with the alias it left)."""
     found: dict[tuple[str, str], Lead] = {}
     for column in IDENTITY_FIELDS:
         values = sorted({value for name, value in keys if name == column})
         if values:
             rows = session.scalars(_query(session, _BY[column], True), {"values": values})
             found.update(((column, getattr(lead, _LOOKUP[column])), lead) for lead in rows)
+    for column in IDENTITY_FIELDS:
+        wanted = {value for name, value in keys if name == column}
+        values = sorted(wanted - {value for name, value in found if name == column})
+        if values:
+            aliases = dict(session.execute(_ALIASES, {"field": column, "values": values}).all())
+            if aliases:
+                leads = lock_leads(session, aliases.values())
+                found.update(((column, value), leads[owner]) for value, owner in aliases.items())
     return found
 
 
@@ -179,28 +209,70 @@ def _new_lead(name: str, value: str, stage: str, now: datetime) -> dict[str, Any
     }
 
 
-def _ensure_unclaimed(lead: Lead, name: str, value: str) -> None:
-    """An email, phone or external id names one lead: refuse to give it to a second one."""
-    session = object_session(lead)
+def holder(session: Session, name: str, value: str, besides: int | None = None) -> int | None:
+    """The id of the lead an identity value (as lookups compare it) names, by its own identity
+    or an alias, other than `besides`; None when no such lead."""
     column = getattr(Lead, _LOOKUP[name])
-    value = email_key(value) if name == "email" else value
-    owner = (
-        session.scalar(select(Lead.id).where(column == value, Lead.id != lead.id))
-        if session is not None and lead.id is not None
-        else None
+    owner = session.scalar(select(Lead.id).where(column == value, Lead.id != besides))
+    if owner is None:
+        owner = session.scalar(
+            select(LeadAlias.lead_id).where(
+                LeadAlias.field == name, LeadAlias.value == value, LeadAlias.lead_id != besides
+            )
+        )
+    return owner
+
+
+def claims(lead: Lead, identity: Identity) -> list[tuple[str, str, int]]:
+    """The identity values a call gives `lead` that name another lead: (key, value, its id)."""
+    session = object_session(lead)
+    if session is None or lead.id is None:
+        return []
+    return [
+        (name, value, owner)
+        for name, value in identity.keys()
+        if getattr(lead, _LOOKUP[name]) != value
+        and (owner := holder(session, name, value, lead.id)) is not None
+    ]
+
+
+def _aliased(lead: Lead, name: str, value: str) -> bool:
+    """True when the value names this lead already, as an identity of a lead merged into it."""
+    session = object_session(lead)
+    return (
+        session is not None
+        and lead.id is not None
+        and session.scalar(
+            select(LeadAlias.id).where(
+                LeadAlias.field == name, LeadAlias.value == value, LeadAlias.lead_id == lead.id
+            )
+        )
+        is not None
     )
-    if owner is not None:
-        raise LeadConflictError(f"{value!r} belongs to another lead (id {owner})", name)
 
 
-def apply_attributes(lead: Lead, identity: Identity, attributes: Mapping[str, Any]) -> bool:
-    """Copy identity and attributes onto a lead; True when anything fit rules read changed."""
+def apply_attributes(
+    lead: Lead,
+    identity: Identity,
+    attributes: Mapping[str, Any],
+    leave: Collection[str] = (),
+) -> bool:
+    """Copy identity and attributes onto a lead; True when anything fit rules read changed.
+
+    The identity keys in `leave` stay as they are (another lead holds them: a conflict).
+    """
     changed = False
     for name in IDENTITY_FIELDS:
         value = getattr(identity, name)
         # an address written in other letter cases is the same address: kept as first written
-        if value and getattr(lead, _LOOKUP[name]) != Identity(**{name: value}).key()[1]:
-            _ensure_unclaimed(lead, name, value)
+        if name in leave or not value:
+            continue
+        key = lookup_value(name, value)
+        if getattr(lead, _LOOKUP[name]) != key and not _aliased(lead, name, key):
+            taken = claims(lead, Identity(**{name: value}))
+            if taken:  # a call the caller did not settle (`claims`) cannot take it
+                _, key, owner = taken[0]
+                raise LeadConflictError(f"{key!r} belongs to another lead (id {owner})", name)
             setattr(lead, name, value)
             changed = True
     fields = dict(lead.fields or {})

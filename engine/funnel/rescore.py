@@ -207,7 +207,9 @@ def rescore(
             ids = list(session.scalars(_IDS.where(Lead.id > after).limit(batch)))
             if not ids:
                 return done
-            outcomes = rescore_leads(session, rt, ids, versions=done.versions, handoff=handoff)
+            outcomes = rescore_leads(
+                session, rt, ids, cause=f"rescore {done.versions}", handoff=handoff
+            )
             for outcome in outcomes:
                 done.leads += 1
                 done.changed += abs(outcome.points) > TOLERANCE

@@ -21,10 +21,17 @@ from sqlalchemy.orm import Session
 
 from engine.clock import as_utc
 from engine.db import is_postgres
-from engine.errors import InvalidLeadError
+from engine.errors import InvalidLeadError, UnknownLeadError
 from engine.funnel.journey import enrol_on, on_lead_changed
 from engine.funnel.lead_fields import check_attributes, storable, storable_json
-from engine.funnel.leads import Identity, apply_attributes, ensure_leads, lock_lead, lock_leads
+from engine.funnel.leads import (
+    Identity,
+    apply_attributes,
+    claims,
+    ensure_leads,
+    lock_lead,
+    lock_leads,
+)
 from engine.funnel.lifecycle import (
     StageMove,
     StageOutcome,
@@ -34,6 +41,7 @@ from engine.funnel.lifecycle import (
     set_stage,
 )
 from engine.funnel.memo import Memo, remembering
+from engine.funnel.merge import Folded, fold
 from engine.funnel.replay import Replayed, read_past, replay
 from engine.funnel.scoring import apply_decay, recompute_fit, record_activity, score_event
 from engine.funnel.topics import TOPIC_EVENT, leave_topic, topic_of
@@ -43,7 +51,9 @@ from engine.models import (
     EventStatus,
     Handoff,
     Lead,
+    LeadConflict,
     LedgerKind,
+    MergeMode,
     ScoreEntry,
     Stage,
 )
@@ -174,16 +184,18 @@ def record(session: Session, rt: Runtime, events: Sequence[NewEvent]) -> list[Ou
     wanted = [
         (c.identity, Stage.LEAD if c.type in lead_events else Stage.SUBSCRIBER) for c in checked
     ]
-    leads = ensure_leads(session, wanted, now)
+    leads = _settled(session, rt, ensure_leads(session, wanted, now), checked)
     fit: dict[int, bool] = {}
-    for c, (lead, created) in zip(checked, leads, strict=True):
-        changed = apply_attributes(lead, c.identity, c.attributes) or created
+    for c, (lead, created, leave) in zip(checked, leads, strict=True):
+        changed = apply_attributes(lead, c.identity, c.attributes, leave) or created
         fit[lead.id] = fit.get(lead.id, False) or changed
     limited = {rule.id for rule in rt.workflows.scoring.engagement if rule.limit is not None}
     # read before the batch is stored: each event then sees only those before it
     memo = Memo.load(session, fit.keys(), limited, now)
-    stored = _insert_events(session, [lead for lead, _ in leads], checked, now)
-    turns = [(lead, event, c) for c, (lead, _), event in zip(checked, leads, stored, strict=True)]
+    stored = _insert_events(session, [lead for lead, _, _ in leads], checked, now)
+    turns = [
+        (lead, event, c) for c, (lead, _, _), event in zip(checked, leads, stored, strict=True)
+    ]
     with remembering(session, memo):
         outcomes = _process_all(session, rt, memo, turns, fit)
     session.flush()  # everything the batch changed, in one go: new enrolments get their ids
@@ -476,10 +488,11 @@ def upsert_leads(session: Session, rt: Runtime, rows: Sequence[Mapping[str, Any]
     """
     now = rt.clock.now()
     checked = [_check_upsert(data) for data in rows]
-    leads = ensure_leads(session, [(identity, stage) for identity, stage, _ in checked], now)
+    found = ensure_leads(session, [(identity, stage) for identity, stage, _ in checked], now)
+    leads = _settled(session, rt, found, [_Named(i, "import") for i, _, _ in checked])
     outcomes = []
-    for (identity, _, attributes), (lead, created) in zip(checked, leads, strict=True):
-        if apply_attributes(lead, identity, attributes) or created:
+    for (identity, _, attributes), (lead, created, leave) in zip(checked, leads, strict=True):
+        if apply_attributes(lead, identity, attributes, leave) or created:
             lead.updated_at = now
             if recompute_fit(session, rt.workflows.scoring, lead, now):
                 outcome = evaluate_stage(session, rt, lead, "attributes changed")
@@ -489,6 +502,82 @@ def upsert_leads(session: Session, rt: Runtime, rows: Sequence[Mapping[str, Any]
         outcomes.append(Outcome.of(lead, now))
     session.flush()  # new enrolments get their ids
     return outcomes
+
+
+@dataclass(frozen=True)
+class _Named:
+    """How a call named a lead, and through what."""
+
+    identity: Identity
+    source: str
+
+
+def _settled(
+    session: Session,
+    rt: Runtime,
+    leads: list[tuple[Lead, bool]],
+    calls: Sequence[_Named | _Checked],
+) -> list[tuple[Lead, bool, frozenset[str]]]:
+    """Each call's lead once the identities it gives that another lead holds are settled:
+    merged into it (`merge: auto`), or left with their lead and the conflict listed (`ask`);
+    with each, the identity keys its attributes must leave alone."""
+    now = rt.clock.now()
+    merged: dict[int, Lead] = {}  # a lead merged away -> its survivor
+    settled = []
+    ids = [lead.id for lead, _ in leads]  # read before a merge removes any of them
+    for lead_id, (lead, created), call in zip(ids, leads, calls, strict=True):
+        lead = merged.get(lead_id, lead)
+        taken = claims(lead, call.identity)
+        if taken and rt.merge is MergeMode.AUTO:
+            for other in sorted({owner for _, _, owner in taken}):
+                merge_leads(session, rt, lead.id, other)
+                merged[other] = lead
+            taken = claims(lead, call.identity)  # a value held by a third lead meanwhile
+        for name, value, owner in taken:
+            _note_conflict(session, lead.id, owner, name, value, call.source, now)
+        settled.append((lead, created, frozenset(name for name, _, _ in taken)))
+    return settled
+
+
+def _note_conflict(
+    session: Session, lead_id: int, other_id: int, name: str, value: str, source: str, now: datetime
+) -> None:
+    """List (or count again) a call that gave `lead_id` an identity of `other_id`."""
+    row = session.scalars(
+        select(LeadConflict).where(
+            LeadConflict.lead_id == lead_id,
+            LeadConflict.other_id == other_id,
+            LeadConflict.field == name,
+        )
+    ).one_or_none()
+    if row is None:
+        session.add(
+            LeadConflict(
+                lead_id=lead_id,
+                other_id=other_id,
+                field=name,
+                value=value,
+                source=source,
+                first_seen_at=now,
+                last_seen_at=now,
+                times=1,
+            )
+        )
+    else:
+        row.last_seen_at, row.times, row.source = now, row.times + 1, source
+
+
+def merge_leads(session: Session, rt: Runtime, keep: int, other: int) -> tuple[Folded, Outcome]:
+    """Merge lead `other` into lead `keep` (`merge.fold`), then rescore the survivor over the
+    joined past: the ledger sums to the score, and a crossing of SQL hands off once."""
+    locked = lock_leads(session, [keep, other])
+    for lead_id in (keep, other):
+        if lead_id not in locked:
+            raise UnknownLeadError(f"no lead with id {lead_id}")
+    folded = fold(session, rt, locked[keep], locked[other])
+    cause = f"merged with {folded.merged_key}"
+    outcome = rescore_leads(session, rt, [keep], cause=cause, handoff=True)[0]
+    return folded, outcome
 
 
 def _check_upsert(data: Mapping[str, Any]) -> tuple[Identity, Stage, dict[str, Any]]:
@@ -563,14 +652,14 @@ def _living(lead: Lead) -> Lead:
 
 
 def rescore_leads(
-    session: Session, rt: Runtime, lead_ids: list[int], *, versions: str, handoff: bool
+    session: Session, rt: Runtime, lead_ids: list[int], *, cause: str, handoff: bool
 ) -> list[Outcome]:
     """Bring leads' ledgers in line with the scoring rules on disk (`replay`), then their stages.
 
-    Per lead and changed rule one ledger row of kind `rescore` saying `versions` (old -> new),
-    so the ledger still sums to the score. A lead that now qualifies for SQL is handed off
-    only with `handoff`; otherwise it is `held` and moves as far as MQL. Under the leads' row
-    locks, in id order; a second run finds nothing to change.
+    Per lead and changed rule one ledger row of kind `rescore` saying `cause` (a rescore's
+    `old -> new` versions, a merge), so the ledger still sums to the score. A lead that now
+    qualifies for SQL is handed off only with `handoff`; otherwise it is `held` and moves as
+    far as MQL. Under the leads' row locks, in id order; a second run finds nothing to change.
     """
     leads = lock_leads(session, lead_ids)
     now = rt.clock.now()
@@ -581,8 +670,8 @@ def rescore_leads(
         for lead_id in sorted(leads):
             lead = leads[lead_id]
             replayed = replay(rt.workflows.scoring, lead, pasts[lead_id], now)
-            points = _rescore(session, rt, lead, replayed, versions, now)
-            outcome = evaluate_stage(session, rt, lead, f"rescore {versions}", handoff=handoff)
+            points = _rescore(session, rt, lead, replayed, cause, now)
+            outcome = evaluate_stage(session, rt, lead, cause, handoff=handoff)
             changed = points != 0 or outcome.fired
             running = _react(session, rt, lead, outcome.fired) if changed else []
             outcomes.append(
@@ -601,7 +690,7 @@ def rescore_leads(
 
 
 def _rescore(
-    session: Session, rt: Runtime, lead: Lead, replayed: Replayed, versions: str, now: datetime
+    session: Session, rt: Runtime, lead: Lead, replayed: Replayed, cause: str, now: datetime
 ) -> float:
     """Write the rescore rows and the replayed score onto the lead; the points it changed.
 
@@ -619,7 +708,7 @@ def _rescore(
             kind=LedgerKind.RESCORE,
             rule=rule,
             points=points,
-            reason=f"rescore {versions}: {reasons.get(rule, _OTHER_REASONS.get(rule, rule))}",
+            reason=f"{cause}: {reasons.get(rule, _OTHER_REASONS.get(rule, rule))}",
             occurred_at=now,
             recorded_at=now,
         )

@@ -40,7 +40,7 @@ from sqlalchemy.orm import Session
 from engine.clock import as_utc
 from engine.db import is_postgres
 from engine.errors import InvalidLeadError
-from engine.funnel.lead_fields import storable
+from engine.funnel.lead_fields import lookup_value, storable
 from engine.funnel.leads import Identity
 from engine.funnel.service import NewEvent, Outcome, check_event, record, upsert_leads
 from engine.models import IDENTITY_FIELDS, Lead, Visitor, VisitorEvent
@@ -267,8 +267,8 @@ def _same(current: Mapping[str, Any] | None, data: Mapping[str, Any]) -> bool:
     if current is None:
         return False
     column, value = Identity.parse(data).key()
-    named = getattr(Identity.parse(current), column)
-    return named is not None and Identity(**{column: named}).key()[1] == value
+    named = current.get(column)  # stored, so already normalised: compared by its key alone
+    return named is not None and lookup_value(column, named) == value
 
 
 def _store(session: Session, hits: Sequence[Hit], now: datetime) -> list[bool]:

@@ -8,6 +8,7 @@ from functools import cached_property
 from sqlalchemy.orm import Session
 
 from engine.clock import Clock
+from engine.models import MergeMode
 from engine.workflow.spec import Assignment, Instruction, SendPolicy, Sequence, Workflows
 from engine.workflow.versions import as_version, load_version, store
 
@@ -20,6 +21,7 @@ class Runtime:
     clock: Clock
     assignment: Assignment = field(default_factory=Assignment)
     send: SendPolicy = field(default_factory=SendPolicy)
+    merge: MergeMode = MergeMode.ASK  # one call naming two leads: merge them, or list it
     _programs: dict[tuple[str, str, str], list[Instruction]] = field(default_factory=dict)
     _versions: dict[tuple[str, str], Sequence] = field(default_factory=dict)
 

@@ -7,14 +7,20 @@ import json
 import tracemalloc
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 from click.testing import CliRunner, Result
-from sqlalchemy import Engine
+from sqlalchemy import Engine, select
+from sqlalchemy.orm import Session
 
 from engine.cli import imports
 from engine.cli.main import main
+from engine.errors import LeadConflictError
+from engine.funnel import service
 from engine.funnel.lead_files import LeadFile, Rejected, Row
+from engine.funnel.leads import Identity
+from engine.models import Lead, LeadConflict
 
 ROOT = Path(__file__).resolve().parents[3]
 FIXTURES = ROOT / "tests" / "engine" / "fixtures" / "workflows"
@@ -305,20 +311,20 @@ def test_json_lines_get_the_same_rules_row_numbers_and_duplicate_check(
     ]
 
 
-def test_a_row_the_database_refuses_costs_its_batch_a_second_pass_not_its_good_rows(
+def test_a_row_the_engine_refuses_in_its_batch_costs_a_second_pass_not_its_good_rows(
     nurture: Nurture, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    (tmp_path / "first.csv").write_text("email,phone\nann@initech.test,+14155550100\n")
-    assert nurture("leads", "import", str(tmp_path / "first.csv")).exit_code == 0
     monkeypatch.setattr(imports, "BATCH", 3)
+    applied = service.apply_attributes
+
+    def refusing(lead: Lead, identity: Identity, *args: Any) -> bool:
+        if identity.email == "b2@x.test":  # passes the row checks, refused while writing
+            raise LeadConflictError("'+14155550100' belongs to another lead (id 1)", "phone")
+        return applied(lead, identity, *args)
+
+    monkeypatch.setattr(service, "apply_attributes", refusing)
     csv = tmp_path / "leads.csv"
-    csv.write_text(
-        "email,phone\n"
-        "b1@x.test,\n"
-        "b2@x.test,+14155550100\n"  # Ann's phone: refused inside the first batch
-        "b3@x.test,\n"
-        "b4@x.test,\n"
-    )
+    csv.write_text("email,phone\nb1@x.test,\nb2@x.test,+14155550100\nb3@x.test,\nb4@x.test,\n")
 
     result = nurture("leads", "import", str(csv), "--json")
 
@@ -335,6 +341,24 @@ def test_a_row_the_database_refuses_costs_its_batch_a_second_pass_not_its_good_r
         "b3@x.test",
         "b4@x.test",
     ]
+
+
+def test_a_row_giving_another_leads_phone_is_imported_without_it_and_the_conflict_listed(
+    nurture: Nurture, db: Engine, tmp_path: Path
+) -> None:
+    (tmp_path / "first.csv").write_text("email,phone\nann@initech.test,+14155550100\n")
+    assert nurture("leads", "import", str(tmp_path / "first.csv")).exit_code == 0
+    csv = tmp_path / "leads.csv"
+    csv.write_text("email,phone\nb1@x.test,\nb2@x.test,+14155550100\n")
+
+    result = nurture("leads", "import", str(csv), "--json")
+
+    assert _report(result) == {"imported": 2, "rejected": 0, "problems": []}
+    with Session(db) as s:
+        b2 = s.scalars(select(Lead).where(Lead.email == "b2@x.test")).one()
+        (conflict,) = s.scalars(select(LeadConflict)).all()
+        assert b2.phone is None
+        assert (conflict.lead_id, conflict.other_id, conflict.source) == (b2.id, 1, "import")
 
 
 # --- Memory -------------------------------------------------------------------------------------

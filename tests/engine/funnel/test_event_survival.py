@@ -19,7 +19,7 @@ from engine.app import App
 from engine.clock import FrozenClock
 from engine.errors import InvalidLeadError
 from engine.funnel.service import backoff, reprocess, track
-from engine.models import Enrolment, Event, EventStatus, Lead, ScoreEntry
+from engine.models import Enrolment, Event, EventStatus, Lead, LeadConflict, ScoreEntry
 from engine.runner.actors import Tasks
 from engine.runner.inline import run_due
 from engine.runner.scheduler import claim_failed_events
@@ -141,13 +141,38 @@ def test_an_event_for_lead_data_the_engine_refuses_stores_nothing_even_with_a_br
         track(s, rt, {"email": "bo@initech.test", "phone": "+15005550001"}, "page_viewed")
     fault.calls = 0
 
-    with pytest.raises(InvalidLeadError, match="belongs to another lead"):
+    with pytest.raises(InvalidLeadError, match="phone"):
         with sessions.begin() as s:
-            track(s, rt, {"email": "ana@northwind.test", "phone": "+15005550001"}, "form_submitted")
+            track(s, rt, {"email": "ana@northwind.test", "phone": "+1500"}, "form_submitted")
 
     assert [e.type for e in _events(sessions)] == ["page_viewed"]
     assert _count(sessions, Lead) == 1
     assert fault.calls == 0
+
+
+def test_an_event_naming_another_leads_phone_is_kept_and_the_conflict_listed(
+    sessions: sessionmaker[Session], rt: Runtime
+) -> None:
+    with sessions.begin() as s:
+        track(s, rt, {"email": "bo@initech.test", "phone": "+15005550001"}, "page_viewed")
+
+    with sessions.begin() as s:
+        track(s, rt, {"email": "ana@northwind.test", "phone": "+15005550001"}, "form_submitted")
+    with sessions.begin() as s:
+        track(s, rt, {"email": "ana@northwind.test", "phone": "+15005550001"}, "page_viewed")
+
+    with sessions() as s:
+        leads = {lead.email: lead for lead in s.scalars(select(Lead))}
+        assert leads["ana@northwind.test"].phone is None  # the number stays with bo
+        assert leads["bo@initech.test"].phone == "+15005550001"
+        (conflict,) = s.scalars(select(LeadConflict))
+        assert (conflict.lead_id, conflict.other_id) == (leads["ana@northwind.test"].id, 1)
+        assert (conflict.field, conflict.value, conflict.times) == ("phone", "+15005550001", 2)
+    assert sorted(e.type for e in _events(sessions)) == [
+        "form_submitted",
+        "page_viewed",
+        "page_viewed",
+    ]
 
 
 def test_an_unsubscribe_is_honoured_at_once_even_when_its_processing_fails(

@@ -29,7 +29,7 @@ from engine.delivery.sending import send_delivery
 from engine.delivery.unsubscribe import make_token
 from engine.errors import ConfigurationError
 from engine.http.api import create_api
-from engine.models import Delivery, Enrolment, Event, Lead, Suppression, TopicOptOut
+from engine.models import Delivery, Enrolment, Event, Lead, LeadConflict, Suppression, TopicOptOut
 from engine.runner.actors import Tasks
 from engine.runner.inline import run_due
 from engine.settings import Settings
@@ -428,21 +428,21 @@ def test_a_batch_says_for_each_event_whether_its_processing_failed(
     assert _count(nurture, Event) == 3
 
 
-def test_an_event_giving_another_leads_phone_is_a_409_and_stores_nothing(
-    client: TestClient, nurture: App, monkeypatch: pytest.MonkeyPatch
+def test_an_event_giving_another_leads_phone_is_kept_and_malformed_lead_data_stores_nothing(
+    client: TestClient, nurture: App
 ) -> None:
     _post(client, "page_viewed", lead={"email": "bo@initech.test", "phone": ANA_PHONE})
-    fault = JourneyFault(monkeypatch)
     taken_phone = _event("form_submitted", {"email": ANA_EMAIL, "phone": ANA_PHONE}, id="e1")
     malformed = _event("form_submitted", {"email": "ana@"}, id="e2")
 
-    refused = client.post("/v1/events", json=taken_phone)
+    kept = client.post("/v1/events", json=taken_phone)
 
-    assert refused.status_code == 409, refused.text
-    assert refused.json()["detail"] == "phone: '+15005550001' belongs to another lead (id 1)"
+    assert kept.status_code == 200, kept.text
     assert ["body", "lead", "email"] in _loc(client.post("/v1/events", json=malformed))
-    assert _count(nurture, Event) == 1 and _count(nurture, Lead) == 1
-    assert fault.calls == 0
+    assert _count(nurture, Event) == 2 and _count(nurture, Lead) == 2
+    with nurture.sessions() as s:  # the number stays with bo; the conflict is listed
+        (conflict,) = s.scalars(select(LeadConflict)).all()
+        assert (conflict.other_id, conflict.field, conflict.value) == (1, "phone", ANA_PHONE)
 
 
 def test_the_lead_view_lists_unprocessed_events_with_error_attempts_and_next_retry(
