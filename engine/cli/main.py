@@ -21,6 +21,7 @@ from engine.cli.backtest import register as register_backtest
 from engine.cli.commands import open_app, register
 from engine.cli.experiments import register as register_experiments
 from engine.cli.imports import register as register_imports
+from engine.cli.merging import register as register_merging
 from engine.cli.playback import register as register_playback
 from engine.cli.privacy import register as register_privacy
 from engine.cli.project import init_command
@@ -247,6 +248,7 @@ def run(ctx: click.Context, host: str, port: int, interval: float, threads: int)
 main.add_command(init_command)
 register(main)
 register_imports(main)
+register_merging(main)
 register_playback(main)
 register_rollout(main)
 register_backtest(main)

@@ -23,10 +23,19 @@ from sqlalchemy.orm import Session
 from engine.app import App
 from engine.errors import InvalidLeadError, UnknownLeadError
 from engine.funnel.lead_fields import shown
-from engine.funnel.service import NewEvent, Outcome, record, recycle_lead, upsert_lead, win_lead
+from engine.funnel.service import (
+    NewEvent,
+    Outcome,
+    merge_leads,
+    record,
+    recycle_lead,
+    upsert_lead,
+    win_lead,
+)
 from engine.http.schemas import (
     EVENTS_PATH,
     LEAD_LINKS,
+    ConflictOut,
     EventBatch,
     EventBatchOut,
     EventIn,
@@ -36,14 +45,18 @@ from engine.http.schemas import (
     LeadDetailOut,
     LeadIn,
     LeadOut,
+    MergeIn,
+    MergeOut,
     RecycleIn,
     StatsOut,
     WonIn,
     error_responses,
     lead_out,
+    merge_out,
 )
 from engine.http.validators import LeadKey
 from engine.models import Lead
+from engine.read.conflicts import open_conflicts
 from engine.read.metrics import BrokerProbe, Metrics
 from engine.read.stats import funnel
 from engine.read.views import find_by_key, lead_detail
@@ -133,7 +146,7 @@ def _check_times(events: Sequence[EventIn], batch: bool, now: datetime) -> None:
 
 
 def lead_routes(router: APIRouter, app: App, follow: FollowUps) -> None:
-    """Upsert and show leads; the sales actions recycle and won."""
+    """Upsert and show leads; the sales actions recycle and won; merge two leads."""
 
     @router.post(
         "/v1/leads",
@@ -191,6 +204,38 @@ def lead_routes(router: APIRouter, app: App, follow: FollowUps) -> None:
         with app.sessions.begin() as session:
             outcome = win_lead(session, app.rt, lookup(session, key).id, reason)
             return lead_out(outcome.lead)
+
+    merge_routes(router, app, follow)
+
+
+def merge_routes(router: APIRouter, app: App, follow: FollowUps) -> None:
+    """Merge two leads that are one person; the conflicts that suggest such pairs."""
+
+    @router.post(
+        "/v1/leads/{key}/merge",
+        response_model=MergeOut,
+        responses=LEAD_LINKS | error_responses(400, 404, 409, 413),
+        tags=["leads"],
+    )
+    def merge(key: LeadKey, body: MergeIn) -> MergeOut:
+        """Merge lead `other` into this one, which keeps both pasts and is rescored over them;
+        `other`'s identities name it from now on. 409 for one lead twice or an erased one."""
+        with app.sessions.begin() as session:
+            keep, other = lookup(session, key).id, lookup(session, body.other).id
+            try:
+                folded, outcome = merge_leads(session, app.rt, keep, other)
+            except InvalidLeadError as error:
+                raise HTTPException(409, str(error)) from error
+            out = merge_out(outcome.lead, folded, outcome.handoff_id)
+        follow.after(outcome)
+        return out
+
+    @router.get("/v1/conflicts", response_model=list[ConflictOut], tags=["leads"])
+    def conflicts() -> list[dict[str, Any]]:
+        """Calls that gave a lead an email, phone or external id another lead holds (with
+        NURTURE_MERGE=ask), last seen first: merge the two, or leave them."""
+        with app.sessions() as session:
+            return open_conflicts(session)
 
 
 def event_routes(router: APIRouter, app: App, follow: FollowUps) -> None:

@@ -19,6 +19,7 @@ from pydantic import (
     model_validator,
 )
 
+from engine.funnel.merge import Folded
 from engine.http.limits import MAX_BATCH
 from engine.http.validators import (
     Email,
@@ -152,6 +153,18 @@ class WonIn(_Body):
     reason: Reason = "won by sales"
 
 
+class MergeIn(_Body):
+    """The lead to merge into the one the path names: it is deleted, its past joins that one."""
+
+    other: str = Field(
+        min_length=1,
+        max_length=320,
+        examples=["+4520123456"],
+        description="A numeric lead id, an email address, a +E.164 phone number or an external "
+        "id; a key that names nobody (or cannot name anyone) is a 404.",
+    )
+
+
 # --- Responses -------------------------------------------------------------------------------
 
 
@@ -199,6 +212,41 @@ class LeadOut(LeadView):
     """A lead with its score."""
 
     score: ScoreOut
+
+
+class AliasOut(BaseModel):
+    """An identity of the merged lead the survivor already had one of: it still names it."""
+
+    field: str
+    value: str
+
+
+class MergeOut(LeadOut):
+    """The survivor of a merge, and what the merge did."""
+
+    merged: str = Field(description="The key the merged lead was known by.")
+    merged_id: int = Field(description="The id the merged lead had (it is deleted).")
+    moved: dict[str, int] = Field(description="Rows moved to the survivor, per table.")
+    aliases: list[AliasOut]
+    collapsed: list[int] = Field(
+        description="Enrolments ended as duplicates: the survivor runs on in the same sequence."
+    )
+    handoff_id: int | None = Field(description="A handoff the rescored survivor made.")
+
+
+class ConflictOut(BaseModel):
+    """A call gave `lead` an identity `other` holds (NURTURE_MERGE=ask): one person, maybe."""
+
+    lead_id: int
+    lead: str = Field(description="The key of the lead the call named.")
+    other_id: int
+    other: str = Field(description="The key of the lead that holds the value.")
+    field: str
+    value: str
+    source: str
+    first_seen_at: datetime
+    last_seen_at: datetime
+    times: int
 
 
 class LedgerEntryOut(BaseModel):
@@ -428,4 +476,17 @@ def lead_out(lead: Lead) -> LeadOut:
     return LeadOut(
         **view.model_dump(),
         score=ScoreOut(total=lead.score, fit=lead.fit, engagement=lead.engagement),
+    )
+
+
+def merge_out(survivor: Lead, folded: Folded, handoff_id: int | None) -> MergeOut:
+    """The response shape of a merge: the survivor's row after it, and what it did."""
+    return MergeOut(
+        **lead_out(survivor).model_dump(),
+        merged=folded.merged_key,
+        merged_id=folded.merged,
+        moved=folded.moved,
+        aliases=[AliasOut(field=name, value=value) for name, value in folded.aliases],
+        collapsed=folded.collapsed,
+        handoff_id=handoff_id,
     )

@@ -223,7 +223,7 @@ def test_leads_import_lands_good_rows_and_reports_bad_ones_by_row_number(
     assert ann["lead"]["sms_consent"] is True and ann["score"]["fit"] == 10
 
 
-def test_an_import_row_giving_a_lead_another_leads_phone_is_reported_not_a_crash(
+def test_an_import_row_giving_a_lead_another_leads_phone_is_imported_and_the_pair_listed(
     nurture,
     tmp_path: Path,  # type: ignore[no-untyped-def]
 ) -> None:
@@ -232,11 +232,13 @@ def test_an_import_row_giving_a_lead_another_leads_phone_is_reported_not_a_crash
     csv = tmp_path / "leads.csv"
     csv.write_text("email,phone\nbob@initech.test,+14155550100\ncat@globex.test,+14155550101\n")
     result = nurture("leads", "import", str(csv))
-    assert result.exit_code == 1
-    assert f"{csv}:2: phone: '+14155550100' belongs to another lead (id 1)" in result.output, (
-        result.output
-    )
-    assert "1 lead(s) imported, 1 row(s) rejected" in result.output
+    assert result.exit_code == 0, result.output
+    assert "2 lead(s) imported" in result.output
+    listed = nurture("leads", "conflicts", "--json")
+    (conflict,) = json.loads(listed.output)
+    assert (conflict["field"], conflict["value"]) == ("phone", "+14155550100"), conflict
+    bob = json.loads(nurture("lead", "show", "bob@initech.test", "--json").output)
+    assert bob["lead"]["phone"] is None
 
 
 def test_jsonl_import_reports_lines_that_are_not_json(nurture, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
