@@ -16,6 +16,8 @@ from pydantic import (
     JsonValue,
     StrictBool,
     Tag,
+    ValidationInfo,
+    field_validator,
     model_validator,
 )
 
@@ -34,6 +36,7 @@ from engine.http.validators import (
     Reason,
     Short,
     TimeZone,
+    read_phone,
 )
 from engine.models import STANDARD_FIELDS, Lead
 
@@ -66,6 +69,10 @@ class LeadAttributes(_Body):
 
     model_config = ConfigDict(extra="forbid", json_schema_extra={"anyOf": IDENTIFIED})
 
+    # Validated first: a phone number is read in its `country`.
+    fields: dict[FieldName, FieldValue] = Field(
+        default_factory=dict, description="Custom attributes that fit rules may read."
+    )
     email: Email | None = Field(
         None,
         examples=["dana@initech.example"],
@@ -78,8 +85,8 @@ class LeadAttributes(_Body):
         None,
         examples=["+45 20 12 34 56"],
         description="With its country code (+45 20 12 34 56, 0045 ...) or written the national "
-        "way of NURTURE_DEFAULT_REGION; checked against the country's numbering plan "
-        "(phonenumbers) and stored as E.164.",
+        "way of the lead's fields.country (a two-letter code), else of NURTURE_DEFAULT_REGION; "
+        "checked against the country's numbering plan (phonenumbers) and stored as E.164.",
     )
     first_name: Short | None = None
     last_name: Short | None = None
@@ -88,9 +95,13 @@ class LeadAttributes(_Body):
     timezone: TimeZone | None = Field(None, description="IANA name, e.g. America/Chicago")
     email_consent: StrictBool | None = None
     sms_consent: StrictBool | None = None
-    fields: dict[FieldName, FieldValue] = Field(
-        default_factory=dict, description="Custom attributes that fit rules may read."
-    )
+
+    @field_validator("phone")
+    @classmethod
+    def _phone_read(cls, phone: str | None, info: ValidationInfo) -> str | None:
+        """Read after `fields` (declared first for this): its `country` says how the number
+        is written."""
+        return phone and read_phone(phone, info.data.get("fields") or {})
 
     @model_validator(mode="after")
     def _identified(self) -> LeadAttributes:

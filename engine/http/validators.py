@@ -10,7 +10,7 @@ Only HTTP rules (RFC 3339 times, event ids and types, reasons) live in this modu
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from datetime import datetime
 from typing import Annotated, Any
@@ -47,6 +47,7 @@ from engine.funnel.lead_fields import (
     normalise_email,
     normalise_external_id,
     normalise_phone,
+    record_region,
     storable,
     storable_json,
     zones,
@@ -174,12 +175,21 @@ Email = Annotated[
     AfterValidator(_unless_empty(normalise_email)),
     _text_schema(EMAIL_MAX, _or_empty(EMAIL_PATTERN), form=EMAIL_FORMAT),
 ]
+# Read by `read_phone` once the record's country is known (the lead body's validator).
 Phone = Annotated[
     str,
     StringConstraints(max_length=PHONE_MAX),
-    AfterValidator(_unless_empty(normalise_phone)),
     _text_schema(PHONE_MAX, _or_empty(PHONE_PATTERN), form=PHONE_FORMAT),
 ]
+
+
+def read_phone(value: str, record: Mapping[str, Any]) -> str:
+    """A phone number in E.164, written the national way of the record's `country` (a custom
+    field) or else of the installation's region; "" stays not given."""
+    if value == "":
+        return value
+    with _as_value_error():
+        return normalise_phone(value, region=record_region(record))
 ExternalId = Annotated[
     str,
     StringConstraints(max_length=TEXT_MAX),

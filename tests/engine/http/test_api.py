@@ -199,6 +199,21 @@ def test_invalid_lead_data_is_a_422_naming_the_field(
     assert _count(nurture, Lead) == 0
 
 
+def test_a_phone_number_written_the_national_way_is_read_in_the_leads_country(
+    client: TestClient,
+) -> None:
+    polish = {"email": "zofia@wojcik.test", "phone": "512 345 678", "fields": {"country": "PL"}}
+    danish = {"email": "soren@baekgaard.test", "phone": "20 12 34 56", "fields": {"country": "pl"}}
+
+    read = client.post("/v1/leads", json=polish)
+    refused = client.post("/v1/leads", json=danish)  # no Polish number: the plan says why
+    unread = client.post("/v1/leads", json={**polish, "fields": {}})  # no region to read it in
+
+    assert read.status_code == 200, read.text
+    assert read.json()["phone"] == "+48512345678"
+    assert ["body", "phone"] in _loc(refused) and ["body", "phone"] in _loc(unread)
+
+
 def test_an_empty_email_phone_external_id_or_time_zone_is_taken_as_not_given(
     client: TestClient,
 ) -> None:
