@@ -28,6 +28,7 @@ class OutboxChannel(Channel):
 
     name = "outbox"
     paced = False
+    smtputf8 = True  # a file carries any address; the message is UTF-8 where one needs it
 
     def __init__(self, directory: Path | str, channel: str = EMAIL, clock: Clock | None = None):
         if channel not in (EMAIL, SMS):

@@ -18,6 +18,7 @@ from channels.base import (
     build_mime,
     env_flag,
     require_env,
+    smtputf8_address,
 )
 from engine.clock import Clock, SystemClock
 from engine.errors import ChannelError, ConfigurationError, ErrorKind
@@ -34,6 +35,7 @@ class SmtpChannel(BatchChannel):
 
     name = "smtp"
     channel = EMAIL
+    smtputf8 = True  # where the relay offers it; a message that needs it fails alone where not
 
     def __init__(
         self,
@@ -79,7 +81,8 @@ class SmtpChannel(BatchChannel):
         leaves the session usable for the next message (smtplib sends RSET); a lost session
         is reopened for the messages after it, and if that fails they answer that failure
         (they never went out). Errors after the relay accepted a message (on QUIT) are not
-        failures.
+        failures. A message to or from an address that is not ASCII goes with SMTPUTF8, or,
+        where the relay does not offer it, fails PERMANENT before anything of it is sent.
         """
         session = _Session(self._connect)
         try:
@@ -92,7 +95,7 @@ class SmtpChannel(BatchChannel):
         whose state it leaves unknown, so that it strands no other message."""
         try:
             mime = build_mime(message, self._clock.now())
-            refusal = session.relay(mime, message.from_email, message.to_email)
+            refusal = session.relay(mime, message)
         except ChannelError as error:
             return error
         except Exception as error:  # noqa: BLE001 - a bug on one message strands no other
@@ -127,7 +130,7 @@ class _Session:
         self._client: _Client | None = None
         self._refused: ChannelError | None = None
 
-    def relay(self, mime: Message, sender: str, recipient: str) -> ChannelError | None:
+    def relay(self, mime: Message, message: EmailMessage) -> ChannelError | None:
         """Send one message: None when the relay took it, else what its failure means."""
         if self._refused is not None:
             return self._refused
@@ -137,7 +140,7 @@ class _Session:
             except (smtplib.SMTPException, OSError) as err:
                 self._refused = _failure(err, message_sent=False)
                 return self._refused
-        return _send(self._client, mime, sender, recipient)
+        return _send(self._client, mime, message)
 
     def close(self) -> None:
         """Say goodbye on the open connection, if there is one."""
@@ -146,15 +149,37 @@ class _Session:
             self._client = None
 
 
-def _send(client: _Client, mime: Message, sender: str, recipient: str) -> ChannelError | None:
+def _send(client: _Client, mime: Message, message: EmailMessage) -> ChannelError | None:
     """One message over an open session; smtplib answers a refusal with RSET (with a close
-    on 421), so the session is usable, or visibly closed, afterwards."""
+    on 421), so the session is usable, or visibly closed, afterwards. One that needs SMTPUTF8
+    goes with it, or, where the relay does not offer it, not at all."""
     client.message_sent = False
+    address = smtputf8_address(message)
     try:
-        client.send_message(mime, sender, [recipient])
+        if address and not _offers_smtputf8(client):
+            reason = f"smtp: the relay does not offer SMTPUTF8, which the address {address} needs"
+            return ChannelError(reason, ErrorKind.PERMANENT)
+        options = _SMTPUTF8_OPTIONS if address else ()
+        client.sendmail(message.from_email, [message.to_email], _wire(mime), options)
     except (smtplib.SMTPException, OSError) as err:
         return _failure(err, client.message_sent)
     return None
+
+
+# RFC 6531: UTF-8 in the envelope and headers; a relay offering SMTPUTF8 takes 8BITMIME too.
+_SMTPUTF8_OPTIONS = ("SMTPUTF8", "BODY=8BITMIME")
+
+
+def _offers_smtputf8(client: _Client) -> bool:
+    """Whether the relay's EHLO answer lists SMTPUTF8 (asked first, when nothing was yet)."""
+    client.ehlo_or_helo_if_needed()
+    return client.has_extn("smtputf8")
+
+
+def _wire(mime: Message) -> bytes:
+    """The message as SMTP carries it: CRLF line ends, and a body line that begins "From "
+    left as written (smtplib's send_message would make it ">From ", an mbox habit)."""
+    return mime.as_bytes(policy=mime.policy.clone(linesep="\r\n"))
 
 
 class _Client(smtplib.SMTP):

@@ -42,6 +42,13 @@ def smtp_server() -> Iterator[SmtpServer]:
 
 
 @pytest.fixture
+def smtputf8_server() -> Iterator[SmtpServer]:
+    """A plain SMTP relay that offers SMTPUTF8 (RFC 6531) and accepts everything."""
+    with SmtpServer(smtputf8=True) as server:
+        yield server
+
+
+@pytest.fixture
 def tls_files(tmp_path: Path) -> tuple[str, str]:
     """A self-signed certificate and key for 127.0.0.1."""
     return self_signed_certificate(tmp_path)

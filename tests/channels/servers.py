@@ -579,6 +579,7 @@ class Received:
     mail_from: str
     rcpt_tos: tuple[str, ...]
     content: bytes
+    smtputf8: bool = False  # MAIL FROM asked for SMTPUTF8
 
 
 class _SmtpHandler:
@@ -625,7 +626,11 @@ class _SmtpHandler:
         if self.data_replies:
             return self.data_replies.popleft()
         content = envelope.original_content or b""
-        self.received.append(Received(envelope.mail_from or "", tuple(envelope.rcpt_tos), content))
+        self.received.append(
+            Received(
+                envelope.mail_from or "", tuple(envelope.rcpt_tos), content, envelope.smtp_utf8
+            )
+        )
         if self.data_faults:
             await self._fault(server, self.data_faults.popleft())
         return "250 Message accepted for delivery"
@@ -657,19 +662,26 @@ class _Controller(Controller):
 
 
 class SmtpServer:
-    """An aiosmtpd relay on 127.0.0.1; `tls_context` and `logins` make it demand STARTTLS, AUTH.
+    """An aiosmtpd relay on 127.0.0.1; `tls_context` and `logins` make it demand STARTTLS, AUTH,
+    and `smtputf8` offer SMTPUTF8 (RFC 6531).
 
     `connections` counts the connections made; past `max_connections` (when set) a new one is
     greeted with 421 and closed, as a busy relay does.
     """
 
-    def __init__(self, tls_context: Any = None, logins: Mapping[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        tls_context: Any = None,
+        logins: Mapping[str, str] | None = None,
+        *,
+        smtputf8: bool = False,
+    ) -> None:
         self.handler = _SmtpHandler()
         self.port = free_port()
         self.logins = dict(logins or {})
         self.connections = 0
         self.max_connections: int | None = None
-        kwargs: dict[str, Any] = {}
+        kwargs: dict[str, Any] = {"enable_SMTPUTF8": smtputf8}
         if tls_context is not None:
             kwargs |= {"tls_context": tls_context, "require_starttls": True}
         if self.logins:

@@ -7,12 +7,19 @@ import email.policy
 import sys
 from dataclasses import replace
 from datetime import UTC, datetime
+from email.message import EmailMessage as Parsed
 from pathlib import Path
 
 import pytest
 
 from channels import build_channel, build_channels
-from channels.base import DeliveryEvent, EmailMessage, build_mime, email_headers
+from channels.base import (
+    DeliveryEvent,
+    EmailMessage,
+    build_mime,
+    email_headers,
+    smtputf8_address,
+)
 from channels.console import ConsoleChannel
 from channels.outbox import OutboxChannel
 from channels.sendgrid import SendGridChannel
@@ -217,9 +224,93 @@ def test_names_and_subjects_in_any_script_read_back_as_written(name: str, subjec
     assert parsed["To"].addresses[0].addr_spec == "soren@xn--blbr-roah.test"
 
 
-def test_only_the_console_carries_a_mailbox_that_is_not_ascii() -> None:
+def test_every_email_adapter_but_sendgrid_carries_a_mailbox_that_is_not_ascii() -> None:
     assert [
         c.__name__
         for c in (ConsoleChannel, OutboxChannel, SmtpChannel, SendGridChannel)
-        if c.smtputf8
-    ] == ["ConsoleChannel"]
+        if not c.smtputf8
+    ] == ["SendGridChannel"]
+
+
+NOW = datetime(2026, 3, 2, 9, 0, tzinfo=UTC)
+
+
+def read_utf8(written: bytes) -> Parsed:
+    """A message as a reader that knows SMTPUTF8 reads it: UTF-8 headers decoded as UTF-8."""
+    parsed = email.message_from_string(written.decode("utf-8"), policy=email.policy.default)
+    assert isinstance(parsed, Parsed)
+    return parsed
+
+
+@pytest.mark.parametrize(
+    ("change", "address"),
+    [
+        ({}, None),
+        ({"to_email": "soren@xn--blbr-roah.test", "to_name": "Søren"}, None),
+        ({"reply_to": "Zoë Müller <zoe@acme.test>"}, None),
+        ({"to_email": "иван@пример.рф"}, "иван@пример.рф"),
+        ({"to_email": "Jens.Hansen@blåbær.dk"}, "Jens.Hansen@blåbær.dk"),
+        ({"from_email": "hej@blåbær.dk"}, "hej@blåbær.dk"),
+        ({"reply_to": "Иван <иван@пример.рф>"}, "иван@пример.рф"),
+    ],
+)
+def test_only_an_address_that_is_not_ascii_needs_smtputf8(
+    change: dict[str, str], address: str | None
+) -> None:
+    assert smtputf8_address(replace(MESSAGE, **change)) == address  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("to_email", "to_name", "to_line"),
+    [
+        ("иван@пример.рф", "Иван Петров", "To: Иван Петров <иван@пример.рф>"),
+        ("Jens.Hansen@blåbær.dk", "Hansen, Jens", 'To: "Hansen, Jens" <Jens.Hansen@blåbær.dk>'),
+        ("иван@пример.рф", "", "To: иван@пример.рф"),
+    ],
+)
+def test_a_message_only_smtputf8_carries_has_utf8_headers_that_read_back_as_written(
+    to_email: str, to_name: str, to_line: str
+) -> None:
+    message = replace(MESSAGE, to_email=to_email, to_name=to_name, subject="Ваш отчёт готов")
+    written = build_mime(message, NOW).as_bytes()
+
+    assert f"\n{to_line}\n".encode() in written
+    assert "\nSubject: Ваш отчёт готов\n".encode() in written
+    parsed = read_utf8(written)
+    (to,) = parsed["To"].addresses
+    assert (to.display_name, to.addr_spec) == (to_name, to_email)
+    assert parsed["Subject"] == "Ваш отчёт готов"
+    text, html = parsed.iter_parts()
+    assert text["Content-Transfer-Encoding"] == "quoted-printable"  # bodies stay 7-bit
+    assert (text.get_content(), html.get_content()) == ("Hi", "<p>Hi</p>")
+
+
+def test_text_that_reads_as_encoded_words_stays_that_text_in_a_utf8_message() -> None:
+    words = "=?utf-8?q?=0D=0ABcc:_victim@example.com?="
+    message = replace(
+        MESSAGE, to_email="иван@пример.рф", to_name=words, subject=words, headers={"X-A": words}
+    )
+    parsed = read_utf8(build_mime(message, NOW).as_bytes())
+
+    assert parsed["Bcc"] is None
+    assert parsed["To"].addresses[0].display_name == words
+    assert (parsed["Subject"], parsed["X-A"]) == (words, words)
+
+
+def test_a_utf8_subject_past_the_line_limit_is_written_as_encoded_words() -> None:
+    subject = "Дмитрий, ваш отчёт готов " * 30  # 1,350 octets of UTF-8
+    message = replace(MESSAGE, to_email="иван@пример.рф", subject=subject)
+    written = build_mime(message, NOW).as_bytes()
+
+    assert max(len(line) for line in written.splitlines()) <= 998
+    assert read_utf8(written)["Subject"] == subject
+
+
+@pytest.mark.parametrize(
+    "address", ["и ван@пример.рф", "иван@@пример.рф", "иван@пример", '"и в"@пример.рф']
+)
+def test_an_unusable_address_that_is_not_ascii_is_permanent(address: str) -> None:
+    with pytest.raises(ChannelError, match="invalid email address") as caught:
+        build_mime(replace(MESSAGE, to_email=address), NOW)
+
+    assert caught.value.kind == ErrorKind.PERMANENT

@@ -71,6 +71,63 @@ def test_non_ascii_bodies_are_7bit_safe(tmp_path: Path) -> None:
     assert raw.isascii()
 
 
+# What the outbox wrote for EMAIL before it carried addresses that need SMTPUTF8.
+ASCII_EML = b"""\
+Content-Type: multipart/alternative;
+ boundary="=_0b6f3c1e-7a52-4c1d-9d0e-3f1a2b4c5d6e"
+MIME-Version: 1.0
+From: Acme Analytics <hello@acme.test>
+To: =?utf-8?b?Wm/DqyBNw7xsbGVy?= <zoe@example.com>
+Reply-To: sales@acme.test
+Subject: =?utf-8?b?R3LDvMOfZSBmcm9tIEFjbWU=?=
+Date: Mon, 02 Mar 2026 09:00:00 +0000
+Message-ID: <0b6f3c1e-7a52-4c1d-9d0e-3f1a2b4c5d6e@acme.test>
+X-Campaign: spring
+List-Unsubscribe: <https://acme.test/u/token123>
+List-Unsubscribe-Post: List-Unsubscribe=One-Click
+X-Nurture-Delivery-Id: 0b6f3c1e-7a52-4c1d-9d0e-3f1a2b4c5d6e
+
+--=_0b6f3c1e-7a52-4c1d-9d0e-3f1a2b4c5d6e
+Content-Type: text/plain; charset="utf-8"
+MIME-Version: 1.0
+Content-Transfer-Encoding: quoted-printable
+
+Hallo Zo=C3=AB
+--=_0b6f3c1e-7a52-4c1d-9d0e-3f1a2b4c5d6e
+Content-Type: text/html; charset="utf-8"
+MIME-Version: 1.0
+Content-Transfer-Encoding: quoted-printable
+
+<p>Hallo Zo=C3=AB</p>
+--=_0b6f3c1e-7a52-4c1d-9d0e-3f1a2b4c5d6e--
+"""
+
+
+def test_a_message_to_an_ascii_address_is_written_byte_for_byte_as_before(
+    tmp_path: Path,
+) -> None:
+    OutboxChannel(tmp_path, clock=FrozenClock(NOW)).send(EMAIL)
+
+    assert (tmp_path / "email" / f"{EMAIL.delivery_id}.eml").read_bytes() == ASCII_EML
+
+
+@pytest.mark.parametrize("address", ["иван@пример.рф", "Jens.Hansen@blåbær.dk"])
+def test_a_message_to_an_address_only_smtputf8_carries_is_written_in_utf8_as_addressed(
+    tmp_path: Path, address: str
+) -> None:
+    OutboxChannel(tmp_path, clock=FrozenClock(NOW)).send(replace(EMAIL, to_email=address))
+
+    raw = (tmp_path / "email" / f"{EMAIL.delivery_id}.eml").read_bytes()
+    assert f"\nTo: Zoë Müller <{address}>\n".encode() in raw  # readable in the file itself
+    message = email.message_from_string(raw.decode("utf-8"), policy=email.policy.default)
+    assert isinstance(message, Parsed)
+    (to,) = message["To"].addresses
+    assert (to.display_name, to.addr_spec) == ("Zoë Müller", address)
+    assert message["Subject"] == "Grüße from Acme"
+    plain = message.get_body(("plain",))
+    assert plain is not None and plain.get_content().strip() == "Hallo Zoë"
+
+
 def test_an_sms_is_written_as_text_with_its_segments(tmp_path: Path) -> None:
     result = OutboxChannel(tmp_path, channel="sms", clock=FrozenClock(NOW)).send(SMS)
 

@@ -38,12 +38,12 @@ def parsed(content: bytes) -> Parsed:
     return message
 
 
-
 def _logged_in(server: SmtpServer, tls: ssl.SSLContext, password: str) -> SmtpChannel:
     """The channel to the STARTTLS test server, logging in as `mailer`."""
     return SmtpChannel(
         "127.0.0.1", server.port, user="mailer", password=password, starttls=True, ssl_context=tls
     )
+
 
 def test_a_message_arrives_with_both_parts_and_the_nurture_headers(
     smtp_server: SmtpServer,
@@ -165,6 +165,7 @@ def test_no_answer_after_the_message_was_sent_leaves_the_outcome_unknown(
 
     assert caught.value.kind == ErrorKind.UNKNOWN
     assert len(smtp_server.received) == 1  # the relay has it: sending again would send twice
+
 
 def test_settings_come_from_the_environment() -> None:
     channel = SmtpChannel.from_env(
@@ -381,3 +382,69 @@ def test_an_unexpected_error_on_one_message_answers_it_unknown_and_the_rest_stil
     assert "RuntimeError: a bug" in str(answers[1])
     assert received_ids(smtp_server) == ["delivery-1", "delivery-3"]
     assert smtp_server.connections == 2  # a session left in an unknown state is not reused
+
+
+def test_a_body_line_that_begins_with_from_arrives_as_written(smtp_server: SmtpServer) -> None:
+    message = replace(MESSAGE, text="Hi Ada\nFrom all of us, thanks")
+
+    SmtpChannel("127.0.0.1", smtp_server.port).send(message)
+
+    plain, _ = parsed(smtp_server.received[0].content).iter_parts()
+    assert plain.get_content().splitlines() == ["Hi Ada", "From all of us, thanks"]  # not ">From"
+
+
+@pytest.mark.parametrize("address", ["иван@пример.рф", "Jens.Hansen@blåbær.dk"])
+def test_an_address_that_is_not_ascii_goes_with_smtputf8_where_the_relay_offers_it(
+    smtputf8_server: SmtpServer, address: str
+) -> None:
+    answer = SmtpChannel("127.0.0.1", smtputf8_server.port).send(
+        replace(MESSAGE, to_email=address, to_name="Иван Петров")
+    )
+
+    (received,) = smtputf8_server.received
+    assert (received.smtputf8, received.rcpt_tos) == (True, (address,))
+    assert f"\r\nTo: Иван Петров <{address}>\r\n".encode() in received.content
+    mail = email.message_from_string(received.content.decode("utf-8"), policy=email.policy.default)
+    assert isinstance(mail, Parsed)
+    assert (mail["To"].addresses[0].addr_spec, mail["Subject"]) == (address, MESSAGE.subject)
+    assert answer.status == "accepted"
+
+
+def test_ascii_messages_after_one_with_smtputf8_go_plain_on_the_same_session(
+    smtputf8_server: SmtpServer,
+) -> None:
+    messages = batch_of(3)
+    messages[0] = replace(messages[0], to_email="иван@пример.рф")
+
+    answers = SmtpChannel("127.0.0.1", smtputf8_server.port).send_many(messages)
+
+    assert kinds(answers) == ["accepted"] * 3
+    assert [r.smtputf8 for r in smtputf8_server.received] == [True, False, False]
+    assert [r.content.isascii() for r in smtputf8_server.received] == [False, True, True]
+    assert smtputf8_server.connections == 1
+
+
+def test_a_relay_without_smtputf8_fails_only_the_message_that_needs_it_permanently(
+    smtp_server: SmtpServer,
+) -> None:
+    messages = batch_of(3)
+    messages[1] = replace(messages[1], to_email="иван@пример.рф")
+
+    answers = SmtpChannel("127.0.0.1", smtp_server.port).send_many(messages)
+
+    assert kinds(answers) == ["accepted", ErrorKind.PERMANENT, "accepted"]
+    assert "the relay does not offer SMTPUTF8, which the address иван@пример.рф needs" in str(
+        answers[1]
+    )
+    assert received_ids(smtp_server) == ["delivery-1", "delivery-3"]
+    assert smtp_server.connections == 1
+
+
+def test_a_relay_without_smtputf8_is_asked_before_the_first_message_needs_it(
+    smtp_server: SmtpServer,
+) -> None:
+    with pytest.raises(ChannelError, match="does not offer SMTPUTF8") as caught:
+        SmtpChannel("127.0.0.1", smtp_server.port).send(replace(MESSAGE, to_email="иван@пример.рф"))
+
+    assert caught.value.kind == ErrorKind.PERMANENT
+    assert smtp_server.received == []

@@ -9,6 +9,7 @@ from pathlib import Path
 
 from sqlalchemy.orm import Session, sessionmaker
 
+from channels.outbox import OutboxChannel
 from engine.clock import FrozenClock
 from engine.funnel.service import track
 from engine.workflow.runtime import Runtime
@@ -39,10 +40,31 @@ def test_an_address_on_an_internationalised_domain_is_sent_in_its_ascii_form(
     assert (to.display_name, to.addr_spec) == ("Søren Bækgaard", "Soren.B@xn--blbr-roah.dk")
 
 
+class _NoSmtputf8(OutboxChannel):
+    """An email channel that cannot carry a mailbox name outside ASCII, as SendGrid's."""
+
+    smtputf8 = False
+
+
+def test_a_mailbox_that_is_not_ascii_goes_out_where_the_channel_carries_smtputf8(
+    sessions: sessionmaker[Session], rt: Runtime, tmp_path: Path
+) -> None:
+    sender = Sender(sessions, rt, tmp_path, SendPolicy())
+    with sessions.begin() as s:
+        track(s, rt, {"email": "дмитрий@сталь.рф", "first_name": "Дмитрий"}, "form_submitted")
+    assert sender.due() == ["sent"]
+    (delivery,) = sender.deliveries()
+    raw = (sender.outbox / "email" / f"{delivery.id}.eml").read_text("utf-8")  # SMTPUTF8
+    message = email.message_from_string(raw, policy=email.policy.default)
+    (to,) = message["To"].addresses
+    assert (to.display_name, to.addr_spec) == ("Дмитрий", "дмитрий@сталь.рф")
+
+
 def test_a_mailbox_that_is_not_ascii_is_skipped_where_the_channel_cannot_carry_it(
     sessions: sessionmaker[Session], rt: Runtime, tmp_path: Path
 ) -> None:
     sender = Sender(sessions, rt, tmp_path, SendPolicy())
+    sender.channels["email"] = _NoSmtputf8(tmp_path, "email", rt.clock)
     with sessions.begin() as s:
         track(s, rt, {"email": "дмитрий@сталь.рф"}, "form_submitted")
     sender.due()
