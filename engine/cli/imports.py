@@ -81,7 +81,7 @@ def write(app: App, window: Sequence[Row | Rejected], report: Report) -> None:
     problems = [item for item in window if isinstance(item, Rejected)]
     try:
         with app.sessions.begin() as session:
-            upsert_leads(session, app.rt, [row.lead for row in rows])
+            upsert_leads(session, app.rt, [row.lead for row in rows], "import")
         report.imported += len(rows)
     except _BATCH_REFUSED:
         for row in rows:
@@ -98,7 +98,7 @@ def _write_one(app: App, row: Row) -> Rejected | None:
     """Upsert one row in its own transaction; why it was refused, or None."""
     try:
         with app.sessions.begin() as session:
-            upsert_lead(session, app.rt, row.lead)
+            upsert_lead(session, app.rt, row.lead, "import")
     except InvalidLeadError as error:
         return Rejected.of(row.number, error)
     except NurtureError as error:

@@ -10,8 +10,9 @@ from engine.funnel.leads import Identity
 from engine.funnel.rollout import Plan, StrandedError, apply, make_plan
 from engine.funnel.service import (
     Outcome,
+    merge_leads,
     recycle_lead,
-    refresh,
+    refresh_leads,
     reprocess,
     track,
     upsert_lead,
@@ -29,8 +30,9 @@ __all__ = [
     "apply",
     "check_lead",
     "make_plan",
+    "merge_leads",
     "recycle_lead",
-    "refresh",
+    "refresh_leads",
     "reprocess",
     "track",
     "upsert_lead",

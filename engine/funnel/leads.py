@@ -67,13 +67,14 @@ _BY = {
     .order_by(Lead.id)
     for name, column in _LOOKUP.items()
 }
-# Leads that a merged lead's identity (an alias) now names.
+# Leads that a merged lead's identity (an alias) now names; "id" names it by the merged
+# lead's id (in tokens and links made before the merge).
 _BY_ALIAS = {
     name: select(Lead)
     .join(LeadAlias, LeadAlias.lead_id == Lead.id)
     .where(LeadAlias.field == name, LeadAlias.value.in_(bindparam("values", expanding=True)))
     .order_by(Lead.id)
-    for name in _LOOKUP
+    for name in (*_LOOKUP, "id")
 }
 _ALIASES = select(LeadAlias.value, LeadAlias.lead_id).where(
     LeadAlias.field == bindparam("field"), LeadAlias.value.in_(bindparam("values", expanding=True))
@@ -108,6 +109,15 @@ def get_lead(session: Session, identity: Identity, *, lock: bool = False) -> Lea
     if lead is None:
         column, value = identity.key()
         raise UnknownLeadError(f"no lead with {column} {value!r}")
+    return lead
+
+
+def lead_by_id(session: Session, lead_id: int) -> Lead | None:
+    """The lead with this id, or the lead it was merged into (a token or link made before a
+    merge names the merged lead's id); None when neither exists."""
+    lead = session.get(Lead, lead_id)
+    if lead is None:
+        lead = session.scalars(_BY_ALIAS["id"], {"values": [str(lead_id)]}).one_or_none()
     return lead
 
 

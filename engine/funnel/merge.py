@@ -88,14 +88,15 @@ def fold(session: Session, rt: Runtime, survivor: Lead, other: Lead) -> Folded:
         update(LeadAlias).where(LeadAlias.lead_id == other.id).values(lead_id=survivor.id),
     )
     session.expire_all()  # rows moved under the ORM: read them again (the locks stay held)
-    kept = {name: getattr(other, name) for name in IDENTITY_FIELDS}
+    kept: dict[str, str | None] = {name: getattr(other, name) for name in IDENTITY_FIELDS}
+    kept["id"] = str(other.id)  # tokens and links name it by id: they find the survivor
     _join(session, survivor, other, now)
     session.delete(other)
     session.flush()  # its identities are free: the survivor may take those it lacks
     for name, value in kept.items():
         if value is None:
             continue
-        if getattr(survivor, name) is None:
+        if name != "id" and getattr(survivor, name) is None:
             setattr(survivor, name, value)
         else:
             key = lookup_value(name, value)
@@ -104,7 +105,8 @@ def fold(session: Session, rt: Runtime, survivor: Lead, other: Lead) -> Folded:
                     field=name, value=key, lead_id=survivor.id, merged_lead=other.id, merged_at=now
                 )
             )
-            done.aliases.append((name, key))
+            if name != "id":
+                done.aliases.append((name, key))
     done.collapsed = _collapse(session, rt, survivor)
     session.flush()
     return done
@@ -117,8 +119,12 @@ def _join(session: Session, survivor: Lead, other: Lead, now: datetime) -> None:
         if getattr(survivor, name) in (None, ""):
             setattr(survivor, name, getattr(other, name))
     survivor.fields = {**(other.fields or {}), **(survivor.fields or {})}
-    survivor.email_consent = survivor.email_consent and other.email_consent
-    survivor.sms_consent = survivor.sms_consent and other.sms_consent
+    survivor.email_consent = _consent(
+        survivor.email, survivor.email_consent, other.email, other.email_consent
+    )
+    survivor.sms_consent = _consent(
+        survivor.phone, survivor.sms_consent, other.phone, other.sms_consent
+    )
     survivor.created_at = min(survivor.created_at, other.created_at)
     survivor.last_activity_at = _latest(survivor.last_activity_at, other.last_activity_at)
     survivor.inactive_due_at = _latest(survivor.inactive_due_at, other.inactive_due_at)
@@ -131,6 +137,14 @@ def _join(session: Session, survivor: Lead, other: Lead, now: datetime) -> None:
     survivor.updated_at = now
     if _RANK[other.stage] > _RANK[survivor.stage]:
         set_stage(session, survivor, other.stage, f"merged with {other.key}", now)
+
+
+def _consent(mine: str | None, given: bool, theirs: str | None, their_given: bool) -> bool:
+    """A channel's consent: the stricter of the two where both leads have an address on it,
+    else that of the lead that has one (the other's is only the default)."""
+    if (mine is None) != (theirs is None):
+        return given if mine is not None else their_given
+    return given and their_given
 
 
 def _latest(a: datetime | None, b: datetime | None) -> datetime | None:

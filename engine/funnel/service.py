@@ -53,9 +53,9 @@ from engine.models import (
     Lead,
     LeadConflict,
     LedgerKind,
-    MergeMode,
     ScoreEntry,
     Stage,
+    Visitor,
 )
 from engine.workflow.runtime import Runtime
 from engine.workflow.spec import Fired
@@ -184,18 +184,16 @@ def record(session: Session, rt: Runtime, events: Sequence[NewEvent]) -> list[Ou
     wanted = [
         (c.identity, Stage.LEAD if c.type in lead_events else Stage.SUBSCRIBER) for c in checked
     ]
-    leads = _settled(session, rt, ensure_leads(session, wanted, now), checked)
+    leads = ensure_leads(session, wanted, now)
     fit: dict[int, bool] = {}
-    for c, (lead, created, leave) in zip(checked, leads, strict=True):
-        changed = apply_attributes(lead, c.identity, c.attributes, leave) or created
+    for c, (lead, created) in zip(checked, leads, strict=True):
+        changed = _apply(session, lead, c.identity, c.attributes, c.source, now) or created
         fit[lead.id] = fit.get(lead.id, False) or changed
     limited = {rule.id for rule in rt.workflows.scoring.engagement if rule.limit is not None}
     # read before the batch is stored: each event then sees only those before it
     memo = Memo.load(session, fit.keys(), limited, now)
-    stored = _insert_events(session, [lead for lead, _, _ in leads], checked, now)
-    turns = [
-        (lead, event, c) for c, (lead, _, _), event in zip(checked, leads, stored, strict=True)
-    ]
+    stored = _insert_events(session, [lead for lead, _ in leads], checked, now)
+    turns = [(lead, event, c) for c, (lead, _), event in zip(checked, leads, stored, strict=True)]
     with remembering(session, memo):
         outcomes = _process_all(session, rt, memo, turns, fit)
     session.flush()  # everything the batch changed, in one go: new enrolments get their ids
@@ -254,10 +252,12 @@ def reprocess(session: Session, rt: Runtime, event_id: int) -> Outcome | None:
     An event processed meanwhile (a second scheduler, a lease that ran out) is left alone and
     answered as a duplicate; None when the event no longer exists.
     """
-    lead_id = session.scalar(select(Event.lead_id).where(Event.id == event_id))
-    if lead_id is None:
-        return None
-    lead = lock_lead(session, lead_id)
+    lead: Lead | None = None
+    while lead is None:  # a merge may move the event to another lead while this waits
+        lead_id = session.scalar(select(Event.lead_id).where(Event.id == event_id))
+        if lead_id is None:
+            return None
+        lead = lock_leads(session, [lead_id]).get(lead_id)
     # read again under the lock: whoever held it may have processed the event
     event = session.scalars(
         select(Event).where(Event.id == event_id).execution_options(populate_existing=True)
@@ -475,24 +475,28 @@ def _react(session: Session, rt: Runtime, lead: Lead, fired: tuple[Fired, ...]) 
     return running
 
 
-def upsert_lead(session: Session, rt: Runtime, data: Mapping[str, Any]) -> Outcome:
+def upsert_lead(
+    session: Session, rt: Runtime, data: Mapping[str, Any], source: str = "api"
+) -> Outcome:
     """Create or update a lead from attributes: a batch of one (`upsert_leads`)."""
-    return upsert_leads(session, rt, [data])[0]
+    return upsert_leads(session, rt, [data], source)[0]
 
 
-def upsert_leads(session: Session, rt: Runtime, rows: Sequence[Mapping[str, Any]]) -> list[Outcome]:
-    """Create or update leads from attributes; fit is recomputed and stages follow.
+def upsert_leads(
+    session: Session, rt: Runtime, rows: Sequence[Mapping[str, Any]], source: str = "api"
+) -> list[Outcome]:
+    """Create or update leads from attributes; fit is recomputed and stages follow; `source`
+    (api, import, form, ...) is what a conflict of identities is listed as seen through.
 
     All rows are checked first (InvalidLeadError names the first bad one), then the leads are
     found or created together (`ensure_leads`), then each row applied in order.
     """
     now = rt.clock.now()
     checked = [_check_upsert(data) for data in rows]
-    found = ensure_leads(session, [(identity, stage) for identity, stage, _ in checked], now)
-    leads = _settled(session, rt, found, [_Named(i, "import") for i, _, _ in checked])
+    leads = ensure_leads(session, [(identity, stage) for identity, stage, _ in checked], now)
     outcomes = []
-    for (identity, _, attributes), (lead, created, leave) in zip(checked, leads, strict=True):
-        if apply_attributes(lead, identity, attributes, leave) or created:
+    for (identity, _, attributes), (lead, created) in zip(checked, leads, strict=True):
+        if _apply(session, lead, identity, attributes, source, now) or created:
             lead.updated_at = now
             if recompute_fit(session, rt.workflows.scoring, lead, now):
                 outcome = evaluate_stage(session, rt, lead, "attributes changed")
@@ -504,39 +508,21 @@ def upsert_leads(session: Session, rt: Runtime, rows: Sequence[Mapping[str, Any]
     return outcomes
 
 
-@dataclass(frozen=True)
-class _Named:
-    """How a call named a lead, and through what."""
-
-    identity: Identity
-    source: str
-
-
-def _settled(
+def _apply(
     session: Session,
-    rt: Runtime,
-    leads: list[tuple[Lead, bool]],
-    calls: Sequence[_Named | _Checked],
-) -> list[tuple[Lead, bool, frozenset[str]]]:
-    """Each call's lead once the identities it gives that another lead holds are settled:
-    merged into it (`merge: auto`), or left with their lead and the conflict listed (`ask`);
-    with each, the identity keys its attributes must leave alone."""
-    now = rt.clock.now()
-    merged: dict[int, Lead] = {}  # a lead merged away -> its survivor
-    settled = []
-    ids = [lead.id for lead, _ in leads]  # read before a merge removes any of them
-    for lead_id, (lead, created), call in zip(ids, leads, calls, strict=True):
-        lead = merged.get(lead_id, lead)
-        taken = claims(lead, call.identity)
-        if taken and rt.merge is MergeMode.AUTO:
-            for other in sorted({owner for _, _, owner in taken}):
-                merge_leads(session, rt, lead.id, other)
-                merged[other] = lead
-            taken = claims(lead, call.identity)  # a value held by a third lead meanwhile
-        for name, value, owner in taken:
-            _note_conflict(session, lead.id, owner, name, value, call.source, now)
-        settled.append((lead, created, frozenset(name for name, _, _ in taken)))
-    return settled
+    lead: Lead,
+    identity: Identity,
+    attributes: Mapping[str, Any],
+    source: str,
+    now: datetime,
+) -> bool:
+    """Copy a call's identity and attributes onto its lead (`apply_attributes`); an identity
+    another lead holds stays with that lead, and the pair is listed as a conflict (merged by
+    the scheduler under `merge: auto`, by a person under `ask`). True when fit may change."""
+    taken = claims(lead, identity)
+    for name, value, owner in taken:
+        _note_conflict(session, lead.id, owner, name, value, source, now)
+    return apply_attributes(lead, identity, attributes, {name for name, _, _ in taken})
 
 
 def _note_conflict(
@@ -570,13 +556,21 @@ def _note_conflict(
 def merge_leads(session: Session, rt: Runtime, keep: int, other: int) -> tuple[Folded, Outcome]:
     """Merge lead `other` into lead `keep` (`merge.fold`), then rescore the survivor over the
     joined past: the ledger sums to the score, and a crossing of SQL hands off once."""
+    # Visitors before leads, the order stitching takes them in (`visitors.take`).
+    session.execute(
+        select(Visitor.id)
+        .where(Visitor.lead_id.in_((keep, other)))
+        .order_by(Visitor.id)
+        .with_for_update()
+    )
     locked = lock_leads(session, [keep, other])
     for lead_id in (keep, other):
         if lead_id not in locked:
             raise UnknownLeadError(f"no lead with id {lead_id}")
     folded = fold(session, rt, locked[keep], locked[other])
     cause = f"merged with {folded.merged_key}"
-    outcome = rescore_leads(session, rt, [keep], cause=cause, handoff=True)[0]
+    # reacting even when the score stays: a stage taken from the other (sql) ends its runs
+    outcome = rescore_leads(session, rt, [keep], cause=cause, handoff=True, react=True)[0]
     return folded, outcome
 
 
@@ -588,11 +582,6 @@ def _check_upsert(data: Mapping[str, Any]) -> tuple[Identity, Stage, dict[str, A
         raise InvalidLeadError(f"stage {stage!r} cannot be set on upsert: use subscriber or lead")
     attributes = {k: v for k, v in check_attributes(data).items() if k != "stage"}
     return identity, Stage(stage), attributes
-
-
-def refresh(session: Session, rt: Runtime, lead_id: int) -> Outcome:
-    """Apply the clock to a lead: a batch of one (`refresh_leads`)."""
-    return refresh_leads(session, rt, [lead_id])[0]
 
 
 def refresh_leads(session: Session, rt: Runtime, lead_ids: list[int]) -> list[Outcome]:
@@ -652,14 +641,22 @@ def _living(lead: Lead) -> Lead:
 
 
 def rescore_leads(
-    session: Session, rt: Runtime, lead_ids: list[int], *, cause: str, handoff: bool
+    session: Session,
+    rt: Runtime,
+    lead_ids: list[int],
+    *,
+    cause: str,
+    handoff: bool,
+    react: bool = False,
 ) -> list[Outcome]:
     """Bring leads' ledgers in line with the scoring rules on disk (`replay`), then their stages.
 
     Per lead and changed rule one ledger row of kind `rescore` saying `cause` (a rescore's
     `old -> new` versions, a merge), so the ledger still sums to the score. A lead that now
     qualifies for SQL is handed off only with `handoff`; otherwise it is `held` and moves as
-    far as MQL. Under the leads' row locks, in id order; a second run finds nothing to change.
+    far as MQL. With `react`, exit rules and triggers run even when nothing changed (a merge
+    may have moved the stage). Under the leads' row locks, in id order; a second run finds
+    nothing to change.
     """
     leads = lock_leads(session, lead_ids)
     now = rt.clock.now()
@@ -672,7 +669,7 @@ def rescore_leads(
             replayed = replay(rt.workflows.scoring, lead, pasts[lead_id], now)
             points = _rescore(session, rt, lead, replayed, cause, now)
             outcome = evaluate_stage(session, rt, lead, cause, handoff=handoff)
-            changed = points != 0 or outcome.fired
+            changed = react or points != 0 or outcome.fired
             running = _react(session, rt, lead, outcome.fired) if changed else []
             outcomes.append(
                 Outcome.of(

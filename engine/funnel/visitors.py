@@ -151,7 +151,7 @@ def take(session: Session, rt: Runtime, hits: Sequence[Hit]) -> list[Taken]:
                 run.append((index, False, hit.on(hit.lead)))
             else:
                 flush()
-                taken[index].outcome = upsert_leads(session, rt, [hit.lead])[0]
+                taken[index].outcome = upsert_leads(session, rt, [hit.lead], hit.source)[0]
         elif hit.type is not None and visitor.id not in joining:
             # Identified by an event (a form fill): its past joins this pass, in time order.
             store()  # the visitor's anonymous events of this batch are kept first
@@ -267,7 +267,7 @@ def _same(current: Mapping[str, Any] | None, data: Mapping[str, Any]) -> bool:
     if current is None:
         return False
     column, value = Identity.parse(data).key()
-    named = current.get(column)  # stored, so already normalised: compared by its key alone
+    named = getattr(Identity.parse(current), column)  # a hit's own lead may be as written
     return named is not None and lookup_value(column, named) == value
 
 
@@ -364,7 +364,7 @@ def _identify(session: Session, rt: Runtime, visitor: Visitor, hit: Hit, now: da
     rows, events = _stitching(session, visitor, hit, now)
     taken = Taken()
     if hit.type is None:
-        taken.outcome = upsert_leads(session, rt, [hit.lead])[0]
+        taken.outcome = upsert_leads(session, rt, [hit.lead], hit.source)[0]
     recorded = record(session, rt, [event for _, event in events]) if events else []
     for (past, _), outcome in zip(events, recorded, strict=True):
         if past:

@@ -22,8 +22,10 @@ from engine.delivery.confirmation import send_confirmation
 from engine.delivery.handoff import claim_due_handoffs, hand_over
 from engine.delivery.sending import expire_stuck, send_deliveries, send_delivery
 from engine.funnel.erasure import RETENTION_BATCH, erase_idle
-from engine.funnel.service import NewEvent, Outcome, record, refresh, refresh_leads, reprocess
+from engine.funnel.service import NewEvent, Outcome, record, refresh_leads, reprocess
+from engine.models import MergeMode
 from engine.read.variants import Place
+from engine.runner.merging import merge_listed
 from engine.runner.scheduler import (
     DEFAULT_LEASE,
     Horizon,
@@ -179,7 +181,7 @@ class Tasks:
         outcomes = self._together(
             lead_ids,
             lambda s, ids: refresh_leads(s, rt, ids),
-            lambda s, one: [refresh(s, rt, one)],
+            lambda s, one: refresh_leads(s, rt, [one]),  # none when merged away
             "refresh",
         )
         self.follow_up(*outcomes)
@@ -270,6 +272,8 @@ class Tasks:
         if self.judge_at is None or now >= self.judge_at:
             self.judge_at = now + JUDGE_EVERY
             self._judge(now)
+        if app.rt.merge is MergeMode.AUTO:
+            self._merge()
         if app.settings.retention_months and (self.retain_at is None or now >= self.retain_at):
             self.retain_at = now + RETAIN_EVERY
             self._retain(now, app.settings.retention_months)
@@ -284,6 +288,16 @@ class Tasks:
                     log.info("%s/%s/%s: %s", pick.sequence, pick.milestone, pick.step, pick.reason)
         except Exception:
             log.exception("judging experiments failed: tried again in %s", JUDGE_EVERY)
+
+    def _merge(self) -> None:
+        """Merge the pairs of leads calls named together (`merge: auto`), after the pass's
+        claims; a failure waits for the next pass."""
+        try:
+            outcomes = merge_listed(self.app.sessions, self.app.rt)
+        except Exception:
+            log.exception("merging listed leads failed: tried again next pass")
+            return
+        self.follow_up(*outcomes)
 
     def _retain(self, now: datetime, months: int) -> None:
         """Erase a batch of leads idle past retention in a transaction of its own, after the

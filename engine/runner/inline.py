@@ -10,7 +10,9 @@ from collections.abc import Callable
 
 from sqlalchemy.orm import Session, sessionmaker
 
-from engine.funnel.service import refresh, reprocess
+from engine.funnel.service import refresh_leads, reprocess
+from engine.models import MergeMode
+from engine.runner.merging import merge_listed
 from engine.runner.scheduler import (
     advance_enrolment,
     claim_due_enrolments,
@@ -34,6 +36,8 @@ def run_due(
     """
     handled = 0
     while True:
+        if rt.merge is MergeMode.AUTO:
+            handled += len(merge_listed(sessions, rt))
         now = rt.clock.now()
         with sessions.begin() as session:
             event_ids = claim_failed_events(session, now, batch)
@@ -44,7 +48,7 @@ def run_due(
             lead_ids = claim_due_leads(session, now, batch)
         for lead_id in lead_ids:
             with sessions.begin() as session:
-                refresh(session, rt, lead_id)
+                refresh_leads(session, rt, [lead_id])  # none when merged away
             if on_lead is not None:
                 on_lead(lead_id)
         with sessions.begin() as session:

@@ -202,9 +202,10 @@ def advance_enrolments(session: Session, rt: Runtime, enrolment_ids: list[int]) 
     lead_of = dict(session.execute(_LEADS_OF, {"ids": enrolment_ids}).all())
     leads = lock_leads(session, lead_of.values())
     enrolments = lock_enrolments(session, lead_of)
-    moved = {e.lead_id for e in enrolments.values()} - leads.keys()
-    if moved:  # a merge gave them to another lead while this waited for the locks
-        leads |= lock_leads(session, moved)
+    for enrolment_id, enrolment in list(enrolments.items()):
+        if enrolment.lead_id not in leads:  # a merge gave it to another lead meanwhile:
+            enrolment.lease_until = None  # the next pass claims it under that lead's lock
+            del enrolments[enrolment_id]
     memo = Memo.load(session, leads, (), rt.clock.now(), advancing=enrolments, lazy=True)
     planned: list[Delivery] = []
     with remembering(session, memo):

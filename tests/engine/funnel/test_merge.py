@@ -16,8 +16,8 @@ from sqlalchemy.orm import Session, sessionmaker
 from engine.clock import FrozenClock
 from engine.db import make_sessionmaker
 from engine.errors import InvalidLeadError
-from engine.funnel.leads import Identity, find_lead
-from engine.funnel.service import merge_leads, track, upsert_lead
+from engine.funnel.leads import Identity, find_lead, lead_by_id
+from engine.funnel.service import NewEvent, merge_leads, record, track, upsert_lead
 from engine.models import (
     Enrolment,
     EnrolmentStatus,
@@ -25,10 +25,12 @@ from engine.models import (
     Handoff,
     Lead,
     LeadAlias,
+    LeadConflict,
     MergeMode,
     ScoreEntry,
     Stage,
 )
+from engine.runner.inline import run_due
 from engine.workflow.loading import load_workflows
 from engine.workflow.runtime import Runtime
 from tests.conftest import START, _truncate
@@ -88,22 +90,56 @@ def test_the_merged_leads_identities_still_find_the_survivor_and_its_events_land
         (lead,) = s.scalars(select(Lead)).all()
         assert _lead(s, {"email": "ana.private@mail.test"}).id == lead.id
         assert lead.phone == "+15005550009"  # its own number stays; the other's is an alias
-        aliases = set(s.execute(select(LeadAlias.field, LeadAlias.value)).tuples())
-        assert aliases == {("email", "ana.private@mail.test"), ("phone", "+15005550001")}
+        aliases = {tuple(row) for row in s.execute(select(LeadAlias.field, LeadAlias.value))}
+        assert aliases == {
+            ("email", "ana.private@mail.test"),
+            ("phone", "+15005550001"),
+            ("id", "2"),  # links and tokens made for the merged lead
+        }
+        assert lead_by_id(s, 2) is lead
         assert s.scalar(select(func.count()).select_from(Event)) == 4
         assert _ledger(s, lead) == pytest.approx(lead.score)
 
 
-def test_the_stricter_consent_wins(sessions: sessionmaker[Session], rt: Runtime) -> None:
+def test_the_stricter_consent_wins_where_both_leads_have_an_address_on_the_channel(
+    sessions: sessionmaker[Session], rt: Runtime
+) -> None:
     with sessions.begin() as s:
-        upsert_lead(s, rt, {**ANA, "sms_consent": True})
-        upsert_lead(s, rt, {**ANA_PHONE, "email_consent": False, "sms_consent": True})
-        track(s, rt, {"email": "third@x.test"}, "page_viewed")
+        upsert_lead(s, rt, {**ANA, "phone": "+15005550009", "sms_consent": True})
+        upsert_lead(s, rt, {**ANA_PHONE, "email": "ana@home.test", "email_consent": False})
     with sessions.begin() as s:
         merge_leads(s, rt, _lead(s, ANA).id, _lead(s, ANA_PHONE).id)
     with sessions() as s:
         lead = _lead(s, ANA)
-        assert (lead.email_consent, lead.sms_consent) == (False, True)
+        assert (lead.email_consent, lead.sms_consent) == (False, False)
+
+
+def test_an_opt_in_on_a_channel_only_one_lead_has_an_address_on_is_kept(
+    sessions: sessionmaker[Session], rt: Runtime
+) -> None:
+    with sessions.begin() as s:
+        upsert_lead(s, rt, ANA)  # no phone: its sms consent is only the default (off)
+        upsert_lead(s, rt, {**ANA_PHONE, "sms_consent": True})
+    with sessions.begin() as s:
+        merge_leads(s, rt, _lead(s, ANA).id, _lead(s, ANA_PHONE).id)
+    with sessions() as s:
+        lead = _lead(s, ANA)
+        assert (lead.phone, lead.email_consent, lead.sms_consent) == ("+15005550001", True, True)
+
+
+def test_a_stage_taken_from_the_merged_lead_ends_the_survivors_runs(
+    sessions: sessionmaker[Session], rt: Runtime
+) -> None:
+    with sessions.begin() as s:
+        track(s, rt, {**ANA, "title": "VP"}, "demo_requested")
+        track(s, rt, ANA, "form_submitted")  # 50 and fit 10: handed off
+        track(s, rt, ANA_PHONE, "form_submitted")  # enrolled in drip
+    with sessions.begin() as s:
+        merge_leads(s, rt, _lead(s, ANA_PHONE).id, _lead(s, ANA).id)
+    with sessions() as s:
+        lead = _lead(s, ANA_PHONE)
+        statuses = s.scalars(select(Enrolment.status)).all()
+        assert lead.stage is Stage.SQL and set(statuses) == {EnrolmentStatus.EXITED}
 
 
 def test_two_runs_of_one_sequence_collapse_to_the_one_furthest_along(
@@ -170,20 +206,48 @@ def test_a_lead_cannot_be_merged_with_itself(sessions: sessionmaker[Session], rt
         merge_leads(s, rt, lead_id, lead_id)
 
 
-def test_with_merge_auto_an_event_naming_both_leads_merges_them(
+def test_with_merge_auto_the_scheduler_merges_the_younger_lead_into_the_older(
     sessions: sessionmaker[Session], rt: Runtime
 ) -> None:
     auto = dataclasses.replace(rt, merge=MergeMode.AUTO)
     with sessions.begin() as s:
+        track(s, auto, ANA_PHONE, "content_downloaded")  # the older lead
         track(s, auto, ANA, "form_submitted")
-        track(s, auto, ANA_PHONE, "content_downloaded")
     with sessions.begin() as s:
         outcome = track(s, auto, {**ANA, **ANA_PHONE}, "email_clicked")
+    assert outcome.lead_id == 2  # the event is kept on the lead its email names
+
+    run_due(sessions, auto)
 
     with sessions() as s:
         (lead,) = s.scalars(select(Lead)).all()
-        assert (lead.id, lead.phone, outcome.lead_id) == (1, "+15005550001", 1)
+        assert (lead.id, lead.email, lead.phone) == (1, "Ana@northwind.test", "+15005550001")
         assert lead.engagement == pytest.approx(24) and _ledger(s, lead) == pytest.approx(24)
+        assert s.scalars(select(LeadConflict)).all() == []
+
+
+def test_a_batch_naming_one_leads_identity_for_several_leads_keeps_every_event(
+    sessions: sessionmaker[Session], rt: Runtime
+) -> None:
+    auto = dataclasses.replace(rt, merge=MergeMode.AUTO)
+    with sessions.begin() as s:
+        track(s, auto, {"email": "a@x.test", "phone": "+15005550001"}, "page_viewed")
+        track(s, auto, {"email": "b@x.test"}, "page_viewed")
+    batch = [
+        NewEvent({"email": "a@x.test"}, "email_clicked"),
+        NewEvent({"email": "c@x.test", "phone": "+15005550001"}, "form_submitted"),
+        NewEvent({"email": "b@x.test", "phone": "+15005550002"}, "form_submitted"),
+        NewEvent({"email": "c@x.test", "phone": "+15005550002"}, "content_downloaded"),
+    ]
+    with sessions.begin() as s:
+        record(s, auto, batch)
+    run_due(sessions, auto)
+
+    with sessions() as s:
+        (lead,) = s.scalars(select(Lead)).all()  # a, b and c were one person
+        assert s.scalar(select(func.count()).select_from(Event)) == 6
+        assert _ledger(s, lead) == pytest.approx(lead.score)
+        assert s.scalars(select(LeadConflict)).all() == []
 
 
 # --- Concurrency (PostgreSQL) -------------------------------------------------------------------
