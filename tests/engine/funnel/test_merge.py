@@ -6,9 +6,10 @@ from __future__ import annotations
 import dataclasses
 import threading
 from collections.abc import Callable
+from datetime import timedelta
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from sqlalchemy import Engine, func, select
 from sqlalchemy.orm import Session, sessionmaker
@@ -19,6 +20,8 @@ from engine.errors import InvalidLeadError
 from engine.funnel.leads import Identity, find_lead, lead_by_id
 from engine.funnel.service import NewEvent, merge_leads, record, track, upsert_lead
 from engine.models import (
+    Delivery,
+    DeliveryStatus,
     Enrolment,
     EnrolmentStatus,
     Event,
@@ -277,6 +280,7 @@ def _threads(*work: Callable[[], None]) -> None:
     deadline=None,
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
 )
+@example(phone_survives=False, ana=["form_submitted"], phone=["content_downloaded"])
 @given(
     phone_survives=st.booleans(),
     ana=st.lists(st.sampled_from(KINDS), min_size=1, max_size=6),
@@ -287,7 +291,8 @@ def test_merging_while_events_arrive_for_both_leads_loses_nothing_and_hands_off_
 ) -> None:
     _truncate(postgres_engine)
     sessions = make_sessionmaker(postgres_engine)
-    rt = Runtime(load_workflows(FIXTURES, EMAIL_TEMPLATES, SMS_TEMPLATES), FrozenClock(START))
+    clock = FrozenClock(START)
+    rt = Runtime(load_workflows(FIXTURES, EMAIL_TEMPLATES, SMS_TEMPLATES), clock)
     with sessions.begin() as s:
         track(s, rt, {**ANA, "title": "VP"}, "page_viewed")
         track(s, rt, ANA_PHONE, "page_viewed")
@@ -306,7 +311,11 @@ def test_merging_while_events_arrive_for_both_leads_loses_nothing_and_hands_off_
         with sessions.begin() as s:
             merge_leads(s, rt, keep, other)
 
+    clock.advance(timedelta(minutes=1))  # what is planned from here on is the merged lead's
     _threads(send(ANA, ana), send(ANA_PHONE, phone), merge)
+    for _ in range(4):  # the steps of the days after: each planned once
+        run_due(sessions, rt)
+        clock.advance(timedelta(days=1))
 
     with sessions() as s:
         (lead,) = s.scalars(select(Lead)).all()
@@ -320,3 +329,9 @@ def test_merging_while_events_arrive_for_both_leads_loses_nothing_and_hands_off_
             select(Enrolment.sequence).where(Enrolment.status == EnrolmentStatus.ACTIVE)
         ).all()
         assert len(running) == len(set(running))  # one run per sequence: no step sent twice
+        planned = s.execute(
+            select(Delivery.sequence, Delivery.milestone, Delivery.step).where(
+                Delivery.planned_at > START, Delivery.status != DeliveryStatus.SKIPPED
+            )
+        ).all()
+        assert len(planned) == len(set(planned)), planned
