@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import bindparam, delete, or_, select, update
+from sqlalchemy import and_, bindparam, delete, or_, select, update
 from sqlalchemy.orm import Session
 
 from channels.base import EMAIL, SMS, DeliveryEvent
@@ -28,7 +28,7 @@ from engine.funnel.erasure import address_forms
 from engine.funnel.lead_fields import normalise_email, normalise_phone
 from engine.funnel.leads import Identity
 from engine.funnel.service import NewEvent, Outcome, record
-from engine.models import Delivery, DeliveryStatus, Lead, Suppression
+from engine.models import Delivery, DeliveryStatus, Lead, LeadAlias, Suppression
 from engine.workflow.runtime import Runtime
 
 
@@ -197,6 +197,9 @@ def _column(channel: str) -> str:
     return "email_key" if channel == EMAIL else "phone"
 
 
+_ALIAS_COLUMN = {"email": "email_key", "phone": "phone"}  # the column an alias stands in for
+
+
 @dataclass
 class _Known:
     """The deliveries and leads a batch of provider events may be about, read and locked once."""
@@ -209,8 +212,9 @@ class _Known:
     @classmethod
     def load(cls, session: Session, events: Sequence[DeliveryEvent]) -> _Known:
         """One query for the deliveries (by our id or the provider's message id), one for
-        their leads and the leads with the events' addresses; both locked in id order, since
-        a worker may be recording a send's outcome and another request the same lead's events.
+        their leads and the leads with the events' addresses (their own, or a merged lead's
+        left as an alias); both locked in id order, since a worker may be recording a send's
+        outcome and another request the same lead's events.
         """
         ids = {event.delivery_id for event in events if event.delivery_id}
         messages = {event.provider_message_id for event in events if event.provider_message_id}
@@ -228,16 +232,19 @@ class _Known:
             "emails": sorted(address for column, address in addresses if column == "email_key"),
             "phones": sorted(address for column, address in addresses if column == "phone"),
         }
-        leads = list(session.scalars(_LOCKED_LEADS, wanted))
+        leads = {lead.id: lead for lead in session.scalars(_LOCKED_LEADS, wanted)}
         by_address = {
-            (column, address): lead
-            for lead in leads
+            (_ALIAS_COLUMN[name], value): leads[owner]
+            for name, value, owner in session.execute(_ALIASES, wanted)
+            if owner in leads  # merged again since the locking read: not one of these leads
+        }
+        by_address.update(
+            ((column, address), lead)
+            for lead in leads.values()
             for column in ("email_key", "phone")
             if (address := getattr(lead, column))
-        }
-        return cls(
-            {d.id: d for d in found}, by_message, {lead.id: lead for lead in leads}, by_address
         )
+        return cls({d.id: d for d in found}, by_message, leads, by_address)
 
     def delivery(self, event: DeliveryEvent) -> Delivery | None:
         """The delivery the event reports on: by our delivery id, else by the provider's
@@ -277,6 +284,15 @@ _LOCKED_DELIVERIES = (
     .order_by(Delivery.id)
     .with_for_update()
 )
+# The identities of merged leads among the events' addresses: (field, value, survivor id).
+_ALIASES = select(LeadAlias.field, LeadAlias.value, LeadAlias.lead_id).where(
+    or_(
+        and_(LeadAlias.field == "email", LeadAlias.value.in_(bindparam("emails", expanding=True))),
+        and_(LeadAlias.field == "phone", LeadAlias.value.in_(bindparam("phones", expanding=True))),
+    )
+)
+# The deliveries' leads and the leads with the events' addresses, as their own or as an
+# alias (a lead merged into them), locked in id order in one statement.
 _LOCKED_LEADS = (
     select(Lead)
     .where(
@@ -284,6 +300,7 @@ _LOCKED_LEADS = (
             Lead.id.in_(bindparam("ids", expanding=True)),
             Lead.email_key.in_(bindparam("emails", expanding=True)),
             Lead.phone.in_(bindparam("phones", expanding=True)),
+            Lead.id.in_(_ALIASES.with_only_columns(LeadAlias.lead_id).scalar_subquery()),
         )
     )
     .order_by(Lead.id)

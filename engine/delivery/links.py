@@ -35,9 +35,9 @@ from urllib.parse import quote, urlsplit
 from sqlalchemy.orm import Session
 
 from engine.delivery.rendering import RenderedEmail
-from engine.funnel.leads import Identity
+from engine.funnel.leads import Identity, lead_by_id
 from engine.funnel.service import NewEvent, Outcome, record
-from engine.models import Delivery, Lead
+from engine.models import Delivery
 from engine.origins import origin
 from engine.settings import Settings
 from engine.signing import LEAD_PARAM, InvalidTokenError, b64, sign, unb64, unsign
@@ -143,7 +143,7 @@ def record_click(session: Session, rt: Runtime, click: Click) -> Outcome | None:
     fetching it before them, counts once; each other link of the email counts on its own.
     """
     delivery = session.get(Delivery, click.delivery_id)
-    lead = session.get(Lead, delivery.lead_id) if delivery is not None else None
+    lead = lead_by_id(session, delivery.lead_id) if delivery is not None else None
     if delivery is None or lead is None or lead.erased_at is not None:
         return None
     column, value = Identity.of(lead).key()

@@ -5,11 +5,12 @@ What goes, per table: the lead's identity, names, company, title, time zone, cus
 fit rules (derived from them), and its consent; event properties (all but the `delivery_id`
 the reports join on), idempotency keys and errors; the free-text reasons of the ledger, stage
 changes and milestone visits; delivery subjects, details and provider message ids; a handoff's
-cause and recent activity; the lead's visitors and their events (removed). What stays: event
-types and times, ledger rules and points, stages and their times, enrolments with their exit
-reasons (engine text the funnel counts by), deliveries' status, step and variant, topic
-opt-outs. Suppressions of the lead's addresses keep blocking them, stored as a one-way hash
-(`hashed_address`) instead of the address itself.
+cause and recent activity; the lead's visitors and their events, the identities of the leads
+merged into it (aliases) and the conflicts naming it (removed). What stays: event types and
+times, ledger rules and points, stages and their times, enrolments with their exit reasons
+(engine text the funnel counts by), deliveries' status, step and variant, topic opt-outs.
+Suppressions of the lead's addresses, and of those of the leads merged into it, keep blocking
+them, stored as a one-way hash (`hashed_address`) instead of the address itself.
 """
 
 from __future__ import annotations
@@ -41,6 +42,8 @@ from engine.models import (
     Handoff,
     HandoffStatus,
     Lead,
+    LeadAlias,
+    LeadConflict,
     MilestoneVisit,
     ScoreEntry,
     StageChange,
@@ -55,6 +58,8 @@ ERASED = "erased"  # what is left of a free-text reason, and the exit reason of 
 # Event properties the reports read (stats and experiments join feedback to its send by it).
 KEPT_PROPERTIES = ("delivery_id",)
 RETENTION_BATCH = 100  # idle leads erased per transaction
+# The channel an address is suppressed on, by the identity field that holds it.
+_CHANNEL = {"email": "email", "phone": "sms"}
 
 
 def hashed_address(address: str) -> str:
@@ -188,7 +193,8 @@ def _erase(session: Session, rt: Runtime, lead: Lead, reason: ErasureReason, via
     }
     summary: dict[str, Any] = {
         "scrubbed": scrubbed,
-        "removed": _remove_visitors(session, lead),
+        # aliases go once `_hash_suppressions` (in `scrubbed`) hashed their addresses
+        "removed": _remove_visitors(session, lead) | _remove_identities(session, lead),
         "stopped": _stop(session, rt, lead),
     }
     for name in ("email", "external_id", "phone", "first_name", "last_name", "company", "title"):
@@ -240,12 +246,20 @@ def _scrub_handoffs(session: Session, lead: Lead) -> int:
 
 
 def _hash_suppressions(session: Session, lead: Lead) -> int:
-    """The lead's addresses stay suppressed, as their hash; the reason keeps its engine part
-    (before a colon), never the provider's words, which may quote the address."""
+    """The lead's addresses, and those of leads merged into it, stay suppressed, as their hash;
+    the reason keeps its engine part (before a colon), never the provider's words, which may
+    quote the address or an identity."""
+    aliases = session.execute(
+        select(LeadAlias.field, LeadAlias.value).where(LeadAlias.lead_id == lead.id)
+    )
+    merged = [(name, value) for name, value in aliases if name != "id"]
+    own = [("email", lead.email), ("phone", lead.phone), ("external_id", lead.external_id)]
+    addresses = [
+        (_CHANNEL[name], value) for name, value in (*own, *merged) if value and name in _CHANNEL
+    ]
+    names = tuple(email_key(value) for _, value in (*own, *merged) if value)
     count = 0
-    for channel, address in (("email", lead.email), ("sms", lead.phone)):
-        if not address:
-            continue
+    for channel, address in addresses:
         plain, hashed = address_forms(address)
         rows = session.scalars(
             select(Suppression).where(
@@ -259,7 +273,7 @@ def _hash_suppressions(session: Session, lead: Lead) -> int:
                 session.delete(row)  # the hashed row of an earlier erasure blocks it already
                 continue
             row.address = hashed
-            row.reason = _engine_part(row.reason, (plain, lead.external_id))
+            row.reason = _engine_part(row.reason, names)
     return count
 
 
@@ -279,6 +293,19 @@ def _remove_visitors(session: Session, lead: Lead) -> dict[str, int]:
     )
     removed = changed_rows(session, delete(Visitor).where(Visitor.lead_id == lead.id))
     return {"visitors": removed, "visitor_events": removed_events}
+
+
+def _remove_identities(session: Session, lead: Lead) -> dict[str, int]:
+    """The merged leads' identities go (an alias would name the tombstone, so the person coming
+    back would land on it), and so do the conflicts pairing the lead with another."""
+    aliases = changed_rows(session, delete(LeadAlias).where(LeadAlias.lead_id == lead.id))
+    conflicts = changed_rows(
+        session,
+        delete(LeadConflict).where(
+            or_(LeadConflict.lead_id == lead.id, LeadConflict.other_id == lead.id)
+        ),
+    )
+    return {"lead_aliases": aliases, "lead_conflicts": conflicts}
 
 
 def _stop(session: Session, rt: Runtime, lead: Lead) -> dict[str, int]:

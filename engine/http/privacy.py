@@ -52,6 +52,9 @@ class ExportOut(BaseModel):
     suppressions: Rows = Field(description="Of its addresses, written out or hashed.")
     visitors: list[VisitorExport]
     erasures: Rows
+    consents: Rows = Field(description="Proof of each consent given on a form.")
+    aliases: Rows = Field(description="Identities of leads merged into this one.")
+    conflicts: Rows = Field(description="Pairs of leads that calls named together, with it.")
 
 
 class ErasureOut(BaseModel):

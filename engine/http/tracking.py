@@ -28,6 +28,7 @@ from starlette.concurrency import run_in_threadpool
 
 from engine.app import App
 from engine.delivery.pacing import Pacer
+from engine.funnel.leads import lead_by_id
 from engine.funnel.visitors import SNIPPET, Hit, named, take
 from engine.http.errors import first_error
 from engine.http.public import client_address, cors, site_origin
@@ -166,11 +167,12 @@ def _calls(
 
 
 def _token_lead(session: Session, secret: str, token: str | None, now: datetime) -> Lead | None:
-    """The lead a tracked link's token names, if it is good and the lead not erased."""
+    """The lead a tracked link's token names (the survivor when it was merged since), if the
+    token is good and the lead not erased."""
     if token is None:
         return None
     try:
-        lead = session.get(Lead, read_lead_token(secret, token, now))
+        lead = lead_by_id(session, read_lead_token(secret, token, now))
     except InvalidTokenError:
         return None
     return lead if lead is not None and lead.erased_at is None else None

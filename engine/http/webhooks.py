@@ -39,11 +39,10 @@ from engine.app import App
 from engine.delivery.feedback import record_delivery_events
 from engine.delivery.sending import suppress
 from engine.delivery.unsubscribe import InvalidTokenError, read_token, topic_named
-from engine.funnel.leads import Identity
+from engine.funnel.leads import Identity, lead_by_id
 from engine.funnel.service import Outcome, track
 from engine.funnel.topics import TOPIC_EVENT
 from engine.http.schemas import error_responses
-from engine.models import Lead
 from engine.read.metrics import Metrics
 
 log = logging.getLogger(__name__)
@@ -353,7 +352,7 @@ def unsubscribe_router(app: App, after: AfterTrack) -> APIRouter:
 
         def handle() -> HTMLResponse:
             with app.sessions.begin() as session:
-                lead = session.get(Lead, lead_id)
+                lead = lead_by_id(session, lead_id)  # a link from before a merge: the survivor
                 if lead is None or lead.erased_at is not None:
                     return _page("Not found", "<p>There is nothing left to unsubscribe.</p>", 404)
                 column, value = Identity.of(lead).key()

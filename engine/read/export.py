@@ -12,9 +12,10 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Any
 
-from sqlalchemy import inspect, select
+from sqlalchemy import and_, inspect, or_, select
 from sqlalchemy.orm import Session
 
+from engine.funnel.erasure import address_forms
 from engine.models import (
     Base,
     Consent,
@@ -24,17 +25,21 @@ from engine.models import (
     Event,
     Handoff,
     Lead,
+    LeadAlias,
+    LeadConflict,
     MilestoneVisit,
     ScoreEntry,
     StageChange,
+    Suppression,
     TopicOptOut,
     VersionMove,
     Visitor,
     VisitorEvent,
 )
-from engine.read.views import lead_suppressions
 
 EXPORT_FORMAT = 1  # bumped when the document's shape changes
+# The channel an address is suppressed on, by the identity field that holds it.
+_CHANNEL = {"email": "email", "phone": "sms"}
 
 
 def _plain(value: Any) -> Any:
@@ -59,7 +64,8 @@ def _rows(instances: Iterable[Base]) -> list[dict[str, Any]]:
 def export_lead(session: Session, lead: Lead, now: datetime) -> dict[str, Any]:
     """The lead with its score and every row about it: events, ledger, stage changes,
     enrolments (with milestone visits and version moves), deliveries, handoffs, topics left,
-    suppressions of its addresses, its visitors and their events, and any erasure."""
+    the identities of leads merged into it and the conflicts naming it, suppressions of all
+    those addresses, its visitors and their events, and any erasure."""
     enrolments = list(
         session.scalars(select(Enrolment).where(Enrolment.lead_id == lead.id).order_by("id"))
     )
@@ -75,6 +81,14 @@ def export_lead(session: Session, lead: Lead, now: datetime) -> dict[str, Any]:
             select(VersionMove).where(VersionMove.enrolment_id.in_(ids)).order_by("id")
         ),
         "enrolment_id",
+    )
+    aliases = list(
+        session.scalars(select(LeadAlias).where(LeadAlias.lead_id == lead.id).order_by("id"))
+    )
+    conflicts = session.scalars(
+        select(LeadConflict)
+        .where(or_(LeadConflict.lead_id == lead.id, LeadConflict.other_id == lead.id))
+        .order_by("id")
     )
     visitors = list(
         session.scalars(select(Visitor).where(Visitor.lead_id == lead.id).order_by(Visitor.id))
@@ -110,12 +124,31 @@ def export_lead(session: Session, lead: Lead, now: datetime) -> dict[str, Any]:
         "handoffs": of_lead(Handoff),
         "topic_opt_outs": of_lead(TopicOptOut),
         "consents": of_lead(Consent),
-        "suppressions": _rows(lead_suppressions(session, lead)),
+        "aliases": _rows(aliases),
+        "conflicts": _rows(conflicts),
+        "suppressions": _rows(_suppressions(session, lead, aliases)),
         "visitors": [
             row(visitor) | {"events": visitor_events.get(visitor.id, [])} for visitor in visitors
         ],
         "erasures": of_lead(Erasure),
     }
+
+
+def _suppressions(
+    session: Session, lead: Lead, aliases: Iterable[LeadAlias]
+) -> Iterable[Suppression]:
+    """The suppressions of the lead's addresses and its aliases', written out or hashed by an
+    erasure: a STOP from the number of a lead merged into it is about the person too."""
+    own = [("email", lead.email), ("phone", lead.phone)]
+    merged = [(alias.field, alias.value) for alias in aliases]
+    addresses = [
+        and_(Suppression.channel == _CHANNEL[name], Suppression.address.in_(address_forms(value)))
+        for name, value in (*own, *merged)
+        if value and name in _CHANNEL
+    ]
+    if not addresses:
+        return ()
+    return session.scalars(select(Suppression).where(or_(*addresses)).order_by(Suppression.id))
 
 
 def _by(instances: Iterable[Base], key: str) -> dict[Any, list[dict[str, Any]]]:

@@ -11,7 +11,7 @@ from sqlalchemy.orm import Session
 from engine.contacts import phone_kind, phone_region
 from engine.errors import UnknownLeadError
 from engine.funnel.erasure import address_forms
-from engine.funnel.leads import Identity, get_lead
+from engine.funnel.leads import Identity, get_lead, lead_by_id
 from engine.models import (
     Consent,
     Delivery,
@@ -32,10 +32,11 @@ MAX_ID = 2**31 - 1  # the largest INTEGER key; a larger number names nobody
 
 
 def find_by_key(session: Session, key: str) -> Lead:
-    """A lead by numeric id, E.164 phone or email; UnknownLeadError when nobody has it."""
+    """A lead by numeric id, E.164 phone or email; UnknownLeadError when nobody has it. The id
+    of a lead merged into another names the survivor, as its other identities do."""
     key = key.strip()
     if key.isascii() and key.isdigit():
-        lead = session.get(Lead, int(key)) if int(key) <= MAX_ID else None
+        lead = lead_by_id(session, int(key)) if int(key) <= MAX_ID else None
         if lead is None:
             raise UnknownLeadError(f"no lead with id {key}")
         return lead

@@ -12,6 +12,7 @@ from sqlalchemy import func, or_, select
 from sqlalchemy.orm import Session
 
 from engine.errors import InvalidLeadError, NurtureError
+from engine.funnel.leads import lead_by_id
 from engine.funnel.service import Outcome, recycle_lead, win_lead
 from engine.http.pages.site import LAST_PAGE, PAGE_SIZE, Site
 from engine.models import Lead, Stage
@@ -52,6 +53,8 @@ def lead_routes(router: APIRouter, site: Site) -> None:
         visit = site.visit(request)
         with site.app.sessions() as session:
             lead = _lead(session, lead_id)
+            if lead.id != lead_id:  # merged into another since: its page is the survivor's
+                return RedirectResponse(f"/leads/{lead.id}", 303)
             detail = lead_detail(session, lead)
             trace = [entry.as_dict() for entry in reversed(timeline(session, lead.id))]
             scoring = site.app.rt.workflows.scoring
@@ -73,29 +76,31 @@ def lead_routes(router: APIRouter, site: Site) -> None:
     async def recycle(request: Request, lead_id: int) -> Response:
         _, form = await site.posted(request)
         reason = form.get("reason", "").strip() or "recycled from the dashboard"
-        return _act(site, lead_id, lambda s: recycle_lead(s, site.app.rt, lead_id, reason))
+        return _act(site, lead_id, lambda s, id_: recycle_lead(s, site.app.rt, id_, reason))
 
     @router.post("/leads/{lead_id}/won", include_in_schema=False)
     async def won(request: Request, lead_id: int) -> Response:
         await site.posted(request)
-        return _act(site, lead_id, lambda s: win_lead(s, site.app.rt, lead_id, "won by sales"))
+        return _act(site, lead_id, lambda s, id_: win_lead(s, site.app.rt, id_, "won by sales"))
 
 
-def _act(site: Site, lead_id: int, action: Callable[[Session], Outcome]) -> Response:
-    """Run a sales action in one transaction, hand on its follow-up work, back to the lead."""
+def _act(site: Site, lead_id: int, action: Callable[[Session, int], Outcome]) -> Response:
+    """Run a sales action on the lead (the survivor of a merged one's id) in one transaction,
+    hand on its follow-up work, back to the lead."""
     with site.app.sessions.begin() as session:
-        _lead(session, lead_id)
+        acted_on = _lead(session, lead_id).id
         try:
-            outcome = action(session)
+            outcome = action(session, acted_on)
         except InvalidLeadError as error:
             raise HTTPException(409, str(error)) from error
     site.after(outcome)
-    return RedirectResponse(f"/leads/{lead_id}", 303)
+    return RedirectResponse(f"/leads/{acted_on}", 303)
 
 
 def _lead(session: Session, lead_id: int) -> Lead:
-    """The lead with this id; 404 when there is none, also for an id no key can hold."""
-    lead = session.get(Lead, lead_id) if 0 < lead_id <= MAX_ID else None
+    """The lead with this id, or the survivor of a lead merged since (a page or link from
+    before the merge); 404 when there is none, also for an id no key can hold."""
+    lead = lead_by_id(session, lead_id) if 0 < lead_id <= MAX_ID else None
     if lead is None:
         raise HTTPException(404, f"no lead with id {lead_id}")
     return lead

@@ -21,11 +21,12 @@ from engine.delivery.context import message_context, preview_context, recent_act
 from engine.delivery.guards import SENT_STATES
 from engine.delivery.rendering import RenderedEmail, RenderedSms
 from engine.errors import NurtureError, UnknownLeadError
+from engine.funnel.leads import lead_by_id
 from engine.http.pages.access import Visit
 from engine.http.pages.site import Site
 from engine.http.pages.templating import SECURITY_HEADERS
 from engine.models import Delivery, Enrolment, Lead
-from engine.read.views import find_by_key
+from engine.read.views import MAX_ID, find_by_key
 from engine.workflow.spec import Send, Sequence, Workflows, walk
 
 CHANNELS = ("email", "sms")
@@ -91,9 +92,8 @@ def preview_routes(router: APIRouter, site: Site) -> None:
         visit = site.visit(request)
         with site.app.sessions() as session:
             delivery = session.get(Delivery, delivery_id)
-            theirs = delivery is not None and delivery.lead_id == lead_id
-            lead = session.get(Lead, lead_id) if theirs else None
-            if delivery is None or lead is None:
+            lead = lead_by_id(session, lead_id) if 0 < lead_id <= MAX_ID else None
+            if delivery is None or lead is None or delivery.lead_id != lead.id:
                 problem = f"lead {lead_id} has no delivery {delivery_id}"
                 return site.page(
                     request,
@@ -106,6 +106,8 @@ def preview_routes(router: APIRouter, site: Site) -> None:
                     message=None,
                     problem=problem,
                 )
+            if lead.id != lead_id:  # a link from before a merge: the survivor's page
+                return RedirectResponse(f"/leads/{lead.id}/deliveries/{delivery.id}", 303)
             message, problem = _delivered(site, session, lead, delivery)
         return _message_page(
             site,

@@ -85,7 +85,12 @@ def test_an_erased_lead_leaves_no_personal_data_in_any_column_of_any_table(
             "cli",
         )
         assert erasure.summary == done["summary"]
-        assert erasure.summary["removed"] == {"visitors": 1, "visitor_events": 1}
+        assert erasure.summary["removed"] == {
+            "visitors": 1,
+            "visitor_events": 1,
+            "lead_aliases": 0,
+            "lead_conflicts": 0,
+        }
         assert erasure.summary["scrubbed"]["suppressions"] == 2
         tombstone = session.get_one(Lead, anastasia.lead_id)
         assert tombstone.key == f"lead {anastasia.lead_id}"

@@ -63,6 +63,7 @@ def test_a_lead_is_exported_then_erased_once_and_gone_by_its_email(
     assert export.status_code == 200, export.text
     assert export.json()["lead"]["email"] == EMAIL_ADDRESS
     assert export.json()["visitors"][0]["events"]
+    assert {"consents", "aliases", "conflicts"} <= export.json().keys()  # none dropped
     assert erased.status_code == 200, erased.text
     body = erased.json()
     assert (body["lead_id"], body["reason"], body["via"]) == (anastasia.lead_id, "request", "api")
