@@ -202,6 +202,9 @@ class Lead(Base):
     """A person: identity, attributes, consent, stage and the two halves of the score."""
 
     __tablename__ = "leads"
+    # Ids are never handed out twice (SQLite reuses the highest without it): a merged lead's
+    # id lives on in links and tokens, as an alias of the survivor.
+    __table_args__ = {"sqlite_autoincrement": True}
 
     id: Mapped[int] = mapped_column(primary_key=True)
     email: Mapped[str | None] = mapped_column(String(320), unique=True)  # as written

@@ -177,7 +177,12 @@ def _load(session: Session, keys: Sequence[tuple[str, str]]) -> dict[tuple[str, 
             aliases = dict(session.execute(_ALIASES, {"field": column, "values": values}).all())
             if aliases:
                 leads = lock_leads(session, aliases.values())
-                found.update(((column, value), leads[owner]) for value, owner in aliases.items())
+                found.update(
+                    ((column, value), leads[owner])
+                    for value, owner in aliases.items()
+                    # erased while this waited for its lock: the alias went with it
+                    if owner in leads and leads[owner].erased_at is None
+                )
     return found
 
 

@@ -6,7 +6,7 @@ from pathlib import Path
 
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import Engine
+from sqlalchemy import Connection, Engine
 
 MIGRATIONS = Path(__file__).parent
 
@@ -20,11 +20,35 @@ def alembic_config(url: str) -> Config:
 
 
 def upgrade(engine: Engine, revision: str = "head") -> None:
-    """Bring the database behind `engine` to `revision` (head by default)."""
+    """Bring the database behind `engine` to `revision` (head by default).
+
+    On SQLite, foreign keys are off for the run, as Alembic advises for its batch mode: a
+    table rebuilt there is dropped and its copy renamed, and with them on the drop would
+    cascade to every row that references it. They are checked before the run commits.
+    """
     config = alembic_config(engine.url.render_as_string(hide_password=False))
-    with engine.begin() as connection:
-        config.attributes["connection"] = connection
-        command.upgrade(config, revision)
+    with engine.connect() as connection:
+        sqlite = connection.dialect.name == "sqlite"
+        if sqlite:  # outside a transaction, where SQLite lets it change
+            _pragma(connection, "foreign_keys=OFF")
+        try:
+            with connection.begin():
+                config.attributes["connection"] = connection
+                command.upgrade(config, revision)
+                if sqlite and connection.exec_driver_sql("PRAGMA foreign_key_check").first():
+                    raise RuntimeError("the migrated database has rows with dangling references")
+        finally:
+            if sqlite:
+                _pragma(connection, "foreign_keys=ON")
+
+
+def _pragma(connection: Connection, setting: str) -> None:
+    """Run a PRAGMA on the driver's connection itself, outside SQLAlchemy's transaction."""
+    cursor = connection.connection.driver_connection.cursor()  # type: ignore[union-attr]
+    try:
+        cursor.execute(f"PRAGMA {setting}")
+    finally:
+        cursor.close()
 
 
 def stamp(engine: Engine, revision: str = "head") -> None:

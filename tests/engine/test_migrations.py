@@ -211,3 +211,30 @@ def test_a_sqlite_database_at_0008_upgrades_to_email_keys(tmp_path: Path) -> Non
 
 def test_a_postgres_database_at_0008_upgrades_to_email_keys(postgres_engine: Engine) -> None:
     _in_a_fresh_schema(postgres_engine, "migrate_0008", _upgrade_to_email_keys)
+
+
+def test_a_sqlite_database_at_0010_keeps_its_leads_and_their_rows_and_never_reuses_an_id(
+    tmp_path: Path,
+) -> None:
+    engine = make_engine(f"sqlite:///{tmp_path / 'at-0010.db'}")
+    upgrade(engine, "0010")
+    with engine.begin() as connection:
+        _insert_lead(connection)  # lead 7
+        connection.execute(
+            text(
+                "INSERT INTO events (lead_id, type, properties, occurred_at, received_at, source,"
+                " status, attempts) VALUES (7, 'page_viewed', '{}', :at, :at, 'api', 'processed',"
+                " 1)"
+            ),
+            {"at": START},
+        )
+    upgrade(engine)
+    with make_sessionmaker(engine).begin() as session:
+        assert session.scalar(text("SELECT count(*) FROM events WHERE lead_id = 7")) == 1
+        assert session.scalar(text("PRAGMA foreign_keys")) == 1  # on again after the run
+        session.execute(text("DELETE FROM leads WHERE id = 7"))  # as a merge removes a lead
+        assert session.scalar(text("SELECT count(*) FROM events")) == 0  # still cascading
+        session.add(Lead(email="new@x.test", created_at=START, updated_at=START))
+        session.flush()
+        assert session.scalar(select(Lead.id)) == 8  # never 7 again
+    engine.dispose()
