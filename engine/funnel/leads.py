@@ -228,14 +228,11 @@ def holder(session: Session, name: str, value: str, besides: int | None = None) 
     """The id of the lead an identity value (as lookups compare it) names, by its own identity
     or an alias, other than `besides`; None when no such lead."""
     column = getattr(Lead, _LOOKUP[name])
-    owner = session.scalar(select(Lead.id).where(column == value, Lead.id != besides))
-    if owner is None:
-        owner = session.scalar(
-            select(LeadAlias.lead_id).where(
-                LeadAlias.field == name, LeadAlias.value == value, LeadAlias.lead_id != besides
-            )
-        )
-    return owner
+    own = select(Lead.id).where(column == value, Lead.id != besides)
+    aliased = select(LeadAlias.lead_id).where(
+        LeadAlias.field == name, LeadAlias.value == value, LeadAlias.lead_id != besides
+    )
+    return session.scalar(own.union_all(aliased).limit(1))  # one round trip for both
 
 
 def claims(lead: Lead, identity: Identity) -> list[tuple[str, str, int]]:
