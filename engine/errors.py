@@ -78,10 +78,6 @@ class InvalidLeadError(NurtureError):
         super().__init__(f"{field}: {reason}" if field else reason)
 
 
-class LeadConflictError(InvalidLeadError):
-    """Raised when an email, phone or external id given for a lead belongs to another lead."""
-
-
 class ErrorKind(StrEnum):
     """What the caller of a channel should do about its error."""
 

@@ -26,7 +26,7 @@ from engine.delivery.sending import UNSETTLED, suppress
 from engine.errors import InvalidLeadError
 from engine.funnel.erasure import address_forms
 from engine.funnel.lead_fields import normalise_email, normalise_phone
-from engine.funnel.leads import Identity
+from engine.funnel.leads import Identity, lock_leads
 from engine.funnel.service import NewEvent, Outcome, record
 from engine.models import Delivery, DeliveryStatus, Lead, LeadAlias, Suppression
 from engine.workflow.runtime import Runtime
@@ -84,10 +84,16 @@ def _address(target: _Target, event: DeliveryEvent) -> str | None:
 
 
 def _withdraw(session: Session, target: _Target, event: DeliveryEvent, now: datetime) -> None:
-    """The address refused mail (bounce, spam report, unsubscribe, STOP): never send to it again."""
+    """The address refused mail (bounce, spam report, unsubscribe, STOP): never send to it again.
+
+    The lead's consent goes too, unless only an old address of it (a lead merged into it)
+    bounced: that says nothing of the address it has now.
+    """
     address = _address(target, event)
     if address:
         suppress(session, event.channel, address, _reason(event), now)
+    if event.kind == "bounced" and address and not _current(target.lead, event.channel, address):
+        return
     setattr(target.lead, _CONSENT[event.channel], False)
     session.execute(
         update(Delivery)
@@ -99,6 +105,13 @@ def _withdraw(session: Session, target: _Target, event: DeliveryEvent, now: date
         .values(status=DeliveryStatus.SKIPPED, detail=f"suppressed: {event.kind}")
         .execution_options(synchronize_session="fetch")
     )
+
+
+def _current(lead: Lead, channel: str, address: str) -> bool:
+    """True when `address` is the lead's own address on the channel (not a merged lead's)."""
+    if channel == EMAIL:
+        return lead.email_key == email_key(address)
+    return lead.phone == address
 
 
 def _restore(session: Session, target: _Target, event: DeliveryEvent, now: datetime) -> None:
@@ -233,10 +246,18 @@ class _Known:
             "phones": sorted(address for column, address in addresses if column == "phone"),
         }
         leads = {lead.id: lead for lead in session.scalars(_LOCKED_LEADS, wanted)}
+        aliases = session.execute(_ALIASES, wanted).all()
+        while missing := {owner for _, _, owner in aliases} - leads.keys():
+            # merged on while this waited for the locks: the survivors are locked too
+            more = lock_leads(session, missing)
+            if not more:
+                break
+            leads |= more
+            aliases = session.execute(_ALIASES, wanted).all()
         by_address = {
             (_ALIAS_COLUMN[name], value): leads[owner]
-            for name, value, owner in session.execute(_ALIASES, wanted)
-            if owner in leads  # merged again since the locking read: not one of these leads
+            for name, value, owner in aliases
+            if owner in leads
         }
         by_address.update(
             ((column, address), lead)

@@ -8,14 +8,14 @@ from datetime import datetime
 from functools import cache
 from typing import Any
 
-from sqlalchemy import Select, bindparam, select
+from sqlalchemy import Select, bindparam, literal, select, text
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session, object_session
 
 from engine.contacts import email_key
 from engine.db import is_postgres
-from engine.errors import InvalidLeadError, LeadConflictError, UnknownLeadError
+from engine.errors import InvalidLeadError, UnknownLeadError
 from engine.funnel.lead_fields import NO_IDENTITY, check_identity, lookup_value, record_region
 from engine.models import IDENTITY_FIELDS, STANDARD_FIELDS, Lead, LeadAlias
 
@@ -173,16 +173,17 @@ def _load(session: Session, keys: Sequence[tuple[str, str]]) -> dict[tuple[str, 
     for column in IDENTITY_FIELDS:
         wanted = {value for name, value in keys if name == column}
         values = sorted(wanted - {value for name, value in found if name == column})
-        if values:
+        seen: dict[str, int] = {}
+        while values:
             aliases = dict(session.execute(_ALIASES, {"field": column, "values": values}).all())
-            if aliases:
-                leads = lock_leads(session, aliases.values())
-                found.update(
-                    ((column, value), leads[owner])
-                    for value, owner in aliases.items()
-                    # erased while this waited for its lock: the alias went with it
-                    if owner in leads and leads[owner].erased_at is None
-                )
+            leads = lock_leads(session, aliases.values())
+            values = []  # those whose lead was merged on while this waited: read again
+            for value, owner in aliases.items():
+                if owner not in leads and seen.get(value) != owner:
+                    values.append(value)
+                elif owner in leads and leads[owner].erased_at is None:  # erased: alias gone
+                    found[(column, value)] = leads[owner]
+            seen |= aliases
     return found
 
 
@@ -224,19 +225,22 @@ def _new_lead(name: str, value: str, stage: str, now: datetime) -> dict[str, Any
     }
 
 
-def holder(session: Session, name: str, value: str, besides: int | None = None) -> int | None:
+def holder(session: Session, name: str, value: str) -> int | None:
     """The id of the lead an identity value (as lookups compare it) names, by its own identity
-    or an alias, other than `besides`; None when no such lead."""
+    or as an alias of a lead merged into it; None when it names nobody."""
     column = getattr(Lead, _LOOKUP[name])
-    own = select(Lead.id).where(column == value, Lead.id != besides)
-    aliased = select(LeadAlias.lead_id).where(
-        LeadAlias.field == name, LeadAlias.value == value, LeadAlias.lead_id != besides
+    own = select(Lead.id).where(column == value).add_columns(literal(0).label("aliased"))
+    aliased = select(LeadAlias.lead_id, literal(1)).where(
+        LeadAlias.field == name, LeadAlias.value == value
     )
-    return session.scalar(own.union_all(aliased).limit(1))  # one round trip for both
+    # one round trip for both; a lead's own identity first
+    row = session.execute(own.union_all(aliased).order_by(text("aliased")).limit(1)).first()
+    return None if row is None else int(row[0])
 
 
 def claims(lead: Lead, identity: Identity) -> list[tuple[str, str, int]]:
-    """The identity values a call gives `lead` that name another lead: (key, value, its id)."""
+    """The identity values a call gives `lead` that already name a lead: (key, value, the
+    lead's id), that id being the lead's own when the value is an alias of it."""
     session = object_session(lead)
     if session is None or lead.id is None:
         return []
@@ -244,23 +248,8 @@ def claims(lead: Lead, identity: Identity) -> list[tuple[str, str, int]]:
         (name, value, owner)
         for name, value in identity.keys()
         if getattr(lead, _LOOKUP[name]) != value
-        and (owner := holder(session, name, value, lead.id)) is not None
+        and (owner := holder(session, name, value)) is not None
     ]
-
-
-def _aliased(lead: Lead, name: str, value: str) -> bool:
-    """True when the value names this lead already, as an identity of a lead merged into it."""
-    session = object_session(lead)
-    return (
-        session is not None
-        and lead.id is not None
-        and session.scalar(
-            select(LeadAlias.id).where(
-                LeadAlias.field == name, LeadAlias.value == value, LeadAlias.lead_id == lead.id
-            )
-        )
-        is not None
-    )
 
 
 def apply_attributes(
@@ -271,20 +260,17 @@ def apply_attributes(
 ) -> bool:
     """Copy identity and attributes onto a lead; True when anything fit rules read changed.
 
-    The identity keys in `leave` stay as they are (another lead holds them: a conflict).
+    The identity keys in `leave` stay as they are: the caller found them taken (`claims`).
     """
     changed = False
     for name in IDENTITY_FIELDS:
         value = getattr(identity, name)
         # an address written in other letter cases is the same address: kept as first written
-        if name in leave or not value:
-            continue
-        key = lookup_value(name, value)
-        if getattr(lead, _LOOKUP[name]) != key and not _aliased(lead, name, key):
-            taken = claims(lead, Identity(**{name: value}))
-            if taken:  # a call the caller did not settle (`claims`) cannot take it
-                _, key, owner = taken[0]
-                raise LeadConflictError(f"{key!r} belongs to another lead (id {owner})", name)
+        if (
+            value
+            and name not in leave
+            and getattr(lead, _LOOKUP[name]) != lookup_value(name, value)
+        ):
             setattr(lead, name, value)
             changed = True
     fields = dict(lead.fields or {})

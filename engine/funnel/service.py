@@ -521,7 +521,8 @@ def _apply(
     the scheduler under `merge: auto`, by a person under `ask`). True when fit may change."""
     taken = claims(lead, identity)
     for name, value, owner in taken:
-        _note_conflict(session, lead.id, owner, name, value, source, now)
+        if owner != lead.id:  # else an alias of its own: it names this lead already
+            _note_conflict(session, lead.id, owner, name, value, source, now)
     return apply_attributes(lead, identity, attributes, {name for name, _, _ in taken})
 
 

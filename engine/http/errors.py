@@ -22,7 +22,6 @@ from channels.webhooks import SignatureError
 from engine.errors import (
     ConfigurationError,
     InvalidLeadError,
-    LeadConflictError,
     NurtureError,
     UnknownLeadError,
 )
@@ -34,7 +33,6 @@ _METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
 _STATUS: dict[type[NurtureError], int] = {
     UnknownLeadError: 404,
     SignatureError: 403,
-    LeadConflictError: 409,
     ConfigurationError: 503,
 }
 

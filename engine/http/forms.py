@@ -44,7 +44,7 @@ from starlette.concurrency import run_in_threadpool
 from engine.app import App
 from engine.delivery.confirmation import send_confirmation
 from engine.delivery.pacing import Pacer
-from engine.errors import InvalidLeadError, LeadConflictError
+from engine.errors import InvalidLeadError
 from engine.funnel.consents import Where, ask, confirm, read_confirm_token, withheld
 from engine.funnel.lead_fields import normalise_email, normalise_phone, storable
 from engine.funnel.visitors import FORM, Hit, take
@@ -254,9 +254,6 @@ def forms_router(
                 where = Where(client, request.headers.get("user-agent"), page[:2000] or None)
                 try:
                     pending = record(form, lead, given, values, rendered, where)
-                except LeadConflictError as error:  # a race `withheld` could not see
-                    log.warning("form %s not recorded: %s", form.name, error)
-                    return _done(form, wants_json, cors_headers)  # never say whose address it is
                 except InvalidLeadError as error:
                     errors[error.field or "form"] = error.reason
                 else:

@@ -6,6 +6,7 @@ from pathlib import Path
 
 from alembic import command
 from alembic.config import Config
+from alembic.runtime.migration import MigrationContext
 from sqlalchemy import Connection, Engine
 
 MIGRATIONS = Path(__file__).parent
@@ -33,13 +34,31 @@ def upgrade(engine: Engine, revision: str = "head") -> None:
             _pragma(connection, "foreign_keys=OFF")
         try:
             with connection.begin():
+                before = _revision(connection)
                 config.attributes["connection"] = connection
                 command.upgrade(config, revision)
-                if sqlite and connection.exec_driver_sql("PRAGMA foreign_key_check").first():
-                    raise RuntimeError("the migrated database has rows with dangling references")
+                if sqlite and _revision(connection) != before:
+                    _check_references(connection)
         finally:
             if sqlite:
                 _pragma(connection, "foreign_keys=ON")
+
+
+def _revision(connection: Connection) -> str | None:
+    """The revision the database is at (None before the first migration)."""
+    return MigrationContext.configure(connection).get_current_revision()
+
+
+def _check_references(connection: Connection) -> None:
+    """Refuse to commit a migration that left rows referring to rows that are not there."""
+    dangling = connection.exec_driver_sql("PRAGMA foreign_key_check").all()
+    if dangling:
+        shown = ", ".join(
+            f"{table} row {rowid} -> {parent}" for table, rowid, parent, _ in dangling[:5]
+        )
+        raise RuntimeError(
+            f"the migration would leave {len(dangling)} dangling reference(s): {shown}"
+        )
 
 
 def _pragma(connection: Connection, setting: str) -> None:

@@ -294,7 +294,7 @@ class Tasks:
         claims; a failure waits for the next pass."""
         try:
             outcomes = merge_listed(self.app.sessions, self.app.rt)
-        except Exception:
+        except Exception:  # reading the pairs failed: each pair is guarded on its own
             log.exception("merging listed leads failed: tried again next pass")
             return
         self.follow_up(*outcomes)

@@ -45,6 +45,8 @@ def merge_listed(
             log.warning("lead conflict %s not merged: %s", conflict_id, error)
             with sessions.begin() as session:
                 session.execute(delete(LeadConflict).where(LeadConflict.id == conflict_id))
+        except Exception:  # a lock time-out, a deadlock: this pair waits, no other does
+            log.exception("merging leads %s and %s failed: tried again next pass", keep, other)
         else:
             log.info("merged lead %s into lead %s", other, keep)
     return outcomes

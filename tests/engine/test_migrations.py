@@ -228,6 +228,13 @@ def test_a_sqlite_database_at_0010_keeps_its_leads_and_their_rows_and_never_reus
             ),
             {"at": START},
         )
+        connection.execute(  # lead 9, merged into 7 before this: its id lives on in links
+            text(
+                "INSERT INTO lead_aliases (field, value, lead_id, merged_lead, merged_at)"
+                " VALUES ('id', '9', 7, 9, :at)"
+            ),
+            {"at": START},
+        )
     upgrade(engine)
     with make_sessionmaker(engine).begin() as session:
         assert session.scalar(text("SELECT count(*) FROM events WHERE lead_id = 7")) == 1
@@ -236,5 +243,5 @@ def test_a_sqlite_database_at_0010_keeps_its_leads_and_their_rows_and_never_reus
         assert session.scalar(text("SELECT count(*) FROM events")) == 0  # still cascading
         session.add(Lead(email="new@x.test", created_at=START, updated_at=START))
         session.flush()
-        assert session.scalar(select(Lead.id)) == 8  # never 7 again
+        assert session.scalar(select(Lead.id)) == 10  # never 7 or 9 again
     engine.dispose()

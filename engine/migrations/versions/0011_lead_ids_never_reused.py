@@ -12,6 +12,7 @@ Create Date: 2026-12-02 01:30:00
 
 from __future__ import annotations
 
+import sqlalchemy as sa
 from alembic import op
 
 revision = "0011"
@@ -28,6 +29,24 @@ def upgrade() -> None:
         "leads", recreate="always", table_kwargs={"sqlite_autoincrement": True}
     ):
         pass
+    # The copy leaves the counter at the highest id there is; a lead merged away before this
+    # had a higher one, which its aliases remember.
+    bind = op.get_bind()
+    top = bind.execute(
+        sa.text(
+            "SELECT max(top) FROM (SELECT max(id) AS top FROM leads"
+            " UNION ALL SELECT max(merged_lead) FROM lead_aliases)"
+        )
+    ).scalar()
+    if top:
+        moved = bind.execute(
+            sa.text("UPDATE sqlite_sequence SET seq = :top WHERE name = 'leads'"), {"top": top}
+        )
+        if not moved.rowcount:
+            bind.execute(
+                sa.text("INSERT INTO sqlite_sequence (name, seq) VALUES ('leads', :top)"),
+                {"top": top},
+            )
 
 
 def downgrade() -> None:

@@ -16,7 +16,7 @@ from sqlalchemy.orm import Session
 
 from engine.cli import imports
 from engine.cli.main import main
-from engine.errors import LeadConflictError
+from engine.errors import InvalidLeadError
 from engine.funnel import service
 from engine.funnel.lead_files import LeadFile, Rejected, Row
 from engine.funnel.leads import Identity
@@ -319,7 +319,7 @@ def test_a_row_the_engine_refuses_in_its_batch_costs_a_second_pass_not_its_good_
 
     def refusing(lead: Lead, identity: Identity, *args: Any) -> bool:
         if identity.email == "b2@x.test":  # passes the row checks, refused while writing
-            raise LeadConflictError("'+14155550100' belongs to another lead (id 1)", "phone")
+            raise InvalidLeadError("'+14155550100' belongs to another lead (id 1)", "phone")
         return applied(lead, identity, *args)
 
     monkeypatch.setattr(service, "apply_attributes", refusing)

@@ -335,3 +335,34 @@ def test_merging_while_events_arrive_for_both_leads_loses_nothing_and_hands_off_
             )
         ).all()
         assert len(planned) == len(set(planned)), planned
+
+
+def test_an_event_naming_an_alias_whose_lead_is_merged_on_meanwhile_lands_on_the_survivor(
+    postgres_engine: Engine, clock: FrozenClock
+) -> None:
+    _truncate(postgres_engine)
+    sessions = make_sessionmaker(postgres_engine)
+    rt = Runtime(load_workflows(FIXTURES, EMAIL_TEMPLATES, SMS_TEMPLATES), clock)
+    with sessions.begin() as s:
+        for email in ("y@x.test", "x@x.test", "old@x.test"):
+            upsert_lead(s, rt, {"email": email})
+    with sessions.begin() as s:
+        merge_leads(s, rt, 2, 3)  # old@ is an alias of x@ (lead 2)
+    merging = sessions()
+    merging.begin()
+    merge_leads(merging, rt, 1, 2)  # holds both locks, the alias moved to lead 1, uncommitted
+
+    def event() -> None:
+        with sessions.begin() as s:
+            track(s, rt, {"email": "old@x.test"}, "page_viewed")
+
+    waiting = threading.Thread(target=event)
+    waiting.start()
+    waiting.join(timeout=1.0)  # it read the alias naming lead 2 and waits for its lock
+    merging.commit()
+    merging.close()
+    waiting.join(timeout=30)
+
+    with sessions() as s:
+        assert s.scalars(select(Lead.id)).all() == [1]  # no second lead for old@
+        assert s.scalars(select(Event.lead_id)).all() == [1]
