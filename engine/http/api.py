@@ -56,6 +56,7 @@ from engine.http.routes import (
     event_routes,
     health_route,
     lead_routes,
+    merge_routes,
     report_routes,
 )
 from engine.http.schemas import error_responses
@@ -99,6 +100,7 @@ def create_api(
         responses=error_responses(401) if keys else {},
     )
     lead_routes(router, app, follow)
+    merge_routes(router, app, follow)
     event_routes(router, app, follow)
     report_routes(router, app, metrics)
     whatif_routes(router, app, tasks)

@@ -205,8 +205,6 @@ def lead_routes(router: APIRouter, app: App, follow: FollowUps) -> None:
             outcome = win_lead(session, app.rt, lookup(session, key).id, reason)
             return lead_out(outcome.lead)
 
-    merge_routes(router, app, follow)
-
 
 def merge_routes(router: APIRouter, app: App, follow: FollowUps) -> None:
     """Merge two leads that are one person; the conflicts that suggest such pairs."""
