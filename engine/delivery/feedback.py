@@ -86,8 +86,8 @@ def _address(target: _Target, event: DeliveryEvent) -> str | None:
 def _withdraw(session: Session, target: _Target, event: DeliveryEvent, now: datetime) -> None:
     """The address refused mail (bounce, spam report, unsubscribe, STOP): never send to it again.
 
-    The lead's consent goes too, unless only an old address of it (a lead merged into it)
-    bounced: that says nothing of the address it has now.
+    The lead's consent goes too, unless only an address it no longer has bounced (one it
+    changed, or a merged lead's): that says nothing of the address it has now.
     """
     address = _address(target, event)
     if address:
@@ -247,12 +247,11 @@ class _Known:
         }
         leads = {lead.id: lead for lead in session.scalars(_LOCKED_LEADS, wanted)}
         aliases = session.execute(_ALIASES, wanted).all()
-        while missing := {owner for _, _, owner in aliases} - leads.keys():
+        tried: set[int] = set()  # ids are never reused: each is tried once, so this ends
+        while missing := {owner for _, _, owner in aliases} - leads.keys() - tried:
             # merged on while this waited for the locks: the survivors are locked too
-            more = lock_leads(session, missing)
-            if not more:
-                break
-            leads |= more
+            tried |= missing
+            leads |= lock_leads(session, missing)
             aliases = session.execute(_ALIASES, wanted).all()
         by_address = {
             (_ALIAS_COLUMN[name], value): leads[owner]

@@ -38,8 +38,7 @@ _STATUS: dict[type[NurtureError], int] = {
 
 
 def _nurture_error(request: Request, error: Exception) -> Response:
-    """Refusals as 4xx: unknown lead 404, an identity another lead has 409, bad lead data 422,
-    bad signature 403, the rest 400."""
+    """Refusals as 4xx: unknown lead 404, bad lead data 422, bad signature 403, the rest 400."""
     status = next((s for kind, s in _STATUS.items() if isinstance(error, kind)), None)
     if status is None and isinstance(error, InvalidLeadError):
         detail = [{"loc": ["body"], "msg": str(error), "type": "invalid_lead"}]

@@ -39,6 +39,7 @@ from urllib.parse import parse_qsl
 
 from fastapi import APIRouter, HTTPException, Request
 from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
+from sqlalchemy.exc import IntegrityError
 from starlette.concurrency import run_in_threadpool
 
 from engine.app import App
@@ -254,6 +255,9 @@ def forms_router(
                 where = Where(client, request.headers.get("user-agent"), page[:2000] or None)
                 try:
                     pending = record(form, lead, given, values, rendered, where)
+                except IntegrityError as error:  # an identity another post took meanwhile
+                    log.warning("form %s not recorded: %s", form.name, error.orig)
+                    return _done(form, wants_json, cors_headers)  # never say whose address it is
                 except InvalidLeadError as error:
                     errors[error.field or "form"] = error.reason
                 else:

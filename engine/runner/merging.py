@@ -38,7 +38,7 @@ def merge_listed(
         keep, other = sorted((lead_id, other_id))
         try:
             with sessions.begin() as session:
-                outcomes.append(merge_leads(session, rt, keep, other)[1])
+                _, outcome = merge_leads(session, rt, keep, other)
         except UnknownLeadError:
             continue  # an earlier merge of this pass moved the pair on: listed again
         except InvalidLeadError as error:  # an erased lead: nothing to merge, ever
@@ -47,6 +47,7 @@ def merge_listed(
                 session.execute(delete(LeadConflict).where(LeadConflict.id == conflict_id))
         except Exception:  # a lock time-out, a deadlock: this pair waits, no other does
             log.exception("merging leads %s and %s failed: tried again next pass", keep, other)
-        else:
+        else:  # committed: its follow-up work is real
+            outcomes.append(outcome)
             log.info("merged lead %s into lead %s", other, keep)
     return outcomes

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import re
+import threading
 from pathlib import Path
 
 import pytest
@@ -16,7 +17,8 @@ from sqlalchemy.orm import Session, sessionmaker
 from channels.base import EMAIL, SMS, DeliveryEvent
 from engine.app import App
 from engine.clock import FrozenClock
-from engine.delivery.feedback import record_delivery_events
+from engine.db import make_sessionmaker
+from engine.delivery.feedback import FeedbackResult, record_delivery_events
 from engine.delivery.sending import suppress
 from engine.delivery.unsubscribe import make_token
 from engine.funnel.erasure import erase_lead, hashed_address
@@ -38,8 +40,12 @@ from engine.read.export import export_lead
 from engine.read.views import find_by_key
 from engine.runner.inline import run_due
 from engine.signing import lead_token
+from engine.workflow.loading import load_workflows
 from engine.workflow.runtime import Runtime
 from tests.apps import outbox_app
+from tests.conftest import _truncate
+from tests.engine.conftest import FIXTURES
+from tests.shipped import EMAIL_TEMPLATES, SMS_TEMPLATES
 
 SURVIVOR = {"email": "ana@northwind.test", "phone": "+15005550001", "external_id": "crm-ana"}
 MERGED = {"email": "Ana.Private@Mail.test", "phone": "+15005550002", "external_id": "crm-old"}
@@ -203,6 +209,59 @@ def test_a_bounce_of_the_merged_leads_address_suppresses_it_alone(
     with sessions() as s:  # the survivor's own address still takes mail
         assert s.get_one(Lead, keep).email_consent is True
         assert s.scalars(select(Suppression.address)).all() == [MERGED_EMAIL]
+
+
+def test_a_provider_event_for_an_address_whose_lead_is_merged_on_twice_meanwhile_is_kept(
+    postgres_engine: Engine, clock: FrozenClock
+) -> None:
+    _truncate(postgres_engine)
+    sessions = make_sessionmaker(postgres_engine)
+    rt = Runtime(load_workflows(FIXTURES, EMAIL_TEMPLATES, SMS_TEMPLATES), clock)
+    with sessions.begin() as s:
+        for email in ("z@x.test", "y@x.test", "x@x.test", "old@x.test"):
+            upsert_lead(s, rt, {"email": email})
+    with sessions.begin() as s:
+        merge_leads(s, rt, 3, 4)  # old@ names lead 3
+    first = sessions()
+    first.begin()
+    merge_leads(first, rt, 2, 3)  # holds leads 2 and 3; old@ names 2 once it commits
+    answers: list[FeedbackResult] = []
+    second_may_commit = threading.Event()
+
+    def opened() -> None:
+        event = DeliveryEvent(
+            kind="opened",
+            channel=EMAIL,
+            provider="sendgrid",
+            provider_event_id="evt-open",
+            occurred_at=rt.clock.now(),
+            delivery_id=None,
+            provider_message_id=None,
+            recipient="old@x.test",
+        )
+        with sessions.begin() as s:
+            answers.extend(record_delivery_events(s, rt, [event]))
+
+    def second() -> None:
+        with sessions.begin() as s:
+            merge_leads(s, rt, 1, 2)  # waits for the first, then holds leads 1 and 2
+            second_may_commit.wait(30)
+
+    feedback, merging = threading.Thread(target=opened), threading.Thread(target=second)
+    feedback.start()
+    feedback.join(timeout=0.5)  # waiting for lead 3
+    merging.start()
+    merging.join(timeout=0.5)  # waiting for lead 2
+    first.commit()
+    first.close()
+    feedback.join(timeout=1.0)  # read old@ as lead 2's again, and waits for it
+    second_may_commit.set()
+    merging.join(timeout=30)
+    feedback.join(timeout=30)
+
+    assert [answer.lead_id for answer in answers] == [1]
+    with sessions() as s:
+        assert s.scalars(select(Event.lead_id).where(Event.type == "email_opened")).all() == [1]
 
 
 # --- Access export -------------------------------------------------------------------------------
