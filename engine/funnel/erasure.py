@@ -29,7 +29,7 @@ from engine.contacts import email_key
 from engine.db import changed_rows
 from engine.errors import UnknownLeadError
 from engine.funnel.journey import end_all
-from engine.funnel.leads import lock_leads
+from engine.funnel.leads import lock_leads_and_visitors
 from engine.models import (
     Consent,
     Delivery,
@@ -133,15 +133,7 @@ def erase_leads(
     for loaded in list(session.identity_map.values()):
         if isinstance(loaded, Lead) and loaded.id in wanted:
             session.expire(loaded)  # read again under the lock: another erasure may have won
-    # Visitors before leads, the order stitching takes them in (`visitors.take`), so a beacon
-    # and an erasure of one person wait for each other instead of deadlocking.
-    session.execute(
-        select(Visitor.id)
-        .where(Visitor.lead_id.in_(wanted))
-        .order_by(Visitor.id)
-        .with_for_update()
-    )
-    leads = lock_leads(session, wanted)
+    leads = lock_leads_and_visitors(session, wanted)
     done = []
     for lead in (leads[lead_id] for lead_id in sorted(leads)):
         if lead.erased_at is not None:
@@ -214,7 +206,6 @@ def _erase(session: Session, rt: Runtime, lead: Lead, reason: ErasureReason, via
 def _set(session: Session, model: type[Any], *where: Any, **values: Any) -> int:
     """Set columns on the rows `where` picks; how many there were."""
     return changed_rows(session, update(model).where(*where).values(**values))
-
 
 
 def _scrub_events(session: Session, lead: Lead) -> int:

@@ -17,7 +17,7 @@ from engine.contacts import email_key
 from engine.db import is_postgres
 from engine.errors import InvalidLeadError, UnknownLeadError
 from engine.funnel.lead_fields import NO_IDENTITY, check_identity, lookup_value, record_region
-from engine.models import IDENTITY_FIELDS, STANDARD_FIELDS, Lead, LeadAlias
+from engine.models import IDENTITY_FIELDS, STANDARD_FIELDS, Lead, LeadAlias, Visitor
 
 
 @dataclass(frozen=True)
@@ -124,6 +124,19 @@ def lead_by_id(session: Session, lead_id: int) -> Lead | None:
 def lock_lead(session: Session, lead_id: int) -> Lead:
     """Load a lead by id holding its row lock, so one process at a time changes its score."""
     return session.scalars(_query(session, _BY_ID, True), {"id": lead_id}).one()
+
+
+def lock_leads_and_visitors(session: Session, lead_ids: Collection[int]) -> dict[int, Lead]:
+    """`lock_leads`, after the leads' tracked visitors in id order: the order stitching takes
+    them in (`visitors.take`), so a beacon and an erasure or a merge of one person wait for
+    each other instead of deadlocking."""
+    session.execute(
+        select(Visitor.id)
+        .where(Visitor.lead_id.in_(sorted(set(lead_ids))))
+        .order_by(Visitor.id)
+        .with_for_update()
+    )
+    return lock_leads(session, lead_ids)
 
 
 def lock_leads(session: Session, lead_ids: Collection[int]) -> dict[int, Lead]:

@@ -31,6 +31,7 @@ from engine.funnel.leads import (
     ensure_leads,
     lock_lead,
     lock_leads,
+    lock_leads_and_visitors,
 )
 from engine.funnel.lifecycle import (
     StageMove,
@@ -55,7 +56,6 @@ from engine.models import (
     LedgerKind,
     ScoreEntry,
     Stage,
-    Visitor,
 )
 from engine.workflow.runtime import Runtime
 from engine.workflow.spec import Fired
@@ -557,14 +557,7 @@ def _note_conflict(
 def merge_leads(session: Session, rt: Runtime, keep: int, other: int) -> tuple[Folded, Outcome]:
     """Merge lead `other` into lead `keep` (`merge.fold`), then rescore the survivor over the
     joined past: the ledger sums to the score, and a crossing of SQL hands off once."""
-    # Visitors before leads, the order stitching takes them in (`visitors.take`).
-    session.execute(
-        select(Visitor.id)
-        .where(Visitor.lead_id.in_((keep, other)))
-        .order_by(Visitor.id)
-        .with_for_update()
-    )
-    locked = lock_leads(session, [keep, other])
+    locked = lock_leads_and_visitors(session, [keep, other])
     for lead_id in (keep, other):
         if lead_id not in locked:
             raise UnknownLeadError(f"no lead with id {lead_id}")
